@@ -1,0 +1,1 @@
+"""Parley: talk face to face with an AI over WebRTC, served as a Ray Serve application."""

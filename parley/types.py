@@ -1,0 +1,69 @@
+"""Small typed values that cross process boundaries between the ingress and the deployments.
+
+Invariant: everything a deployment receives or yields is one of these (or a numpy array of
+audio), never a raw dict, so both sides agree on the shape without reading each other's code.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+Role = Literal["system", "user", "assistant"]
+
+
+class Transcript(BaseModel):
+    """What the ASR heard in one recording."""
+
+    text: str = Field(description="The recognised words, stripped; empty when nothing was heard.")
+    language: str | None = Field(default=None, description="Detected or forced language code.")
+    audio_s: float = Field(default=0.0, description="Length of the audio that was transcribed, in seconds.")
+
+
+class TextPart(BaseModel):
+    """A text part of an OpenAI-style chat message."""
+
+    type: Literal["text"] = "text"
+    text: str
+
+
+class ImageURL(BaseModel):
+    url: str = Field(description="A data URL (data:image/jpeg;base64,...) or an http(s) URL.")
+    detail: Literal["low", "high", "auto"] = "auto"
+
+
+class ImagePart(BaseModel):
+    """An image part of an OpenAI-style chat message."""
+
+    type: Literal["image_url"] = "image_url"
+    image_url: ImageURL
+
+
+class ChatMessage(BaseModel):
+    """One message in the OpenAI chat format; content is a string or a list of parts."""
+
+    role: Role
+    content: str | list[TextPart | ImagePart]
+
+    def text(self) -> str:
+        """The message's text with any image parts left out."""
+        if isinstance(self.content, str):
+            return self.content
+        return "".join(p.text for p in self.content if isinstance(p, TextPart))
+
+    def has_image(self) -> bool:
+        return not isinstance(self.content, str) and any(isinstance(p, ImagePart) for p in self.content)
+
+    def to_openai(self, with_images: bool = True) -> dict[str, object]:
+        """The wire form for an OpenAI-compatible endpoint (images dropped for text-only models)."""
+        if isinstance(self.content, str) or not with_images:
+            return {"role": self.role, "content": self.text()}
+        return {"role": self.role, "content": [p.model_dump() for p in self.content]}
+
+
+class OpusPacket(BaseModel):
+    """One Opus packet ready for RTP: its bytes and its length in 48 kHz samples."""
+
+    data: bytes
+    samples: int = Field(default=960, description="Duration in samples of the 48 kHz RTP clock (960 = 20 ms).")

@@ -1,0 +1,120 @@
+"""SentenceSplitter: what TTS is asked to say, and when, while the LLM is still writing."""
+
+from __future__ import annotations
+
+import pytest
+
+from media.text import MAX_SENTENCE_CHARS, SentenceSplitter
+
+
+def split_whole(text: str) -> list[str]:
+    splitter = SentenceSplitter()
+    return splitter.feed(text) + splitter.flush()
+
+
+def split_by_chars(text: str) -> list[str]:
+    splitter = SentenceSplitter()
+    out = [s for ch in text for s in splitter.feed(ch)]
+    return out + splitter.flush()
+
+
+REPLY = (
+    "Hello there! I can see you're holding a cup. Is that coffee? "
+    "Pi is about 3.14, e.g. in school maths. Dr. Smith said so: trust him.\n"
+    "# Steps\n1. Boil **water**.\n2. Pour it... then wait...ok? Done"
+)
+
+
+def test_sentences_come_out_as_soon_as_they_are_complete() -> None:
+    splitter = SentenceSplitter()
+
+    assert splitter.feed("Hello there!") == []  # "!" is only an end once whitespace follows
+    assert splitter.feed(" How are") == ["Hello there!"]
+    assert splitter.feed(" you? I'm") == ["How are you?"]
+    assert splitter.feed(" fine.") == []
+    assert splitter.flush() == ["I'm fine."]
+
+
+def test_a_reply_splits_the_same_however_it_is_streamed() -> None:
+    expected = [
+        "Hello there!",
+        "I can see you're holding a cup.",
+        "Is that coffee?",
+        "Pi is about 3.14, e.g. in school maths.",
+        "Dr. Smith said so:",
+        "trust him.",
+        "Steps",
+        "1. Boil water.",
+        "2. Pour it...",
+        "then wait...ok?",
+        "Done",
+    ]
+    assert split_whole(REPLY) == expected
+    assert split_by_chars(REPLY) == expected
+    splitter = SentenceSplitter()
+    by_sevens = [s for i in range(0, len(REPLY), 7) for s in splitter.feed(REPLY[i : i + 7])]
+    assert by_sevens + splitter.flush() == expected
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["It costs 3.50 dollars today.", "Version 2.0.1 is out.", "Ask Mr. Jones or Mrs. Lee.", "Use tools, i.e. a hammer."],
+)
+def test_decimals_and_abbreviations_do_not_end_a_sentence(text: str) -> None:
+    assert split_whole(text + " Next one.") == [text, "Next one."]
+
+
+def test_a_newline_ends_a_sentence_without_punctuation() -> None:
+    splitter = SentenceSplitter()
+
+    assert splitter.feed("Here is a list\n- apples\n\n- pears") == ["Here is a list", "- apples"]
+    assert splitter.flush() == ["- pears"]
+
+
+def test_closing_quotes_and_emphasis_stay_with_their_sentence() -> None:
+    assert split_whole('He said "no." Then **this is key.** Fine') == ['He said "no."', "Then this is key.", "Fine"]
+
+
+def test_markdown_emphasis_is_not_spoken() -> None:
+    assert split_whole("## Title\nRun `pip install` **now**. *Really*.") == ["Title", "Run pip install now.", "Really."]
+
+
+def test_a_long_run_without_punctuation_is_cut_at_a_comma() -> None:
+    clause = "and then we walked a little further down the road"
+    text = ", ".join([clause] * 8) + "."
+
+    pieces = split_by_chars(text)
+
+    assert len(pieces) > 1
+    assert all(len(p) <= MAX_SENTENCE_CHARS for p in pieces)
+    assert all(p.endswith((",", ".")) for p in pieces)
+    assert " ".join(pieces) == text
+    assert split_whole(text) == pieces
+
+
+def test_a_long_run_without_commas_is_cut_at_a_space() -> None:
+    text = " ".join(["word"] * 120)
+
+    pieces = split_by_chars(text)
+
+    assert all(len(p) <= MAX_SENTENCE_CHARS for p in pieces)
+    assert all(set(p.split()) == {"word"} for p in pieces)
+    assert " ".join(pieces) == text
+    assert split_whole(text) == pieces
+
+
+def test_flush_returns_nothing_when_everything_was_said() -> None:
+    splitter = SentenceSplitter()
+
+    assert splitter.feed("All done. ") == ["All done."]
+    assert splitter.flush() == []
+    assert splitter.feed("  \n ") == []
+    assert splitter.flush() == []
+
+
+def test_the_splitter_can_be_reused_after_flush() -> None:
+    splitter = SentenceSplitter()
+    splitter.feed("First reply without an end")
+    assert splitter.flush() == ["First reply without an end"]
+
+    assert splitter.feed("Second. ") == ["Second."]
