@@ -1,0 +1,78 @@
+"""Voice-to-voice latency, measured as a user would feel it.
+
+Starts the app on a local Ray (or uses --url), then runs N push-to-talk turns from an aiortc
+client: it speaks a question, releases the key, and times the first non-silent audio that comes
+back. Also prints the server's own per-stage times for each turn. Run it where loopback-only
+ICE works, e.g.: unshare --net bash -c 'ip link set lo up && python benchmarks/voice_to_voice.py'
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import functools
+import statistics
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from parley.config import ParleyConfig  # noqa: E402
+from parley.rtc import advertise_addresses  # noqa: E402
+from tests.client import ParleyClient  # noqa: E402
+from tests.conftest import free_port  # noqa: E402
+from tests.speech import speak  # noqa: E402
+
+QUESTIONS = ["What is the capital of France?", "Name a color of the sky.", "How many legs does a dog have?"]
+
+
+async def run(url: str, turns: int) -> None:
+    advertise_addresses(["127.0.0.1"])
+    client = ParleyClient(url)
+    await client.connect()
+    felt: list[float] = []
+    stages: dict[str, list[float]] = {}
+    try:
+        for i in range(turns):
+            question = QUESTIONS[i % len(QUESTIONS)]
+            seen = len(client.of("metrics"))
+            released = await client.push_to_talk(speak(question, rate=48000))
+            first = await client.wait_for(functools.partial(client.heard.first_sound_after, released), timeout=60)
+            await client.wait_for(functools.partial(lambda s: len(client.of("metrics")) > s, seen), timeout=120)
+            metrics = client.of("metrics")[-1]
+            felt.append(first - released)
+            for key, value in metrics.items():
+                if key != "id" and value is not None:
+                    stages.setdefault(key, []).append(value)
+            shown = " ".join(f"{k}={v:.3f}" for k, v in metrics.items() if k != "id" and v is not None)
+            print(f"turn {i + 1}: release->first audio heard {first - released:.3f} s | server: {shown}", flush=True)
+    finally:
+        await client.close()
+    print(f"\nrelease -> first audio heard: median {statistics.median(felt):.3f} s, min {min(felt):.3f}, max {max(felt):.3f}")
+    for key, values in stages.items():
+        print(f"  {key:15s} median {statistics.median(values):.3f} s  (n={len(values)})")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--url", help="a running Parley (default: start one on a local Ray)")
+    parser.add_argument("--turns", type=int, default=5)
+    args = parser.parse_args()
+    url = args.url
+    if url is None:
+        from serve_app import start
+
+        config = ParleyConfig.model_validate(
+            {
+                "server": {"port": free_port(), "ice_addresses": ["127.0.0.1"]},
+                "serve": {"include_dashboard": False},
+                "limits": {"turns_per_minute": 1000},
+            }
+        )
+        url = start(config)
+    asyncio.run(run(url, max(1, min(args.turns, 50))))
+
+
+if __name__ == "__main__":
+    main()

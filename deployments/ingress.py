@@ -1,0 +1,88 @@
+"""The ingress deployment: one per node, serving browsers itself and calling the models by handle.
+
+Invariant: all model work goes through async DeploymentHandles; streaming calls are consumed
+as they arrive and cancelled when the consumer stops (barge-in, disconnect).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from typing import Any, cast
+
+import numpy as np
+from ray import serve
+from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
+
+from parley.config import ParleyConfig
+from parley.logs import setup_logging
+from parley.metrics import STAGES
+from parley.server import IngressServer
+from parley.types import ChatMessage, OpusPacket, Transcript
+
+log = logging.getLogger("parley.ingress")
+
+_BOUNDARIES = [0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0]
+
+
+class HandleServices:
+    """The Services protocol over Serve deployment handles."""
+
+    def __init__(self, asr: DeploymentHandle, llm: DeploymentHandle, tts: DeploymentHandle) -> None:
+        self._asr = asr
+        self._llm = llm.options(stream=True)
+        self._tts = tts.options(stream=True)
+
+    async def transcribe(self, audio: np.ndarray) -> Transcript:
+        result: Transcript = await self._asr.transcribe.remote(audio)
+        return result
+
+    async def stream_reply(self, messages: list[ChatMessage]) -> AsyncIterator[str]:
+        stream = cast(DeploymentResponseGenerator, self._llm.stream_reply.remote(messages))
+        try:
+            async for delta in stream:
+                yield delta
+        finally:
+            stream.cancel()
+
+    async def synthesize(self, text: str, voice: str | None = None) -> AsyncIterator[OpusPacket]:
+        stream = cast(DeploymentResponseGenerator, self._tts.synthesize.remote(text, voice))
+        try:
+            async for packet in stream:
+                yield packet
+        finally:
+            stream.cancel()
+
+
+class StageMetrics:
+    """One Serve histogram per stage named in parley.metrics, in seconds."""
+
+    def __init__(self) -> None:
+        self._histograms = {
+            stage: serve.metrics.Histogram(
+                f"parley_{stage}_seconds", description=f"Per-turn {stage} latency (seconds).", boundaries=_BOUNDARIES
+            )
+            for stage in STAGES
+        }
+
+    def __call__(self, stage: str, seconds: float) -> None:
+        self._histograms[stage].observe(seconds)
+
+
+class Ingress:
+    """Serve deployment: runs the aiohttp/socket.io/aiortc server for this node."""
+
+    async def __init__(  # type: ignore[misc]  # Serve (like Ray actors) allows an async constructor
+        self, config: ParleyConfig | dict[str, Any], asr: DeploymentHandle, llm: DeploymentHandle, tts: DeploymentHandle
+    ) -> None:
+        setup_logging()
+        self.config = ParleyConfig.model_validate(config)
+        self.server = IngressServer(self.config, HandleServices(asr, llm, tts), on_metric=StageMetrics())
+        await self.server.start()
+
+    async def url(self) -> str:
+        """The address browsers open for this node."""
+        return self.server.url
+
+    async def __del__(self) -> None:
+        await self.server.stop()

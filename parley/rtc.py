@@ -1,0 +1,110 @@
+"""WebRTC for one session: the aiortc peer connection, its media in, and its speech out.
+
+Invariants:
+- Every microphone and camera frame the browser sends is consumed as it arrives (so aiortc's
+  buffers never fill) and handed to the session; nothing here blocks on a model.
+- The host addresses advertised in ICE candidates are a process-wide setting: aioice gathers
+  them through one module-level function, which `advertise_addresses` replaces.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Sequence
+
+import aioice.ice
+from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+
+from media.track import PacingTrack
+from parley.config import IceServer
+from parley.session import Session
+
+log = logging.getLogger("parley.rtc")
+
+_default_host_addresses = aioice.ice.get_host_addresses
+
+
+def advertise_addresses(addresses: Sequence[str]) -> None:
+    """Offer exactly these local addresses as host candidates (empty: aioice's own choice).
+
+    aioice never offers 127.0.0.1 by itself, so a loopback-only call needs this.
+    """
+    chosen = list(addresses)
+    if not chosen:
+        aioice.ice.get_host_addresses = _default_host_addresses
+        return
+
+    def host_addresses(use_ipv4: bool, use_ipv6: bool) -> list[str]:
+        return [a for a in chosen if (":" in a and use_ipv6) or (":" not in a and use_ipv4)]
+
+    aioice.ice.get_host_addresses = host_addresses
+    log.info("ICE host candidates: %s", ", ".join(chosen))
+
+
+def rtc_configuration(servers: Sequence[IceServer]) -> RTCConfiguration:
+    return RTCConfiguration(iceServers=[RTCIceServer(urls=s.urls, username=s.username, credential=s.credential) for s in servers])
+
+
+class SdpError(ValueError):
+    """The browser's session description could not be used."""
+
+
+class Peer:
+    """One RTCPeerConnection between a browser and its session."""
+
+    def __init__(self, session: Session, ice_servers: Sequence[IceServer]) -> None:
+        self.session = session
+        self.pc = RTCPeerConnection(rtc_configuration(ice_servers))
+        self.track = PacingTrack()
+        self._readers: list[asyncio.Task[None]] = []
+        self.pc.on("track", self._on_track)
+        self.pc.on("connectionstatechange", self._on_state)
+
+    async def answer(self, sdp: str, kind: str) -> RTCSessionDescription:
+        """Take the browser's offer and return our answer (with all our candidates in it)."""
+        if kind != "offer":
+            raise SdpError(f"expected an offer, got {kind!r}")
+        try:
+            await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
+        except Exception as exc:
+            raise SdpError(f"the offer could not be read: {exc}") from exc
+        if not any(t.kind == "audio" for t in self.pc.getTransceivers()):
+            raise SdpError("the offer has no audio section")
+        self.pc.addTrack(self.track)  # reuses the offer's audio transceiver: sendrecv
+        self.session.set_track(self.track)
+        await self.pc.setLocalDescription(await self.pc.createAnswer())
+        return self.pc.localDescription
+
+    def _on_track(self, track: MediaStreamTrack) -> None:
+        self._readers.append(asyncio.get_running_loop().create_task(self._read(track)))
+
+    async def _read(self, track: MediaStreamTrack) -> None:
+        handle = self.session.on_audio_frame if track.kind == "audio" else self.session.on_video_frame
+        try:
+            while True:
+                frame = await track.recv()
+                handle(frame)  # type: ignore[arg-type]
+        except MediaStreamError:
+            pass
+        except Exception:
+            log.exception("session %s: reading %s failed", self.session.id[:8], track.kind)
+
+    async def _on_state(self) -> None:
+        log.info("session %s: peer %s", self.session.id[:8], self.pc.connectionState)
+        if self.pc.connectionState in ("failed", "closed"):
+            await self.close()
+
+    async def close(self) -> None:
+        for task in self._readers:
+            task.cancel()
+        for task in self._readers:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._readers.clear()
+        if self.session.track is self.track:
+            self.session.set_track(None)
+        self.track.stop()
+        await self.pc.close()

@@ -1,0 +1,269 @@
+"""The ingress's own web server: the page, socket.io signalling, and one Session per browser.
+
+Invariants:
+- It serves HTTP itself (not through Serve's proxy), because WebRTC needs the node's own UDP.
+- A non-loopback host is served over HTTPS: browsers refuse the camera on plain HTTP elsewhere.
+- Every socket.io payload is checked before use; a bad one gets a notice, never an exception
+  that could drop the connection or the server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import re
+import ssl
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import socketio
+from aiohttp import web
+
+from parley.config import ParleyConfig
+from parley.metrics import MetricSink
+from parley.rtc import Peer, SdpError, advertise_addresses
+from parley.services import Services
+from parley.session import Session
+from parley.tls import self_signed_pair
+
+log = logging.getLogger("parley.server")
+
+ROOT = Path(__file__).resolve().parent.parent
+STATIC = ROOT / "static"
+VENDOR = {"socket.io.min.js": ROOT / "node_modules/socket.io-client/dist/socket.io.min.js"}
+_SESSION_ID = re.compile(r"^[A-Za-z0-9_-]{8,64}$")
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    with contextlib.suppress(ValueError):
+        return ipaddress.ip_address(host).is_loopback
+    return False
+
+
+class IngressServer:
+    """aiohttp + python-socketio + aiortc for the browsers that reach this node."""
+
+    def __init__(self, config: ParleyConfig, services: Services, *, on_metric: MetricSink | None = None) -> None:
+        self.config = config
+        self.services = services
+        self.on_metric = on_metric
+        self.sessions: dict[str, Session] = {}
+        self.peers: dict[str, Peer] = {}
+        self._sid_session: dict[str, str] = {}
+        self._runner: web.AppRunner | None = None
+        self._reaper: asyncio.Task[None] | None = None
+        self.url = ""
+        self.sio = socketio.AsyncServer(
+            async_mode="aiohttp",
+            max_http_buffer_size=config.limits.max_payload_bytes,
+            logger=False,
+            engineio_logger=False,
+        )
+        self.app = web.Application(client_max_size=config.limits.max_payload_bytes)
+        self.sio.attach(self.app)
+        self.app.router.add_get("/", self._index)
+        self.app.router.add_get("/healthz", self._health)
+        self.app.router.add_get("/vendor/{name}", self._vendor)
+        self.app.router.add_static("/", STATIC)
+        for event in ("hello", "offer", "talk_start", "talk_end", "text", "stop", "vision"):
+            self.sio.on(event, self._guard(event, getattr(self, f"_on_{event}")))
+        self.sio.on("disconnect", self._on_disconnect)
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    async def start(self) -> str:
+        """Bind the web server; returns the URL a browser opens."""
+        cfg = self.config.server
+        advertise_addresses(cfg.ice_addresses)
+        ssl_context = None
+        if not is_loopback(cfg.host):
+            cert, key = (cfg.cert_file, cfg.key_file)
+            if not (cert and key):
+                cert, key = self_signed_pair(Path(cfg.self_signed_dir).expanduser(), cfg.host)
+            ssl_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            ssl_context.load_cert_chain(cert, key)
+        self._runner = web.AppRunner(self.app, access_log=None)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, cfg.host, cfg.port, ssl_context=ssl_context).start()
+        scheme = "https" if ssl_context else "http"
+        shown = "localhost" if cfg.host in ("0.0.0.0", "::") else cfg.host
+        self.url = f"{scheme}://{shown}:{cfg.port}/"
+        self._reaper = asyncio.get_running_loop().create_task(self._reap())
+        log.info("Parley is serving %s", self.url)
+        return self.url
+
+    async def stop(self) -> None:
+        if self._reaper:
+            self._reaper.cancel()
+        for sid in list(self.peers):
+            await self._close_peer(sid)
+        for session in self.sessions.values():
+            await session.close()
+        if self._runner:
+            await self._runner.cleanup()
+
+    async def _reap(self) -> None:
+        """Forget sessions whose browser has been gone longer than session_idle_s."""
+        while True:
+            await asyncio.sleep(min(30.0, self.config.server.session_idle_s))
+            live = set(self._sid_session.values())
+            now = time.monotonic()
+            for sid, session in list(self.sessions.items()):
+                if sid not in live and now - session.last_seen > self.config.server.session_idle_s:
+                    del self.sessions[sid]
+                    await session.close()
+                    log.info("session %s expired", sid[:8])
+
+    # -- HTTP -------------------------------------------------------------------------------
+
+    async def _index(self, request: web.Request) -> web.StreamResponse:
+        return web.FileResponse(STATIC / "index.html")
+
+    async def _health(self, request: web.Request) -> web.Response:
+        return web.json_response({"sessions": len(self._sid_session), "max_sessions": self.config.server.max_sessions})
+
+    async def _vendor(self, request: web.Request) -> web.StreamResponse:
+        path = VENDOR.get(request.match_info["name"])
+        if path is None or not path.exists():
+            raise web.HTTPNotFound(text="not installed: run scripts/install.sh")
+        return web.FileResponse(path)
+
+    # -- socket.io --------------------------------------------------------------------------
+
+    def _guard(self, event: str, handler: Any) -> Any:
+        async def guarded(sid: str, data: Any = None) -> None:
+            try:
+                await handler(sid, data if isinstance(data, dict) else {} if data is None else data)
+            except Exception:
+                log.exception("handling %s from %s failed", event, sid)
+                await self._notice(sid, f"The server could not handle '{event}'. Please try again.", "error")
+
+        return guarded
+
+    async def _notice(self, sid: str, text: str, level: str = "error") -> None:
+        await self.sio.emit("notice", {"level": level, "text": text}, to=sid)
+
+    def _session(self, sid: str) -> Session | None:
+        session_id = self._sid_session.get(sid)
+        return self.sessions.get(session_id) if session_id else None
+
+    async def _on_hello(self, sid: str, data: Any) -> None:
+        if not isinstance(data, dict):
+            await self._notice(sid, "Malformed hello.")
+            return
+        wanted = data.get("session_id")
+        session_id = wanted if isinstance(wanted, str) and _SESSION_ID.match(wanted) else uuid.uuid4().hex
+        attached = {s for k, s in self._sid_session.items() if k != sid}
+        if session_id not in attached and len(attached) >= self.config.server.max_sessions:
+            log.warning("rejecting %s: %d sessions already", sid, len(attached))
+            await self.sio.emit(
+                "rejected",
+                {"reason": f"This server is full ({self.config.server.max_sessions} conversations). Try again soon."},
+                to=sid,
+            )
+            return
+        for other, sess in list(self._sid_session.items()):  # the same browser on a new socket
+            if sess == session_id and other != sid:
+                await self._close_peer(other)
+                del self._sid_session[other]
+                await self.sio.disconnect(other)
+        session = self.sessions.get(session_id)
+        if session is None:
+            session = Session(session_id, self.config, self.services, on_metric=self.on_metric)
+            self.sessions[session_id] = session
+        if isinstance(data.get("vision"), bool):
+            session.vision = data["vision"]
+        self._sid_session[sid] = session_id
+
+        async def emit(event: str, payload: dict[str, Any]) -> None:
+            await self.sio.emit(event, payload, to=sid)
+
+        session.attach(emit)
+        llm = self.config.llm
+        await self.sio.emit(
+            "welcome",
+            {
+                "session_id": session_id,
+                "history": [e.public() for e in session.history],
+                "ice_servers": [s.model_dump(exclude_none=True) for s in self.config.server.ice_servers],
+                "limits": {
+                    "max_record_s": self.config.limits.max_record_s,
+                    "max_text_chars": self.config.limits.max_text_chars,
+                },
+                "llm": {
+                    "backend": llm.backend,
+                    "model": llm.model if llm.backend == "openai" else "SmolLM2-135M",
+                    "vision": session.vision,
+                },
+            },
+            to=sid,
+        )
+
+    async def _on_offer(self, sid: str, data: Any) -> None:
+        session = self._session(sid)
+        if session is None:
+            await self._notice(sid, "Say hello before sending an offer.")
+            return
+        sdp, kind = (data.get("sdp"), data.get("type")) if isinstance(data, dict) else (None, None)
+        if not isinstance(sdp, str) or not isinstance(kind, str) or not sdp.strip():
+            await self._notice(sid, "The WebRTC offer was malformed.")
+            return
+        await self._close_peer(sid)
+        peer = Peer(session, self.config.server.ice_servers)
+        self.peers[sid] = peer
+        try:
+            answer = await peer.answer(sdp, kind)
+        except SdpError as exc:
+            await self._close_peer(sid)
+            log.warning("session %s: bad offer: %s", session.id[:8], exc)
+            await self._notice(sid, f"Could not start audio/video: {exc}.")
+            return
+        await self.sio.emit("answer", {"sdp": answer.sdp, "type": answer.type}, to=sid)
+
+    async def _close_peer(self, sid: str) -> None:
+        peer = self.peers.pop(sid, None)
+        if peer is not None:
+            await peer.close()
+
+    async def _on_talk_start(self, sid: str, data: Any) -> None:
+        if session := await self._require(sid):
+            if sid not in self.peers:
+                await self._notice(sid, "The microphone is not connected yet; wait a moment and try again.", "warn")
+                return
+            await session.talk_start()
+
+    async def _on_talk_end(self, sid: str, data: Any) -> None:
+        if session := await self._require(sid):
+            await session.talk_end()
+
+    async def _on_text(self, sid: str, data: Any) -> None:
+        if session := await self._require(sid):
+            await session.send_text(data.get("text") if isinstance(data, dict) else None)
+
+    async def _on_stop(self, sid: str, data: Any) -> None:
+        if session := await self._require(sid):
+            await session.interrupt()
+
+    async def _on_vision(self, sid: str, data: Any) -> None:
+        if (session := await self._require(sid)) and isinstance(data, dict) and isinstance(data.get("enabled"), bool):
+            session.vision = data["enabled"]
+
+    async def _require(self, sid: str) -> Session | None:
+        session = self._session(sid)
+        if session is None:
+            await self._notice(sid, "This connection has no session yet; reload the page.")
+        return session
+
+    async def _on_disconnect(self, sid: str, *args: Any) -> None:
+        await self._close_peer(sid)
+        session_id = self._sid_session.pop(sid, None)
+        session = self.sessions.get(session_id) if session_id else None
+        if session is not None and session_id not in self._sid_session.values():
+            session.attach(None)
+            await session.interrupt()

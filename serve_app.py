@@ -1,0 +1,99 @@
+"""Parley's Ray Serve application: `build_app` for Serve configs, `python serve_app.py` to run it.
+
+Invariant: the builder only wires deployments together from the typed config; models load in
+the replicas, never here.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from ray import serve
+from ray.serve import Application
+from ray.serve.deployment import Deployment
+
+from deployments.asr import ASR
+from deployments.ingress import Ingress
+from deployments.llm import LLM
+from deployments.tts import TTS
+from parley.config import ParleyConfig, parse_args
+
+ROOT = Path(__file__).resolve().parent
+
+
+def build_app(args: ParleyConfig | dict[str, Any]) -> Application:
+    """The Serve application: ASR, LLM and TTS deployments behind one ingress per node."""
+    config = args if isinstance(args, ParleyConfig) else ParleyConfig.model_validate(args)
+    res = config.serve
+    common: dict[str, Any] = {"max_ongoing_requests": res.max_ongoing_requests, "health_check_period_s": 2}
+    asr = _deployment(ASR, name="ASR", ray_actor_options={"num_cpus": res.asr_cpus, "num_gpus": res.asr_gpus}, **common)
+    llm = _deployment(LLM, name="LLM", ray_actor_options={"num_cpus": res.llm_cpus}, **common)
+    tts = _deployment(TTS, name="TTS", ray_actor_options={"num_cpus": res.tts_cpus}, **common)
+    ingress = _deployment(
+        Ingress,
+        name="Ingress",
+        num_replicas=res.ingress_replicas,
+        max_replicas_per_node=1,
+        ray_actor_options={"num_cpus": res.ingress_cpus},
+        **common,
+    )
+    return ingress.bind(config, asr.bind(config.asr), llm.bind(config.llm), tts.bind(config.tts))
+
+
+def _deployment(cls: type, **options: Any) -> Deployment:
+    return serve.deployment(**options)(cls)
+
+
+def start(config: ParleyConfig, *, name: str = "parley") -> str:
+    """Start (or join) Ray, deploy the app and return the URL browsers open."""
+    import ray
+
+    runtime_env = {"env_vars": {"PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}}
+    if not ray.is_initialized():
+        if config.serve.address:
+            ray.init(address=config.serve.address, runtime_env=runtime_env)
+        else:
+            ray.init(address="local", include_dashboard=config.serve.include_dashboard, runtime_env=runtime_env)
+    serve.start(proxy_location="Disabled")
+    handle = serve.run(build_app(config), name=name, route_prefix=None)
+    url: str = handle.url.remote().result()
+    return url
+
+
+def _progress(stop: threading.Event) -> None:
+    began = time.monotonic()
+    while not stop.wait(5):
+        print(f"parley: still loading models ({time.monotonic() - began:.0f} s)...", flush=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    config = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    print("parley: starting Ray and deploying ASR, LLM, TTS and the ingress...", flush=True)
+    done = threading.Event()
+    threading.Thread(target=_progress, args=(done,), daemon=True).start()
+    try:
+        url = start(config)
+    finally:
+        done.set()
+    if config.llm.backend == "local":
+        print("parley: the LLM is the embedded 135M model; see README to point it at a real one.", flush=True)
+    print(f"\nParley is ready: open {url}\n(Ctrl-C to stop)", flush=True)
+    stopping = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stopping.set())
+    try:
+        while not stopping.wait(1):
+            pass
+    except KeyboardInterrupt:
+        pass
+    serve.shutdown()
+
+
+if __name__ == "__main__":
+    main()

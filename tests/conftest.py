@@ -1,0 +1,58 @@
+"""Shared fixtures: one local Ray with the Parley Serve app for the whole test session."""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from parley.config import ParleyConfig  # noqa: E402
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def loopback_only() -> bool:
+    """True inside a network namespace whose only interface is lo (scripts/test.sh makes one)."""
+    return set(os.listdir("/sys/class/net")) == {"lo"}
+
+
+@dataclass
+class RunningApp:
+    url: str
+    config: ParleyConfig
+
+
+@pytest.fixture(scope="session")
+def serve_app() -> Iterator[RunningApp]:
+    """The real app (embedded models) on a local Ray, serving on a free loopback port."""
+    import ray
+    from ray import serve
+
+    from serve_app import start
+
+    config = ParleyConfig.model_validate(
+        {
+            "server": {"host": "127.0.0.1", "port": free_port(), "ice_addresses": ["127.0.0.1"], "session_idle_s": 120},
+            "serve": {"include_dashboard": False},
+            "limits": {"turns_per_minute": 200},
+            "llm": {"max_tokens": 60},
+        }
+    )
+    url = start(config)
+    try:
+        yield RunningApp(url=url, config=config)
+    finally:
+        serve.shutdown()
+        ray.shutdown()

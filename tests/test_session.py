@@ -1,0 +1,217 @@
+"""The turn pipeline with scripted services (no Ray, no models): ordering, interruption, errors.
+
+The scripted services replay a timeline (a delay before each item), like LiveKit's fakes, so
+the tests assert what the page would see, in order, without depending on model speed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import av
+import numpy as np
+import pytest
+
+from media.track import PacingTrack
+from parley.config import ParleyConfig
+from parley.session import Session
+from parley.types import ChatMessage, OpusPacket, Transcript
+
+
+class ScriptedServices:
+    """Services that answer from a script: words with delays, packets per sentence."""
+
+    def __init__(
+        self, reply: list[str], *, delta_delay: float = 0.0, transcript: str = "hello there", fail_after: int | None = None
+    ):
+        self.reply = reply
+        self.delta_delay = delta_delay
+        self.transcript = transcript
+        self.fail_after = fail_after
+        self.requests: list[list[ChatMessage]] = []
+        self.spoken: list[str] = []
+        self.transcribed = 0
+        self.closed_early = False
+
+    async def transcribe(self, audio: np.ndarray) -> Transcript:
+        self.transcribed += 1
+        return Transcript(text=self.transcript, audio_s=len(audio) / 16000)
+
+    async def stream_reply(self, messages: list[ChatMessage]) -> AsyncIterator[str]:
+        self.requests.append(messages)
+        finished = False
+        try:
+            for i, delta in enumerate(self.reply):
+                if self.fail_after is not None and i == self.fail_after:
+                    raise RuntimeError("backend went away")
+                await asyncio.sleep(self.delta_delay)
+                yield delta
+            finished = True
+        finally:
+            self.closed_early = not finished
+
+    async def synthesize(self, text: str, voice: str | None = None) -> AsyncIterator[OpusPacket]:
+        self.spoken.append(text)
+        for _ in range(3):
+            yield OpusPacket(data=b"\xfc\x01\x02", samples=960)
+
+
+class Page:
+    """Collects what the session emits, as the page would receive it."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, dict[str, Any]]] = []
+
+    async def __call__(self, event: str, data: dict[str, Any]) -> None:
+        self.events.append((event, data))
+
+    def of(self, name: str) -> list[dict[str, Any]]:
+        return [d for n, d in self.events if n == name]
+
+
+async def pump(track: PacingTrack, stop: asyncio.Event) -> None:
+    """Stands in for aiortc's sender: pulls packets as fast as the (instant) clock allows."""
+    while not stop.is_set():
+        await track.recv()
+        await asyncio.sleep(0)
+
+
+def make_session(services: ScriptedServices, **limits: Any) -> tuple[Session, Page, PacingTrack]:
+    config = ParleyConfig.model_validate({"limits": limits} if limits else {})
+    session = Session("s" * 12, config, services)
+    page = Page()
+    session.attach(page)
+    now = [0.0]
+
+    async def instant(seconds: float) -> None:
+        now[0] += seconds
+        await asyncio.sleep(0)
+
+    track = PacingTrack(clock=lambda: now[0], sleep=instant)
+    session.set_track(track)
+    return session, page, track
+
+
+async def wait_until(predicate: Any, timeout: float = 5.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not predicate():
+            await asyncio.sleep(0.005)
+
+
+async def test_text_turn_streams_text_and_speaks_each_sentence_in_order() -> None:
+    services = ScriptedServices(["Paris is ", "the capital. ", "It is in ", "France."])
+    session, page, track = make_session(services)
+    stop = asyncio.Event()
+    pumping = asyncio.create_task(pump(track, stop))
+    await session.send_text("  What is the capital of France?  ")
+    await wait_until(lambda: page.of("metrics"))
+    stop.set()
+    await pumping
+
+    user, answer = page.of("message")[:2]
+    assert user == {"id": user["id"], "role": "user", "text": "What is the capital of France?", "state": "done"}
+    assert answer["role"] == "assistant" and answer["state"] == "streaming"
+    assert "".join(d["text"] for d in page.of("delta")) == "Paris is the capital. It is in France."
+    assert page.of("state")[-1] == {"id": answer["id"], "state": "done"}
+    assert services.spoken == ["Paris is the capital.", "It is in France."]
+    assert track.packets_sent >= 6
+    metrics = page.of("metrics")[0]
+    assert metrics["voice_to_voice"] is not None and metrics["llm_ttft"] is not None
+    assert [m.role for m in services.requests[0]] == ["system", "user"]
+
+
+async def test_interrupt_stops_text_and_speech_and_keeps_what_was_said() -> None:
+    services = ScriptedServices(["One. ", "Two. ", "Three. ", "Four. ", "Five."], delta_delay=0.05)
+    session, page, track = make_session(services)
+    await session.send_text("Count to five.")
+    await wait_until(lambda: len(page.of("delta")) >= 2)
+    await session.interrupt()
+
+    answer_id = page.of("message")[1]["id"]
+    assert page.of("state")[-1] == {"id": answer_id, "state": "interrupted"}
+    assert services.closed_early, "the LLM stream was closed, not left running"
+    assert track.queued_s == 0, "queued speech was dropped at once"
+    streamed = "".join(d["text"] for d in page.of("delta"))
+    assert session.history[-1].text == streamed and session.history[-1].state == "interrupted"
+    deltas = len(page.of("delta"))
+    await asyncio.sleep(0.2)  # absence of more text takes waiting past the next scripted delta
+    assert len(page.of("delta")) == deltas
+
+    await session.send_text("And now?")
+    await wait_until(lambda: len(services.requests) == 2)
+    sent = [(m.role, m.text()) for m in services.requests[1]]
+    assert sent[-3:] == [("user", "Count to five."), ("assistant", streamed), ("user", "And now?")]
+    await session.close()
+
+
+async def test_silent_recording_gets_a_notice_and_never_reaches_the_models() -> None:
+    services = ScriptedServices(["Hi."])
+    session, page, _ = make_session(services)
+    await session.talk_start()
+    for _ in range(50):  # one second of digital silence from the microphone
+        frame = av.AudioFrame.from_ndarray(np.zeros((1, 1920), np.int16), format="s16", layout="stereo")
+        frame.sample_rate = 48000
+        session.on_audio_frame(frame)
+    await session.talk_end()
+    await wait_until(lambda: page.of("notice"))
+    assert "didn't hear any speech" in page.of("notice")[0]["text"]
+    assert services.transcribed == 0 and not services.requests
+    assert not page.of("message")
+
+
+async def test_llm_failure_mid_answer_keeps_the_text_and_marks_error() -> None:
+    services = ScriptedServices(["It is ", "sunny ", "and "], fail_after=2)
+    session, page, _ = make_session(services)
+    await session.send_text("Weather?")
+    await wait_until(lambda: any(s["state"] == "error" for s in page.of("state")))
+    error = next(s for s in page.of("state") if s["state"] == "error")
+    assert "backend went away" in error["error"]
+    assert session.history[-1].text == "It is sunny "
+    await session.send_text("Still there?")  # the session goes on
+    await wait_until(lambda: len(services.requests) == 2)
+
+
+@pytest.mark.parametrize(
+    ("payload", "expected"),
+    [("x" * 2001, "limited to 2000 characters"), (12, "not text")],
+)
+async def test_bad_text_is_refused_with_a_reason(payload: Any, expected: str) -> None:
+    services = ScriptedServices(["Hi."])
+    session, page, _ = make_session(services)
+    await session.send_text(payload)
+    assert expected in page.of("notice")[0]["text"]
+    assert not services.requests
+
+
+async def test_turn_rate_is_limited() -> None:
+    services = ScriptedServices(["Ok."])
+    session, page, track = make_session(services, turns_per_minute=2)
+    stop = asyncio.Event()
+    pumping = asyncio.create_task(pump(track, stop))
+    for i in range(3):
+        await session.send_text(f"message {i}")
+        await wait_until(lambda: not session.busy)
+    stop.set()
+    await pumping
+    assert "Too many turns" in page.of("notice")[-1]["text"]
+    assert len(services.requests) == 2
+
+
+async def test_only_the_newest_image_is_sent() -> None:
+    services = ScriptedServices(["Ok."])
+    session, _, _ = make_session(services)
+    frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), 200, np.uint8), format="rgb24")
+    session.on_video_frame(frame)
+    await session.send_text("first")
+    await wait_until(lambda: len(services.requests) == 1)
+    await session.send_text("second")
+    await wait_until(lambda: len(services.requests) == 2)
+    with_images = [m.text() for m in services.requests[1] if m.has_image()]
+    assert with_images == ["second"]
+    session.vision = False
+    await session.send_text("third")
+    await wait_until(lambda: len(services.requests) == 3)
+    assert not any(m.has_image() for m in services.requests[2])
+    await session.close()
