@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import socket
 import sys
 from collections.abc import Iterator
@@ -25,7 +24,7 @@ def free_port() -> int:
 
 def loopback_only() -> bool:
     """True inside a network namespace whose only interface is lo (scripts/test.sh makes one)."""
-    return set(os.listdir("/sys/class/net")) == {"lo"}
+    return {name for _, name in socket.if_nameindex()} == {"lo"}
 
 
 @dataclass

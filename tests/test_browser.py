@@ -62,7 +62,7 @@ def fake_media(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, fl
 
 
 @pytest.fixture
-async def page(serve_app, fake_media, tmp_path: Path) -> AsyncIterator[object]:
+async def page(serve_app, fake_media) -> AsyncIterator[object]:
     from playwright.async_api import async_playwright
 
     wav, y4m, _ = fake_media
@@ -84,7 +84,6 @@ async def page(serve_app, fake_media, tmp_path: Path) -> AsyncIterator[object]:
                 f"--use-file-for-fake-video-capture={y4m}",
                 "--autoplay-policy=no-user-gesture-required",
                 "--allow-loopback-in-peer-connection",
-                f"--user-data-dir={tmp_path / 'profile'}",
             ],
         )
         page = await browser.new_page()
@@ -164,3 +163,18 @@ async def test_stop_interrupts_speech_and_text(page) -> None:
     assert await message.locator(".text").text_content() == text_then, "text kept streaming after Stop"
     assert await inbound_audio_energy(page) - energy_then < 1e-4, "speech kept playing after Stop"
     assert await message.get_attribute("data-state") == "interrupted"
+
+
+async def test_reload_reconnects_and_shows_the_conversation(page) -> None:
+    await page.fill("#text-input", "Remember the word pineapple.")
+    await page.press("#text-input", "Enter")
+    await page.locator('#chat [data-role="assistant"][data-state="done"]').first.wait_for(timeout=60000)
+    session_id = await page.evaluate("window.parley.sessionId")
+    await page.reload()
+    await page.wait_for_function(
+        "window.parley && window.parley.pc && window.parley.pc.connectionState === 'connected'", timeout=30000
+    )
+    assert await page.evaluate("window.parley.sessionId") == session_id
+    user = page.locator('#chat [data-role="user"] .text').first
+    assert await user.text_content() == "Remember the word pineapple."
+    assert await page.locator('#chat [data-role="assistant"]').count() == 1
