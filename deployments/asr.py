@@ -55,6 +55,8 @@ class FasterWhisperBackend:
             beam_size=self.config.beam_size,
             vad_filter=False,
             condition_on_previous_text=False,
+            without_timestamps=True,  # ~30 ms faster; we only need the words
+            temperature=0.0,  # no fallback re-decoding: a noisy clip costs one pass, not six
         )
         text = "".join(s.text for s in segments).strip()  # segments is lazy: decoding happens here
         return Transcript(text=text, language=info.language, audio_s=audio.size / SAMPLE_RATE)

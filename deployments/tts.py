@@ -16,6 +16,7 @@ import numpy as np
 from hibari import SAMPLE_RATE, Hibari
 from hibari.voices import VOICES
 
+from media.audio import trim_edges
 from media.opus import OpusEncoder
 from parley.config import TTSConfig
 from parley.logs import setup_logging
@@ -72,7 +73,7 @@ class TTS:
         audio = next(sentences, None)
         if audio is None:
             return None
-        return encoder.encode(np.asarray(audio, np.float32))
+        return encoder.encode(trim_edges(np.asarray(audio, np.float32), SAMPLE_RATE))
 
     def _check_voice(self, name: str) -> None:
         if name not in self.voices:

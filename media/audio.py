@@ -101,3 +101,22 @@ def normalize(
     if audio.size < min_speech_s * WHISPER_RATE:
         return None
     return audio
+
+
+def trim_edges(
+    audio: np.ndarray, sample_rate: int, *, lead_s: float = 0.03, tail_s: float = 0.15, floor: float = 0.02
+) -> np.ndarray:
+    """Cut a synthesized sentence's leading and trailing silence down to `lead_s` and `tail_s`.
+
+    Silence is anything quieter than `floor` times the clip's peak. TTS engines pad each sentence
+    with ~0.3 s before and ~0.45 s after: at the start of an answer that is pure added latency,
+    and between sentences it makes unnatural gaps.
+    """
+    if audio.size == 0:
+        return audio
+    loud = np.flatnonzero(np.abs(audio) > floor * float(np.abs(audio).max()))
+    if loud.size == 0:
+        return audio[:0]
+    start = max(0, int(loud[0]) - int(lead_s * sample_rate))
+    end = min(audio.size, int(loud[-1]) + 1 + int(tail_s * sample_rate))
+    return audio[start:end]

@@ -6,7 +6,7 @@ import av
 import numpy as np
 import pytest
 
-from media.audio import WHISPER_RATE, normalize
+from media.audio import WHISPER_RATE, normalize, trim_edges
 
 RATE = 48000
 
@@ -146,3 +146,13 @@ def test_long_recordings_use_the_fast_resampler_and_keep_their_length() -> None:
 def test_chunks_that_do_not_match_the_channel_count_are_rejected() -> None:
     with pytest.raises(ValueError, match="channels"):
         normalize([np.zeros(961, np.int16)], channels=2, sample_rate=RATE)
+
+
+def test_trim_edges_cuts_tts_padding_to_a_short_lead_and_tail() -> None:
+    rate = 24000
+    tone = (0.5 * np.sin(2 * np.pi * 220 * np.arange(rate) / rate)).astype(np.float32)
+    padded = np.concatenate([np.zeros(int(0.3 * rate), np.float32), tone, np.zeros(int(0.45 * rate), np.float32)])
+    trimmed = trim_edges(padded, rate, lead_s=0.03, tail_s=0.15)
+    assert abs(trimmed.size / rate - (1.0 + 0.03 + 0.15)) < 0.01
+    assert np.abs(trimmed[: int(0.03 * rate) - 10]).max() == 0, "only the kept lead is silent"
+    assert trim_edges(np.zeros(100, np.float32), rate).size == 0
