@@ -7,12 +7,16 @@ The silence settings are the seed's (catid/aiwebcam2), tuned so an accidental ke
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
 import samplerate
-from pydub import AudioSegment
-from pydub.silence import split_on_silence
+
+# pydub warns at import when ffmpeg is missing; raw PCM in and out never needs it.
+warnings.filterwarnings("ignore", message="Couldn't find ffmpeg", category=RuntimeWarning)
+from pydub import AudioSegment  # noqa: E402
+from pydub.silence import split_on_silence  # noqa: E402
 
 WHISPER_RATE = 16000
 """The sample rate every Whisper model expects."""

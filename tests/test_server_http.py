@@ -1,0 +1,72 @@
+"""The ingress's web server without models: page, vendor script, HTTPS off loopback, full server."""
+
+from __future__ import annotations
+
+import ssl
+from typing import Any, cast
+
+import aiohttp
+
+from parley.config import ParleyConfig
+from parley.server import IngressServer
+from parley.services import Services
+from tests.client import ParleyClient
+from tests.conftest import free_port
+
+NO_MODELS = cast(Services, None)  # these tests never start a turn
+
+
+async def started(**server: Any) -> IngressServer:
+    config = ParleyConfig.model_validate({"server": {"port": free_port(), **server}})
+    ingress = IngressServer(config, NO_MODELS)
+    await ingress.start()
+    return ingress
+
+
+async def test_loopback_serves_the_page_and_vendor_script_over_http() -> None:
+    ingress = await started(host="127.0.0.1")
+    try:
+        assert ingress.url.startswith("http://127.0.0.1:")
+        async with aiohttp.ClientSession() as http:
+            async with http.get(ingress.url) as page:
+                assert page.status == 200 and 'id="talk"' in await page.text()
+            async with http.get(ingress.url + "vendor/socket.io.min.js") as script:
+                assert script.status == 200 and len(await script.read()) > 10000
+    finally:
+        await ingress.stop()
+
+
+async def test_other_hosts_get_https_with_a_reused_self_signed_certificate(tmp_path) -> None:
+    made = []
+    for _ in range(2):
+        ingress = await started(host="0.0.0.0", self_signed_dir=str(tmp_path))
+        try:
+            assert ingress.url.startswith("https://")
+            insecure = ssl.create_default_context()
+            insecure.check_hostname = False
+            insecure.verify_mode = ssl.CERT_NONE
+            async with aiohttp.ClientSession() as http:
+                url = f"https://127.0.0.1:{ingress.config.server.port}/"
+                async with http.get(url, ssl=insecure) as page:
+                    assert page.status == 200
+            made.append(sorted(p.name for p in tmp_path.iterdir()))
+        finally:
+            await ingress.stop()
+    assert made[0] == made[1] == ["0.0.0.0.crt", "0.0.0.0.key"]
+
+
+async def test_a_full_server_refuses_new_sessions_with_a_reason() -> None:
+    ingress = await started(host="127.0.0.1", max_sessions=1)
+    first, second = ParleyClient(ingress.url), ParleyClient(ingress.url)
+    try:
+        assert "session_id" in await first.connect(media=False)
+        refused = await second.connect(media=False)
+        assert "full" in refused["reason"]
+        again = ParleyClient(ingress.url, session_id=first.session_id)
+        await first.close()
+        assert "session_id" in await again.connect(media=False), "a freed slot is taken again"
+        await again.close()
+    finally:
+        await first.close()
+        await second.close()
+        await ingress.stop()
