@@ -66,6 +66,7 @@ class _Recording:
     chunks: list[np.ndarray]
     frame: av.VideoFrame | None
     samples: int = 0
+    ending: bool = False
 
 
 class Session:
@@ -146,7 +147,8 @@ class Session:
             return
         rec.chunks.append(pcm)
         rec.samples += samples
-        if rec.samples > self.config.limits.max_record_s * frame.sample_rate:
+        if rec.samples > self.config.limits.max_record_s * frame.sample_rate and not rec.ending:
+            rec.ending = True
             asyncio.get_running_loop().create_task(self._record_limit_reached())
 
     def on_video_frame(self, frame: av.VideoFrame) -> None:
@@ -181,7 +183,7 @@ class Session:
         if self._recording is None:
             return
         limit = self.config.limits.max_record_s
-        await self.emit("recording", {"active": False, "reason": f"Recordings stop at {limit:g} seconds."})
+        await self.emit("recording", {"active": False, "reason": f"Recording stopped at the {limit:g}-second limit."})
         await self.talk_end()
 
     async def send_text(self, text: Any) -> None:

@@ -215,3 +215,21 @@ async def test_only_the_newest_image_is_sent() -> None:
     await wait_until(lambda: len(services.requests) == 3)
     assert not any(m.has_image() for m in services.requests[2])
     await session.close()
+
+
+async def test_a_recording_that_runs_too_long_ends_at_the_limit_and_still_gets_an_answer() -> None:
+    services = ScriptedServices(["Ok."])
+    session, page, _ = make_session(services, max_record_s=1.0)
+    await session.talk_start()
+    t = np.arange(960) / 48000
+    for i in range(100):  # two seconds of a loud tone, though the limit is one
+        tone = (0.5 * np.sin(2 * np.pi * 300 * (t + i * 0.02)) * 32767).astype(np.int16)
+        frame = av.AudioFrame.from_ndarray(np.repeat(tone, 2).reshape(1, -1), format="s16", layout="stereo")
+        frame.sample_rate = 48000
+        session.on_audio_frame(frame)
+        await asyncio.sleep(0)
+    await wait_until(lambda: services.transcribed == 1)
+    stopped = [r for r in page.of("recording") if not r["active"]]
+    assert len(stopped) == 1 and "1-second limit" in stopped[0]["reason"]
+    await wait_until(lambda: len(services.requests) == 1)
+    await session.close()
