@@ -164,8 +164,8 @@ class Session:
         self._preroll_samples = 0
         await self.emit("recording", {"active": True})
 
-    async def talk_end(self) -> None:
-        """The talk key came up: the recording becomes a turn."""
+    async def talk_end(self, reason: str | None = None) -> None:
+        """The talk key came up (or the length limit was reached): the recording becomes a turn."""
         if self._recording is None:
             return
         stopwatch = Stopwatch(self._clock)
@@ -173,7 +173,7 @@ class Session:
         rec, self._recording = self._recording, None
         if rec is None:
             return
-        await self.emit("recording", {"active": False})
+        await self.emit("recording", {"active": False, **({"reason": reason} if reason else {})})
         if not self._allow_turn():
             await self.notice("Too many turns in a minute; wait a moment and try again.", "warn")
             return
@@ -183,8 +183,7 @@ class Session:
         if self._recording is None:
             return
         limit = self.config.limits.max_record_s
-        await self.emit("recording", {"active": False, "reason": f"Recording stopped at the {limit:g}-second limit."})
-        await self.talk_end()
+        await self.talk_end(reason=f"Recording stopped at the {limit:g}-second limit.")
 
     async def send_text(self, text: Any) -> None:
         """A typed message goes through the same pipeline, without ASR."""
