@@ -12,17 +12,33 @@ from typing import Any, cast
 
 import numpy as np
 from ray import serve
+from ray.exceptions import RayActorError, RayTaskError
 from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 
 from parley.config import ParleyConfig
 from parley.logs import setup_logging
 from parley.metrics import STAGES
 from parley.server import IngressServer
+from parley.services import ServiceError
 from parley.types import ChatMessage, OpusPacket, Transcript
 
 log = logging.getLogger("parley.ingress")
 
 _BOUNDARIES = [0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0]
+
+
+def user_error(service: str, exc: BaseException) -> ServiceError:
+    """A failure that came back through a handle, as a message for the page.
+
+    Ray wraps a replica's exception in RayTaskError (its `cause` is the original, whose message
+    the deployments write for users); a replica that died mid-call raises RayActorError.
+    """
+    if isinstance(exc, RayActorError):
+        return ServiceError(f"The {service} service stopped in the middle of this turn; please try again.")
+    cause = getattr(exc, "cause", None)
+    if isinstance(cause, BaseException):
+        return ServiceError(str(cause).strip() or f"The {service} service failed ({type(cause).__name__}).")
+    return ServiceError(f"The {service} service failed: {exc}")
 
 
 class HandleServices:
@@ -34,22 +50,28 @@ class HandleServices:
         self._tts = tts.options(stream=True)
 
     async def transcribe(self, audio: np.ndarray) -> Transcript:
-        result: Transcript = await self._asr.transcribe.remote(audio)
+        try:
+            result: Transcript = await self._asr.transcribe.remote(audio)
+        except (RayTaskError, RayActorError) as exc:
+            raise user_error("speech recognition", exc) from exc
         return result
 
     async def stream_reply(self, messages: list[ChatMessage]) -> AsyncIterator[str]:
-        stream = cast(DeploymentResponseGenerator, self._llm.stream_reply.remote(messages))
-        try:
-            async for delta in stream:
-                yield delta
-        finally:
-            stream.cancel()
+        async for delta in self._stream("language model", self._llm.stream_reply.remote(messages)):
+            yield delta
 
     async def synthesize(self, text: str, voice: str | None = None) -> AsyncIterator[OpusPacket]:
-        stream = cast(DeploymentResponseGenerator, self._tts.synthesize.remote(text, voice))
+        async for packet in self._stream("speech synthesis", self._tts.synthesize.remote(text, voice)):
+            yield packet
+
+    @staticmethod
+    async def _stream(service: str, response: object) -> AsyncIterator[Any]:
+        stream = cast(DeploymentResponseGenerator, response)
         try:
-            async for packet in stream:
-                yield packet
+            async for item in stream:
+                yield item
+        except (RayTaskError, RayActorError) as exc:
+            raise user_error(service, exc) from exc
         finally:
             stream.cancel()
 

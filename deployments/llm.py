@@ -155,14 +155,24 @@ class LocalEngine:
 
 
 class OpenAIEngine:
-    """Any OpenAI-compatible chat endpoint (OpenAI, vLLM, Ray Serve LLM, Ollama) via `openai`."""
+    """Any OpenAI-compatible chat endpoint (OpenAI, vLLM, Ray Serve LLM, Ollama) via `openai`.
+
+    Rate limits, server errors and failed connections are retried by the client, with
+    exponential backoff, `max_retries` times before the turn fails.
+    """
 
     def __init__(self, config: LLMConfig) -> None:
         import openai
 
         self.config = config
-        log.info("loading OpenAI-compatible client for %s at %s", config.model, config.base_url or "api.openai.com")
-        self.client = openai.AsyncOpenAI(base_url=config.base_url, api_key=openai_api_key(config) or "none")
+        self.where = config.base_url or "https://api.openai.com/v1"
+        log.info("loading OpenAI-compatible client for %s at %s", config.model, self.where)
+        self.client = openai.AsyncOpenAI(
+            base_url=config.base_url,
+            api_key=openai_api_key(config) or "none",
+            max_retries=config.max_retries,
+            timeout=config.timeout_s,
+        )
 
     def _wire(self, message: ChatMessage) -> dict[str, object]:
         if self.config.vision and not isinstance(message.content, str):
@@ -176,9 +186,6 @@ class OpenAIEngine:
         return message.to_openai(with_images=self.config.vision)
 
     async def stream(self, messages: list[ChatMessage]) -> AsyncGenerator[str, None]:
-        import openai
-
-        where = f"{self.config.model} at {self.config.base_url or 'api.openai.com'}"
         try:
             stream = await self.client.chat.completions.create(
                 model=self.config.model,
@@ -187,13 +194,38 @@ class OpenAIEngine:
                 max_tokens=self.config.max_tokens,
                 temperature=self.config.temperature,
             )
-        except openai.OpenAIError as e:
-            raise LLMError(f"the language model {where} failed: {e}") from e
+        except Exception as e:
+            log.warning("LLM request to %s failed: %r", self.where, e)
+            raise LLMError(explain_openai_error(e, self.config, self.where)) from e
         try:
             async for chunk in stream:
                 if chunk.choices and chunk.choices[0].delta.content:
                     yield chunk.choices[0].delta.content
         except Exception as e:  # the transport's own errors (a dropped connection) surface here unwrapped
-            raise LLMError(f"the language model {where} failed mid-reply: {e}") from e
+            log.warning("LLM stream from %s broke: %r", self.where, e)
+            raise LLMError("The answer was cut off: the connection to the language model dropped.") from e
         finally:
             await stream.close()
+
+
+def explain_openai_error(exc: BaseException, config: LLMConfig, where: str) -> str:
+    """What went wrong with an OpenAI-compatible request, in words a user can act on."""
+    import openai
+
+    retries = f" after {config.max_retries} retries" if config.max_retries else ""
+    if isinstance(exc, openai.AuthenticationError):
+        return f"The language model endpoint refused the API key (HTTP 401). Set ${config.api_key_env} to a valid key."
+    if isinstance(exc, openai.PermissionDeniedError):
+        return f"The API key may not use the model {config.model!r} (HTTP 403)."
+    if isinstance(exc, openai.NotFoundError):
+        return f"The language model endpoint has no model {config.model!r} (HTTP 404)."
+    if isinstance(exc, openai.RateLimitError):
+        return f"The language model is rate limited (HTTP 429){retries}. Try again in a moment."
+    if isinstance(exc, openai.APIStatusError) and exc.status_code >= 500:
+        return f"The language model endpoint failed (HTTP {exc.status_code}){retries}. Try again in a moment."
+    if isinstance(exc, openai.APIStatusError):
+        detail = exc.message.splitlines()[0][:200] if exc.message else ""
+        return f"The language model endpoint rejected the request (HTTP {exc.status_code}): {detail}"
+    if isinstance(exc, openai.APIConnectionError):  # includes timeouts
+        return f"Could not reach the language model at {where}{retries}."
+    return f"The language model failed: {exc}"

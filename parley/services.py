@@ -16,6 +16,10 @@ import numpy as np
 from parley.types import ChatMessage, OpusPacket, Transcript
 
 
+class ServiceError(RuntimeError):
+    """A model service failed; the message is meant for the user (the page shows it)."""
+
+
 class Services(Protocol):
     async def transcribe(self, audio: np.ndarray) -> Transcript: ...
 

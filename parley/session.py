@@ -299,7 +299,7 @@ class Session:
         except Exception as exc:
             answer.state = "error"
             log.exception("session %s: LLM failed", self.id[:8])
-            await self.emit("state", {"id": answer.id, "state": "error", "error": f"The answer failed: {_reason(exc)}"})
+            await self.emit("state", {"id": answer.id, "state": "error", "error": _reason(exc)})
         finally:
             if speaker is not None:
                 speaker.cancel()
@@ -354,12 +354,14 @@ class Session:
                 await self.notice(f"Speech synthesis failed for a sentence ({_reason(exc)}).", "error")
 
     def _conversation(self) -> list[ChatMessage]:
-        """The history as chat messages: recent turns, with the newest user image only."""
+        """The history as chat messages: recent turns, images on the newest `keep_images` user turns."""
         entries = [e for e in self.history if e.text.strip()][-self.config.llm.history_messages :]
-        newest_user = next((e for e in reversed(entries) if e.role == "user"), None)
+        keep = self.config.llm.keep_images
+        user_images = [e.id for e in entries if e.role == "user" and e.image]
+        with_image = set(user_images[len(user_images) - keep :]) if keep else set()
         messages = [ChatMessage(role="system", content=self.config.llm.system_prompt)]
         for entry in entries:
-            if entry is newest_user and entry.image and self.vision:
+            if entry.id in with_image and entry.image and self.vision:
                 detail = self.config.llm.image_detail
                 parts: list[TextPart | ImagePart] = [
                     TextPart(text=entry.text),

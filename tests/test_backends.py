@@ -4,20 +4,16 @@ abandoned answer frees the model for the next session."""
 from __future__ import annotations
 
 import asyncio
-import json
-from collections.abc import AsyncIterator
 from contextlib import aclosing
-from dataclasses import dataclass, field
 
 import numpy as np
 import pytest
-from aiohttp import web
 
 from deployments.asr import ASR
 from deployments.llm import LLM, LLMError, LocalEngine
 from deployments.tts import TTS
 from parley.config import ASRConfig, LLMConfig, TTSConfig
-from parley.types import ChatMessage, ImagePart, ImageURL, TextPart
+from parley.types import ChatMessage
 from tests.speech import decode_opus, resample, speak
 
 QUESTION = [ChatMessage(role="user", content="What is the capital of France?")]
@@ -127,102 +123,6 @@ async def test_a_conversation_longer_than_the_context_is_an_llm_error() -> None:
         async for _ in small.stream_reply([ChatMessage(role="user", content="word " * 500)]):
             pass
     await wait_until_free(local_engine(small))
-
-
-# -- LLM, OpenAI-compatible endpoint (a scripted fake server) -----------------------------------
-
-
-@dataclass
-class FakeEndpoint:
-    """An OpenAI-compatible chat endpoint that streams `reply` word by word, `gap_s` apart."""
-
-    reply: list[str] = field(default_factory=lambda: ["Paris ", "is ", "the ", "capital."])
-    gap_s: float = 0.0
-    status: int = 200
-    requests: list[dict[str, object]] = field(default_factory=list)
-    sent: int = 0
-    disconnected: asyncio.Event = field(default_factory=asyncio.Event)
-
-    async def handle(self, request: web.Request) -> web.StreamResponse:
-        self.requests.append(await request.json())
-        if self.status != 200:
-            body = {"error": {"message": "model not found", "type": "invalid_request_error"}}
-            return web.json_response(body, status=self.status)
-        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-        await response.prepare(request)
-        try:
-            for piece in ["", *self.reply]:  # an empty first delta (the role chunk) is never yielded
-                chunk = {
-                    "id": "c",
-                    "object": "chat.completion.chunk",
-                    "created": 0,
-                    "model": "fake",
-                    "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}],
-                }
-                await response.write(f"data: {json.dumps(chunk)}\n\n".encode())
-                self.sent += 1
-                await asyncio.sleep(self.gap_s)
-            await response.write(b"data: [DONE]\n\n")
-        except ConnectionResetError:
-            self.disconnected.set()
-        return response
-
-
-@pytest.fixture
-async def endpoint() -> AsyncIterator[tuple[FakeEndpoint, str]]:
-    fake = FakeEndpoint()
-    app = web.Application()
-    app.router.add_post("/v1/chat/completions", fake.handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    host, port = runner.addresses[0][:2]
-    yield fake, f"http://{host}:{port}/v1"
-    await runner.cleanup()
-
-
-async def test_openai_backend_streams_deltas_with_the_system_prompt(endpoint: tuple[FakeEndpoint, str]) -> None:
-    fake, url = endpoint
-    llm = LLM(LLMConfig(backend="openai", base_url=url, model="fake", vision=True, image_detail="low"))
-    image = ImagePart(image_url=ImageURL(url="data:image/jpeg;base64,AAAA"))
-    question = ChatMessage(role="user", content=[TextPart(text="What do you see?"), image])
-    deltas = [d async for d in llm.stream_reply([question])]
-    assert deltas == fake.reply
-    sent = fake.requests[0]
-    assert sent["model"] == "fake" and sent["stream"] is True
-    messages = sent["messages"]
-    assert isinstance(messages, list)
-    assert messages[0] == {"role": "system", "content": llm.config.system_prompt}
-    assert messages[1]["content"][1]["image_url"] == {"url": "data:image/jpeg;base64,AAAA", "detail": "low"}
-
-    text_only = LLM(LLMConfig(backend="openai", base_url=url, vision=False, system_prompt="Be brief."))
-    own_system = [ChatMessage(role="system", content="Be terse."), question]
-    assert [d async for d in text_only.stream_reply(own_system)] == fake.reply
-    assert fake.requests[1]["messages"] == [
-        {"role": "system", "content": "Be terse."},
-        {"role": "user", "content": "What do you see?"},
-    ]
-
-
-async def test_openai_backend_closes_the_stream_when_the_consumer_stops(endpoint: tuple[FakeEndpoint, str]) -> None:
-    fake, url = endpoint
-    fake.reply, fake.gap_s = [f"word{i} " for i in range(200)], 0.01
-    llm = LLM(LLMConfig(backend="openai", base_url=url))
-    reply = llm.stream_reply(QUESTION)
-    assert await anext(reply) == "word0 "
-    await reply.aclose()
-    await asyncio.wait_for(fake.disconnected.wait(), 2.0)
-    assert fake.sent < 100
-
-
-async def test_openai_backend_failure_is_an_llm_error(endpoint: tuple[FakeEndpoint, str]) -> None:
-    fake, url = endpoint
-    fake.status = 404
-    llm = LLM(LLMConfig(backend="openai", base_url=url, model="nope"))
-    with pytest.raises(LLMError, match="model not found"):
-        async for _ in llm.stream_reply(QUESTION):
-            pass
 
 
 # -- TTS ----------------------------------------------------------------------------------------

@@ -35,3 +35,27 @@ async def test_tts_handle_speech_decodes_and_transcribes_back(serve_app) -> None
     assert abs(len(audio) / 16000 - len(packets) * 0.02) < 0.1
     heard = (await handle("ASR").transcribe.remote(audio)).text.lower()
     assert all(word in heard for word in ("quick", "brown", "fox")), heard
+
+
+async def test_a_replica_error_reaches_the_session_as_its_own_message(serve_app, monkeypatch) -> None:
+    """LLMError raised in a replica arrives through the handle as the deployment's words, not a Ray traceback."""
+    from deployments.ingress import HandleServices
+    from deployments.llm import LLM
+    from parley.config import LLMConfig
+    from parley.services import ServiceError
+    from tests.fake_openai import FakeOpenAI
+
+    fake = await FakeOpenAI(fail=[401]).start()
+    try:
+        config = LLMConfig(backend="openai", base_url=fake.base_url, api_key_env="PARLEY_NO_SUCH_KEY", max_retries=0)
+        app = serve.deployment(LLM).options(name="LLM", ray_actor_options={"num_cpus": 0}).bind(config)
+        llm = serve.run(app, name="llm-errors", route_prefix=None)
+        services = HandleServices(handle("ASR"), llm, handle("TTS"))
+        with pytest.raises(ServiceError) as caught:
+            async for _ in services.stream_reply([ChatMessage(role="user", content="Hi")]):
+                pass
+        assert str(caught.value).startswith("The language model endpoint refused the API key (HTTP 401)")
+        assert "Traceback" not in str(caught.value) and "ray::" not in str(caught.value)
+    finally:
+        serve.delete("llm-errors")
+        await fake.stop()

@@ -233,3 +233,19 @@ async def test_a_recording_that_runs_too_long_ends_at_the_limit_and_still_gets_a
     assert len(stopped) == 1 and "1-second limit" in stopped[0]["reason"]
     await wait_until(lambda: len(services.requests) == 1)
     await session.close()
+
+
+async def test_keep_images_decides_how_many_past_frames_the_llm_sees() -> None:
+    services = ScriptedServices(["Ok."])
+    session, _, _ = make_session(services)
+    session.config.llm.keep_images = 2
+    session.on_video_frame(av.VideoFrame.from_ndarray(np.full((48, 64, 3), 90, np.uint8), format="rgb24"))
+    for i, text in enumerate(["one", "two", "three"], start=1):
+        await session.send_text(text)
+        await wait_until(lambda i=i: len(services.requests) == i)
+    assert [m.text() for m in services.requests[2] if m.has_image()] == ["two", "three"]
+    session.config.llm.keep_images = 0
+    await session.send_text("four")
+    await wait_until(lambda: len(services.requests) == 4)
+    assert not any(m.has_image() for m in services.requests[3])
+    await session.close()

@@ -1,0 +1,82 @@
+"""What a user sees when the LLM endpoint misbehaves, from the page's side of the socket.
+
+The ingress runs in-process with the real deployments (LLM on the OpenAI backend pointed at a
+loopback fake); the client is the same socket.io client the other tests use.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+
+from deployments.asr import ASR
+from deployments.llm import LLM
+from deployments.tts import TTS
+from parley.config import ParleyConfig
+from parley.server import IngressServer
+from parley.services import LocalServices
+from tests.client import ParleyClient
+from tests.conftest import free_port
+from tests.fake_openai import API_KEY, FakeOpenAI
+
+
+@pytest.fixture
+async def fake(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[FakeOpenAI]:
+    monkeypatch.setenv("PARLEY_TEST_KEY", API_KEY)
+    server = await FakeOpenAI().start()
+    yield server
+    await server.stop()
+
+
+@pytest.fixture
+async def page(fake: FakeOpenAI) -> AsyncIterator[ParleyClient]:
+    config = ParleyConfig.model_validate(
+        {
+            "server": {"port": free_port()},
+            "llm": {"backend": "openai", "base_url": fake.base_url, "api_key_env": "PARLEY_TEST_KEY", "max_retries": 0},
+        }
+    )
+    ingress = IngressServer(config, LocalServices(ASR(config.asr), LLM(config.llm), TTS(config.tts)))
+    await ingress.start()
+    client = ParleyClient(ingress.url)
+    await client.connect(media=False)
+    yield client
+    await client.close()
+    await ingress.stop()
+
+
+async def finished(client: ParleyClient, count: int) -> list[dict]:
+    return await client.wait_for(  # type: ignore[no-any-return]
+        lambda: (
+            (done := [m for m in client.messages("assistant") if m["state"] in ("done", "error")]) and len(done) >= count and done
+        ),
+        timeout=30,
+    )
+
+
+async def test_server_error_marks_the_answer_and_the_next_turn_works(page: ParleyClient, fake: FakeOpenAI) -> None:
+    fake.fail = [503]
+    await page.sio.emit("text", {"text": "Hello?"})
+    failed = (await finished(page, 1))[0]
+    assert failed["state"] == "error" and "HTTP 503" in failed["error"]
+    await page.sio.emit("text", {"text": "Hello again?"})
+    answered = (await finished(page, 2))[1]
+    assert answered["state"] == "done" and answered["text"] == "".join(fake.reply)
+
+
+async def test_a_stream_cut_half_way_keeps_the_text_already_shown(page: ParleyClient, fake: FakeOpenAI) -> None:
+    fake.cut_after = 3
+    await page.sio.emit("text", {"text": "Tell me something."})
+    cut = (await finished(page, 1))[0]
+    assert cut["state"] == "error" and "cut off" in cut["error"]
+    assert cut["text"] == "".join(fake.reply[:3])
+
+
+async def test_a_rejected_key_tells_the_user_what_to_fix(
+    page: ParleyClient, fake: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake.fail = [401]
+    await page.sio.emit("text", {"text": "Hi"})
+    failed = (await finished(page, 1))[0]
+    assert failed["state"] == "error" and "HTTP 401" in failed["error"]
