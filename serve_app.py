@@ -32,7 +32,13 @@ def build_app(args: ParleyConfig | dict[str, Any]) -> Application:
     config = args if isinstance(args, ParleyConfig) else ParleyConfig.model_validate(args)
     res = config.serve
     common: dict[str, Any] = {"max_ongoing_requests": res.max_ongoing_requests, "health_check_period_s": 2}
-    asr = _deployment(ASR, name="ASR", ray_actor_options={"num_cpus": res.asr_cpus, "num_gpus": res.asr_gpus}, **common)
+    asr = _deployment(
+        ASR,
+        name="ASR",
+        ray_actor_options={"num_cpus": res.asr_cpus, "num_gpus": res.asr_gpus},
+        # Serve's router never sends a replica more than this, so a batch can be no bigger
+        **{**common, "max_ongoing_requests": max(res.max_ongoing_requests, config.asr.batch_size)},
+    )
     llm = _deployment(LLM, name="LLM", ray_actor_options={"num_cpus": res.llm_cpus}, **common)
     tts = _deployment(TTS, name="TTS", ray_actor_options={"num_cpus": res.tts_cpus}, **common)
     ingress = _deployment(

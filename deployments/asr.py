@@ -1,25 +1,40 @@
 """Speech recognition: 16 kHz float32 mono audio in, one Transcript out.
 
 Invariant: the replica's event loop never blocks on a model. Each recording is transcribed in a
-worker thread by a backend behind the small `ASRBackend` protocol, so a second engine (a batched
-transformers Whisper on GPU) plugs in without changing what callers see.
+worker thread by a backend: faster-whisper one recording at a time, or transformers Whisper, where
+recordings that arrive together at a Serve replica (from different sessions) share one `generate`
+call through `@serve.batch`. Callers see
+the same `transcribe(audio) -> Transcript` either way.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
-from typing import Protocol
+from collections import deque
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
+from ray import serve
+from ray.serve.exceptions import RayServeException
 
 from parley.config import ASRConfig
 from parley.logs import setup_logging
 from parley.types import Transcript
 
+if TYPE_CHECKING:
+    import torch
+    from transformers import WhisperForConditionalGeneration, WhisperProcessor
+
 SAMPLE_RATE = 16000
 """The only rate `ASR.transcribe` accepts (the ingress normalises to it)."""
+
+WHISPER_WINDOW = 30 * SAMPLE_RATE
+"""Samples in the 30 s window Whisper's encoder sees; longer recordings are cut into equal pieces."""
+
+DEFAULT_TRANSFORMERS_MODEL = "openai/whisper-large-v3"
 
 log = logging.getLogger("parley.asr")
 
@@ -68,20 +83,137 @@ def _bundled_model_path() -> str:
     return str(get_model_path())
 
 
+class TransformersWhisperBackend:
+    """Whisper in transformers (large-v3 in fp16 with SDPA on a GPU by default): one `generate` per batch.
+
+    Every clip is padded to Whisper's 30 s log-mel window, so a batch costs one encoder pass of
+    fixed shape and one greedy (or beam) decode; recordings over 30 s are cut into equal pieces that
+    join the batch and are joined back. No timestamps.
+    """
+
+    def __init__(self, config: ASRConfig, model: WhisperForConditionalGeneration, processor: WhisperProcessor) -> None:
+        self.config = config
+        self.model = model
+        self.processor = processor
+        generation = model.generation_config
+        self.multilingual = bool(getattr(generation, "is_multilingual", hasattr(generation, "lang_to_id")))
+        self.detect_language = self.multilingual and config.language is None
+        self._language_of = {v: k.strip("<|>") for k, v in getattr(generation, "lang_to_id", {}).items()}
+        self.generate_kwargs: dict[str, Any] = {"return_timestamps": False, "num_beams": config.beam_size}
+        """Passed to every `generate`; a benchmark may add e.g. min_new_tokens."""
+        if self.multilingual:  # English-only checkpoints refuse a language or task
+            self.generate_kwargs["task"] = "transcribe"
+            if config.language is not None:
+                self.generate_kwargs["language"] = config.language
+
+    @classmethod
+    def load(cls, config: ASRConfig) -> TransformersWhisperBackend:
+        """Load `config.model` (a hub id or a local folder) in `config.dtype` on `config.device`, and warm it up."""
+        from transformers import AutoModelForSpeechSeq2Seq, AutoProcessor
+
+        name = config.model or DEFAULT_TRANSFORMERS_MODEL
+        dtype = _torch_dtype(config)
+        log.info("loading transformers Whisper %s (%s, %s, %s)", name, config.device, dtype, config.attn_implementation)
+        processor = AutoProcessor.from_pretrained(name)
+        kernels = list(dict.fromkeys([config.attn_implementation, "sdpa", "eager"]))  # eager always works
+        for kernel, fallback in zip(kernels, [*kernels[1:], None], strict=True):
+            try:
+                model = AutoModelForSpeechSeq2Seq.from_pretrained(name, dtype=dtype, attn_implementation=kernel)
+                break
+            except (ValueError, ImportError) as e:  # the kernel is not installed, or this model has no support for it
+                if fallback is None:
+                    raise
+                log.warning("attention %r unavailable (%s); trying %r", kernel, e, fallback)
+        backend = cls(config, model.to(config.device).eval(), processor)
+        start = time.perf_counter()
+        backend.transcribe_batch([np.zeros(SAMPLE_RATE, np.float32)])  # fails here, not on a user's turn
+        log.info("warm-up transcription took %.2f s", time.perf_counter() - start)
+        return backend
+
+    def transcribe(self, audio: np.ndarray) -> Transcript:
+        return self.transcribe_batch([audio])[0]
+
+    def transcribe_batch(self, clips: list[np.ndarray]) -> list[Transcript]:
+        """Recognise several recordings (each validated 16 kHz float32 mono) with one `generate`; blocks."""
+        import torch
+
+        pieces: list[np.ndarray] = []
+        owners: list[int] = []
+        for i, clip in enumerate(clips):
+            parts = np.array_split(clip, math.ceil(clip.size / WHISPER_WINDOW))
+            pieces += parts
+            owners += [i] * len(parts)
+        device = self.model.device
+        features = self.processor.feature_extractor(
+            pieces, sampling_rate=SAMPLE_RATE, return_tensors="pt", return_attention_mask=True, device=str(device)
+        )
+        input_features = features.input_features.to(device, self.model.dtype)
+        mask = features.attention_mask.to(device)  # Whisper's encoder ignores it; without it generate warns
+        languages: list[str] | None = None
+        with torch.inference_mode():
+            if self.detect_language:  # run the encoder once, for detection and for decoding
+                encoded = self.model.get_encoder()(input_features)
+                languages = [self._language_of[int(i)] for i in self.model.detect_language(encoder_outputs=encoded)]
+                ids = self.model.generate(
+                    encoder_outputs=encoded, attention_mask=mask, language=languages, **self.generate_kwargs
+                )
+            else:
+                ids = self.model.generate(input_features, attention_mask=mask, **self.generate_kwargs)
+        texts = self.processor.batch_decode(ids, skip_special_tokens=True)
+        results = []
+        for i, clip in enumerate(clips):
+            mine = [n for n, owner in enumerate(owners) if owner == i]
+            language = languages[mine[0]] if languages else (self.config.language or "en")
+            text = " ".join(texts[n].strip() for n in mine).strip()
+            results.append(Transcript(text=text, language=language, audio_s=clip.size / SAMPLE_RATE))
+        return results
+
+
+def _torch_dtype(config: ASRConfig) -> torch.dtype:
+    import torch
+
+    if config.dtype == "auto":
+        return torch.float16 if config.device.startswith("cuda") else torch.float32
+    return {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}[config.dtype]
+
+
 def _backend(config: ASRConfig) -> ASRBackend:
     if config.backend == "faster-whisper":
         return FasterWhisperBackend(config)
+    if config.backend == "transformers":
+        return TransformersWhisperBackend.load(config)
     raise ValueError(f"unknown ASR backend {config.backend!r}")
 
 
+def _in_serve_replica() -> bool:
+    try:
+        serve.get_replica_context()
+    except RayServeException:
+        return False
+    return True
+
+
 class ASR:
-    """The ASR deployment: `transcribe(audio) -> Transcript`."""
+    """The ASR deployment: `transcribe(audio) -> Transcript`.
+
+    With the transformers backend in a Serve replica, concurrent calls (one per session turn) are
+    batched by `@serve.batch`: up to `config.batch_size` recordings, waiting at most
+    `config.batch_wait_s` for company. Outside Serve (tools, unit tests) each call is its own batch:
+    `@serve.batch` needs a replica context in Ray 2.60.
+    """
 
     def __init__(self, config: ASRConfig) -> None:
         setup_logging()
         start = time.perf_counter()
         self.config = config
         self.backend = _backend(config)
+        self.batch_sizes: deque[int] = deque(maxlen=1000)
+        """How many recordings each of the latest batches held (transformers backend), oldest first."""
+        self._serve_batching = isinstance(self.backend, TransformersWhisperBackend) and _in_serve_replica()
+        if self._serve_batching:
+            # serve.batch adds these setters to the decorated method; its type hints do not say so.
+            self._batched.set_max_batch_size(config.batch_size)  # type: ignore[attr-defined]
+            self._batched.set_batch_wait_timeout_s(config.batch_wait_s)  # type: ignore[attr-defined]
         log.info("ready in %.2f s", time.perf_counter() - start)
 
     async def transcribe(self, audio: np.ndarray) -> Transcript:
@@ -97,4 +229,22 @@ class ASR:
             raise ValueError(f"audio must be mono (1-D), got shape {audio.shape}")
         if audio.size == 0:
             raise ValueError("audio is empty")
+        if self._serve_batching:
+            result: Transcript = await self._batched(audio)
+            return result
+        if isinstance(self.backend, TransformersWhisperBackend):
+            return (await self._transcribe_batch([audio]))[0]
         return await asyncio.to_thread(self.backend.transcribe, audio)
+
+    async def recent_batch_sizes(self) -> list[int]:
+        """The sizes of the latest batches, oldest first (for tests and operators)."""
+        return list(self.batch_sizes)
+
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)  # both replaced from the config in __init__
+    async def _batched(self, clips: list[np.ndarray]) -> list[Transcript]:
+        return await self._transcribe_batch(clips)
+
+    async def _transcribe_batch(self, clips: list[np.ndarray]) -> list[Transcript]:
+        assert isinstance(self.backend, TransformersWhisperBackend)
+        self.batch_sizes.append(len(clips))
+        return await asyncio.to_thread(self.backend.transcribe_batch, clips)
