@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import socket
 import sys
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -14,6 +15,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from parley.config import ParleyConfig  # noqa: E402
+
+if TYPE_CHECKING:
+    from tests.fake_openai import FakeOpenAI
 
 
 def free_port() -> int:
@@ -31,6 +35,17 @@ def loopback_only() -> bool:
 class RunningApp:
     url: str
     config: ParleyConfig
+
+
+@pytest.fixture
+async def fake(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[FakeOpenAI]:
+    """A loopback OpenAI-compatible server; its key is in $PARLEY_TEST_KEY."""
+    from tests.fake_openai import API_KEY, FakeOpenAI
+
+    monkeypatch.setenv("PARLEY_TEST_KEY", API_KEY)
+    server = await FakeOpenAI().start()
+    yield server
+    await server.stop()
 
 
 @pytest.fixture(scope="session")

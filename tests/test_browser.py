@@ -98,18 +98,22 @@ async def page(serve_app, fake_media) -> AsyncIterator[object]:
         assert not errors, f"the page raised: {errors}"
 
 
+ENERGY_JS = """async () => {
+    let energy = 0;
+    (await window.parley.pc.getStats()).forEach(r => {
+        if (r.type === 'inbound-rtp' && r.kind === 'audio') energy += r.totalAudioEnergy || 0;
+    });
+    return energy;
+}"""
+"""Total energy of the audio the page has received (getStats inbound-rtp)."""
+
+
 async def inbound_audio_energy(page) -> float:
-    return float(
-        await page.evaluate(
-            """async () => {
-                let energy = 0;
-                (await window.parley.pc.getStats()).forEach(r => {
-                    if (r.type === 'inbound-rtp' && r.kind === 'audio') energy += r.totalAudioEnergy || 0;
-                });
-                return energy;
-            }"""
-        )
-    )
+    return float(await page.evaluate(ENERGY_JS))
+
+
+async def audio_heard(page, timeout_ms: int) -> None:
+    await page.wait_for_function(f"async () => (await ({ENERGY_JS})()) > 0.001", timeout=timeout_ms)
 
 
 async def test_hold_space_ask_and_hear_the_answer(page, fake_media) -> None:
@@ -126,16 +130,7 @@ async def test_hold_space_ask_and_hear_the_answer(page, fake_media) -> None:
     await page.locator('#chat [data-role="assistant"][data-state="done"]').first.wait_for(timeout=90000)
     answer = await page.locator('#chat [data-role="assistant"] .text').first.text_content()
     assert answer and answer.strip()
-    await page.wait_for_function(
-        """async () => {
-            let energy = 0;
-            (await window.parley.pc.getStats()).forEach(r => {
-                if (r.type === 'inbound-rtp' && r.kind === 'audio') energy += r.totalAudioEnergy || 0;
-            });
-            return energy > 0.001;
-        }""",
-        timeout=30000,
-    )
+    await audio_heard(page, 30000)
 
 
 async def test_stop_interrupts_speech_and_text(page) -> None:
@@ -143,16 +138,7 @@ async def test_stop_interrupts_speech_and_text(page) -> None:
     await page.click("#send")
     streaming = page.locator('#chat [data-role="assistant"][data-state="streaming"]').first
     await streaming.wait_for(timeout=30000)
-    await page.wait_for_function(
-        """async () => {
-            let energy = 0;
-            (await window.parley.pc.getStats()).forEach(r => {
-                if (r.type === 'inbound-rtp' && r.kind === 'audio') energy += r.totalAudioEnergy || 0;
-            });
-            return energy > 0.001;
-        }""",
-        timeout=60000,
-    )
+    await audio_heard(page, 60000)
     await page.click("#stop")
     message = page.locator('#chat [data-role="assistant"]').last
     await page.locator('#chat [data-role="assistant"][data-state="interrupted"]').last.wait_for(timeout=5000)

@@ -18,15 +18,7 @@ from parley.server import IngressServer
 from parley.services import LocalServices
 from tests.client import ParleyClient
 from tests.conftest import free_port
-from tests.fake_openai import API_KEY, FakeOpenAI
-
-
-@pytest.fixture
-async def fake(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[FakeOpenAI]:
-    monkeypatch.setenv("PARLEY_TEST_KEY", API_KEY)
-    server = await FakeOpenAI().start()
-    yield server
-    await server.stop()
+from tests.fake_openai import FakeOpenAI
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import pytest
 
@@ -14,14 +13,6 @@ from tests.conftest import free_port
 from tests.fake_openai import API_KEY, FakeOpenAI
 
 QUESTION = [ChatMessage(role="user", content="What is the capital of France?")]
-
-
-@pytest.fixture
-async def fake(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[FakeOpenAI]:
-    monkeypatch.setenv("PARLEY_TEST_KEY", API_KEY)
-    server = await FakeOpenAI().start()
-    yield server
-    await server.stop()
 
 
 def llm_for(fake: FakeOpenAI, **overrides: object) -> LLM:

@@ -48,7 +48,7 @@ async def test_a_replica_error_reaches_the_session_as_its_own_message(serve_app,
     fake = await FakeOpenAI(fail=[401]).start()
     try:
         config = LLMConfig(backend="openai", base_url=fake.base_url, api_key_env="PARLEY_NO_SUCH_KEY", max_retries=0)
-        app = serve.deployment(LLM).options(name="LLM", ray_actor_options={"num_cpus": 0}).bind(config)
+        app = serve.deployment(name="LLM", ray_actor_options={"num_cpus": 0})(LLM).bind(config)
         llm = serve.run(app, name="llm-errors", route_prefix=None)
         services = HandleServices(handle("ASR"), llm, handle("TTS"))
         with pytest.raises(ServiceError) as caught:
