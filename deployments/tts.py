@@ -1,8 +1,11 @@
-"""Speech synthesis: text in, 20 ms Opus packets on the 48 kHz RTP clock out, as they are made.
+"""Speech synthesis: text in, Opus packets on the 48 kHz RTP clock out, as they are made.
 
-Invariant: the replica's event loop never runs the model or the encoder. Each sentence is
-synthesized and encoded in a worker thread, and its packets are yielded before the next sentence
-starts, so the first packet of a reply never waits for the last sentence.
+Invariant: `synthesize` yields each packet as soon as it exists and, when the engine fails, raises
+`TTSError` (a message a user can act on) after the packets it already had; an unknown local voice
+is a ValueError. The replica's event loop never runs a model or an encoder: hibari synthesizes
+and encodes each sentence in a worker thread; an OpenAI-compatible endpoint's Ogg Opus is parsed
+as it streams and its packets pass through untouched. Closing the iterator early (barge-in) stops
+the work: no further sentence is synthesized, the HTTP response is closed.
 """
 
 from __future__ import annotations
@@ -11,22 +14,37 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncGenerator, Iterator
+from contextlib import aclosing
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
-from hibari import SAMPLE_RATE, Hibari
-from hibari.voices import VOICES
 
 from media.audio import trim_edges
+from media.ogg import OggOpusParser
 from media.opus import OpusEncoder
-from parley.config import TTSConfig
+from parley.config import TTSConfig, openai_api_key
 from parley.logs import setup_logging
 from parley.types import OpusPacket
+
+if TYPE_CHECKING:
+    import openai
+    from hibari import Hibari
 
 log = logging.getLogger("parley.tts")
 
 
 class TTSError(RuntimeError):
-    """The TTS engine failed (e.g. a voice that is not in the package could not be fetched)."""
+    """Speech synthesis failed; the message says how, in words a user can act on."""
+
+
+class TTSEngine(Protocol):
+    """A loaded backend. `speak` yields Opus packets with their true 48 kHz durations as soon as
+    each exists, raises TTSError (after the packets it had) on failure, and stops its work when
+    closed early."""
+
+    default_voice: str
+
+    def speak(self, text: str, voice: str) -> AsyncGenerator[OpusPacket, None]: ...
 
 
 class TTS:
@@ -36,44 +54,57 @@ class TTS:
         setup_logging()
         start = time.perf_counter()
         self.config = config
+        self.engine: TTSEngine = HibariEngine(config) if config.backend == "hibari" else OpenAISpeechEngine(config)
+        self.voice: str = config.voice or self.engine.default_voice
+        log.info("ready in %.2f s (%s, voice %s)", time.perf_counter() - start, config.backend, self.voice)
+
+    async def synthesize(self, text: str, voice: str | None = None) -> AsyncGenerator[OpusPacket, None]:
+        """Speak `text` (one or more sentences) in `voice` (default: the configured one) and yield
+        its Opus packets as they are made. Empty or whitespace-only text yields nothing."""
+        if not text.strip():
+            return
+        async with aclosing(self.engine.speak(text, voice or self.voice)) as packets:
+            async for packet in packets:
+                yield packet
+
+
+class HibariEngine:
+    """The bundled hibari voices (24 kHz PCM), encoded to 20 ms Opus packets in a worker thread."""
+
+    default_voice = "heart"
+
+    def __init__(self, config: TTSConfig) -> None:
+        from hibari import SAMPLE_RATE
+        from hibari.voices import VOICES
+
+        self.config = config
         self.voices: list[str] = list(VOICES)
         self.sample_rate: int = SAMPLE_RATE
         self._engines: dict[str, Hibari] = {}
         self._loading = asyncio.Lock()
-        self._check_voice(config.voice)
-        log.info("loading hibari voice %s", config.voice)
-        engine = self._load(config.voice)
-        engine("Ready.")  # loads the G2P lexicons and warms the ONNX session before the first turn
-        log.info("ready in %.2f s", time.perf_counter() - start)
+        voice = config.voice or self.default_voice
+        self._check_voice(voice)
+        log.info("loading hibari voice %s", voice)
+        self._load(voice)("Ready.")  # loads the G2P lexicons and warms the ONNX session before the first turn
 
-    async def synthesize(self, text: str, voice: str | None = None) -> AsyncGenerator[OpusPacket, None]:
-        """Speak `text` (one or more sentences) and yield its Opus packets, sentence by sentence.
-
-        Empty or whitespace-only text yields nothing. An unknown voice raises ValueError that lists
-        the voices there are.
-        """
-        name = voice or self.config.voice
-        self._check_voice(name)
-        if not text.strip():
-            return
-        engine = await self._engine(name)
+    async def speak(self, text: str, voice: str) -> AsyncGenerator[OpusPacket, None]:
+        """Sentence by sentence: each one's packets are yielded before the next is synthesized.
+        An unknown voice raises ValueError that lists the voices there are."""
+        self._check_voice(voice)
+        engine = await self._engine(voice)
         sentences: Iterator[np.ndarray] = engine.stream(text)
         encoder = OpusEncoder(self.sample_rate, bitrate=self.config.opus_bitrate)
-        while True:
-            packets = await asyncio.to_thread(self._next_sentence, sentences, encoder)
-            if packets is None:
-                break
+        while (packets := await asyncio.to_thread(self._next_sentence, sentences, encoder)) is not None:
             for packet in packets:
                 yield packet
         for packet in encoder.flush():
             yield packet
 
-    @staticmethod
-    def _next_sentence(sentences: Iterator[np.ndarray], encoder: OpusEncoder) -> list[OpusPacket] | None:
+    def _next_sentence(self, sentences: Iterator[np.ndarray], encoder: OpusEncoder) -> list[OpusPacket] | None:
         audio = next(sentences, None)
         if audio is None:
             return None
-        return encoder.encode(trim_edges(np.asarray(audio, np.float32), SAMPLE_RATE))
+        return encoder.encode(trim_edges(np.asarray(audio, np.float32), self.sample_rate))
 
     def _check_voice(self, name: str) -> None:
         if name not in self.voices:
@@ -89,9 +120,65 @@ class TTS:
         return self._engines[name]
 
     def _load(self, name: str) -> Hibari:
+        from hibari import Hibari
+
         try:
             engine = Hibari(voice=name)
         except (RuntimeError, OSError) as e:
             raise TTSError(f"could not load voice {name!r}: {e}") from e
         self._engines[name] = engine
         return engine
+
+
+class OpenAISpeechEngine:
+    """An OpenAI-compatible /audio/speech endpoint asked for Ogg Opus; its packets pass through.
+
+    The `openai` client retries 429s, 5xxs and connection failures itself (`max_retries`), but only
+    before the first byte: a stream cut half-way is not retried, since its packets are already out.
+    """
+
+    default_voice = "alloy"
+
+    def __init__(self, config: TTSConfig) -> None:
+        import openai
+
+        self.config = config
+        self.client = openai.AsyncOpenAI(
+            base_url=config.base_url, api_key=openai_api_key(config) or "none", max_retries=config.max_retries
+        )
+        self.url = str(self.client.base_url).rstrip("/")
+        log.info("speech from %s at %s", config.model, self.url)
+
+    async def speak(self, text: str, voice: str) -> AsyncGenerator[OpusPacket, None]:
+        import httpx2
+        import openai
+
+        parser = OggOpusParser()
+        try:
+            async with self.client.audio.speech.with_streaming_response.create(
+                model=self.config.model, voice=voice, input=text, response_format="opus", speed=self.config.speed
+            ) as response:
+                async for chunk in response.iter_bytes():
+                    for packet in parser.feed(chunk):
+                        yield packet
+        except openai.AuthenticationError as e:
+            raise TTSError(f"The speech endpoint refused the API key (check ${self.config.api_key_env})") from e
+        except openai.APIStatusError as e:
+            raise TTSError(self._status_message(e)) from e
+        except openai.APIConnectionError as e:
+            raise TTSError(f"Could not reach the speech endpoint at {self.url}") from e
+        except httpx2.TransportError as e:  # raised unwrapped once the body is streaming
+            raise TTSError("The speech stream was cut off") from e
+        except ValueError as e:
+            raise TTSError(f"The speech endpoint sent audio that is not Ogg Opus ({e})") from e
+        parser.end()
+        if parser.truncated:
+            raise TTSError("The speech stream was cut off")
+
+    @staticmethod
+    def _status_message(e: openai.APIStatusError) -> str:
+        if e.status_code == 429:
+            return "The speech endpoint is overloaded (HTTP 429)"
+        if e.status_code >= 500:
+            return f"The speech endpoint failed (HTTP {e.status_code})"
+        return f"The speech endpoint refused the request (HTTP {e.status_code}: {e.message})"

@@ -61,13 +61,18 @@ class FakeOpenAI:
     """HTTP statuses to answer the next requests with, one per request, before behaving."""
     cut_after: int | None = None
     """Chat: drop the connection after this many deltas. Speech: after this many bytes."""
+    hold_after: int | None = None
+    """Speech: after this many bytes, pause until `resume` is set (or the client hangs up)."""
+    resume: asyncio.Event = field(default_factory=asyncio.Event)
+    holding: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set while a speech response is paused at `hold_after`."""
     delta_delay_s: float = 0.0
     requests: list[tuple[str, dict[str, Any], dict[str, str]]] = field(default_factory=list)
     speech: dict[str, list[bytes]] = field(default_factory=dict)
     """For each text spoken: the packets that were sent, as PyAV demuxes them."""
     deltas_sent: int = 0
     disconnected: asyncio.Event = field(default_factory=asyncio.Event)
-    """Set when a client hung up on a chat stream before it ended."""
+    """Set when a client hung up on a chat or speech stream before it ended."""
 
     def __post_init__(self) -> None:
         self.app = web.Application()
@@ -84,6 +89,7 @@ class FakeOpenAI:
         return self
 
     async def stop(self) -> None:
+        self.resume.set()  # a held speech response finishes instead of holding up the shutdown
         if self._runner is not None:
             await self._runner.cleanup()
 
@@ -143,6 +149,13 @@ class FakeOpenAI:
         response = web.StreamResponse(headers={"Content-Type": "audio/ogg"})
         response.enable_chunked_encoding()
         await response.prepare(request)
+        try:
+            await self._send_speech(request, response, data)
+        except ConnectionError:
+            self.disconnected.set()
+        return response
+
+    async def _send_speech(self, request: web.Request, response: web.StreamResponse, data: bytes) -> None:
         sent = 0
         for size in itertools.cycle(CHUNK_SIZES):
             if sent >= len(data):
@@ -152,12 +165,28 @@ class FakeOpenAI:
                 await response.write(data[sent : self.cut_after])
                 assert request.transport is not None
                 request.transport.close()
-                return response
+                return
+            if self.hold_after is not None and sent < self.hold_after <= end:
+                end = self.hold_after
             await response.write(data[sent:end])
             sent = end
+            if sent == self.hold_after and not await self._hold(request):
+                self.disconnected.set()
+                return
             await asyncio.sleep(0)
         await response.write_eof()
-        return response
+
+    async def _hold(self, request: web.Request) -> bool:
+        """Wait for `resume`; False if the client hung up first."""
+        self.holding.set()
+        try:
+            while not self.resume.is_set():
+                if request.transport is None or request.transport.is_closing():
+                    return False
+                await asyncio.sleep(0.01)
+            return True
+        finally:
+            self.holding.clear()
 
 
 def _error(status: int, message: str, code: str) -> web.Response:
