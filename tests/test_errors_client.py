@@ -72,3 +72,32 @@ async def test_a_rejected_key_tells_the_user_what_to_fix(
     await page.sio.emit("text", {"text": "Hi"})
     failed = (await finished(page, 1))[0]
     assert failed["state"] == "error" and "HTTP 401" in failed["error"]
+
+
+async def test_speech_cut_mid_sentence_ends_its_audio_and_the_text_stays(fake: FakeOpenAI) -> None:
+    config = ParleyConfig.model_validate(
+        {
+            "server": {"port": free_port(), "ice_addresses": ["127.0.0.1"]},
+            "llm": {"backend": "openai", "base_url": fake.base_url, "api_key_env": "PARLEY_TEST_KEY", "max_retries": 0},
+            "tts": {"backend": "openai", "base_url": fake.base_url, "api_key_env": "PARLEY_TEST_KEY", "max_retries": 0},
+        }
+    )
+    fake.cut_after = 2500  # speech bytes: the first sentence's Ogg stream dies part-way
+    ingress = IngressServer(config, LocalServices(ASR(config.asr), LLM(config.llm), TTS(config.tts)))
+    await ingress.start()
+    client = ParleyClient(ingress.url)
+    try:
+        await client.connect()
+        await client.sio.emit("text", {"text": "Say something."})
+        notice = await client.wait_for(lambda: [n for n in client.of("notice") if "cut off" in n["text"]], timeout=30)
+        assert notice[0]["level"] == "error"
+        answer = (await finished(client, 1))[0]
+        assert answer["state"] == "done" and answer["text"] == "".join(fake.reply)
+        assert [body["input"] for body in fake.bodies("/v1/audio/speech")][:1] == ["Hello there!"]
+        fake.cut_after = None
+        await client.sio.emit("text", {"text": "Again?"})
+        spoken = await client.wait_for(lambda: [m for m in client.of("metrics") if m["id"] != answer["id"]], timeout=30)
+        assert spoken[0]["voice_to_voice"] is not None  # the next turn is spoken to the end
+    finally:
+        await client.close()
+        await ingress.stop()
