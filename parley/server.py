@@ -38,6 +38,13 @@ VENDOR = {"socket.io.min.js": ROOT / "node_modules/socket.io-client/dist/socket.
 _SESSION_ID = re.compile(r"^[A-Za-z0-9_-]{8,64}$")
 
 
+def _model_label(config: ParleyConfig) -> str:
+    llm = config.llm
+    if llm.backend == "openai":
+        return llm.model
+    return Path(llm.model_path).stem if llm.model_path else "SmolLM2-135M"
+
+
 def is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -198,7 +205,7 @@ class IngressServer:
                 },
                 "llm": {
                     "backend": llm.backend,
-                    "model": llm.model if llm.backend == "openai" else "SmolLM2-135M",
+                    "model": _model_label(self.config),
                     "vision": session.vision,
                 },
             },
