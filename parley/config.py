@@ -43,6 +43,16 @@ class ServerConfig(_Section):
         description="Local addresses advertised as host ICE candidates. Empty: every non-loopback interface. "
         "127.0.0.1 makes loopback-only calls possible (tests, one machine).",
     )
+    public_address: str | None = Field(
+        default=None,
+        description="The address browsers reach this node at when it sits behind 1:1 NAT (a cloud node's public IP): "
+        "host ICE candidates are advertised with it instead of the private address.",
+    )
+    udp_ports: str | None = Field(
+        default=None,
+        pattern=r"^\d{1,5}-\d{1,5}$",
+        description="UDP port range LOW-HIGH for WebRTC media on this node (open it in the firewall). Default: any free port.",
+    )
     session_idle_s: float = Field(
         default=600.0, description="How long a disconnected session's conversation is kept for a reconnect."
     )
@@ -142,6 +152,24 @@ class ServeConfig(_Section):
     tts_cpus: float = Field(default=0.25, description="CPUs reserved for each TTS replica.")
     asr_gpus: float = Field(default=0.0, description="GPUs for each ASR replica.")
     ingress_replicas: int = Field(default=1, description="Ingress replicas (one per node).")
+    asr_min_replicas: int = Field(default=1, ge=0, description="ASR autoscaling: fewest replicas.")
+    asr_max_replicas: int = Field(default=1, ge=1, description="ASR autoscaling: most replicas (equal to min: no autoscaling).")
+    asr_target_ongoing_requests: float = Field(
+        default=2.0, gt=0, description="ASR autoscaling: ongoing requests per replica it aims for."
+    )
+    asr_upscale_delay_s: float = Field(
+        default=5.0, ge=0, description="ASR autoscaling: load must last this long to add replicas."
+    )
+    asr_downscale_delay_s: float = Field(
+        default=30.0, ge=0, description="ASR autoscaling: quiet must last this long to remove replicas."
+    )
+    health_check_period_s: float = Field(
+        default=1.0, gt=0, description="How often Serve checks each replica; a dead lone replica is replaced in seconds."
+    )
+    health_check_timeout_s: float = Field(default=10.0, gt=0, description="A health check slower than this fails.")
+    metrics_export_port: int | None = Field(
+        default=None, description="With a local Ray: the port of its Prometheus endpoint (http://host:PORT/metrics)."
+    )
     max_ongoing_requests: int = Field(
         default=32, description="Concurrent calls a replica accepts (Serve's default of 5 collapses throughput)."
     )
