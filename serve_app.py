@@ -27,29 +27,66 @@ from parley.config import ParleyConfig, parse_args
 ROOT = Path(__file__).resolve().parent
 
 
+AUTOSCALING_METRICS_INTERVAL_S = 0.5
+"""How often handles and ASR replicas report their ongoing requests to Serve's controller.
+
+Ray 2.60 still reads this from the (deprecated) `metrics_interval_s` field; its default of 10 s
+would make the autoscaler react tens of seconds late to a burst of recordings."""
+
+AUTOSCALING_LOOK_BACK_S = 2.0
+"""The window the reported ongoing requests are averaged over (Serve's default is 30 s)."""
+
+
 def build_app(args: ParleyConfig | dict[str, Any]) -> Application:
     """The Serve application: ASR, LLM and TTS deployments behind one ingress per node."""
     config = args if isinstance(args, ParleyConfig) else ParleyConfig.model_validate(args)
     res = config.serve
-    common: dict[str, Any] = {"max_ongoing_requests": res.max_ongoing_requests, "health_check_period_s": 2}
-    asr = _deployment(
-        ASR,
-        name="ASR",
-        ray_actor_options={"num_cpus": res.asr_cpus, "num_gpus": res.asr_gpus},
-        # Serve's router never sends a replica more than this, so a batch can be no bigger
-        **{**common, "max_ongoing_requests": max(res.max_ongoing_requests, config.asr.batch_size)},
-    )
-    llm = _deployment(LLM, name="LLM", ray_actor_options={"num_cpus": res.llm_cpus}, **common)
-    tts = _deployment(TTS, name="TTS", ray_actor_options={"num_cpus": res.tts_cpus}, **common)
+    llm = _deployment(LLM, name="LLM", ray_actor_options={"num_cpus": res.llm_cpus}, **_common(config))
+    tts = _deployment(TTS, name="TTS", ray_actor_options={"num_cpus": res.tts_cpus}, **_common(config))
     ingress = _deployment(
         Ingress,
         name="Ingress",
         num_replicas=res.ingress_replicas,
         max_replicas_per_node=1,
         ray_actor_options={"num_cpus": res.ingress_cpus},
-        **common,
+        **_common(config),
     )
-    return ingress.bind(config, asr.bind(config.asr), llm.bind(config.llm), tts.bind(config.tts))
+    return ingress.bind(config, asr_deployment(config).bind(config.asr), llm.bind(config.llm), tts.bind(config.tts))
+
+
+def asr_deployment(config: ParleyConfig) -> Deployment:
+    """The ASR deployment with its options: autoscaled when `asr_max_replicas > asr_min_replicas`."""
+    res = config.serve
+    scaling: dict[str, Any]
+    if res.asr_max_replicas > res.asr_min_replicas:
+        scaling = {
+            "autoscaling_config": {
+                "min_replicas": res.asr_min_replicas,
+                "max_replicas": res.asr_max_replicas,
+                "target_ongoing_requests": res.asr_target_ongoing_requests,
+                "upscale_delay_s": res.asr_upscale_delay_s,
+                "downscale_delay_s": res.asr_downscale_delay_s,
+                "metrics_interval_s": AUTOSCALING_METRICS_INTERVAL_S,
+                "look_back_period_s": AUTOSCALING_LOOK_BACK_S,
+            }
+        }
+    else:
+        scaling = {"num_replicas": res.asr_min_replicas}
+    options = _common(config)
+    # Serve's router never sends a replica more than this, so a batch can be no bigger
+    options["max_ongoing_requests"] = max(res.max_ongoing_requests, config.asr.batch_size)
+    return _deployment(
+        ASR, name="ASR", ray_actor_options={"num_cpus": res.asr_cpus, "num_gpus": res.asr_gpus}, **scaling, **options
+    )
+
+
+def _common(config: ParleyConfig) -> dict[str, Any]:
+    res = config.serve
+    return {
+        "max_ongoing_requests": res.max_ongoing_requests,
+        "health_check_period_s": res.health_check_period_s,
+        "health_check_timeout_s": res.health_check_timeout_s,
+    }
 
 
 def _deployment(cls: type, **options: Any) -> Deployment:
@@ -65,7 +102,12 @@ def start(config: ParleyConfig, *, name: str = "parley") -> str:
         if config.serve.address:
             ray.init(address=config.serve.address, runtime_env=runtime_env)
         else:
-            ray.init(address="local", include_dashboard=config.serve.include_dashboard, runtime_env=runtime_env)
+            ray.init(
+                address="local",
+                include_dashboard=config.serve.include_dashboard,
+                runtime_env=runtime_env,
+                _metrics_export_port=config.serve.metrics_export_port,
+            )
     serve.start(proxy_location="Disabled")
     handle = serve.run(build_app(config), name=name, route_prefix=None)
     url: str = handle.url.remote().result()

@@ -17,7 +17,7 @@ from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 
 from parley.config import ParleyConfig
 from parley.logs import setup_logging
-from parley.metrics import STAGES
+from parley.metrics import STAGES, Meter
 from parley.server import IngressServer
 from parley.services import ServiceError
 from parley.types import ChatMessage, OpusPacket, Transcript
@@ -76,19 +76,43 @@ class HandleServices:
             stream.cancel()
 
 
-class StageMetrics:
-    """One Serve histogram per stage named in parley.metrics, in seconds."""
+class ServeMeter(Meter):
+    """Parley's measurements as Ray Serve metrics (Prometheus names get Ray's `ray_` prefix).
+
+    One histogram per stage (`parley_<stage>_seconds`), `parley_sessions` (gauge),
+    `parley_turns_total`, `parley_errors_total{stage}` and `parley_late_packets_total` (counters).
+    """
 
     def __init__(self) -> None:
-        self._histograms = {
+        self._stages = {
             stage: serve.metrics.Histogram(
                 f"parley_{stage}_seconds", description=f"Per-turn {stage} latency (seconds).", boundaries=_BOUNDARIES
             )
             for stage in STAGES
         }
+        self._sessions = serve.metrics.Gauge("parley_sessions", description="Browsers connected to this ingress.")
+        self._turns = serve.metrics.Counter("parley_turns_total", description="Turns started.")
+        self._errors = serve.metrics.Counter(
+            "parley_errors_total", description="Turns whose stage failed (asr, llm, tts).", tag_keys=("stage",)
+        )
+        self._late = serve.metrics.Counter(
+            "parley_late_packets_total", description="Audio packets that left a pacing track more than 20 ms late."
+        )
 
-    def __call__(self, stage: str, seconds: float) -> None:
-        self._histograms[stage].observe(seconds)
+    def stage(self, stage: str, seconds: float) -> None:
+        self._stages[stage].observe(seconds)
+
+    def turn(self) -> None:
+        self._turns.inc()
+
+    def error(self, stage: str) -> None:
+        self._errors.inc(tags={"stage": stage})
+
+    def sessions(self, count: int) -> None:
+        self._sessions.set(count)
+
+    def late_packets(self, count: int) -> None:
+        self._late.inc(count)
 
 
 class Ingress:
@@ -99,7 +123,7 @@ class Ingress:
     ) -> None:
         setup_logging()
         self.config = ParleyConfig.model_validate(config)
-        self.server = IngressServer(self.config, HandleServices(asr, llm, tts), on_metric=StageMetrics())
+        self.server = IngressServer(self.config, HandleServices(asr, llm, tts), meter=ServeMeter())
         await self.server.start()
 
     async def url(self) -> str:

@@ -6,6 +6,9 @@ Invariant: every stage time comes from one monotonic clock and is defined here:
 - first_sentence: request -> first sentence handed to TTS.
 - tts_ttfb: sentence handed to TTS -> its first Opus packet (first sentence of the turn).
 - voice_to_voice: end of recording (or message sent) -> first speech packet leaves the pacing track.
+
+Besides stage times, a Meter counts turns, errors by stage (asr, llm, tts), sessions and late
+audio packets. The ingress's Meter writes Ray Serve metrics; the base one records nothing.
 """
 
 from __future__ import annotations
@@ -17,8 +20,26 @@ from pydantic import BaseModel
 
 STAGES = ("asr", "llm_ttft", "first_sentence", "tts_ttfb", "voice_to_voice")
 
-MetricSink = Callable[[str, float], None]
-"""Receives (stage, seconds) as each stage is measured; the ingress turns these into Serve metrics."""
+ERROR_STAGES = ("asr", "llm", "tts")
+
+
+class Meter:
+    """Where sessions and the server report what they measure. This base records nothing."""
+
+    def stage(self, stage: str, seconds: float) -> None:
+        """One stage of one turn took `seconds` (stage is one of STAGES)."""
+
+    def turn(self) -> None:
+        """A turn started."""
+
+    def error(self, stage: str) -> None:
+        """A stage failed for a turn (stage is one of ERROR_STAGES)."""
+
+    def sessions(self, count: int) -> None:
+        """This many browsers are connected now."""
+
+    def late_packets(self, count: int) -> None:
+        """This many more audio packets left a pacing track late."""
 
 
 class TurnMetrics(BaseModel):

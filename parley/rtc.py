@@ -59,6 +59,8 @@ class Peer:
         self.session = session
         self.pc = RTCPeerConnection(rtc_configuration(ice_servers))
         self.track = PacingTrack()
+        self.late_reported = 0
+        """How many of the track's late packets the server has already counted in its metrics."""
         self._readers: list[asyncio.Task[None]] = []
         self.pc.on("track", self._on_track)
         self.pc.on("connectionstatechange", self._on_state)

@@ -24,7 +24,7 @@ import socketio
 from aiohttp import web
 
 from parley.config import ParleyConfig
-from parley.metrics import MetricSink
+from parley.metrics import Meter
 from parley.rtc import Peer, SdpError, advertise_addresses
 from parley.services import Services
 from parley.session import Session
@@ -35,6 +35,7 @@ log = logging.getLogger("parley.server")
 ROOT = Path(__file__).resolve().parent.parent
 STATIC = ROOT / "static"
 VENDOR = {"socket.io.min.js": ROOT / "node_modules/socket.io-client/dist/socket.io.min.js"}
+HOUSEKEEPING_S = 5.0
 _SESSION_ID = re.compile(r"^[A-Za-z0-9_-]{8,64}$")
 
 
@@ -56,10 +57,10 @@ def is_loopback(host: str) -> bool:
 class IngressServer:
     """aiohttp + python-socketio + aiortc for the browsers that reach this node."""
 
-    def __init__(self, config: ParleyConfig, services: Services, *, on_metric: MetricSink | None = None) -> None:
+    def __init__(self, config: ParleyConfig, services: Services, *, meter: Meter | None = None) -> None:
         self.config = config
         self.services = services
-        self.on_metric = on_metric
+        self.meter = meter or Meter()
         self.sessions: dict[str, Session] = {}
         self.peers: dict[str, Peer] = {}
         self._sid_session: dict[str, str] = {}
@@ -116,9 +117,14 @@ class IngressServer:
             await self._runner.cleanup()
 
     async def _reap(self) -> None:
-        """Forget sessions whose browser has been gone longer than session_idle_s."""
+        """Every few seconds: report late audio packets, and forget sessions whose browser has
+        been gone longer than session_idle_s."""
         while True:
-            await asyncio.sleep(min(30.0, self.config.server.session_idle_s))
+            await asyncio.sleep(min(HOUSEKEEPING_S, self.config.server.session_idle_s))
+            for peer in self.peers.values():
+                late, peer.late_reported = peer.track.late_packets - peer.late_reported, peer.track.late_packets
+                if late:
+                    self.meter.late_packets(late)
             live = set(self._sid_session.values())
             now = time.monotonic()
             for sid, session in list(self.sessions.items()):
@@ -182,11 +188,12 @@ class IngressServer:
                 await self.sio.disconnect(other)
         session = self.sessions.get(session_id)
         if session is None:
-            session = Session(session_id, self.config, self.services, on_metric=self.on_metric)
+            session = Session(session_id, self.config, self.services, meter=self.meter)
             self.sessions[session_id] = session
         if isinstance(data.get("vision"), bool):
             session.vision = data["vision"]
         self._sid_session[sid] = session_id
+        self.meter.sessions(len(set(self._sid_session.values())))
 
         async def emit(event: str, payload: dict[str, Any]) -> None:
             await self.sio.emit(event, payload, to=sid)
@@ -270,6 +277,7 @@ class IngressServer:
     async def _on_disconnect(self, sid: str, *args: Any) -> None:
         await self._close_peer(sid)
         session_id = self._sid_session.pop(sid, None)
+        self.meter.sessions(len(set(self._sid_session.values())))
         session = self.sessions.get(session_id) if session_id else None
         if session is not None and session_id not in self._sid_session.values():
             session.attach(None)

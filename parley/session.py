@@ -31,7 +31,7 @@ from media.image import frame_to_data_url
 from media.text import SentenceSplitter
 from media.track import PacingTrack
 from parley.config import ParleyConfig
-from parley.metrics import MetricSink, Stopwatch, TurnMetrics
+from parley.metrics import Meter, Stopwatch, TurnMetrics
 from parley.services import Services
 from parley.types import ChatMessage, ImagePart, ImageURL, TextPart
 
@@ -78,7 +78,7 @@ class Session:
         config: ParleyConfig,
         services: Services,
         *,
-        on_metric: MetricSink | None = None,
+        meter: Meter | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.id = session_id
@@ -91,7 +91,7 @@ class Session:
         self.latest_frame: av.VideoFrame | None = None
         self.last_seen = clock()
         self._emit: Emit | None = None
-        self._on_metric = on_metric
+        self._meter = meter or Meter()
         self._clock = clock
         self._turn: asyncio.Task[None] | None = None
         self._recording: _Recording | None = None
@@ -229,6 +229,7 @@ class Session:
 
     def _start_turn(self, work: Callable[[], Awaitable[None]]) -> None:
         async def run() -> None:
+            self._meter.turn()
             try:
                 await work()
             except asyncio.CancelledError:
@@ -251,10 +252,11 @@ class Session:
             transcript = await self.services.transcribe(audio)
         except Exception as exc:
             log.exception("session %s: ASR failed", self.id[:8])
+            self._meter.error("asr")
             await self.notice(f"Speech recognition failed ({_reason(exc)}). Please try again.", "error")
             return
         asr_s = since_release.elapsed()
-        self._metric("asr", asr_s)
+        self._meter.stage("asr", asr_s)
         if not transcript.text.strip():
             await self.notice("I couldn't make out any words in that recording.", "warn")
             return
@@ -278,7 +280,7 @@ class Session:
 
         def first_audio() -> None:
             metrics.voice_to_voice = since_input.elapsed()
-            self._metric("voice_to_voice", metrics.voice_to_voice)
+            self._meter.stage("voice_to_voice", metrics.voice_to_voice)
 
         if track is not None:
             track.on_first_audio = first_audio
@@ -299,6 +301,7 @@ class Session:
         except Exception as exc:
             answer.state = "error"
             log.exception("session %s: LLM failed", self.id[:8])
+            self._meter.error("llm")
             await self.emit("state", {"id": answer.id, "state": "error", "error": _reason(exc)})
         finally:
             if speaker is not None:
@@ -314,7 +317,7 @@ class Session:
                 continue
             if metrics.llm_ttft is None:
                 metrics.llm_ttft = request.elapsed()
-                self._metric("llm_ttft", metrics.llm_ttft)
+                self._meter.stage("llm_ttft", metrics.llm_ttft)
             answer.text += delta
             await self.emit("delta", {"id": answer.id, "text": delta})
             for sentence in splitter.feed(delta):
@@ -331,7 +334,7 @@ class Session:
             return
         if metrics.first_sentence is None:
             metrics.first_sentence = request.elapsed()
-            self._metric("first_sentence", metrics.first_sentence)
+            self._meter.stage("first_sentence", metrics.first_sentence)
         sentences.put_nowait(sentence)
 
     async def _speak(self, track: PacingTrack, sentences: asyncio.Queue[str | None], metrics: TurnMetrics) -> None:
@@ -345,12 +348,13 @@ class Session:
                         first = False
                         if metrics.tts_ttfb is None:
                             metrics.tts_ttfb = handed.elapsed()
-                            self._metric("tts_ttfb", metrics.tts_ttfb)
+                            self._meter.stage("tts_ttfb", metrics.tts_ttfb)
                     track.put(packet)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # the text stays; this sentence just goes unspoken
                 log.exception("session %s: TTS failed", self.id[:8])
+                self._meter.error("tts")
                 await self.notice(f"Speech synthesis failed for a sentence ({_reason(exc)}).", "error")
 
     def _conversation(self) -> list[ChatMessage]:
@@ -371,10 +375,6 @@ class Session:
             else:
                 messages.append(ChatMessage(role=entry.role, content=entry.text))
         return messages
-
-    def _metric(self, stage: str, seconds: float) -> None:
-        if self._on_metric is not None:
-            self._on_metric(stage, seconds)
 
 
 def _reason(exc: BaseException) -> str:
