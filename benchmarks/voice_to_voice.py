@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from parley.config import ParleyConfig  # noqa: E402
-from parley.rtc import advertise_addresses  # noqa: E402
+from parley.ice import configure_ice  # noqa: E402
 from tests.client import ParleyClient  # noqa: E402
 from tests.conftest import free_port  # noqa: E402
 from tests.speech import speak  # noqa: E402
@@ -28,7 +28,7 @@ QUESTIONS = ["What is the capital of France?", "Name a color of the sky.", "How 
 
 
 async def run(url: str, turns: int) -> None:
-    advertise_addresses(["127.0.0.1"])
+    configure_ice(["127.0.0.1"], None)
     client = ParleyClient(url)
     await client.connect()
     felt: list[float] = []

@@ -3,8 +3,8 @@
 Invariants:
 - Every microphone and camera frame the browser sends is consumed as it arrives (so aiortc's
   buffers never fill) and handed to the session; nothing here blocks on a model.
-- The host addresses advertised in ICE candidates are a process-wide setting: aioice gathers
-  them through one module-level function, which `advertise_addresses` replaces.
+- Which addresses and ports media uses is set once per process (parley.ice); a node behind 1:1
+  NAT gets its public address written into the answer's host candidates.
 """
 
 from __future__ import annotations
@@ -14,34 +14,15 @@ import contextlib
 import logging
 from collections.abc import Sequence
 
-import aioice.ice
 from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from media.track import PacingTrack
 from parley.config import IceServer
+from parley.ice import advertise_public
 from parley.session import Session
 
 log = logging.getLogger("parley.rtc")
-
-_default_host_addresses = aioice.ice.get_host_addresses
-
-
-def advertise_addresses(addresses: Sequence[str]) -> None:
-    """Offer exactly these local addresses as host candidates (empty: aioice's own choice).
-
-    aioice never offers 127.0.0.1 by itself, so a loopback-only call needs this.
-    """
-    chosen = list(addresses)
-    if not chosen:
-        aioice.ice.get_host_addresses = _default_host_addresses
-        return
-
-    def host_addresses(use_ipv4: bool, use_ipv6: bool) -> list[str]:
-        return [a for a in chosen if (":" in a and use_ipv6) or (":" not in a and use_ipv4)]
-
-    aioice.ice.get_host_addresses = host_addresses
-    log.info("ICE host candidates: %s", ", ".join(chosen))
 
 
 def rtc_configuration(servers: Sequence[IceServer]) -> RTCConfiguration:
@@ -55,8 +36,9 @@ class SdpError(ValueError):
 class Peer:
     """One RTCPeerConnection between a browser and its session."""
 
-    def __init__(self, session: Session, ice_servers: Sequence[IceServer]) -> None:
+    def __init__(self, session: Session, ice_servers: Sequence[IceServer], public_address: str | None = None) -> None:
         self.session = session
+        self.public_address = public_address
         self.pc = RTCPeerConnection(rtc_configuration(ice_servers))
         self.track = PacingTrack()
         self.late_reported = 0
@@ -78,7 +60,10 @@ class Peer:
         self.pc.addTrack(self.track)  # reuses the offer's audio transceiver: sendrecv
         self.session.set_track(self.track)
         await self.pc.setLocalDescription(await self.pc.createAnswer())
-        return self.pc.localDescription
+        answer = self.pc.localDescription
+        if self.public_address:
+            return RTCSessionDescription(sdp=advertise_public(answer.sdp, self.public_address), type=answer.type)
+        return answer
 
     def _on_track(self, track: MediaStreamTrack) -> None:
         self._readers.append(asyncio.get_running_loop().create_task(self._read(track)))

@@ -24,8 +24,9 @@ import socketio
 from aiohttp import web
 
 from parley.config import ParleyConfig
+from parley.ice import configure_ice, parse_port_range
 from parley.metrics import Meter
-from parley.rtc import Peer, SdpError, advertise_addresses
+from parley.rtc import Peer, SdpError
 from parley.services import Services
 from parley.session import Session
 from parley.tls import self_signed_pair
@@ -88,7 +89,7 @@ class IngressServer:
     async def start(self) -> str:
         """Bind the web server; returns the URL a browser opens."""
         cfg = self.config.server
-        advertise_addresses(cfg.ice_addresses)
+        configure_ice(cfg.ice_addresses, parse_port_range(cfg.udp_ports) if cfg.udp_ports else None)
         ssl_context = None
         if not is_loopback(cfg.host):
             cert, key = (cfg.cert_file, cfg.key_file)
@@ -229,7 +230,7 @@ class IngressServer:
             await self._notice(sid, "The WebRTC offer was malformed.")
             return
         await self._close_peer(sid)
-        peer = Peer(session, self.config.server.ice_servers)
+        peer = Peer(session, self.config.server.ice_servers, self.config.server.public_address)
         self.peers[sid] = peer
         try:
             answer = await peer.answer(sdp, kind)

@@ -19,7 +19,7 @@ import socketio
 from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
-from parley.rtc import advertise_addresses
+from parley.ice import configure_ice
 
 RATE = 48000
 FRAME = 960
@@ -142,7 +142,7 @@ class ParleyClient:
         return welcome
 
     async def negotiate(self) -> None:
-        advertise_addresses(["127.0.0.1"])  # like Chromium's --allow-loopback-in-peer-connection
+        configure_ice(["127.0.0.1"], None)  # like Chromium's --allow-loopback-in-peer-connection
         self.pc = RTCPeerConnection()
         self.pc.addTrack(self.mic)
         self.pc.on("track", lambda track: self._readers.append(asyncio.get_running_loop().create_task(self._listen(track))))
