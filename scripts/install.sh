@@ -13,11 +13,11 @@ if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && [ -d node_modules ]; th
   exit 0
 fi
 
-if [ "$dev" = 1 ] && { ! command -v chromium >/dev/null || ! command -v espeak-ng >/dev/null; }; then
-  echo "parley: installing Debian packages (chromium for browser tests, espeak-ng)..."
+if [ "$dev" = 1 ] && { ! command -v chromium >/dev/null || ! command -v prometheus >/dev/null; }; then
+  echo "parley: installing Debian packages (chromium for browser tests, prometheus for the metrics test)..."
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -q >/dev/null
-  apt-get install -y -q --no-install-recommends chromium espeak-ng iproute2 util-linux >/dev/null
+  apt-get install -y -q --no-install-recommends chromium prometheus iproute2 util-linux >/dev/null
 fi
 
 if ! command -v npm >/dev/null; then

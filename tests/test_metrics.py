@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
+import shutil
 import time
+from pathlib import Path
 
 import aiohttp
 import pytest
 
 from parley.metrics import STAGES
 from tests.client import ParleyClient
+from tests.conftest import free_port
 from tests.speech import speak
 
 pytestmark = pytest.mark.serve
@@ -51,3 +55,53 @@ async def test_turns_are_counted_in_every_stage_histogram(serve_app) -> None:
         await asyncio.sleep(1)
     assert "ray_parley_sessions{" in text
     assert 'deployment="Ingress"' in text
+
+
+@pytest.mark.skipif(not shutil.which("prometheus"), reason="Debian's prometheus is not installed")
+async def test_debian_prometheus_finds_the_nodes_through_rays_service_discovery(serve_app, tmp_path: Path) -> None:
+    import ray
+
+    context = ray.get_runtime_context()
+    discovery = Path(context.get_temp_dir()) / context.get_session_name() / "prom_metrics_service_discovery.json"
+    deadline = time.monotonic() + 30
+    while not discovery.exists():  # the dashboard writes it shortly after start
+        assert time.monotonic() < deadline, "Ray wrote no service-discovery file"
+        await asyncio.sleep(0.5)
+    config = tmp_path / "prometheus.yml"
+    config.write_text(
+        "global: {scrape_interval: 1s}\n"
+        "scrape_configs:\n"
+        "  - job_name: ray\n"
+        f"    file_sd_configs: [{{files: ['{discovery.resolve()}'], refresh_interval: 1s}}]\n"
+    )
+    port = free_port()
+    log = (tmp_path / "prometheus.log").open("w")
+    prometheus = await asyncio.create_subprocess_exec(
+        "prometheus",
+        f"--config.file={config}",
+        f"--storage.tsdb.path={tmp_path / 'data'}",
+        f"--web.listen-address=127.0.0.1:{port}",
+        stdout=log,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    client = ParleyClient(serve_app.url)
+    try:
+        await client.connect(media=False)
+        await client.sio.emit("text", {"text": "Count this turn."})
+        await client.wait_for(lambda: [m for m in client.messages("assistant") if m["state"] == "done"], timeout=60)
+        query = f"http://127.0.0.1:{port}/api/v1/query?query=sum(ray_parley_turns_total)"
+        deadline = time.monotonic() + 60
+        async with aiohttp.ClientSession() as http:
+            while True:
+                with contextlib.suppress(aiohttp.ClientError):
+                    async with http.get(query) as response:
+                        result = (await response.json())["data"]["result"]
+                        if result and float(result[0]["value"][1]) >= 1:
+                            break
+                assert time.monotonic() < deadline, (tmp_path / "prometheus.log").read_text()[-2000:]
+                await asyncio.sleep(1)
+    finally:
+        await client.close()
+        prometheus.terminate()
+        await asyncio.wait_for(prometheus.wait(), 10)
+        log.close()
