@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import logging
 import time
 import uuid
@@ -99,7 +98,6 @@ class Session:
         self._preroll_samples = 0
         self._audio_format = (1, 48000)
         self._turn_times: deque[float] = deque()
-        self._seq = itertools.count(1)
 
     # -- wiring -----------------------------------------------------------------------------
 
@@ -293,6 +291,8 @@ class Session:
                 await track.drained()
             await self.emit("metrics", {"id": answer.id, **metrics.model_dump()})
         except asyncio.CancelledError:
+            if speaker is not None:  # first, so no packet can land after the clear
+                speaker.cancel()
             if track is not None:
                 track.clear()
             answer.state = "interrupted"
