@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import fractions
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -78,10 +78,18 @@ class Heard:
 class ParleyClient:
     """One simulated browser session."""
 
-    def __init__(self, url: str, session_id: str | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        session_id: str | None = None,
+        *,
+        ssl_verify: bool = True,
+        ice_addresses: Sequence[str] = ("127.0.0.1",),
+    ) -> None:
         self.url = url
         self.session_id = session_id
-        self.sio = socketio.AsyncClient(reconnection=False)
+        self.ice_addresses = list(ice_addresses)
+        self.sio = socketio.AsyncClient(reconnection=False, ssl_verify=ssl_verify)
         self.events: list[tuple[float, str, dict[str, Any]]] = []
         self.mic = SpeakingMic()
         self.heard = Heard()
@@ -142,7 +150,7 @@ class ParleyClient:
         return welcome
 
     async def negotiate(self) -> None:
-        configure_ice(["127.0.0.1"], None)  # like Chromium's --allow-loopback-in-peer-connection
+        configure_ice(self.ice_addresses, None)  # 127.0.0.1: like Chromium's --allow-loopback-in-peer-connection
         self.pc = RTCPeerConnection()
         self.pc.addTrack(self.mic)
         self.pc.on("track", lambda track: self._readers.append(asyncio.get_running_loop().create_task(self._listen(track))))
