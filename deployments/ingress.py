@@ -34,7 +34,7 @@ def user_error(service: str, exc: BaseException) -> ServiceError:
     the deployments write for users); a replica that died mid-call raises RayActorError.
     """
     if isinstance(exc, RayActorError):
-        return ServiceError(f"The {service} service stopped in the middle of this turn; please try again.")
+        return ServiceError(f"The {service} service stopped in the middle of this turn.")
     cause = getattr(exc, "cause", None)
     if isinstance(cause, BaseException):
         return ServiceError(str(cause).strip() or f"The {service} service failed ({type(cause).__name__}).")

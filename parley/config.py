@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class _Section(BaseModel):
@@ -173,6 +173,12 @@ class ServeConfig(_Section):
     max_ongoing_requests: int = Field(
         default=32, description="Concurrent calls a replica accepts (Serve's default of 5 collapses throughput)."
     )
+
+    @model_validator(mode="after")
+    def _asr_replica_bounds(self) -> ServeConfig:
+        if self.asr_min_replicas > self.asr_max_replicas:
+            raise ValueError(f"asr_min_replicas ({self.asr_min_replicas}) is above asr_max_replicas ({self.asr_max_replicas})")
+        return self
 
 
 class ParleyConfig(_Section):

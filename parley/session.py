@@ -251,7 +251,7 @@ class Session:
         except Exception as exc:
             log.exception("session %s: ASR failed", self.id[:8])
             self._meter.error("asr")
-            await self.notice(f"Speech recognition failed ({_reason(exc)}). Please try again.", "error")
+            await self.notice(f"Speech recognition failed: {_sentence(_reason(exc))} Please try again.", "error")
             return
         asr_s = since_release.elapsed()
         self._meter.stage("asr", asr_s)
@@ -355,7 +355,7 @@ class Session:
             except Exception as exc:  # the text stays; this sentence just goes unspoken
                 log.exception("session %s: TTS failed", self.id[:8])
                 self._meter.error("tts")
-                await self.notice(f"Speech synthesis failed for a sentence ({_reason(exc)}).", "error")
+                await self.notice(f"Part of the answer could not be spoken: {_sentence(_reason(exc))}", "error")
 
     def _conversation(self) -> list[ChatMessage]:
         """The history as chat messages: recent turns, images on the newest `keep_images` user turns."""
@@ -375,6 +375,10 @@ class Session:
             else:
                 messages.append(ChatMessage(role=entry.role, content=entry.text))
         return messages
+
+
+def _sentence(text: str) -> str:
+    return text if text.endswith((".", "!", "?")) else text + "."
 
 
 def _reason(exc: BaseException) -> str:
