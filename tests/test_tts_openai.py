@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import re
-from collections.abc import AsyncIterator
 
 import pytest
 
@@ -37,16 +36,9 @@ def first_page_end() -> int:
     return next(i for i in range(1, len(data) + 1) if parser.feed(data[i - 1 : i]))
 
 
-@pytest.fixture
-async def fake(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[FakeOpenAI]:
-    monkeypatch.setenv("OPENAI_API_KEY", API_KEY)
-    server = await FakeOpenAI().start()
-    yield server
-    await server.stop()
-
-
 def openai_tts(fake: FakeOpenAI, **config: object) -> TTS:
-    return TTS(TTSConfig.model_validate({"backend": "openai", "base_url": fake.base_url, **config}))
+    settings: dict[str, object] = {"backend": "openai", "base_url": fake.base_url, "api_key_env": "PARLEY_TEST_KEY"}
+    return TTS(TTSConfig.model_validate({**settings, **config}))
 
 
 def words(text: str) -> str:
