@@ -14,6 +14,7 @@ import logging
 import threading
 import time
 from collections.abc import AsyncGenerator, Iterator
+from contextlib import aclosing
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
@@ -56,12 +57,9 @@ class LLM:
             raise ValueError("stream_reply needs at least one message")
         if messages[0].role != "system" and self.config.system_prompt:
             messages = [ChatMessage(role="system", content=self.config.system_prompt), *messages]
-        stream = self.engine.stream(messages)
-        try:
+        async with aclosing(self.engine.stream(messages)) as stream:
             async for delta in stream:
                 yield delta
-        finally:
-            await stream.aclose()
 
 
 def smollm2_path() -> Path:
