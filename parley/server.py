@@ -55,6 +55,26 @@ def is_loopback(host: str) -> bool:
     return False
 
 
+def same_origin(origin: str | None, environ: dict[str, Any], scheme: str) -> bool:
+    """True when a socket.io handshake's Origin is the page this server served, by whatever name.
+
+    The browser's Origin must name the host (and port) it sent in `Host` with the scheme this
+    server really speaks. engine.io's own check assumes `http` unless X-Forwarded-Proto says
+    otherwise, so it refuses every page served over our own TLS. A TLS-terminating proxy in front
+    may name the scheme and host it was reached by in X-Forwarded-Proto / X-Forwarded-Host (a page
+    cannot set those on its own requests, so honouring them lets no other site in).
+    """
+    if not origin:
+        return True  # not a browser page (a script, a test client): there is no cross-site request to refuse
+    host = environ.get("HTTP_HOST", "")
+    allowed = {f"{scheme}://{host}"}
+    forwarded_proto = environ.get("HTTP_X_FORWARDED_PROTO", "").split(",")[0].strip()
+    forwarded_host = environ.get("HTTP_X_FORWARDED_HOST", "").split(",")[0].strip()
+    if forwarded_proto or forwarded_host:
+        allowed.add(f"{forwarded_proto or scheme}://{forwarded_host or host}")
+    return origin.lower() in {a.lower() for a in allowed}
+
+
 class IngressServer:
     """aiohttp + python-socketio + aiortc for the browsers that reach this node."""
 
@@ -68,8 +88,11 @@ class IngressServer:
         self._runner: web.AppRunner | None = None
         self._reaper: asyncio.Task[None] | None = None
         self.url = ""
+        self.scheme = "http" if is_loopback(config.server.host) else "https"
+        """What browsers speak to this server; it decides which Origin a socket.io handshake may carry."""
         self.sio = socketio.AsyncServer(
             async_mode="aiohttp",
+            cors_allowed_origins=lambda origin, environ: same_origin(origin, environ, self.scheme),
             max_http_buffer_size=config.limits.max_payload_bytes,
             logger=False,
             engineio_logger=False,
@@ -91,7 +114,7 @@ class IngressServer:
         cfg = self.config.server
         configure_ice(cfg.ice_addresses, parse_port_range(cfg.udp_ports) if cfg.udp_ports else None)
         ssl_context = None
-        if not is_loopback(cfg.host):
+        if self.scheme == "https":
             cert, key = (cfg.cert_file, cfg.key_file)
             if not (cert and key):
                 cert, key = self_signed_pair(Path(cfg.self_signed_dir).expanduser(), cfg.host)
@@ -100,9 +123,8 @@ class IngressServer:
         self._runner = web.AppRunner(self.app, access_log=None)
         await self._runner.setup()
         await web.TCPSite(self._runner, cfg.host, cfg.port, ssl_context=ssl_context).start()
-        scheme = "https" if ssl_context else "http"
         shown = "localhost" if cfg.host in ("0.0.0.0", "::") else cfg.host
-        self.url = f"{scheme}://{shown}:{cfg.port}/"
+        self.url = f"{self.scheme}://{shown}:{cfg.port}/"
         self._reaper = asyncio.get_running_loop().create_task(self._reap())
         log.info("Parley is serving %s", self.url)
         return self.url

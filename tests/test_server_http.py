@@ -70,3 +70,48 @@ async def test_a_full_server_refuses_new_sessions_with_a_reason() -> None:
         await first.close()
         await second.close()
         await ingress.stop()
+
+
+def _insecure() -> ssl.SSLContext:
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+async def _handshake(url: str, origin: str, host: str | None = None) -> tuple[int, str]:
+    """The first request a browser's socket.io client makes, with the Origin it would send."""
+    headers = {"Origin": origin, **({"Host": host} if host else {})}
+    async with aiohttp.ClientSession() as http:
+        async with http.get(url + "socket.io/?EIO=4&transport=polling", headers=headers, ssl=_insecure()) as reply:
+            return reply.status, await reply.text()
+
+
+async def test_a_page_served_over_https_opens_its_socket_by_any_name(tmp_path) -> None:
+    ingress = await started(host="0.0.0.0", self_signed_dir=str(tmp_path))
+    port = ingress.config.server.port
+    base = f"https://127.0.0.1:{port}/"
+    try:
+        for name in (f"127.0.0.1:{port}", f"localhost:{port}", f"parley.lan:{port}", f"[::1]:{port}"):
+            status, body = await _handshake(base, f"https://{name}", host=name)
+            assert status == 200 and '"sid"' in body, (name, status, body)
+        status, body = await _handshake(base, f"http://127.0.0.1:{port}", host=f"127.0.0.1:{port}")
+        assert status == 400 and "not an accepted origin" in body, "the wrong scheme is another origin"
+        status, body = await _handshake(base, "https://evil.example", host=f"127.0.0.1:{port}")
+        assert status == 400, "a page from another site may not open a socket here"
+    finally:
+        await ingress.stop()
+
+
+async def test_a_page_on_loopback_http_opens_its_socket() -> None:
+    ingress = await started(host="127.0.0.1")
+    port = ingress.config.server.port
+    try:
+        status, _ = await _handshake(ingress.url, f"http://127.0.0.1:{port}", host=f"127.0.0.1:{port}")
+        assert status == 200
+        status, _ = await _handshake(ingress.url, f"http://localhost:{port}", host=f"localhost:{port}")
+        assert status == 200
+        status, _ = await _handshake(ingress.url, "http://evil.example", host=f"127.0.0.1:{port}")
+        assert status == 400
+    finally:
+        await ingress.stop()
