@@ -6,11 +6,14 @@ the replicas, never here.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
+import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +25,8 @@ from deployments.asr import ASR
 from deployments.ingress import Ingress
 from deployments.llm import LLM
 from deployments.tts import TTS
-from parley.config import ParleyConfig, parse_args
+from parley.config import ParleyConfig, model_label, parse_args
+from parley.startup import StartupError, wait_until_running
 
 ROOT = Path(__file__).resolve().parent
 
@@ -86,6 +90,7 @@ def _common(config: ParleyConfig) -> dict[str, Any]:
         "max_ongoing_requests": res.max_ongoing_requests,
         "health_check_period_s": res.health_check_period_s,
         "health_check_timeout_s": res.health_check_timeout_s,
+        "max_constructor_retry_count": res.max_constructor_retry_count,
     }
 
 
@@ -93,8 +98,11 @@ def _deployment(cls: type, **options: Any) -> Deployment:
     return serve.deployment(**options)(cls)
 
 
-def start(config: ParleyConfig, *, name: str = "parley") -> str:
-    """Start (or join) Ray, deploy the app and return the URL browsers open."""
+def start(config: ParleyConfig, *, name: str = "parley", progress: Callable[[str], None] = lambda _: None) -> str:
+    """Start (or join) Ray, deploy the app and return the URL browsers open.
+
+    Raises StartupError, naming the stage and the reason, when a deployment cannot start.
+    """
     import ray
 
     runtime_env = {"env_vars": {"PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}}
@@ -109,14 +117,34 @@ def start(config: ParleyConfig, *, name: str = "parley") -> str:
                 _metrics_export_port=config.serve.metrics_export_port,
             )
     serve.start(proxy_location="Disabled")
-    handle = serve.run(build_app(config), name=name, route_prefix=None)
-    url: str = handle.url.remote().result()
+    # Not serve.run: it blocks until the app runs or fails and says only "Failed to update the
+    # deployments". Deploying without waiting lets wait_until_running report each stage as it
+    # comes up and say why one could not start.
+    serve._run(build_app(config), name=name, route_prefix=None, _blocking=False)
+    wait_until_running(
+        name,
+        status=serve.status,
+        logs_dir=_local_logs_dir(),
+        local=not config.serve.address,
+        capacity=ray.cluster_resources,
+        progress=progress,
+        timeout_s=config.serve.startup_timeout_s,
+    )
+    url: str = serve.get_app_handle(name).url.remote().result()
     return url
+
+
+def _local_logs_dir() -> str | None:
+    """Where this node's Ray writes worker logs (replicas on other nodes log there, not here)."""
+    from ray._private.worker import global_worker
+
+    node = getattr(global_worker, "node", None)
+    return node.get_logs_dir_path() if node is not None else None
 
 
 def _progress(stop: threading.Event) -> None:
     began = time.monotonic()
-    while not stop.wait(5):
+    while not stop.wait(10):
         print(f"parley: still loading models ({time.monotonic() - began:.0f} s)...", flush=True)
 
 
@@ -127,11 +155,19 @@ def main(argv: list[str] | None = None) -> None:
     done = threading.Event()
     threading.Thread(target=_progress, args=(done,), daemon=True).start()
     try:
-        url = start(config)
+        url = start(config, progress=lambda line: print(line, flush=True))
+    except StartupError as exc:
+        done.set()
+        _shutdown(graceful=bool(config.serve.address))
+        print("\n" + "\n".join(exc.lines()), file=sys.stderr, flush=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        _shutdown()
+        sys.exit(130)
     finally:
         done.set()
     if config.llm.backend == "local":
-        print("parley: the LLM is the embedded 135M model; see README to point it at a real one.", flush=True)
+        print(f"parley: the LLM is the embedded {model_label(config.llm)}; see README to point it at a real one.", flush=True)
     print(f"\nParley is ready: open {url}\n(Ctrl-C to stop)", flush=True)
     stopping = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())
@@ -140,7 +176,19 @@ def main(argv: list[str] | None = None) -> None:
             pass
     except KeyboardInterrupt:
         pass
-    serve.shutdown()
+    _shutdown()
+
+
+def _shutdown(graceful: bool = True) -> None:
+    """Stop the app. Not graceful: a local Ray that is going away anyway, after a failed start,
+    is stopped at once instead of waiting out each replica's shutdown grace period."""
+    import ray
+
+    if graceful:
+        with contextlib.suppress(Exception):
+            serve.shutdown()
+    with contextlib.suppress(Exception):
+        ray.shutdown()
 
 
 if __name__ == "__main__":

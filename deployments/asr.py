@@ -21,7 +21,7 @@ from ray import serve
 from ray.serve.exceptions import RayServeException
 
 from parley.config import ASRConfig
-from parley.logs import setup_logging
+from parley.logs import setup_logging, starting
 from parley.types import Transcript
 
 if TYPE_CHECKING:
@@ -62,6 +62,9 @@ class FasterWhisperBackend:
             compute_type=config.compute_type,
             cpu_threads=config.cpu_threads,
         )
+        start = time.perf_counter()
+        self.transcribe(_warm_up_clip())  # first allocations of the encoder and decoder, before a user's turn
+        log.info("warm-up transcription took %.2f s", time.perf_counter() - start)
 
     def transcribe(self, audio: np.ndarray) -> Transcript:
         segments, info = self.model.transcribe(
@@ -75,6 +78,13 @@ class FasterWhisperBackend:
         )
         text = "".join(s.text for s in segments).strip()  # segments is lazy: decoding happens here
         return Transcript(text=text, language=info.language, audio_s=audio.size / SAMPLE_RATE)
+
+
+def _warm_up_clip() -> np.ndarray:
+    """One second of a voiced tone under noise: enough for Whisper to run its encoder and decode."""
+    t = np.arange(SAMPLE_RATE) / SAMPLE_RATE
+    noise = np.random.default_rng(0).standard_normal(t.size)
+    return (0.2 * np.sin(2 * np.pi * 180 * t) * (1 + np.sin(2 * np.pi * 4 * t)) / 2 + 0.01 * noise).astype(np.float32)
 
 
 def _bundled_model_path() -> str:
@@ -206,7 +216,8 @@ class ASR:
         setup_logging()
         start = time.perf_counter()
         self.config = config
-        self.backend = _backend(config)
+        with starting(log):
+            self.backend = _backend(config)
         self.batch_sizes: deque[int] = deque(maxlen=1000)
         """How many recordings each of the latest batches held (transformers backend), oldest first."""
         self._serve_batching = isinstance(self.backend, TransformersWhisperBackend) and _in_serve_replica()

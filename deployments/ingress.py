@@ -16,11 +16,12 @@ from ray.exceptions import RayActorError, RayTaskError
 from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 
 from parley.config import ParleyConfig
-from parley.logs import setup_logging
+from parley.logs import setup_logging, starting
 from parley.metrics import STAGES, Meter
 from parley.server import IngressServer
 from parley.services import ServiceError
 from parley.types import ChatMessage, OpusPacket, Transcript
+from parley.warmup import warm_up
 
 log = logging.getLogger("parley.ingress")
 
@@ -123,8 +124,12 @@ class Ingress:
     ) -> None:
         setup_logging()
         self.config = ParleyConfig.model_validate(config)
-        self.server = IngressServer(self.config, HandleServices(asr, llm, tts), meter=ServeMeter())
-        await self.server.start()
+        services = HandleServices(asr, llm, tts)
+        # Before the port opens: the first browser's first turn finds every path warm.
+        await warm_up(services, system_prompt=self.config.llm.system_prompt, voice=self.config.tts.voice)
+        with starting(log):
+            self.server = IngressServer(self.config, services, meter=ServeMeter())
+            await self.server.start()
 
     async def url(self) -> str:
         """The address browsers open for this node."""

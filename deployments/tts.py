@@ -23,7 +23,7 @@ from media.audio import trim_edges
 from media.ogg import OggOpusParser
 from media.opus import OpusEncoder
 from parley.config import TTSConfig, openai_api_key
-from parley.logs import setup_logging
+from parley.logs import setup_logging, starting
 from parley.types import OpusPacket
 
 if TYPE_CHECKING:
@@ -54,7 +54,8 @@ class TTS:
         setup_logging()
         start = time.perf_counter()
         self.config = config
-        self.engine: TTSEngine = HibariEngine(config) if config.backend == "hibari" else OpenAISpeechEngine(config)
+        with starting(log):
+            self.engine: TTSEngine = HibariEngine(config) if config.backend == "hibari" else OpenAISpeechEngine(config)
         self.voice: str = config.voice or self.engine.default_voice
         log.info("ready in %.2f s (%s, voice %s)", time.perf_counter() - start, config.backend, self.voice)
 
@@ -85,7 +86,9 @@ class HibariEngine:
         voice = config.voice or self.default_voice
         self._check_voice(voice)
         log.info("loading hibari voice %s", voice)
-        self._load(voice)("Ready.")  # loads the G2P lexicons and warms the ONNX session before the first turn
+        # A sentence through every step a turn takes (G2P lexicons, the ONNX session, trimming, the
+        # Opus encoder), so the first turn's speech costs what every later one does.
+        self._next_sentence(self._load(voice).stream("Ready."), OpusEncoder(self.sample_rate, bitrate=config.opus_bitrate))
 
     async def speak(self, text: str, voice: str) -> AsyncGenerator[OpusPacket, None]:
         """Sentence by sentence: each one's packets are yielded before the next is synthesized.
