@@ -9,7 +9,8 @@ from __future__ import annotations
 import asyncio
 import shutil
 import wave
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import numpy as np
@@ -61,41 +62,52 @@ def fake_media(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, fl
     return folder / "question.wav", folder / "camera.y4m", period
 
 
-@pytest.fixture
-async def page(serve_app, fake_media) -> AsyncIterator[object]:
+def chromium_args(wav: Path, y4m: Path, *extra: str) -> list[str]:
+    """Headless Chromium with a fake microphone and camera playing these files, on loopback only."""
+    return [
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--use-fake-ui-for-media-stream",
+        "--use-fake-device-for-media-stream",
+        f"--use-file-for-fake-audio-capture={wav}",
+        f"--use-file-for-fake-video-capture={y4m}",
+        "--autoplay-policy=no-user-gesture-required",
+        "--allow-loopback-in-peer-connection",
+        *extra,
+    ]
+
+
+CONNECTED = "window.parley && window.parley.pc && window.parley.pc.connectionState === 'connected'"
+
+
+@asynccontextmanager
+async def opened(url: str, args: list[str]) -> AsyncIterator[object]:
+    """The page at `url`, its WebRTC connected; fails the test if the page raised."""
     from playwright.async_api import async_playwright
 
-    wav, y4m, _ = fake_media
     async with async_playwright() as p:
-        browser = await p.chromium.launch(
-            executable_path=shutil.which("chromium"),
-            args=[
-                "--headless=new",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-quic",
-                "--no-first-run",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--use-fake-ui-for-media-stream",
-                "--use-fake-device-for-media-stream",
-                f"--use-file-for-fake-audio-capture={wav}",
-                f"--use-file-for-fake-video-capture={y4m}",
-                "--autoplay-policy=no-user-gesture-required",
-                "--allow-loopback-in-peer-connection",
-            ],
-        )
+        browser = await p.chromium.launch(executable_path=shutil.which("chromium"), args=args)
         page = await browser.new_page()
         errors: list[str] = []
         page.on("pageerror", lambda exc: errors.append(str(exc)))
-        await page.goto(serve_app.url)
-        await page.wait_for_function(
-            "window.parley && window.parley.pc && window.parley.pc.connectionState === 'connected'", timeout=30000
-        )
+        await page.goto(url)
+        await page.wait_for_function(CONNECTED, timeout=30000)
         yield page
         await browser.close()
         assert not errors, f"the page raised: {errors}"
+
+
+@pytest.fixture
+async def page(serve_app, fake_media) -> AsyncIterator[object]:
+    wav, y4m, _ = fake_media
+    async with opened(serve_app.url, chromium_args(wav, y4m)) as page:
+        yield page
 
 
 ENERGY_JS = """async () => {
@@ -116,21 +128,29 @@ async def audio_heard(page, timeout_ms: int) -> None:
     await page.wait_for_function(f"async () => (await ({ENERGY_JS})()) > 0.001", timeout=timeout_ms)
 
 
-async def test_hold_space_ask_and_hear_the_answer(page, fake_media) -> None:
-    _, _, period = fake_media
+async def ask_aloud_and_hear_the_answer(page, period: float) -> None:
+    """Hold Space through one loop of the fake microphone's question; the words and the spoken answer come back."""
+    from playwright.async_api import expect
+
+    answers = await page.locator('#chat [data-role="assistant"]').count()
+    await page.evaluate("document.activeElement && document.activeElement.blur()")  # Space in the text box types a space
     await page.keyboard.down("Space")
     await asyncio.sleep(period + 0.6)  # the user speaks for one full loop of the fake microphone
     await page.keyboard.up("Space")
 
-    user = page.locator('#chat [data-role="user"] .text').first
-    await user.wait_for(timeout=30000)
+    user = page.locator('#chat [data-role="user"] .text').last
+    answer = page.locator('#chat [data-role="assistant"]').nth(answers)
+    await answer.wait_for(timeout=30000)
     text = (await user.text_content() or "").lower()
     assert "capital" in text and "france" in text, text
 
-    await page.locator('#chat [data-role="assistant"][data-state="done"]').first.wait_for(timeout=90000)
-    answer = await page.locator('#chat [data-role="assistant"] .text').first.text_content()
-    assert answer and answer.strip()
+    await expect(answer).to_have_attribute("data-state", "done", timeout=90000)
+    assert (await answer.locator(".text").text_content() or "").strip()
     await audio_heard(page, 30000)
+
+
+async def test_hold_space_ask_and_hear_the_answer(page, fake_media) -> None:
+    await ask_aloud_and_hear_the_answer(page, fake_media[2])
 
 
 async def test_stop_interrupts_speech_and_text(page) -> None:
@@ -164,3 +184,53 @@ async def test_reload_reconnects_and_shows_the_conversation(page) -> None:
     user = page.locator('#chat [data-role="user"] .text').first
     assert await user.text_content() == "Remember the word pineapple."
     assert await page.locator('#chat [data-role="assistant"]').count() == 1
+
+
+# -- over HTTPS, by any name: the server bound to 0.0.0.0 with its self-signed certificate ---------
+
+
+@pytest.fixture(scope="module")
+def https_app(serve_app, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A second ingress, bound to 0.0.0.0 (only lo exists in this namespace), serving HTTPS with the
+    self-signed certificate Parley makes, and calling the session app's own ASR, LLM and TTS."""
+    from ray import serve
+
+    from deployments.ingress import Ingress
+    from parley.config import ParleyConfig
+    from tests.conftest import free_port
+
+    config = ParleyConfig.model_validate(
+        {
+            "server": {
+                "host": "0.0.0.0",
+                "port": free_port(),
+                "ice_addresses": ["127.0.0.1"],
+                "self_signed_dir": str(tmp_path_factory.mktemp("tls")),
+            },
+            "limits": {"turns_per_minute": 200},
+        }
+    )
+    handles = [serve.get_deployment_handle(name, app_name="parley") for name in ("ASR", "LLM", "TTS")]
+    ingress = serve.deployment(name="Ingress", ray_actor_options={"num_cpus": 0})(Ingress)
+    url = serve.run(ingress.bind(config, *handles), name="parley-https", route_prefix=None).url.remote().result()
+    assert url.startswith("https://")
+    try:
+        yield f"https://parley.test:{config.server.port}/"
+    finally:
+        serve.delete("parley-https")
+
+
+async def test_over_https_by_a_name_of_its_own_a_typed_and_a_spoken_turn_are_answered(https_app, fake_media) -> None:
+    wav, y4m, period = fake_media
+    # parley.test is what a user on the LAN would type; here it resolves to the only interface, lo
+    args = chromium_args(wav, y4m, "--ignore-certificate-errors", "--host-resolver-rules=MAP parley.test 127.0.0.1")
+    async with opened(https_app, args) as page:
+        assert await page.evaluate("location.protocol") == "https:"
+        await page.fill("#text-input", "What is the capital of Italy?")
+        await page.press("#text-input", "Enter")
+        await page.locator('#chat [data-role="assistant"][data-state="done"]').first.wait_for(timeout=60000)
+        assert (await page.locator('#chat [data-role="assistant"] .text').first.text_content() or "").strip()
+        # the turn's latency line arrives once its speech has all been played: talking over it would interrupt it
+        await page.locator('#chat [data-role="assistant"] .metrics').first.wait_for(timeout=60000)
+
+        await ask_aloud_and_hear_the_answer(page, period)
