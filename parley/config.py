@@ -154,6 +154,13 @@ def model_label(llm: LLMConfig) -> str:
     return CATALOGUE[llm.local_model].label
 
 
+def model_quality(llm: LLMConfig) -> str | None:
+    """How well a catalogued local model answers, in words for the page; None when not measured here."""
+    if llm.backend != "local" or llm.model_path:
+        return None
+    return f"{CATALOGUE[llm.local_model].quiz} on Parley's spoken-assistant quiz"
+
+
 class TTSConfig(_Section):
     backend: Literal["hibari", "openai"] = Field(
         default="hibari", description="hibari (local, 24 kHz) or openai (/v1/audio/speech as Ogg Opus, passed through)."

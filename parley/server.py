@@ -23,7 +23,7 @@ from typing import Any
 import socketio
 from aiohttp import web
 
-from parley.config import ParleyConfig, model_label
+from parley.config import ParleyConfig, model_label, model_quality
 from parley.ice import configure_ice, parse_port_range
 from parley.metrics import Meter
 from parley.rtc import Peer, SdpError
@@ -229,6 +229,7 @@ class IngressServer:
                 "llm": {
                     "backend": llm.backend,
                     "model": model_label(self.config.llm),
+                    "quality": model_quality(self.config.llm),
                     "vision": session.vision,
                 },
             },

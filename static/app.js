@@ -15,8 +15,11 @@ const REJECTED_RETRY_MS = 10_000;
 const DISCONNECTED_GRACE_MS = 3000;
 const SPEAKING_LEVEL = 0.01;
 const SPEAKING_HANGOVER_MS = 500;
-const LOCAL_MODEL_BANNER =
-  "Running the embedded 135M model: fine for testing, poor as an assistant. See README to point Parley at a real model.";
+// The local model's name and its score on Parley's spoken-assistant quiz come from the server.
+const localModelBanner = (llm) =>
+  `Running the embedded ${llm.model || "local model"}` +
+  (llm.quality ? ` (${llm.quality})` : "") +
+  ": fine for trying Parley, poor as an assistant. See the README to point Parley at a real model.";
 
 const $ = (id) => document.getElementById(id);
 const ui = {
@@ -128,7 +131,7 @@ function onWelcome(w) {
 
   const llm = w.llm || {};
   ui.banner.hidden = llm.backend !== "local";
-  ui.banner.textContent = llm.backend === "local" ? LOCAL_MODEL_BANNER : "";
+  ui.banner.textContent = llm.backend === "local" ? localModelBanner(llm) : "";
   ui.model.hidden = !llm.backend;
   ui.model.textContent = [llm.backend, llm.model, llm.vision === false ? "no vision" : ""].filter(Boolean).join(" · ");
 

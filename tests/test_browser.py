@@ -12,6 +12,7 @@ import wave
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -87,7 +88,7 @@ CONNECTED = "window.parley && window.parley.pc && window.parley.pc.connectionSta
 
 
 @asynccontextmanager
-async def opened(url: str, args: list[str]) -> AsyncIterator[object]:
+async def opened(url: str, args: list[str]) -> AsyncIterator[Any]:
     """The page at `url`, its WebRTC connected; fails the test if the page raised."""
     from playwright.async_api import async_playwright
 
@@ -151,6 +152,13 @@ async def ask_aloud_and_hear_the_answer(page, period: float) -> None:
 
 async def test_hold_space_ask_and_hear_the_answer(page, fake_media) -> None:
     await ask_aloud_and_hear_the_answer(page, fake_media[2])
+
+
+async def test_the_banner_names_the_local_model_and_how_good_it_is(page) -> None:
+    banner = page.locator("#banner")
+    await banner.wait_for(timeout=5000)
+    text = await banner.text_content() or ""
+    assert "SmolLM2-135M-Instruct" in text and "of 26 on Parley's spoken-assistant quiz" in text and "README" in text, text
 
 
 async def test_stop_interrupts_speech_and_text(page) -> None:

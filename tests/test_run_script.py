@@ -33,7 +33,14 @@ def test_run_sh_names_the_stage_and_the_reason_when_the_llm_model_is_missing(ray
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     env |= {"RAY_TMPDIR": ray_tmp, "RAY_AUTH_MODE": "disabled"}
     done = subprocess.run(
-        [str(ROOT / "scripts/run.sh"), "--llm-model-path", str(missing), "--port", str(free_port()), "--no-serve-include-dashboard"],
+        [
+            str(ROOT / "scripts/run.sh"),
+            "--llm-model-path",
+            str(missing),
+            "--port",
+            str(free_port()),
+            "--no-serve-include-dashboard",
+        ],
         cwd=ROOT,
         env=env,
         capture_output=True,
