@@ -291,9 +291,15 @@ def main(argv: list[str] | None = None) -> None:
 
     parser = argparse.ArgumentParser(description="Answer one question with the configured LLM, then exit.")
     parser.add_argument("--question", default="Which planet is closest to the sun?")
+    parser.add_argument("--verbose", action="store_true", help="show the deployment's log lines")
     ns, rest = parser.parse_known_args(argv)
     config = parse_args(rest).llm
-    setup_logging()
+    if ns.verbose:
+        setup_logging()
+    else:  # one plain line on failure, not the replica-style traceback
+        quiet = logging.getLogger("parley")
+        quiet.addHandler(logging.NullHandler())
+        quiet.propagate = False
     try:
         answer = asyncio.run(_check(config.model_copy(update={"max_tokens": min(config.max_tokens, 48)}), ns.question))
     except LLMError as e:

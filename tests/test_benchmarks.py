@@ -1,0 +1,29 @@
+"""The benchmarks run and print what they promise (their numbers are read by people, not asserted)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import ROOT, loopback_only
+
+pytestmark = [
+    pytest.mark.serve,
+    pytest.mark.skipif(not loopback_only(), reason="needs a loopback-only network namespace (run scripts/test.sh as root)"),
+]
+
+
+def test_voice_to_voice_prints_the_first_turn_ratio(serve_app) -> None:
+    done = subprocess.run(
+        [sys.executable, "benchmarks/voice_to_voice.py", "--url", serve_app.url, "--turns", "2"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "release -> first audio heard: median" in done.stdout, done.stdout
+    ratio = next(line for line in done.stdout.splitlines() if line.startswith("first turn after start:"))
+    assert "first-turn ratio" in ratio, ratio
