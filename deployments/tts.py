@@ -21,7 +21,7 @@ import numpy as np
 
 from media.audio import trim_edges
 from media.ogg import OggOpusParser
-from media.opus import OpusEncoder
+from media.opus import OpusEncoder, OpusLevelMeter
 from parley.config import TTSConfig, openai_api_key
 from parley.logs import setup_logging, starting
 from parley.types import OpusPacket
@@ -157,13 +157,14 @@ class OpenAISpeechEngine:
         import openai
 
         parser = OggOpusParser()
+        meter = OpusLevelMeter()  # the session compares what it plays with the microphone (echo)
         try:
             async with self.client.audio.speech.with_streaming_response.create(
                 model=self.config.model, voice=voice, input=text, response_format="opus", speed=self.config.speed
             ) as response:
                 async for chunk in response.iter_bytes():
                     for packet in parser.feed(chunk):
-                        yield packet
+                        yield packet.model_copy(update={"level": meter.level(packet.data)})
         except openai.AuthenticationError as e:
             raise TTSError(f"The speech endpoint refused the API key (check ${self.config.api_key_env})") from e
         except openai.APIStatusError as e:

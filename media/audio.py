@@ -55,6 +55,14 @@ def _to_mono(chunk: np.ndarray, channels: int) -> np.ndarray:
     raise ValueError(f"cannot read shape {a.shape} as {channels}-channel PCM")
 
 
+def to_float_mono(chunk: np.ndarray, channels: int) -> np.ndarray:
+    """One decoded PCM chunk (int16 or float, any layout `normalize` accepts) as float32 mono in [-1, 1]."""
+    mono = _to_mono(chunk, channels)
+    if np.issubdtype(np.asarray(chunk).dtype, np.integer):
+        mono = mono / (np.iinfo(np.asarray(chunk).dtype).max + 1)
+    return mono.astype(np.float32)
+
+
 def _to_int16(mono: np.ndarray, dtype: np.dtype) -> np.ndarray:
     """Mono samples as int16, the only width pydub's silence search is used with here."""
     if np.issubdtype(dtype, np.floating):

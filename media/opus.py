@@ -7,6 +7,8 @@ encoder's frame size or the input's sample rate.
 
 from __future__ import annotations
 
+from collections import deque
+
 import av
 import numpy as np
 
@@ -78,6 +80,8 @@ class OpusEncoder:
         self._pending = np.zeros(0, np.float32)
         self._codec, self._resampler = self._open()
         self._pts = 0
+        self._levels: deque[float] = deque()
+        """RMS of each frame given to libopus and not yet out as a packet (its lookahead)."""
 
     def _open(self) -> tuple[av.AudioCodecContext, av.AudioResampler | None]:
         codec = av.CodecContext.create("libopus", "w")
@@ -121,6 +125,7 @@ class OpusEncoder:
         packets += self._packets(self._codec.encode(None))
         self._codec, self._resampler = self._open()
         self._pts = 0
+        self._levels.clear()
         return packets
 
     @staticmethod
@@ -139,14 +144,42 @@ class OpusEncoder:
             frame.sample_rate = self.codec_rate
             frame.pts = self._pts
             self._pts += self.frame_samples
+            self._levels.append(float(np.sqrt(np.mean(np.square(chunk, dtype=np.float64)))))
             packets += self._packets(self._codec.encode(frame))
         self._pending = buffered[whole:].copy()
         return packets
 
-    @staticmethod
-    def _packets(raw: list[av.Packet]) -> list[OpusPacket]:
+    def _packets(self, raw: list[av.Packet]) -> list[OpusPacket]:
+        """Packets in the order frames went in: each carries the level of the frame it encodes."""
         out = []
         for p in raw:
             data = bytes(p)
-            out.append(OpusPacket(data=data, samples=toc_duration_samples(data)))
+            level = self._levels.popleft() if self._levels else 0.0
+            out.append(OpusPacket(data=data, samples=toc_duration_samples(data), level=level))
         return out
+
+
+class OpusLevelMeter:
+    """Decodes an Opus stream only to measure the RMS level of each packet (for packets that are
+    passed through untouched, whose PCM the server never sees otherwise)."""
+
+    def __init__(self) -> None:
+        codec = av.CodecContext.create("libopus", "r")
+        assert isinstance(codec, av.AudioCodecContext)
+        codec.sample_rate = RTP_CLOCK_HZ
+        codec.layout = "mono"
+        self._codec = codec
+
+    def level(self, packet: bytes) -> float:
+        """RMS (0..1) of the packet's decoded audio; 0 when it does not decode."""
+        try:
+            frames = self._codec.decode(av.Packet(packet))
+        except av.error.FFmpegError:
+            return 0.0
+        pcm = [f.to_ndarray().reshape(-1) for f in frames]
+        if not pcm:
+            return 0.0
+        audio = np.concatenate(pcm).astype(np.float64)
+        if np.issubdtype(pcm[0].dtype, np.integer):
+            audio /= 32768.0
+        return float(np.sqrt(np.mean(np.square(audio))))

@@ -69,16 +69,29 @@ def _cut_point(text: str) -> int:
     return space if space > 0 else MAX_SENTENCE_CHARS
 
 
+def _first_clause(text: str, min_words: int) -> int | None:
+    """Where the reply's opening clause ends: just after a comma that whitespace follows and that
+    has at least `min_words` words before it (so "Well, ..." does not count)."""
+    for i, ch in enumerate(text[:-1]):
+        if ch == "," and text[i + 1].isspace() and len(text[:i].split()) >= min_words:
+            return i + 1
+    return None
+
+
 class SentenceSplitter:
     """Feeds on text deltas and hands back each complete sentence once, ready for speech.
 
     A sentence ends at `.`, `!`, `?` or `:` followed by whitespace (closing quotes, brackets and
     emphasis may come between), or at a newline. Decimals ("3.14"), common abbreviations
     ("e.g.", "Dr.") and "wait...what" do not end a sentence, nor does a list marker ("1. ").
+
+    With `first_clause_words`, the reply's first piece may also end at a comma after that many
+    words: a long opening sentence then starts being spoken after its first clause.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, first_clause_words: int | None = None) -> None:
         self._pending = ""
+        self._clause_words = first_clause_words
 
     def feed(self, delta: str) -> list[str]:
         """Add the next delta; return every sentence it completed (stripped, non-empty), in order."""
@@ -88,6 +101,10 @@ class SentenceSplitter:
             over = len(self._pending) > MAX_SENTENCE_CHARS
             # Past the cap, decide from the first MAX+1 characters only, as a char-by-char feed would.
             found = _find_boundary(self._pending, MAX_SENTENCE_CHARS + 1 if over else len(self._pending))
+            if self._clause_words is not None:
+                clause = _first_clause(self._pending[: found[0] if found else MAX_SENTENCE_CHARS + 1], self._clause_words)
+                if clause is not None:
+                    found = (clause, clause + 1)
             if found is not None:
                 end, rest = found
             elif over:
@@ -98,6 +115,7 @@ class SentenceSplitter:
             self._pending = self._pending[rest:].lstrip()
             if sentence:
                 out.append(sentence)
+                self._clause_words = None  # only the reply's first piece may end at a comma
         return out
 
     def flush(self) -> list[str]:

@@ -4,6 +4,10 @@ Invariant: packet n leaves `recv()` at `start + pts_n / 48000` on the injected c
 is the total duration of everything sent before it; when nothing is queued a 20 ms silence packet
 keeps the clock (and the browser's jitter buffer) running. Packets are forwarded as they are,
 never re-encoded, and `clear()` drops every queued packet at once.
+
+The track is also the one place that knows what was actually played: per tag (a sentence of an
+answer) how many samples have left it and when, and the level of what left it lately, which the
+session compares with the microphone to tell the assistant's own voice from the user's.
 """
 
 from __future__ import annotations
@@ -12,7 +16,8 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Hashable
+from dataclasses import dataclass
 from fractions import Fraction
 
 import av
@@ -34,6 +39,21 @@ RESYNC_S = 0.5
 
 TIME_BASE = Fraction(1, RTP_CLOCK_HZ)
 
+LEVEL_MEMORY_S = 2.0
+"""How long the levels of sent audio are remembered (longer than any echo path)."""
+
+UNKNOWN_LEVEL = 0.1
+"""The level assumed for a packet that does not say its own (about -20 dBFS RMS: loud speech)."""
+
+
+@dataclass
+class Played:
+    """How much of one tag's audio has left the track."""
+
+    samples: int = 0
+    last_at: float = 0.0
+    """Clock time its latest packet left."""
+
 
 class PacingTrack(MediaStreamTrack):
     """An audio track that plays queued Opus packets in real time, and silence in between.
@@ -54,7 +74,10 @@ class PacingTrack(MediaStreamTrack):
         super().__init__()
         self._clock = clock
         self._sleep = sleep
-        self._queue: deque[OpusPacket] = deque()
+        self._queue: deque[tuple[OpusPacket, Hashable | None]] = deque()
+        self._played: dict[Hashable, Played] = {}
+        self._levels: deque[tuple[float, float]] = deque()
+        """(clock time, RMS level) of each speech packet that left, oldest first."""
         self._queued_samples = 0
         self._start: float | None = None
         self._pts = 0
@@ -73,13 +96,16 @@ class PacingTrack(MediaStreamTrack):
         """Seconds of audio waiting to be sent."""
         return self._queued_samples / RTP_CLOCK_HZ
 
-    def put(self, packet: OpusPacket) -> None:
-        """Queue one packet to be sent after everything already queued. Ignored once stopped."""
+    def put(self, packet: OpusPacket, tag: Hashable | None = None) -> None:
+        """Queue one packet to be sent after everything already queued. Ignored once stopped.
+
+        A `tag` (e.g. one sentence of an answer) makes `played(tag)` count it once it has left.
+        """
         if packet.samples <= 0:
             raise ValueError(f"an Opus packet lasts at least one sample, got samples={packet.samples}")
         if self.readyState != "live":
             return
-        self._queue.append(packet)
+        self._queue.append((packet, tag))
         self._queued_samples += packet.samples
         self._drained.clear()
 
@@ -94,6 +120,19 @@ class PacingTrack(MediaStreamTrack):
         self._idle = True
         self._drained.set()
         return len(dropped)
+
+    def played(self, tag: Hashable) -> Played:
+        """How much audio queued with `tag` has left the track so far (zero if none)."""
+        return self._played.get(tag, Played())
+
+    def forget(self, tag: Hashable) -> None:
+        """Stop counting `tag` (its answer is over)."""
+        self._played.pop(tag, None)
+
+    def recent_level(self, window_s: float) -> float:
+        """The loudest RMS level among speech packets that left within the last `window_s`."""
+        since = self._clock() - window_s
+        return max((level for at, level in self._levels if at >= since), default=0.0)
 
     async def drained(self) -> None:
         """Wait until the queue is empty and the last queued packet has left `recv()`."""
@@ -128,11 +167,13 @@ class PacingTrack(MediaStreamTrack):
 
     def _next_packet(self) -> av.Packet:
         if self._queue:
-            item = self._queue.popleft()
+            item, tag = self._queue.popleft()
             self._queued_samples -= item.samples
             data, samples = item.data, item.samples
             if not self._queue:
                 self._drained.set()
+            if data != SILENCE_PACKET:
+                self._account(item, tag)
             if self._idle and data != SILENCE_PACKET:
                 self._idle = False
                 self._fire_first_audio()
@@ -145,6 +186,16 @@ class PacingTrack(MediaStreamTrack):
         self._pts += samples
         self.packets_sent += 1
         return packet
+
+    def _account(self, packet: OpusPacket, tag: Hashable | None) -> None:
+        now = self._clock()
+        if tag is not None:
+            played = self._played.setdefault(tag, Played())
+            played.samples += packet.samples
+            played.last_at = now
+        self._levels.append((now, UNKNOWN_LEVEL if packet.level is None else packet.level))
+        while self._levels and self._levels[0][0] < now - LEVEL_MEMORY_S:
+            self._levels.popleft()
 
     def _fire_first_audio(self) -> None:
         callback, self.on_first_audio = self.on_first_audio, None

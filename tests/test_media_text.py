@@ -118,3 +118,30 @@ def test_the_splitter_can_be_reused_after_flush() -> None:
     assert splitter.flush() == ["First reply without an end"]
 
     assert splitter.feed("Second. ") == ["Second."]
+
+
+def test_a_long_first_sentence_is_spoken_from_its_first_clause() -> None:
+    text = "The planet closest to the sun is Mercury, which is also the smallest planet. It is hot, and fast."
+    splitter = SentenceSplitter(first_clause_words=6)
+    out = [s for ch in text for s in splitter.feed(ch)] + splitter.flush()
+    assert out == ["The planet closest to the sun is Mercury,", "which is also the smallest planet.", "It is hot, and fast."]
+
+
+def test_a_short_opening_or_a_comma_inside_a_number_does_not_cut_the_first_sentence() -> None:
+    for text in ("Well, that is a good question for sure. Yes.", "It costs 1,000,000 dollars today, they say it is true."):
+        splitter = SentenceSplitter(first_clause_words=6)
+        whole = splitter.feed(text) + splitter.flush()
+        by_char = SentenceSplitter(first_clause_words=6)
+        chars = [s for ch in text for s in by_char.feed(ch)] + by_char.flush()
+        assert whole == chars
+    splitter = SentenceSplitter(first_clause_words=6)
+    assert splitter.feed("Well, that is a good question for sure. Yes.") + splitter.flush() == [
+        "Well, that is a good question for sure.",
+        "Yes.",
+    ]
+
+
+def test_the_first_clause_is_confirmed_by_the_whitespace_after_its_comma() -> None:
+    splitter = SentenceSplitter(first_clause_words=6)
+    assert splitter.feed("One two three four five six,") == []
+    assert splitter.feed(" seven") == ["One two three four five six,"]
