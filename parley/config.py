@@ -174,6 +174,56 @@ class TTSConfig(_Section):
     opus_bitrate: int = Field(default=32000, description="Bitrate of Opus packets encoded on the server.")
 
 
+class TurnConfig(_Section):
+    """When a user's turn starts and ends, and what the server does before it is sure."""
+
+    hands_free: bool = Field(
+        default=False, description="New sessions start hands-free (the server's VAD ends turns) instead of push-to-talk."
+    )
+    end_silence_s: float = Field(
+        default=0.6, gt=0, description="Hands-free: the silence after speech that ends the user's turn."
+    )
+    min_speech_s: float = Field(
+        default=0.25, ge=0, description="Less speech than this in a turn (a cough, a click, a lone 'uh') is not a turn."
+    )
+    vad_threshold: float = Field(default=0.5, gt=0, lt=1, description="Silero VAD probability at which a window is speech.")
+    vad_end_threshold: float = Field(
+        default=0.35, gt=0, lt=1, description="While speaking, windows below this probability count towards a pause."
+    )
+    pause_s: float = Field(
+        default=0.096, gt=0, description="Quiet that counts as a pause in speech (VAD windows are 32 ms): work starts there."
+    )
+    speculate: bool = Field(
+        default=True,
+        description="At each pause, transcribe and start the answer before the turn is over; it is shown and spoken "
+        "only once the turn ends (key released, or end_silence_s of silence), and dropped if the user goes on.",
+    )
+    segment_s: float = Field(
+        default=4.0, gt=0, description="Long speech is transcribed in pieces of at least this long, cut at pauses."
+    )
+    first_clause_words: int | None = Field(
+        default=6, ge=1, description="Speak the answer's first clause at a comma after this many words (null: whole sentences)."
+    )
+    barge_in: bool = Field(default=True, description="Hands-free: speaking over the answer interrupts it.")
+    barge_in_min_s: float = Field(
+        default=0.2, ge=0, description="Hands-free: speech that interrupts an answer must last this long."
+    )
+    echo_margin_db: float = Field(
+        default=12.0,
+        description="While Parley speaks, the microphone counts as speech only if it is no more than this many dB below "
+        "what Parley played in the last echo_window_s: its own voice coming back is quieter than that.",
+    )
+    echo_window_s: float = Field(
+        default=0.6, gt=0, description="How far back played audio can come back as echo (speaker, room, network)."
+    )
+
+    @model_validator(mode="after")
+    def _thresholds(self) -> TurnConfig:
+        if self.vad_end_threshold > self.vad_threshold:
+            raise ValueError("vad_end_threshold must not be above vad_threshold")
+        return self
+
+
 class LimitsConfig(_Section):
     max_record_s: float = Field(default=60.0, description="Longest push-to-talk recording; longer ones end there.")
     max_text_chars: int = Field(default=2000, description="Longest typed message.")
@@ -238,6 +288,7 @@ class ParleyConfig(_Section):
     asr: ASRConfig = Field(default_factory=ASRConfig, description="Speech recognition.")
     llm: LLMConfig = Field(default_factory=LLMConfig, description="Language model.")
     tts: TTSConfig = Field(default_factory=TTSConfig, description="Speech synthesis.")
+    turn: TurnConfig = Field(default_factory=TurnConfig, description="Turn-taking: voice activity, hands-free, barge-in.")
     limits: LimitsConfig = Field(default_factory=LimitsConfig, description="Per-session limits.")
     serve: ServeConfig = Field(default_factory=ServeConfig, description="Ray Serve resources.")
 

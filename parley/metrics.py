@@ -1,11 +1,14 @@
 """Per-turn latency, named once.
 
 Invariant: every stage time comes from one monotonic clock and is defined here:
-- asr: end of recording -> transcript.
+- asr: the ASR call whose transcript the turn used: request -> transcript. It may have run
+  before the turn ended (started at a pause in speech), so it can overlap the user's silence.
 - llm_ttft: request -> first text delta.
-- first_sentence: request -> first sentence handed to TTS.
+- first_sentence: request -> first sentence (or opening clause) handed to TTS.
 - tts_ttfb: sentence handed to TTS -> its first Opus packet (first sentence of the turn).
-- voice_to_voice: end of recording (or message sent) -> first speech packet leaves the pacing track.
+- voice_to_voice: end of the user's turn -> first speech packet leaves the pacing track. The end
+  of the turn is the key release (push-to-talk), the end of speech (hands-free: the silence that
+  confirms the turn is part of this time), or the message being sent (typed).
 
 Besides stage times, a Meter counts turns, errors by stage (asr, llm, tts), sessions and late
 audio packets. The ingress's Meter writes Ray Serve metrics; the base one records nothing.

@@ -28,7 +28,7 @@ from parley.ice import configure_ice, parse_port_range
 from parley.metrics import Meter
 from parley.rtc import Peer, SdpError
 from parley.services import Services
-from parley.session import Session
+from parley.session import Session, SessionSettings
 from parley.tls import self_signed_pair
 
 log = logging.getLogger("parley.server")
@@ -96,7 +96,7 @@ class IngressServer:
         self.app.router.add_get("/healthz", self._health)
         self.app.router.add_get("/vendor/{name}", self._vendor)
         self.app.router.add_static("/", STATIC)
-        for event in ("hello", "offer", "talk_start", "talk_end", "text", "stop", "vision"):
+        for event in ("hello", "offer", "talk_start", "talk_end", "text", "stop", "vision", "hands_free"):
             self.sio.on(event, self._guard(event, getattr(self, f"_on_{event}")))
         self.sio.on("disconnect", self._on_disconnect)
 
@@ -204,10 +204,12 @@ class IngressServer:
                 await self.sio.disconnect(other)
         session = self.sessions.get(session_id)
         if session is None:
-            session = Session(session_id, self.config, self.services, meter=self.meter)
+            session = Session(session_id, SessionSettings.of(self.config), self.services, meter=self.meter)
             self.sessions[session_id] = session
         if isinstance(data.get("vision"), bool):
             session.vision = data["vision"]
+        if isinstance(data.get("hands_free"), bool):
+            await session.set_hands_free(data["hands_free"])
         self._sid_session[sid] = session_id
         self.meter.sessions(len(set(self._sid_session.values())))
 
@@ -226,6 +228,7 @@ class IngressServer:
                     "max_record_s": self.config.limits.max_record_s,
                     "max_text_chars": self.config.limits.max_text_chars,
                 },
+                "turn": {"hands_free": session.hands_free, "end_silence_s": self.config.turn.end_silence_s},
                 "llm": {
                     "backend": llm.backend,
                     "model": model_label(self.config.llm),
@@ -280,6 +283,11 @@ class IngressServer:
     async def _on_stop(self, sid: str, data: Any) -> None:
         if session := await self._require(sid):
             await session.interrupt()
+
+    async def _on_hands_free(self, sid: str, data: Any) -> None:
+        if (session := await self._require(sid)) and isinstance(data, dict) and isinstance(data.get("enabled"), bool):
+            await session.set_hands_free(data["enabled"])
+            await self.sio.emit("turn", {"state": "listening" if session.hands_free else "idle"}, to=sid)
 
     async def _on_vision(self, sid: str, data: Any) -> None:
         if (session := await self._require(sid)) and isinstance(data, dict) and isinstance(data.get("enabled"), bool):

@@ -1,9 +1,14 @@
-"""One browser's conversation: its history, its recording, and its turn pipeline.
+"""One browser's conversation: it wires the recorder, the utterance, the reply and the history.
 
 Invariants:
-- At most one turn runs at a time; starting a turn, pressing talk or Stop interrupts the one
-  running. Interrupting cancels the in-flight service calls, empties the pacing track at once
-  and keeps in the history only the text that had streamed before the interruption.
+- At most one answer runs at a time. A new turn, the talk key, Stop, or (hands-free) the user
+  speaking over the answer interrupts it: its work is cancelled, queued speech dropped, and the
+  history keeps only the words that had been played (the rest is marked unspoken).
+- Work may start before a turn is over (at a pause in speech: the transcript and the answer), but
+  nothing of it is shown or spoken until the turn is confirmed: the key released (push-to-talk)
+  or `end_silence_s` of silence (hands-free). Speech resuming cancels it.
+- The assistant's own voice coming back through the microphone is not the user: while it plays,
+  the microphone counts as speech only when it is louder than what was played, less a margin.
 - A session outlives its socket.io connection and its peer connection: a reconnecting browser
   gets the same history, and audio goes to whichever pacing track is current.
 - Nothing a user sends can raise out of here: bad input becomes a notice in the page and a log
@@ -18,54 +23,43 @@ import logging
 import time
 import uuid
 from collections import deque
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import av
-import numpy as np
 
-from media.audio import normalize
 from media.image import frame_to_data_url
-from media.text import SentenceSplitter
 from media.track import PacingTrack
-from parley.config import ParleyConfig
-from parley.metrics import Meter, Stopwatch, TurnMetrics
+from parley.config import LimitsConfig, LLMConfig, ParleyConfig, TurnConfig
+from parley.conversation import Conversation, Entry
+from parley.metrics import STAGES, Meter, TurnMetrics
+from parley.recorder import Recorder, TurnEvent
+from parley.reply import Reply
 from parley.services import Services
-from parley.types import ChatMessage, ImagePart, ImageURL, TextPart
+from parley.utterance import Speculation, Utterance
 
 log = logging.getLogger("parley.session")
 
 Emit = Callable[[str, dict[str, Any]], Awaitable[None]]
-MessageState = Literal["streaming", "done", "interrupted", "error"]
-
-PREROLL_S = 0.3
-"""Audio kept from before the talk key goes down, so the first syllable is not clipped."""
+TurnState = Literal["idle", "listening", "hearing", "thinking", "speaking"]
 
 RELEASE_TAIL_S = 0.1
-"""Audio still taken after the key comes up: RTP audio lags the socket.io event a little."""
+"""Audio still taken after the key comes up while speech was going on: RTP lags the socket.io event."""
 
 
-@dataclass
-class Entry:
-    """One message of the conversation as the page shows it."""
+@dataclass(frozen=True)
+class SessionSettings:
+    """What a session needs to know of the configuration."""
 
-    role: Literal["user", "assistant"]
-    text: str
-    state: MessageState = "done"
-    image: str | None = None
-    id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+    turn: TurnConfig
+    limits: LimitsConfig
+    llm: LLMConfig
+    voice: str | None = None
 
-    def public(self) -> dict[str, Any]:
-        return {"id": self.id, "role": self.role, "text": self.text, "state": self.state}
-
-
-@dataclass
-class _Recording:
-    chunks: list[np.ndarray]
-    frame: av.VideoFrame | None
-    samples: int = 0
-    ending: bool = False
+    @classmethod
+    def of(cls, config: ParleyConfig) -> SessionSettings:
+        return cls(turn=config.turn, limits=config.limits, llm=config.llm, voice=config.tts.voice)
 
 
 class Session:
@@ -74,17 +68,19 @@ class Session:
     def __init__(
         self,
         session_id: str,
-        config: ParleyConfig,
+        settings: SessionSettings,
         services: Services,
         *,
         meter: Meter | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.id = session_id
-        self.config = config
+        self.settings = settings
         self.services = services
-        self.history: list[Entry] = []
-        self.vision = config.llm.vision
+        self.conversation = Conversation(settings.llm)
+        self.recorder = Recorder(settings.turn, max_record_s=settings.limits.max_record_s, clock=clock)
+        self.recorder.gate = self._not_echo
+        self.vision = settings.llm.vision
         self.track: PacingTrack | None = None
         """Where speech goes: the current peer connection's track; None while no media is connected."""
         self.latest_frame: av.VideoFrame | None = None
@@ -93,13 +89,20 @@ class Session:
         self._meter = meter or Meter()
         self._clock = clock
         self._turn: asyncio.Task[None] | None = None
-        self._recording: _Recording | None = None
-        self._preroll: deque[tuple[np.ndarray, int]] = deque()
-        self._preroll_samples = 0
-        self._audio_format = (1, 48000)
+        self._utterance: Utterance | None = None
         self._turn_times: deque[float] = deque()
+        self._state: TurnState = self._resting()
+        self._background: set[asyncio.Task[Any]] = set()
 
     # -- wiring -----------------------------------------------------------------------------
+
+    @property
+    def history(self) -> list[Entry]:
+        return self.conversation.entries
+
+    @property
+    def hands_free(self) -> bool:
+        return self.recorder.hands_free
 
     def attach(self, emit: Emit | None) -> None:
         """Route this session's events to a connected page (None while disconnected)."""
@@ -128,60 +131,83 @@ class Session:
         log.log(logging.WARNING if level == "error" else logging.INFO, "session %s: %s", self.id[:8], text)
         await self.emit("notice", {"level": level, "text": text})
 
+    def _spawn(self, work: Coroutine[Any, Any, Any]) -> None:
+        """Run `work` in the background (from a sync callback), keeping a reference until it ends."""
+        task: asyncio.Task[Any] = asyncio.get_running_loop().create_task(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    def _set_state(self, state: TurnState) -> None:
+        if state != self._state:
+            self._state = state
+            self._spawn(self.emit("turn", {"state": state}))
+
+    def _resting(self) -> TurnState:
+        return "listening" if self.recorder.hands_free else "idle"
+
     # -- media in ---------------------------------------------------------------------------
 
     def on_audio_frame(self, frame: av.AudioFrame) -> None:
-        """Every decoded microphone frame passes here, recording or not (cheap when idle)."""
-        pcm = frame.to_ndarray()
-        channels = len(frame.layout.channels)
-        self._audio_format = (channels, frame.sample_rate)
-        samples = frame.samples
-        rec = self._recording
-        if rec is None:
-            self._preroll.append((pcm, samples))
-            self._preroll_samples += samples
-            while self._preroll_samples - self._preroll[0][1] >= PREROLL_S * frame.sample_rate:
-                self._preroll_samples -= self._preroll.popleft()[1]
-            return
-        rec.chunks.append(pcm)
-        rec.samples += samples
-        if rec.samples > self.config.limits.max_record_s * frame.sample_rate and not rec.ending:
-            rec.ending = True
-            asyncio.get_running_loop().create_task(self._record_limit_reached())
+        """Every decoded microphone frame passes here (cheap while nobody listens)."""
+        for event in self.recorder.feed(frame):
+            self._on_turn_event(event)
 
     def on_video_frame(self, frame: av.VideoFrame) -> None:
         self.latest_frame = frame
 
+    def _not_echo(self, level: float) -> bool:
+        """Whether a microphone window this loud can be the user while Parley itself speaks."""
+        track = self.track
+        if track is None:
+            return True
+        played = track.recent_level(self.settings.turn.echo_window_s)
+        return played <= 0 or level >= played * 10 ** (-self.settings.turn.echo_margin_db / 20)
+
+    def _on_turn_event(self, event: TurnEvent) -> None:
+        turn = self.settings.turn
+        if event.kind == "start":
+            if self.recorder.hands_free:
+                self._begin_utterance(event.sample)
+        elif event.kind == "speech":
+            if self.recorder.hands_free and turn.barge_in and self.busy:
+                log.info("session %s: barge-in", self.id[:8])
+                self._spawn(self.interrupt(keep_utterance=True))
+        elif event.kind == "pause":
+            if turn.speculate and self._utterance is not None:
+                self._speculate(self._utterance, event.sample)
+        elif event.kind == "resume":
+            self._set_state("hearing")
+            if self._utterance is not None and self._utterance.speculation is not None:
+                self._spawn(self._utterance.speculation.cancel())
+                self._utterance.speculation = None
+        elif event.kind == "end":
+            self._spawn(self._end_utterance(event, anchor=self.recorder.wall_time(event.sample)))
+
     # -- user actions -----------------------------------------------------------------------
+
+    async def set_hands_free(self, on: bool) -> None:
+        """Switch between push-to-talk and hands-free."""
+        if on == self.recorder.hands_free:
+            return
+        await self._drop_utterance()
+        self.recorder.set_hands_free(on)
+        if not self.busy:
+            self._set_state(self._resting())
 
     async def talk_start(self) -> None:
         """The talk key went down: interrupt any answer and start recording."""
         await self.interrupt()
-        self._recording = _Recording(chunks=[pcm for pcm, _ in self._preroll], frame=self.latest_frame)
-        self._preroll.clear()
-        self._preroll_samples = 0
+        await self._drop_utterance()
+        event = self.recorder.press()
+        self._begin_utterance(event.sample)
         await self.emit("recording", {"active": True})
 
     async def talk_end(self, reason: str | None = None) -> None:
-        """The talk key came up (or the length limit was reached): the recording becomes a turn."""
-        if self._recording is None:
+        """The talk key came up: what was said becomes a turn."""
+        event = self.recorder.release(tail_s=RELEASE_TAIL_S)
+        if event is None:
             return
-        stopwatch = Stopwatch(self._clock)
-        await asyncio.sleep(RELEASE_TAIL_S)
-        rec, self._recording = self._recording, None
-        if rec is None:
-            return
-        await self.emit("recording", {"active": False, **({"reason": reason} if reason else {})})
-        if not self._allow_turn():
-            await self.notice("Too many turns in a minute; wait a moment and try again.", "warn")
-            return
-        self._start_turn(lambda: self._audio_turn(rec, stopwatch))
-
-    async def _record_limit_reached(self) -> None:
-        if self._recording is None:
-            return
-        limit = self.config.limits.max_record_s
-        await self.talk_end(reason=f"Recording stopped at the {limit:g}-second limit.")
+        await self._end_utterance(event, anchor=self._clock())
 
     async def send_text(self, text: Any) -> None:
         """A typed message goes through the same pipeline, without ASR."""
@@ -191,7 +217,7 @@ class Session:
         text = text.strip()
         if not text:
             return
-        limit = self.config.limits.max_text_chars
+        limit = self.settings.limits.max_text_chars
         if len(text) > limit:
             await self.notice(f"Messages are limited to {limit} characters; yours has {len(text)}.", "error")
             return
@@ -199,10 +225,15 @@ class Session:
         if not self._allow_turn():
             await self.notice("Too many turns in a minute; wait a moment and try again.", "warn")
             return
-        frame, stopwatch = self.latest_frame, Stopwatch(self._clock)
-        self._start_turn(lambda: self._reply(text, frame, stopwatch))
+        frame, anchor = self.latest_frame, self._clock()
 
-    async def interrupt(self) -> None:
+        async def typed() -> None:
+            user = Entry(role="user", text=text, image=await self._image(frame))
+            await self._answer(user, self._reply_to(user), anchor=anchor, asr_s=None)
+
+        self._start_turn(typed)
+
+    async def interrupt(self, *, keep_utterance: bool = False) -> None:
         """Stop the answer now: cancel the turn and drop queued speech."""
         if self.track is not None:
             self.track.clear()
@@ -211,19 +242,126 @@ class Session:
             turn.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await turn
+        if not keep_utterance and not self.recorder.hands_free:
+            self._set_state(self._resting())
 
     async def close(self) -> None:
-        self._recording = None
+        await self._drop_utterance()
         await self.interrupt()
 
     def _allow_turn(self) -> bool:
         now = self._clock()
         while self._turn_times and now - self._turn_times[0] > 60:
             self._turn_times.popleft()
-        if len(self._turn_times) >= self.config.limits.turns_per_minute:
+        if len(self._turn_times) >= self.settings.limits.turns_per_minute:
             return False
         self._turn_times.append(now)
         return True
+
+    # -- an utterance, from its start to its turn ---------------------------------------------
+
+    def _begin_utterance(self, start: int) -> None:
+        if self._utterance is not None:
+            self._spawn(self._utterance.drop())
+        self._utterance = Utterance(
+            start=start,
+            frame=self.latest_frame,
+            transcribe=self.services.transcribe,
+            audio=self.recorder.audio,
+            segment_s=self.settings.turn.segment_s,
+            clock=self._clock,
+        )
+        self._set_state("hearing")
+
+    async def _drop_utterance(self) -> None:
+        utterance, self._utterance = self._utterance, None
+        if utterance is not None:
+            await utterance.drop()
+
+    def _speculate(self, utterance: Utterance, until: int) -> None:
+        """A pause: transcribe what was said so far and start answering it, held back."""
+        if utterance.speculation is not None:
+            self._spawn(utterance.speculation.cancel())
+        text = utterance.text_until(until)
+
+        async def work() -> tuple[str, Reply | None]:
+            words = await text
+            if not words:
+                return words, None
+            user = Entry(role="user", text=words, image=await self._image(utterance.frame))
+            return words, self._reply_to(user)
+
+        utterance.speculation = Speculation(until=until, task=asyncio.get_running_loop().create_task(work()))
+
+    async def _end_utterance(self, event: TurnEvent, *, anchor: float) -> None:
+        """The recorder says the utterance is over: it becomes a turn, or (too little speech) nothing."""
+        utterance, self._utterance = self._utterance, None
+        if not self.recorder.hands_free:
+            await self.emit("recording", {"active": False, **({"reason": event.reason} if event.reason else {})})
+        if utterance is None:
+            return
+        if event.speech_s < self.settings.turn.min_speech_s:
+            await utterance.drop()
+            log.info("session %s: %.2f s of speech is not a turn", self.id[:8], event.speech_s)
+            if not self.recorder.hands_free:
+                await self.notice("I didn't hear any speech. Hold Space (or the talk button) while you speak.", "warn")
+            self._set_state(self._resting())
+            return
+        if not self._allow_turn():
+            await utterance.drop()
+            await self.notice("Too many turns in a minute; wait a moment and try again.", "warn")
+            return
+        if not self.recorder.hands_free and event.sample >= self.recorder.tape.end:
+            await asyncio.sleep(RELEASE_TAIL_S)  # speech went on to the release: take the audio still arriving
+            event = TurnEvent("end", self.recorder.tape.end, speech_s=event.speech_s)
+        await self.interrupt(keep_utterance=True)
+        self._start_turn(lambda: self._spoken_turn(utterance, event.sample, anchor))
+
+    async def _spoken_turn(self, utterance: Utterance, end: int, anchor: float) -> None:
+        self._set_state("thinking")
+        speculation = utterance.speculation
+        try:
+            if speculation is not None and speculation.until >= end:
+                words, reply = await speculation.task
+            else:
+                if speculation is not None:
+                    await speculation.cancel()
+                words, reply = await utterance.text_until(end, final=True), None
+        except Exception as exc:
+            log.exception("session %s: ASR failed", self.id[:8])
+            self._meter.error("asr")
+            await self.notice(f"Speech recognition failed: {_sentence(_reason(exc))} Please try again.", "error")
+            return
+        if not words:
+            if reply is not None:
+                await reply.stop()
+            log.info("session %s: no words in the recording", self.id[:8])
+            if not self.recorder.hands_free:
+                await self.notice("I couldn't make out any words in that recording.", "warn")
+            self._set_state(self._resting())
+            return
+        user = Entry(role="user", text=words, image=await self._image(utterance.frame))
+        if reply is None:
+            reply = self._reply_to(user)
+        await self._answer(user, reply, anchor=anchor, asr_s=utterance.asr_s)
+
+    # -- the answer ---------------------------------------------------------------------------
+
+    def _reply_to(self, user: Entry) -> Reply:
+        messages = self.conversation.messages(vision=self.vision, then=user)
+        return Reply(
+            uuid.uuid4().hex[:12],
+            messages,
+            self.services,
+            voice=self.settings.voice,
+            first_clause_words=self.settings.turn.first_clause_words if self.track is not None else None,
+            clock=self._clock,
+        ).start()
+
+    async def _image(self, frame: av.VideoFrame | None) -> str | None:
+        if frame is None or not self.vision:
+            return None
+        return await asyncio.to_thread(frame_to_data_url, frame)
 
     def _start_turn(self, work: Callable[[], Awaitable[None]]) -> None:
         async def run() -> None:
@@ -235,152 +373,78 @@ class Session:
             except Exception:
                 log.exception("session %s: turn failed", self.id[:8])
                 await self.notice("Something went wrong with that turn; please try again.", "error")
+            finally:
+                if self._utterance is None or not self.recorder.speaking:
+                    self._set_state(self._resting())
 
         self._turn = asyncio.get_running_loop().create_task(run())
 
-    # -- the turn pipeline ------------------------------------------------------------------
-
-    async def _audio_turn(self, rec: _Recording, since_release: Stopwatch) -> None:
-        channels, rate = self._audio_format
-        audio = await asyncio.to_thread(normalize, rec.chunks, channels, rate) if rec.chunks else None
-        if audio is None:
-            await self.notice("I didn't hear any speech. Hold Space (or the talk button) while you speak.", "warn")
-            return
-        try:
-            transcript = await self.services.transcribe(audio)
-        except Exception as exc:
-            log.exception("session %s: ASR failed", self.id[:8])
-            self._meter.error("asr")
-            await self.notice(f"Speech recognition failed: {_sentence(_reason(exc))} Please try again.", "error")
-            return
-        asr_s = since_release.elapsed()
-        self._meter.stage("asr", asr_s)
-        if not transcript.text.strip():
-            await self.notice("I couldn't make out any words in that recording.", "warn")
-            return
-        await self._reply(transcript.text.strip(), rec.frame, since_release, asr_s=asr_s)
-
-    async def _reply(self, text: str, frame: av.VideoFrame | None, since_input: Stopwatch, *, asr_s: float | None = None) -> None:
-        image = None
-        if frame is not None and self.vision:
-            image = await asyncio.to_thread(frame_to_data_url, frame)
-        user = Entry(role="user", text=text, image=image)
-        self.history.append(user)
+    async def _answer(self, user: Entry, reply: Reply, *, anchor: float, asr_s: float | None) -> None:
+        """Show the user's words, then make the reply live and see it through (or its interruption)."""
+        self.conversation.add(user)
         await self.emit("message", user.public())
-
-        answer = Entry(role="assistant", text="", state="streaming")
-        self.history.append(answer)
+        answer = self.conversation.add(Entry(role="assistant", text="", state="streaming"))
         await self.emit("message", answer.public())
-        metrics = TurnMetrics(asr=asr_s)
-        track = self.track  # speech goes to this turn's track; None: no media connected, text only
-        sentences: asyncio.Queue[str | None] = asyncio.Queue()
-        speaker: asyncio.Task[None] | None = None
+        metrics = reply.metrics
+        metrics.asr = asr_s
+        track = self.track
 
         def first_audio() -> None:
-            metrics.voice_to_voice = since_input.elapsed()
-            self._meter.stage("voice_to_voice", metrics.voice_to_voice)
+            metrics.voice_to_voice = self._clock() - anchor
+            self._set_state("speaking")
 
         if track is not None:
             track.on_first_audio = first_audio
-            speaker = asyncio.get_running_loop().create_task(self._speak(track, sentences, metrics))
+
+        async def publish(kind: str, text: str) -> None:
+            if kind == "delta":
+                await self.emit("delta", {"id": answer.id, "text": text})
+            else:
+                self._meter.error("tts")
+                await self.notice(f"Part of the answer could not be spoken: {_sentence(_reason(text))}", "error")
+
+        reply.commit(track, publish)
         try:
-            await self._stream_text(answer, sentences if speaker else None, metrics)
-            if speaker is not None and track is not None:
-                sentences.put_nowait(None)
-                await speaker
-                await track.drained()
+            await reply.text_finished()
+            answer.text, answer.state = reply.text, "done"
+            await self.emit("state", {"id": answer.id, "state": "done"})
+            await reply.played()
             await self.emit("metrics", {"id": answer.id, **metrics.model_dump()})
         except asyncio.CancelledError:
-            if speaker is not None:  # first, so no packet can land after the clear
-                speaker.cancel()
-            if track is not None:
-                track.clear()
-            answer.state = "interrupted"
-            await self.emit("state", {"id": answer.id, "state": "interrupted"})
+            await self._interrupted(answer, reply)
             raise
         except Exception as exc:
-            answer.state = "error"
             log.exception("session %s: LLM failed", self.id[:8])
             self._meter.error("llm")
+            answer.text, answer.state = reply.text, "error"
+            await reply.stop()
             await self.emit("state", {"id": answer.id, "state": "error", "error": _reason(exc)})
         finally:
-            if speaker is not None:
-                speaker.cancel()
+            self._report(metrics)
             if track is not None and track.on_first_audio is first_audio:
                 track.on_first_audio = None
 
-    async def _stream_text(self, answer: Entry, sentences: asyncio.Queue[str | None] | None, metrics: TurnMetrics) -> None:
-        splitter = SentenceSplitter()
-        request = Stopwatch(self._clock)
-        async for delta in self.services.stream_reply(self._conversation()):
-            if not delta:
-                continue
-            if metrics.llm_ttft is None:
-                metrics.llm_ttft = request.elapsed()
-                self._meter.stage("llm_ttft", metrics.llm_ttft)
-            answer.text += delta
-            await self.emit("delta", {"id": answer.id, "text": delta})
-            for sentence in splitter.feed(delta):
-                self._hand_to_tts(sentence, sentences, metrics, request)
-        for sentence in splitter.flush():
-            self._hand_to_tts(sentence, sentences, metrics, request)
-        answer.state = "done"
-        await self.emit("state", {"id": answer.id, "state": "done"})
+    async def _interrupted(self, answer: Entry, reply: Reply) -> None:
+        """Keep in the history only what the user heard; show the rest apart."""
+        if self.track is not None:
+            self.track.clear()
+        answer.text, answer.unspoken = reply.heard()
+        await reply.stop()
+        answer.state = "interrupted"
+        log.info("session %s: interrupted after %d heard words", self.id[:8], len(answer.text.split()))
+        await self.emit("state", {"id": answer.id, "state": "interrupted", "text": answer.text, "unspoken": answer.unspoken})
 
-    def _hand_to_tts(
-        self, sentence: str, sentences: asyncio.Queue[str | None] | None, metrics: TurnMetrics, request: Stopwatch
-    ) -> None:
-        if sentences is None:
-            return
-        if metrics.first_sentence is None:
-            metrics.first_sentence = request.elapsed()
-            self._meter.stage("first_sentence", metrics.first_sentence)
-        sentences.put_nowait(sentence)
-
-    async def _speak(self, track: PacingTrack, sentences: asyncio.Queue[str | None], metrics: TurnMetrics) -> None:
-        """Synthesize sentences in order, each packet into the pacing track as it arrives."""
-        while (sentence := await sentences.get()) is not None:
-            handed = Stopwatch(self._clock)
-            first = True
-            try:
-                async for packet in self.services.synthesize(sentence, self.config.tts.voice):
-                    if first:
-                        first = False
-                        if metrics.tts_ttfb is None:
-                            metrics.tts_ttfb = handed.elapsed()
-                            self._meter.stage("tts_ttfb", metrics.tts_ttfb)
-                    track.put(packet)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # the text stays; this sentence just goes unspoken
-                log.exception("session %s: TTS failed", self.id[:8])
-                self._meter.error("tts")
-                await self.notice(f"Part of the answer could not be spoken: {_sentence(_reason(exc))}", "error")
-
-    def _conversation(self) -> list[ChatMessage]:
-        """The history as chat messages: recent turns, images on the newest `keep_images` user turns."""
-        entries = [e for e in self.history if e.text.strip()][-self.config.llm.history_messages :]
-        keep = self.config.llm.keep_images
-        user_images = [e.id for e in entries if e.role == "user" and e.image]
-        with_image = set(user_images[len(user_images) - keep :]) if keep else set()
-        messages = [ChatMessage(role="system", content=self.config.llm.system_prompt)]
-        for entry in entries:
-            if entry.id in with_image and entry.image and self.vision:
-                detail = self.config.llm.image_detail
-                parts: list[TextPart | ImagePart] = [
-                    TextPart(text=entry.text),
-                    ImagePart(image_url=ImageURL(url=entry.image, detail=detail)),
-                ]
-                messages.append(ChatMessage(role=entry.role, content=parts))
-            else:
-                messages.append(ChatMessage(role=entry.role, content=entry.text))
-        return messages
+    def _report(self, metrics: TurnMetrics) -> None:
+        for stage in STAGES:
+            value = getattr(metrics, stage)
+            if value is not None:
+                self._meter.stage(stage, value)
 
 
 def _sentence(text: str) -> str:
     return text if text.endswith((".", "!", "?")) else text + "."
 
 
-def _reason(exc: BaseException) -> str:
+def _reason(exc: BaseException | str) -> str:
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     return text[:200]

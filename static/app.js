@@ -11,6 +11,12 @@ import { setupTalk } from "./talk.js";
 
 const SESSION_KEY = "parley.session";
 const VISION_KEY = "parley.vision";
+const HANDS_FREE_KEY = "parley.handsFree";
+const TURN_LABELS = { listening: "Listening", hearing: "Hearing you", thinking: "Thinking…", speaking: "Speaking" };
+const HINTS = {
+  ptt: "Hold <kbd>Space</kbd> to talk · release to send",
+  handsFree: "Hands-free: just talk, Parley answers when you pause · talk over it to interrupt",
+};
 const REJECTED_RETRY_MS = 10_000;
 const DISCONNECTED_GRACE_MS = 3000;
 const SPEAKING_LEVEL = 0.01;
@@ -25,7 +31,8 @@ const $ = (id) => document.getElementById(id);
 const ui = {
   audio: $("audio"), video: $("video"), share: $("share"), vision: $("vision"), talk: $("talk"),
   stop: $("stop"), form: $("text-form"), input: $("text-input"), banner: $("banner"), model: $("model"),
-  rejected: $("rejected"), speaking: $("speaking"), send: $("send"),
+  rejected: $("rejected"), speaking: $("speaking"), send: $("send"), handsFree: $("hands-free"),
+  turnState: $("turn-state"), hint: $("hint"),
 };
 
 const parley = (window.parley = { socket: null, pc: null, sessionId: load(SESSION_KEY) });
@@ -96,6 +103,7 @@ function connect() {
   socket.on("state", setState);
   socket.on("metrics", setMetrics);
   socket.on("notice", (n) => notify(n.level, n.text));
+  socket.on("turn", (t) => showTurnState(t.state));
   socket.on("recording", (r) => {
     talk.serverRecording(Boolean(r.active));
     if (r.reason) notify("info", r.reason);
@@ -103,7 +111,20 @@ function connect() {
 }
 
 function sayHello() {
-  parley.socket.emit("hello", { session_id: load(SESSION_KEY), vision: ui.vision.checked });
+  parley.socket.emit("hello", { session_id: load(SESSION_KEY), vision: ui.vision.checked, hands_free: ui.handsFree.checked });
+}
+
+/** What the conversation is doing now: listening, hearing you, thinking, speaking (idle: hidden). */
+function showTurnState(state) {
+  const label = TURN_LABELS[state];
+  ui.turnState.dataset.state = state || "idle";
+  ui.turnState.textContent = label || "";
+  ui.turnState.hidden = !label;
+}
+
+function showMode() {
+  ui.hint.innerHTML = ui.handsFree.checked ? HINTS.handsFree : HINTS.ptt;
+  document.body.dataset.handsFree = String(ui.handsFree.checked);
 }
 
 function retryLater(ms) {
@@ -128,6 +149,12 @@ function onWelcome(w) {
   if (maxChars > 0) ui.input.maxLength = maxChars;
   const maxRecord = w.limits?.max_record_s;
   if (maxRecord > 0) ui.talk.style.setProperty("--max-record", `${maxRecord}s`);
+
+  if (typeof w.turn?.hands_free === "boolean" && w.turn.hands_free !== ui.handsFree.checked) {
+    ui.handsFree.checked = w.turn.hands_free;
+    showMode();
+  }
+  showTurnState(ui.handsFree.checked ? "listening" : "idle");
 
   const llm = w.llm || {};
   ui.banner.hidden = llm.backend !== "local";
@@ -362,6 +389,18 @@ function init() {
     // After a click, hand Space back to push-to-talk instead of toggling the box again.
     if (visionByPointer) ui.vision.blur();
     visionByPointer = false;
+  });
+
+  ui.handsFree.checked = load(HANDS_FREE_KEY) === "1";
+  showMode();
+  let handsFreeByPointer = false;
+  ui.handsFree.closest("label").addEventListener("pointerdown", () => (handsFreeByPointer = true));
+  ui.handsFree.addEventListener("change", () => {
+    save(HANDS_FREE_KEY, ui.handsFree.checked ? "1" : "0");
+    send("hands_free", { enabled: ui.handsFree.checked });
+    showMode();
+    if (handsFreeByPointer) ui.handsFree.blur(); // Space goes back to push-to-talk, not to this box
+    handsFreeByPointer = false;
   });
 
   ui.form.addEventListener("submit", submitText);

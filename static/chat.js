@@ -65,14 +65,19 @@ export function appendDelta({ id, text }) {
   changed();
 }
 
-/** Apply a state change; an error text, when given, is shown inside the message. */
-export function setState({ id, state, error }) {
+/**
+ * Apply a state change; an error text, when given, is shown inside the message. An interruption
+ * brings the words the user heard (`text`) and the rest (`unspoken`), shown apart.
+ */
+export function setState({ id, state, error, text, unspoken }) {
   let el = byId.get(String(id));
   // A turn can fail before its first word; its error still deserves a place in the chat.
   if (!el && state !== "error" && !error) return;
   keepScroll(false, () => {
     el ||= createMessage(String(id), "assistant");
     el.dataset.state = state;
+    if (typeof text === "string") el.querySelector(".text").textContent = text;
+    if (typeof unspoken === "string") showUnspoken(el, unspoken);
     showError(el, state, error);
   });
   changed();
@@ -132,9 +137,25 @@ function createMessage(id, role) {
 
 function fill(el, m, defaultState) {
   el.querySelector(".text").textContent = m.text ?? "";
+  showUnspoken(el, m.unspoken || "");
   const state = m.state || el.dataset.state || (el.dataset.role === "assistant" ? defaultState : "");
   if (state) el.dataset.state = state;
   showError(el, state, m.error);
+}
+
+function showUnspoken(el, words) {
+  let box = el.querySelector(".unspoken");
+  if (!words) {
+    box?.remove();
+    return;
+  }
+  if (!box) {
+    box = document.createElement("div");
+    box.className = "unspoken";
+    box.title = "Interrupted before Parley said this; it is not part of the conversation";
+    el.querySelector(".text").after(box);
+  }
+  box.textContent = words;
 }
 
 function showError(el, state, error) {

@@ -26,21 +26,35 @@ FRAME = 960
 
 
 class SpeakingMic(MediaStreamTrack):
-    """A microphone that sends silence until told to say something (48 kHz mono, real-time paced)."""
+    """A microphone that sends silence until told to say something (48 kHz mono, real-time paced).
+
+    With `echo_gain` above 0 it also picks up what the client hears (the assistant's voice from a
+    loudspeaker), `echo_delay_s` later and that much quieter, mixed under whatever it says.
+    """
 
     kind = "audio"
 
     def __init__(self) -> None:
         super().__init__()
-        self._pending = np.zeros(0, dtype=np.int16)
+        self._pending = np.zeros(0, dtype=np.float32)
         self._start: float | None = None
         self._pts = 0
+        self.echo_gain = 0.0
+        self.echo_delay_s = 0.1
+        self._echo = np.zeros(0, dtype=np.float32)
 
     def say(self, audio_48k: np.ndarray) -> float:
-        """Queue float32 audio at 48 kHz; returns its duration in seconds."""
-        pcm = (np.clip(audio_48k, -1, 1) * 32767).astype(np.int16)
-        self._pending = np.concatenate([self._pending, pcm])
-        return len(pcm) / RATE
+        """Queue float32 audio at 48 kHz after what is already queued; returns the monotonic time
+        at which its last sample will have been sent."""
+        self._pending = np.concatenate([self._pending, np.asarray(audio_48k, np.float32)])
+        return time.monotonic() + len(self._pending) / RATE
+
+    def hear(self, audio_48k: np.ndarray) -> None:
+        """What the loudspeaker just played (mono float at 48 kHz): it comes back as echo."""
+        if self.echo_gain > 0:
+            if not self._echo.size:
+                self._echo = np.zeros(int(self.echo_delay_s * RATE), np.float32)
+            self._echo = np.concatenate([self._echo, audio_48k * np.float32(self.echo_gain)])
 
     async def recv(self) -> av.AudioFrame:
         if self.readyState != "live":
@@ -51,9 +65,11 @@ class SpeakingMic(MediaStreamTrack):
         if wait > 0:
             await asyncio.sleep(wait)
         chunk, self._pending = self._pending[:FRAME], self._pending[FRAME:]
-        if len(chunk) < FRAME:
-            chunk = np.concatenate([chunk, np.zeros(FRAME - len(chunk), dtype=np.int16)])
-        frame = av.AudioFrame.from_ndarray(chunk.reshape(1, -1), format="s16", layout="mono")
+        chunk = np.concatenate([chunk, np.zeros(FRAME - len(chunk), dtype=np.float32)])
+        echo, self._echo = self._echo[:FRAME], self._echo[FRAME:]
+        chunk[: len(echo)] += echo
+        pcm = (np.clip(chunk, -1, 1) * 32767).astype(np.int16)
+        frame = av.AudioFrame.from_ndarray(pcm.reshape(1, -1), format="s16", layout="mono")
         frame.sample_rate = RATE
         frame.pts = self._pts
         frame.time_base = fractions.Fraction(1, RATE)
@@ -85,9 +101,11 @@ class ParleyClient:
         *,
         ssl_verify: bool = True,
         ice_addresses: Sequence[str] = ("127.0.0.1",),
+        hands_free: bool = False,
     ) -> None:
         self.url = url
         self.session_id = session_id
+        self.hands_free = hands_free
         self.ice_addresses = list(ice_addresses)
         self.sio = socketio.AsyncClient(reconnection=False, ssl_verify=ssl_verify)
         self.events: list[tuple[float, str, dict[str, Any]]] = []
@@ -96,7 +114,7 @@ class ParleyClient:
         self.pc: RTCPeerConnection | None = None
         self._changed = asyncio.Event()
         self._readers: list[asyncio.Task[None]] = []
-        for name in ("welcome", "answer", "message", "delta", "state", "notice", "recording", "metrics", "rejected"):
+        for name in ("welcome", "answer", "message", "delta", "state", "notice", "recording", "metrics", "rejected", "turn"):
             self.sio.on(name, self._recorder(name))
 
     def _recorder(self, name: str) -> Callable[[dict[str, Any]], Any]:
@@ -133,6 +151,8 @@ class ParleyClient:
                 found[data["id"]]["text"] += data["text"]
             elif name == "state" and data.get("id") in found:
                 found[data["id"]].update(state=data["state"], error=data.get("error"))
+                if "text" in data:  # an interruption: only what was heard stays as the text
+                    found[data["id"]].update(text=data["text"], unspoken=data.get("unspoken", ""))
             elif name == "welcome":
                 for entry in data.get("history", []):
                     if entry["role"] == role:
@@ -141,7 +161,7 @@ class ParleyClient:
 
     async def connect(self, *, media: bool = True) -> dict[str, Any]:
         await self.sio.connect(self.url, transports=["websocket"])
-        await self.sio.emit("hello", {"session_id": self.session_id, "vision": True})
+        await self.sio.emit("hello", {"session_id": self.session_id, "vision": True, "hands_free": self.hands_free})
         welcome: dict[str, Any] = await self.wait_for(lambda: (self.of("welcome") or self.of("rejected") or [{}])[-1])
         if "session_id" in welcome:
             self.session_id = welcome["session_id"]
@@ -168,21 +188,30 @@ class ParleyClient:
                 frame = await track.recv()
                 assert isinstance(frame, av.AudioFrame)
                 pcm = frame.to_ndarray().astype(np.float32) / 32768.0
+                mono = pcm.reshape(-1, len(frame.layout.channels)).mean(axis=1)
                 self.heard.frames.append((time.monotonic(), float(np.sqrt(np.mean(pcm**2)))))
                 self.heard.samples.append(pcm.reshape(-1))
+                self.mic.hear(mono)
                 self._changed.set()
         except MediaStreamError:
             pass
 
     async def push_to_talk(self, audio_48k: np.ndarray, *, hold_after_s: float = 0.3) -> float:
-        """Hold talk, say the audio, release; returns the monotonic time of the release."""
+        """Hold talk, say the audio, release `hold_after_s` after its last sample; returns the
+        monotonic time of the release."""
         await self.sio.emit("talk_start", {})
         await asyncio.sleep(0.05)
-        duration = self.mic.say(audio_48k)
-        await asyncio.sleep(duration + hold_after_s)
+        ends = self.mic.say(audio_48k)
+        await asyncio.sleep(max(0.0, ends - time.monotonic()) + hold_after_s)
         released = time.monotonic()
         await self.sio.emit("talk_end", {})
         return released
+
+    async def say(self, audio_48k: np.ndarray) -> float:
+        """Hands-free: just speak; returns the monotonic time at which the speech's last sample left."""
+        ends = self.mic.say(audio_48k)
+        await asyncio.sleep(max(0.0, ends - time.monotonic()))
+        return ends
 
     async def close(self) -> None:
         for task in self._readers:

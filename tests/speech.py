@@ -44,6 +44,12 @@ def speak(text: str, rate: int = 16000, peak: float = 0.7) -> np.ndarray:
     return resample(audio, SAMPLE_RATE, rate)
 
 
+def trim(audio: np.ndarray, floor: float = 0.01) -> np.ndarray:
+    """Speech without the silence a TTS leaves before and after it (so its end is the last word's)."""
+    loud = np.flatnonzero(np.abs(audio) > floor)
+    return audio[loud[0] : loud[-1] + 1] if loud.size else audio[:0]
+
+
 def write_wav(path: str | Path, audio: np.ndarray, rate: int) -> Path:
     """Write mono float audio as a 16-bit PCM WAV (what Chromium's fake capture plays)."""
     pcm = (np.clip(audio, -1.0, 1.0) * 32767.0).astype("<i2")

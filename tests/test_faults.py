@@ -167,8 +167,10 @@ async def test_asr_replica_dies_during_a_spoken_turn(serve_app) -> None:
     killed_at: float | None = None
     try:
         await client.connect()
+        # ASR starts at the pause after the question, while the key is still held: watch from now
+        killing = asyncio.create_task(kill_mid_call(actor))
         await client.push_to_talk(question)
-        killed_at = await kill_mid_call(actor)
+        killed_at = await killing
 
         notice = await client.wait_for(lambda: [n for n in client.of("notice") if "speech recognition" in n["text"].lower()], 30)
         assert notice[0]["text"].startswith("Speech recognition failed"), notice[0]

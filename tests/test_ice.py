@@ -14,7 +14,7 @@ from parley.config import ParleyConfig
 from parley.ice import advertise_public, configure_ice, parse_port_range
 from parley.rtc import Peer
 from parley.services import Services
-from parley.session import Session
+from parley.session import Session, SessionSettings
 
 PUBLIC = "203.0.113.7"  # TEST-NET-3: documentation only; nothing is ever sent to it here
 
@@ -67,7 +67,7 @@ async def test_media_binds_inside_the_port_range_and_still_connects() -> None:
 
 async def test_an_answer_behind_nat_offers_the_public_address() -> None:
     configure_ice(["127.0.0.1"], None)
-    session = Session("n" * 12, ParleyConfig(), cast(Services, None))  # no turn is ever run
+    session = Session("n" * 12, SessionSettings.of(ParleyConfig()), cast(Services, None))  # no turn is ever run
     browser = RTCPeerConnection()
     peer = Peer(session, [], public_address=PUBLIC)
     try:

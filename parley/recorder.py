@@ -1,0 +1,266 @@
+"""One browser's microphone: 16 kHz audio on a tape, voice activity and turn boundaries marked.
+
+Invariants:
+- Every decoded microphone frame passes through `feed`. While nobody listens (push-to-talk with
+  the key up) only the last `PREROLL_S` of raw audio is kept and nothing else is computed.
+- While listening (the key is down, or hands-free), audio is resampled to 16 kHz onto the tape
+  and every 32 ms window goes through the VAD and the speech detector, at once, in order; the
+  events that come back carry positions on the tape (16 kHz samples since the recorder began).
+- An utterance lasts from its start (key down, or speech in hands-free, with `PREROLL_S` before
+  it) to its `end` event: the key coming up, `end_silence_s` of silence in hands-free, or the
+  recording limit. `pause`/`resume` mark the pauses inside it; `speech` fires once, when it has
+  had `barge_in_min_s` of speech. Nothing before the utterance is kept on the tape but the
+  preroll, so memory is bounded by the recording limit.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+import av
+import numpy as np
+import samplerate
+
+from media.audio import to_float_mono
+from media.vad import RATE, WINDOW, SileroVAD, SpeechDetector, VADSettings, rms
+from parley.config import TurnConfig
+
+PREROLL_S = 0.3
+"""Audio kept from before an utterance starts, so its first syllable is not clipped."""
+
+TurnKind = Literal["start", "speech", "pause", "resume", "end"]
+
+
+@dataclass(frozen=True)
+class TurnEvent:
+    kind: TurnKind
+    sample: int
+    """Where on the tape: the utterance's first sample (start), speech's first or first quiet window,
+    the end of speech (end; the tape's end if speech was still going on)."""
+    speech_s: float = 0.0
+    """end: seconds of speech the utterance held."""
+    reason: str | None = None
+    """end: why the recorder ended it on its own (the recording limit)."""
+
+
+class Tape:
+    """16 kHz mono float32 audio addressed by absolute sample; old audio is dropped from the front."""
+
+    def __init__(self) -> None:
+        self._chunks: deque[tuple[int, np.ndarray]] = deque()
+        self.start = 0
+        self.end = 0
+
+    def append(self, audio: np.ndarray) -> None:
+        if audio.size:
+            self._chunks.append((self.end, audio))
+            self.end += audio.size
+
+    def slice(self, a: int, b: int) -> np.ndarray:
+        """Samples [a, b), clamped to what the tape still holds."""
+        a, b = max(a, self.start), min(b, self.end)
+        parts = [chunk[max(0, a - at) : max(0, b - at)] for at, chunk in self._chunks if at < b and at + chunk.size > a]
+        return np.concatenate(parts) if parts else np.zeros(0, np.float32)
+
+    def trim(self, before: int) -> None:
+        """Forget whole chunks that end before `before`."""
+        while self._chunks and self._chunks[0][0] + self._chunks[0][1].size <= before:
+            at, chunk = self._chunks.popleft()
+            self.start = at + chunk.size
+
+
+class Recorder:
+    """The microphone of one session: push-to-talk (`press`/`release`) or hands-free."""
+
+    def __init__(self, turn: TurnConfig, *, max_record_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.turn = turn
+        self.max_record_s = max_record_s
+        self.hands_free = turn.hands_free
+        self.tape = Tape()
+        self.gate: Callable[[float], bool] = lambda level: True
+        """Per window: may a window this loud count as speech? (The session rejects its own echo.)"""
+        self._clock = clock
+        self._vad = SileroVAD()
+        self._settings = VADSettings(
+            threshold=turn.vad_threshold,
+            end_threshold=turn.vad_end_threshold,
+            pause_windows=max(1, round(turn.pause_s * RATE / WINDOW)),
+        )
+        self._detector = SpeechDetector(self._settings)
+        self._origin = 0
+        """Tape sample where the detector's first window began."""
+        self._cursor = 0
+        """Tape sample where the next VAD window begins."""
+        self._pressed = False
+        self._tail_until: int | None = None
+        """After a release mid-speech, the tape keeps filling up to here (RTP lags the key)."""
+        self._raw: deque[np.ndarray] = deque()
+        self._raw_samples = 0
+        self._rate = 48000
+        self._resampler = samplerate.Resampler("sinc_fastest", channels=1)
+        self._wall_end = clock()
+        self.utterance: int | None = None
+        """Tape sample where the current utterance began; None between utterances."""
+        self.paused_at: int | None = None
+        """Where the latest pause in the current utterance began; None while speech goes on."""
+        self._speech_reported = False
+
+    # -- what the session asks ------------------------------------------------------------------
+
+    @property
+    def listening(self) -> bool:
+        return self._pressed or self.hands_free or (self._tail_until is not None and self.tape.end < self._tail_until)
+
+    @property
+    def speaking(self) -> bool:
+        """Speech is going on now (VAD), in an utterance."""
+        return self.utterance is not None and self._detector.speaking
+
+    @property
+    def speech_s(self) -> float:
+        return self._detector.speech_s
+
+    def audio(self, a: int, b: int) -> np.ndarray:
+        return self.tape.slice(a, b)
+
+    def wall_time(self, sample: int) -> float:
+        """The clock time at which tape position `sample` was heard (from the latest frame's arrival)."""
+        return self._wall_end - (self.tape.end - sample) / RATE
+
+    # -- frames in --------------------------------------------------------------------------
+
+    def feed(self, frame: av.AudioFrame) -> list[TurnEvent]:
+        """One decoded microphone frame; returns the events it completes, in order."""
+        mono = to_float_mono(frame.to_ndarray(), len(frame.layout.channels))
+        if frame.sample_rate != self._rate:
+            self._rate = frame.sample_rate
+            self._resampler.reset()
+        self._wall_end = self._clock()
+        if not self.listening:
+            self._keep_raw(mono)
+            return []
+        self.tape.append(self._resample(mono))
+        return self._analyse()
+
+    def _keep_raw(self, mono: np.ndarray) -> None:
+        self._raw.append(mono)
+        self._raw_samples += mono.size
+        while self._raw_samples - self._raw[0].size >= PREROLL_S * self._rate:
+            self._raw_samples -= self._raw.popleft().size
+
+    def _resample(self, mono: np.ndarray) -> np.ndarray:
+        if self._rate == RATE:
+            return mono
+        out = self._resampler.process(mono, RATE / self._rate, end_of_input=False)
+        return np.asarray(out, np.float32).reshape(-1)
+
+    def _start_listening(self) -> None:
+        """Begin VAD here, with the preroll kept while nobody listened put on the tape first."""
+        self._resampler.reset()
+        self._origin = self._cursor = self.tape.end
+        if self._raw:
+            self.tape.append(self._resample(np.concatenate(list(self._raw))))
+            self._raw.clear()
+            self._raw_samples = 0
+        self._vad.reset()
+        self._detector = SpeechDetector(self._settings)
+
+    def _analyse(self) -> list[TurnEvent]:
+        events: list[TurnEvent] = []
+        while self.tape.end - self._cursor >= WINDOW:
+            window = self.tape.slice(self._cursor, self._cursor + WINDOW)
+            self._cursor += WINDOW
+            (prob,) = self._vad.feed(window)
+            level = rms(window)
+            event = self._detector.update(prob, level, allowed=self.gate(level))
+            if event is not None:
+                events += self._on_speech(event.kind, self._origin + round(event.at * RATE))
+            events += self._check_time()
+        if self.utterance is None and self.hands_free:
+            self.tape.trim(self._cursor - round(PREROLL_S * RATE))
+        return events
+
+    def _on_speech(self, kind: str, sample: int) -> list[TurnEvent]:
+        if kind == "pause":
+            self.paused_at = sample
+            return [TurnEvent("pause", sample)] if self.utterance is not None else []
+        self.paused_at = None
+        if self.utterance is None:
+            if not self.hands_free:
+                return []
+            self.utterance = max(self.tape.start, sample - round(PREROLL_S * RATE))
+            self._speech_reported = False
+            return [TurnEvent("start", self.utterance)]
+        return [TurnEvent("resume", sample)]  # speech (again) inside an utterance: any early work is stale
+
+    def _check_time(self) -> list[TurnEvent]:
+        """Events that depend on how long something has lasted: speech enough to barge in, the
+        hands-free end of turn, the recording limit."""
+        if self.utterance is None:
+            return []
+        out: list[TurnEvent] = []
+        if not self._speech_reported and self._detector.speech_s >= self.turn.barge_in_min_s and self._detector.heard_speech:
+            self._speech_reported = True
+            out.append(TurnEvent("speech", self._cursor))
+        if (self._cursor - self.utterance) / RATE > self.max_record_s:
+            limit = f"Recording stopped at the {self.max_record_s:g}-second limit."
+            out.append(self._end(self._cursor, reason=limit))
+        elif (
+            self.hands_free
+            and not self._pressed
+            and self.paused_at is not None
+            and (self._cursor - self.paused_at) / RATE >= self.turn.end_silence_s
+        ):
+            out.append(self._end(self.paused_at))
+        return out
+
+    def _end(self, sample: int, reason: str | None = None) -> TurnEvent:
+        event = TurnEvent("end", sample, speech_s=self._detector.speech_s, reason=reason)
+        self.utterance = None
+        self.paused_at = None
+        self._pressed = False
+        self._detector.reset()
+        return event
+
+    # -- push-to-talk and mode --------------------------------------------------------------
+
+    def press(self) -> TurnEvent:
+        """The talk key went down: an utterance starts here (with the preroll before it)."""
+        if not self.listening:
+            self._start_listening()
+        self._pressed = True
+        self._detector.reset()
+        self.paused_at = None
+        self._speech_reported = False
+        self.utterance = max(self.tape.start, self._origin, self.tape.end - round(PREROLL_S * RATE))
+        return TurnEvent("start", self.utterance)
+
+    def release(self, tail_s: float = 0.0) -> TurnEvent | None:
+        """The talk key came up: the utterance ends where its speech ended, or, if speech was still
+        going on, at the tape's end; the tape then keeps filling for `tail_s` more (the audio still
+        on its way), which the caller waits for."""
+        if not self._pressed or self.utterance is None:
+            self._pressed = False
+            return None
+        still_speaking = self._detector.speaking or self.paused_at is None
+        end = self.tape.end if still_speaking else self.paused_at
+        assert end is not None
+        if still_speaking and tail_s > 0:
+            self._tail_until = self.tape.end + round(tail_s * RATE)
+        return self._end(end)
+
+    def set_hands_free(self, on: bool) -> None:
+        """Switch modes; an utterance in progress is dropped (its audio stays on the tape)."""
+        if on == self.hands_free:
+            return
+        was_listening = self.listening
+        self.hands_free = on
+        self.utterance = None
+        self.paused_at = None
+        self._pressed = False
+        if self.listening and not was_listening:
+            self._start_listening()

@@ -1,0 +1,240 @@
+"""One answer: the LLM's words, cut into sentences, each spoken by TTS into the pacing track.
+
+Invariants:
+- Until `commit`, a reply is speculative: the LLM and TTS work, but nothing reaches the page or
+  the track; text and packets wait. `commit` hands over what waited, in order, and from then on
+  text goes to the page and packets to the track as they come.
+- Sentence i's packets enter the track tagged (reply id, i), so `heard()` can say from what the
+  track really played which words the user heard: whole sentences, then the start of the one
+  being played, in proportion to its audio played.
+- `stop()` cancels the LLM stream and the TTS call at once (the caller clears the track).
+- Its stage times (llm_ttft, first_sentence, tts_ttfb) are measured here, on its own requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Coroutine, Hashable
+from dataclasses import dataclass
+from typing import Any
+
+from media.text import SentenceSplitter, clean_for_speech
+from media.track import PacingTrack
+from parley.metrics import Stopwatch, TurnMetrics
+from parley.services import Services
+from parley.types import ChatMessage, OpusPacket
+
+log = logging.getLogger("parley.reply")
+
+Publish = Callable[[str, str], Coroutine[Any, Any, None]]
+"""`publish(kind, text)`: show text in the page; kind is 'delta' (answer text) or 'tts_error' (a reason)."""
+
+
+@dataclass
+class _Sentence:
+    text: str
+    samples: int = 0
+    """48 kHz samples TTS made for it so far."""
+    complete: bool = False
+
+
+class Reply:
+    """The assistant's answer to one prompt, speculative until committed."""
+
+    def __init__(
+        self,
+        reply_id: str,
+        messages: list[ChatMessage],
+        services: Services,
+        *,
+        voice: str | None = None,
+        first_clause_words: int | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.id = reply_id
+        self.text = ""
+        """The LLM's text so far."""
+        self.text_done = False
+        self.metrics = TurnMetrics()
+        self.tts_errors: list[str] = []
+        self._messages = messages
+        self._services = services
+        self._voice = voice
+        self._clause_words = first_clause_words
+        self._clock = clock
+        self._sentences: list[_Sentence] = []
+        self._outbox: asyncio.Queue[tuple[str, str] | None] = asyncio.Queue()
+        """('delta', text) for the page, then None at the end of the text."""
+        self._publish_fn: Publish | None = None
+        self._notices: set[asyncio.Task[None]] = set()
+        self._held: list[tuple[OpusPacket, Hashable]] = []
+        self._track: PacingTrack | None = None
+        self._live = False
+        self._work: asyncio.Task[None] | None = None
+        self._publisher: asyncio.Task[None] | None = None
+        self._text_ended = False
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    def start(self) -> Reply:
+        """Begin asking the LLM (and speaking sentences, held back until commit)."""
+        self._work = asyncio.get_running_loop().create_task(self._run())
+        return self
+
+    def commit(self, track: PacingTrack | None, publish: Publish) -> None:
+        """Go live: what waited goes out now, in order, and everything after as it comes.
+
+        `publish(kind, text)` shows text in the page (kind 'delta' or 'tts_error'); `track` plays
+        the speech (None: no media connected, text only).
+        """
+        self._track = track
+        if track is not None:
+            for packet, tag in self._held:
+                track.put(packet, tag)
+        self._held.clear()
+        self._live = True
+        self._publish_fn = publish
+        self._publisher = asyncio.get_running_loop().create_task(self._publish(publish))
+        for reason in self.tts_errors:
+            self._tell(reason)
+
+    async def text_finished(self) -> None:
+        """Wait until the LLM has finished and the page has been given all of its text.
+
+        Raises what the LLM raised (the text up to then stays in `text`)."""
+        assert self._work is not None and self._publisher is not None, "start() and commit() first"
+        await self._publisher
+        if not self.text_done:
+            await self._work  # the text ended early: this raises why
+
+    async def played(self) -> None:
+        """Wait until every sentence has been synthesized and played."""
+        assert self._work is not None
+        await self._work
+        if self._track is not None:
+            await self._track.drained()
+
+    async def stop(self) -> None:
+        """Cancel the LLM and TTS work and the publishing, now."""
+        for task in (self._work, self._publisher):
+            if task is not None and not task.done():
+                task.cancel()
+        for task in (self._work, self._publisher):
+            if task is not None:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+        if self._track is not None:
+            for index in range(len(self._sentences)):
+                self._track.forget((self.id, index))
+
+    # -- what was heard -----------------------------------------------------------------------
+
+    def heard(self) -> tuple[str, str]:
+        """(the words the user heard, the words they did not), from the audio that left the track.
+
+        Audio that has left is on its way and will be played, so it counts; audio still queued
+        when the track was cleared never will. With no track (no media connected) the user read
+        everything: it all counts as heard. Call it before `stop()`, which forgets the counts.
+        """
+        words = clean_for_speech(self.text).split()
+        track = self._track
+        if track is None:
+            return " ".join(words), ""
+        count = 0.0
+        for index, sentence in enumerate(self._sentences):
+            heard = track.played((self.id, index)).samples
+            size = len(sentence.text.split())
+            if sentence.complete and sentence.samples and heard >= sentence.samples:
+                count += size
+                continue
+            if sentence.samples:
+                count += size * min(1.0, heard / sentence.samples)
+            break
+        cut = int(count)
+        return " ".join(words[:cut]), " ".join(words[cut:])
+
+    # -- the work ---------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        sentences: asyncio.Queue[int | None] = asyncio.Queue()
+        speaker = asyncio.get_running_loop().create_task(self._speak(sentences))
+        request = Stopwatch(self._clock)
+        splitter = SentenceSplitter(first_clause_words=self._clause_words)
+        try:
+            async for delta in self._services.stream_reply(self._messages):
+                if not delta:
+                    continue
+                if self.metrics.llm_ttft is None:
+                    self.metrics.llm_ttft = request.elapsed()
+                self.text += delta
+                self._outbox.put_nowait(("delta", delta))
+                for sentence in splitter.feed(delta):
+                    self._hand_to_tts(sentence, sentences, request)
+            for sentence in splitter.flush():
+                self._hand_to_tts(sentence, sentences, request)
+            self.text_done = True
+            self._end_text()
+            sentences.put_nowait(None)
+            await speaker
+        finally:
+            self._end_text()
+            speaker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await speaker
+
+    def _end_text(self) -> None:
+        if not self._text_ended:
+            self._text_ended = True
+            self._outbox.put_nowait(None)
+
+    def _hand_to_tts(self, sentence: str, sentences: asyncio.Queue[int | None], request: Stopwatch) -> None:
+        if self.metrics.first_sentence is None:
+            self.metrics.first_sentence = request.elapsed()
+        self._sentences.append(_Sentence(sentence))
+        sentences.put_nowait(len(self._sentences) - 1)
+
+    async def _speak(self, sentences: asyncio.Queue[int | None]) -> None:
+        """Synthesize sentences in order; each packet goes out (or waits) as soon as it exists."""
+        while (index := await sentences.get()) is not None:
+            sentence = self._sentences[index]
+            handed = Stopwatch(self._clock)
+            try:
+                async for packet in self._services.synthesize(sentence.text, self._voice):
+                    if self.metrics.tts_ttfb is None:
+                        self.metrics.tts_ttfb = handed.elapsed()
+                    sentence.samples += packet.samples
+                    self._out(packet, (self.id, index))
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the text stays; this sentence just goes unspoken
+                log.warning("reply %s: TTS failed: %r", self.id, exc)
+                self.tts_errors.append(str(exc))
+                if self._live:
+                    self._tell(str(exc))
+            sentence.complete = True
+
+    def _tell(self, reason: str) -> None:
+        """Show a TTS failure in the page (once live), whenever it happens."""
+        assert self._publish_fn is not None
+        task = asyncio.get_running_loop().create_task(self._publish_fn("tts_error", reason))
+        self._notices.add(task)
+        task.add_done_callback(self._notices.discard)
+
+    def _out(self, packet: OpusPacket, tag: Hashable) -> None:
+        if not self._live:
+            self._held.append((packet, tag))
+        elif self._track is not None:
+            self._track.put(packet, tag)
+
+    async def _publish(self, publish: Publish) -> None:
+        """Hand the page what the reply has, in order: waiting deltas merged into one event."""
+        while (item := await self._outbox.get()) is not None:
+            kind, text = item
+            if kind == "delta":
+                while not self._outbox.empty() and (peek := self._outbox._queue[0]) is not None and peek[0] == "delta":  # type: ignore[attr-defined]
+                    text += peek[1]
+                    self._outbox.get_nowait()
+            await publish(kind, text)

@@ -1,0 +1,113 @@
+"""One utterance while it is spoken: its words transcribed in pieces, and an answer started early.
+
+Invariants:
+- Audio is transcribed in pieces cut at pauses. Once the current piece is at least `segment_s`
+  long, it is transcribed one last time and kept; only the piece after the last kept one is
+  transcribed again at later pauses, so at the end of a long turn only its last piece is left.
+- A speculation is the transcript up to one pause and the reply started on it. It is used only if
+  the turn ends with no speech after that pause; speech resuming cancels it (a kept piece's
+  transcription goes on, it is still needed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import av
+import numpy as np
+
+from media.vad import RATE
+from parley.reply import Reply
+from parley.types import Transcript
+
+END_PAD_S = 0.2
+"""Audio kept after the end of speech: the VAD's pause starts at the first quiet window, and soft
+word endings ("s", "f") are quieter than that."""
+
+Transcribe = Callable[[np.ndarray], Awaitable[Transcript]]
+
+
+@dataclass
+class Speculation:
+    """The transcript up to `until` and the reply started on it, before the turn is confirmed."""
+
+    until: int
+    task: asyncio.Task[tuple[str, Reply | None]]
+
+    async def cancel(self) -> None:
+        """Drop it: its ASR call and its reply (if one started) are cancelled."""
+        self.task.cancel()
+        result: tuple[str, Reply | None] | None = None
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            result = await self.task
+        if result is not None and result[1] is not None:
+            await result[1].stop()
+
+
+@dataclass
+class Utterance:
+    """What the user is saying now: where it began, the camera frame then, and its transcript."""
+
+    start: int
+    frame: av.VideoFrame | None
+    transcribe: Transcribe
+    audio: Callable[[int, int], np.ndarray]
+    segment_s: float
+    clock: Callable[[], float] = time.monotonic
+    speculation: Speculation | None = None
+    asr_s: float | None = None
+    """How long the latest ASR call took (the turn's `asr` stage when its text is used)."""
+    _kept: list[asyncio.Task[str]] = field(default_factory=list)
+    _piece: int = -1
+
+    def __post_init__(self) -> None:
+        self._piece = self.start
+
+    def text_until(self, end: int, *, final: bool = False) -> asyncio.Task[str]:
+        """The words from the start to `end` (plus a little padding), as a task.
+
+        At a pause (`final` False) a piece that has grown to `segment_s` is kept for good."""
+        loop = asyncio.get_running_loop()
+        piece = loop.create_task(self._transcribe(self._piece, end))
+        kept = list(self._kept)
+        if not final and (end - self._piece) / RATE >= self.segment_s:
+            self._kept.append(piece)
+            self._piece = end
+            kept.append(piece)
+            return loop.create_task(_joined(kept, None))
+        return loop.create_task(_joined(kept, piece))
+
+    async def _transcribe(self, a: int, b: int) -> str:
+        audio = self.audio(a, b + round(END_PAD_S * RATE))
+        if audio.size < RATE // 10:
+            return ""
+        began = self.clock()
+        transcript = await self.transcribe(audio)
+        self.asr_s = self.clock() - began
+        return transcript.text.strip()
+
+    async def drop(self) -> None:
+        """The utterance is over without a turn: cancel everything still running for it."""
+        if self.speculation is not None:
+            await self.speculation.cancel()
+            self.speculation = None
+        for task in self._kept:
+            task.cancel()
+
+
+async def _joined(kept: list[asyncio.Task[str]], last: asyncio.Task[str] | None) -> str:
+    """The pieces' words in order. Cancelling this cancels only `last`: kept pieces are shared by
+    every later speculation and by the final transcript."""
+    try:
+        texts = [await asyncio.shield(piece) for piece in kept]
+        if last is not None:
+            texts.append(await last)
+    except asyncio.CancelledError:
+        if last is not None:
+            last.cancel()
+        raise
+    return " ".join(t for t in texts if t)

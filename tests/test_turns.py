@@ -1,0 +1,221 @@
+"""Turn-taking without Ray or models but the VAD: speech and silence in, events and turns out.
+
+Speech is hibari's voice (as in every test that needs spoken words); the services are scripted,
+so what is asserted is what the session decides and when, on the audio's own clock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import numpy as np
+import pytest
+
+from media.track import PacingTrack, Played
+from media.vad import RATE, WINDOW, SileroVAD, SpeechDetector, rms
+from parley.config import TurnConfig
+from parley.recorder import Recorder
+from parley.reply import Reply
+from parley.types import OpusPacket
+from tests.speech import speak, trim
+from tests.test_session import Page, ScriptedServices, frames, make_session, pump, wait_until
+
+QUESTION = "What is the capital of France?"
+
+
+def silence(seconds: float, rate: int = RATE) -> np.ndarray:
+    return np.zeros(int(seconds * rate), np.float32)
+
+
+def trimmed(audio: np.ndarray, rate: int) -> np.ndarray:
+    return trim(audio)
+
+
+def detect(audio: np.ndarray) -> list[tuple[str, float]]:
+    vad, detector = SileroVAD(), SpeechDetector()
+    events: list = []
+    for i in range(0, len(audio) - WINDOW + 1, WINDOW):
+        window = audio[i : i + WINDOW]
+        (prob,) = vad.feed(window)
+        if (event := detector.update(prob, rms(window))) is not None:
+            events.append((event.kind, event.at))
+    return events
+
+
+def test_the_detector_marks_speech_its_pauses_and_its_return_on_recorded_audio() -> None:
+    words = trimmed(speak(QUESTION, rate=RATE), RATE)
+    said = len(words) / RATE
+    audio = np.concatenate([silence(0.5), words, silence(0.8), words, silence(0.5)])
+    events = detect(audio)
+    assert [k for k, _ in events] == ["start", "pause", "resume", "pause"], events
+    (_, start), (_, pause), (_, resume), (_, end) = events
+    assert abs(start - 0.5) < 0.1 and abs(pause - (0.5 + said)) < 0.15, events
+    assert abs(resume - (0.5 + said + 0.8)) < 0.1 and abs(end - (0.5 + 2 * said + 0.8)) < 0.15, events
+
+
+def test_silence_noise_and_a_click_are_not_speech() -> None:
+    rng = np.random.default_rng(1)
+    click = np.zeros(RATE, np.float32)
+    click[8000:8040] = 0.9
+    noise = (0.01 * rng.standard_normal(2 * RATE)).astype(np.float32)
+    assert detect(np.concatenate([silence(1.0), click, noise])) == []
+
+
+def test_a_vad_fed_in_odd_chunks_gives_the_same_probabilities() -> None:
+    audio = np.concatenate([silence(0.3), speak(QUESTION, rate=RATE)])
+    whole = SileroVAD().feed(audio)
+    chunked = SileroVAD()
+    pieces = [chunked.feed(audio[i : i + 333]) for i in range(0, len(audio), 333)]
+    assert np.allclose(whole, [p for piece in pieces for p in piece], atol=1e-5)
+
+
+def recorder_run(audio_48k: np.ndarray, **turn: Any) -> tuple[Recorder, list[tuple[str, float, float]]]:
+    recorder = Recorder(TurnConfig(hands_free=True, **turn), max_record_s=60)
+    events: list = []
+    for frame in frames(audio_48k):
+        for event in recorder.feed(frame):
+            events.append((event.kind, event.sample / RATE, event.speech_s))
+    return recorder, events
+
+
+def test_hands_free_a_turn_ends_after_the_silence_and_counts_its_speech() -> None:
+    words = trimmed(speak(QUESTION, rate=48000), 48000)
+    said = len(words) / 48000
+    _, events = recorder_run(np.concatenate([silence(0.6, 48000), words, silence(1.0, 48000)]), end_silence_s=0.6)
+    kinds = [k for k, _, _ in events]
+    assert kinds == ["start", "speech", "pause", "end"], events
+    start, end = events[0][1], events[-1][1]
+    assert abs(start - (0.6 - 0.3)) < 0.12, "the utterance begins a preroll before the speech"
+    assert abs(end - (0.6 + said)) < 0.15, "the turn ends where speech ended, not where the silence did"
+    assert 0.6 * said < events[-1][2] <= said + 0.1
+
+
+def test_a_short_pause_inside_a_question_does_not_end_the_turn() -> None:
+    first = trimmed(speak("What is the capital", rate=48000), 48000)
+    second = trimmed(speak("of France?", rate=48000), 48000)
+    audio = np.concatenate([silence(0.5, 48000), first, silence(0.3, 48000), second, silence(1.0, 48000)])
+    _, events = recorder_run(audio, end_silence_s=0.6)
+    assert [k for k, _, _ in events] == ["start", "speech", "pause", "resume", "pause", "end"], events
+
+
+def test_a_cough_is_too_little_speech_for_a_turn() -> None:
+    rng = np.random.default_rng(2)
+    t = np.arange(int(0.15 * 48000)) / 48000
+    cough = (0.6 * rng.standard_normal(t.size) * np.exp(-t * 25)).astype(np.float32)
+    _, events = recorder_run(np.concatenate([silence(0.5, 48000), cough, silence(1.0, 48000)]))
+    ends = [e for e in events if e[0] == "end"]
+    assert all(speech_s < TurnConfig().min_speech_s for _, _, speech_s in ends), events
+
+
+def test_the_assistants_own_voice_at_minus_20_db_is_not_speech_but_the_user_is() -> None:
+    recorder = Recorder(TurnConfig(hands_free=True), max_record_s=60)
+    playing = 0.1  # the level Parley sent lately
+    recorder.gate = lambda level: level >= playing * 10 ** (-12 / 20)
+    echo = 0.1 * trimmed(speak("The capital of France is Paris, a city on the Seine.", rate=48000), 48000)
+    heard = [e for frame in frames(np.concatenate([silence(0.3, 48000), echo])) for e in recorder.feed(frame)]
+    assert heard == []
+    user = trimmed(speak(QUESTION, rate=48000), 48000)
+    said = [e.kind for frame in frames(user) for e in recorder.feed(frame)]
+    assert said[:2] == ["start", "speech"]
+
+
+# -- speculation ---------------------------------------------------------------------------------
+
+
+async def test_work_started_at_a_pause_is_cancelled_when_speech_resumes_and_redone_at_the_end() -> None:
+    reply = ["Paris ", "is ", "the ", "capital ", "of ", "France."]
+    services = ScriptedServices(reply, delta_delay=0.1, transcript="What is the capital of France?")
+    session, page, track = make_session(services, turn={"hands_free": True, "end_silence_s": 0.6})
+    stop = asyncio.Event()
+    pumping = asyncio.create_task(pump(track, stop))
+    first = trimmed(speak("What is the capital", rate=48000), 48000)
+    second = trimmed(speak("of France?", rate=48000), 48000)
+    audio = np.concatenate([silence(0.4, 48000), first, silence(0.4, 48000), second, silence(1.0, 48000)])
+    for frame in frames(audio):
+        session.on_audio_frame(frame)
+        await asyncio.sleep(0.02)  # frames arrive in real time, as from a browser
+    await wait_until(lambda: page.of("metrics"), timeout=10)
+    stop.set()
+    await pumping
+    assert services.transcribed >= 2 and len(services.requests) >= 2, "an answer was started at the first pause"
+    assert services.cancelled >= 1, "the answer started at the first pause was stopped when speech resumed"
+    user = [m for m in page.of("message") if m["role"] == "user"]
+    assert [m["text"] for m in user] == ["What is the capital of France?"]
+    assert len([m for m in page.of("message") if m["role"] == "assistant"]) == 1, "nothing speculative was shown"
+    await session.close()
+
+
+async def test_nothing_speculative_is_shown_or_spoken_before_the_turn_ends() -> None:
+    services = ScriptedServices(["Paris is the capital."], transcript="What is the capital of France?")
+    session, page, track = make_session(services, turn={"hands_free": True, "end_silence_s": 3.0})
+    words = trimmed(speak(QUESTION, rate=48000), 48000)
+    for frame in frames(np.concatenate([silence(0.4, 48000), words, silence(1.0, 48000)])):
+        session.on_audio_frame(frame)
+        await asyncio.sleep(0.002)
+    await wait_until(lambda: services.spoken, timeout=5)  # the answer is written and synthesized...
+    await asyncio.sleep(0.1)
+    assert not page.of("message") and not page.of("delta") and track.queued_s == 0, "...but not shown nor queued"
+    for frame in frames(silence(2.5, 48000)):  # the silence goes on: the turn ends
+        session.on_audio_frame(frame)
+    await wait_until(lambda: page.of("delta"), timeout=5)
+    assert services.transcribed == 1 and len(services.requests) == 1, "the early work was used, not redone"
+    await session.close()
+
+
+# -- what was heard ------------------------------------------------------------------------------
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def fake_timed_track() -> tuple[Clock, PacingTrack]:
+    """A track on a fake clock: waiting for a packet's time moves the clock there at once."""
+    clock = Clock()
+
+    async def advance(seconds: float) -> None:
+        clock.now += seconds
+
+    return clock, PacingTrack(clock=clock, sleep=advance)
+
+
+async def test_heard_words_follow_the_audio_the_track_played() -> None:
+    clock, track = fake_timed_track()
+    services = ScriptedServices(["One two three four. ", "Five six seven eight."])
+    services.packets = 10  # 200 ms of audio per sentence
+    reply = Reply("r1", [], services, clock=clock).start()
+    page = Page()
+    reply.commit(track, lambda kind, text: page("delta", {"text": text}))
+    await reply.text_finished()
+    await wait_until(lambda: track.queued_s >= 0.4)
+
+    async def play(packets: int) -> None:
+        for _ in range(packets):
+            await track.recv()
+
+    assert reply.heard() == ("", "One two three four. Five six seven eight.")
+    await play(5)
+    assert reply.heard() == ("One two", "three four. Five six seven eight."), "words in proportion to the audio played"
+    await play(5)
+    assert reply.heard() == ("One two three four.", "Five six seven eight.")
+    await play(5)
+    track.clear()  # interrupted: the rest of the second sentence never leaves
+    assert reply.heard() == ("One two three four. Five six", "seven eight.")
+    await reply.stop()
+
+
+async def test_the_track_counts_played_audio_per_tag_and_remembers_its_level() -> None:
+    _, track = fake_timed_track()
+    track.put(OpusPacket(data=b"\xfc\x01", samples=960, level=0.2), tag="a")
+    track.put(OpusPacket(data=b"\xfc\x02", samples=960), tag="b")
+    await track.recv()
+    assert track.played("a").samples == 960 and track.played("b") == Played()
+    assert track.recent_level(1.0) == pytest.approx(0.2)
+    for _ in range(150):  # three seconds of silence later, nothing it played can still echo
+        await track.recv()
+    assert track.recent_level(1.0) == 0.0
