@@ -6,6 +6,10 @@ Invariants:
 - While listening (the key is down, or hands-free), audio is resampled to 16 kHz onto the tape
   and every 32 ms window goes through the VAD and the speech detector, at once, in order; the
   events that come back carry positions on the tape (16 kHz samples since the recorder began).
+- The tape follows the sender's clock, not the packets: a jump in the frames' timestamps (packets
+  lost, or a sender that stops sending during silence) becomes silence on the tape, and while an
+  utterance is open `fill_silence` lays down silence for time in which no frame came at all, so
+  an utterance always ends even when its audio stops arriving.
 - An utterance lasts from its start (key down, or speech in hands-free, with `PREROLL_S` before
   it) to its `end` event: the key coming up, `end_silence_s` of silence in hands-free, or the
   recording limit. `pause`/`resume` mark the pauses inside it; `speech` fires once, when it has
@@ -31,6 +35,9 @@ from parley.config import TurnConfig
 
 PREROLL_S = 0.3
 """Audio kept from before an utterance starts, so its first syllable is not clipped."""
+
+FILL_AFTER_S = 0.2
+"""No frame for this long inside an utterance: the time since counts as silence."""
 
 TurnKind = Literal["start", "speech", "pause", "resume", "end"]
 
@@ -103,6 +110,8 @@ class Recorder:
         self._rate = 48000
         self._resampler = samplerate.Resampler("sinc_fastest", channels=1)
         self._wall_end = clock()
+        self._next_pts: int | None = None
+        """The timestamp the next frame should carry (in its sample rate's units)."""
         self.utterance: int | None = None
         """Tape sample where the current utterance began; None between utterances."""
         self.paused_at: int | None = None
@@ -139,11 +148,38 @@ class Recorder:
         if frame.sample_rate != self._rate:
             self._rate = frame.sample_rate
             self._resampler.reset()
+            self._next_pts = None
+        gap = self._gap(frame)
         self._wall_end = self._clock()
         if not self.listening:
             self._keep_raw(mono)
             return []
+        if gap:
+            self.tape.append(np.zeros(round(gap * RATE / self._rate), np.float32))
         self.tape.append(self._resample(mono))
+        return self._analyse()
+
+    def _gap(self, frame: av.AudioFrame) -> int:
+        """Samples missing before this frame, by its timestamp (0 if none, or if it cannot tell)."""
+        pts, expected = frame.pts, self._next_pts
+        if pts is None:
+            return 0
+        self._next_pts = max(pts, expected or pts) + frame.samples
+        if expected is None or pts <= expected or pts - expected > 10 * self._rate:
+            return 0
+        return pts - expected
+
+    def fill_silence(self) -> list[TurnEvent]:
+        """While an utterance is open and no frame has come for a while, that time was silent:
+        lay it down, so the utterance can end. Returns the events that completes."""
+        quiet = self._clock() - self._wall_end
+        if self.utterance is None or not self.listening or quiet < FILL_AFTER_S:
+            return []
+        samples = round(quiet * self._rate)
+        if self._next_pts is not None:
+            self._next_pts += samples
+        self._wall_end += samples / self._rate
+        self.tape.append(np.zeros(round(samples * RATE / self._rate), np.float32))
         return self._analyse()
 
     def _keep_raw(self, mono: np.ndarray) -> None:

@@ -14,7 +14,8 @@ import contextlib
 import logging
 from collections.abc import Sequence
 
-from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
+from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCRtpReceiver, RTCSessionDescription
+from aiortc.jitterbuffer import JitterBuffer
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from media.track import PacingTrack
@@ -27,6 +28,21 @@ log = logging.getLogger("parley.rtc")
 
 def rtc_configuration(servers: Sequence[IceServer]) -> RTCConfiguration:
     return RTCConfiguration(iceServers=[RTCIceServer(urls=s.urls, username=s.username, credential=s.credential) for s in servers])
+
+
+def release_audio_at_once(receiver: RTCRtpReceiver) -> None:
+    """Hand each microphone frame over as soon as it is complete, instead of 80 ms later.
+
+    aiortc's audio jitter buffer holds four frames before releasing one, a cushion for smooth
+    playout. The server never plays the microphone: it listens for the end of speech and for
+    barge-in, where those 80 ms are pure delay. Frames still come out in order, as each next one
+    arrives. (aiortc 1.16 has no setting for it; the buffer is replaced on the receiver.)
+    """
+    name = "_RTCRtpReceiver__jitter_buffer"
+    if not hasattr(receiver, name):
+        log.warning("aiortc's receiver has no %s: microphone audio keeps its 80 ms prefetch", name)
+        return
+    setattr(receiver, name, JitterBuffer(capacity=16, prefetch=1))
 
 
 class SdpError(ValueError):
@@ -66,6 +82,10 @@ class Peer:
         return answer
 
     def _on_track(self, track: MediaStreamTrack) -> None:
+        if track.kind == "audio":
+            for transceiver in self.pc.getTransceivers():
+                if transceiver.receiver.track is track:
+                    release_audio_at_once(transceiver.receiver)
         self._readers.append(asyncio.get_running_loop().create_task(self._read(track)))
 
     async def _read(self, track: MediaStreamTrack) -> None:

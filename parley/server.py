@@ -37,6 +37,7 @@ ROOT = Path(__file__).resolve().parent.parent
 STATIC = ROOT / "static"
 VENDOR = {"socket.io.min.js": ROOT / "node_modules/socket.io-client/dist/socket.io.min.js"}
 HOUSEKEEPING_S = 5.0
+TICK_S = 0.1
 _SESSION_ID = re.compile(r"^[A-Za-z0-9_-]{8,64}$")
 
 
@@ -80,6 +81,7 @@ class IngressServer:
         self._sid_session: dict[str, str] = {}
         self._runner: web.AppRunner | None = None
         self._reaper: asyncio.Task[None] | None = None
+        self._ticker: asyncio.Task[None] | None = None
         self.url = ""
         self.scheme = "http" if is_loopback(config.server.host) else "https"
         """What browsers speak to this server; it decides which Origin a socket.io handshake may carry."""
@@ -119,18 +121,31 @@ class IngressServer:
         shown = "localhost" if cfg.host in ("0.0.0.0", "::") else cfg.host
         self.url = f"{self.scheme}://{shown}:{cfg.port}/"
         self._reaper = asyncio.get_running_loop().create_task(self._reap())
+        self._ticker = asyncio.get_running_loop().create_task(self._tick())
         log.info("Parley is serving %s", self.url)
         return self.url
 
     async def stop(self) -> None:
-        if self._reaper:
-            self._reaper.cancel()
+        for task in (self._reaper, self._ticker):
+            if task:
+                task.cancel()
         for sid in list(self.peers):
             await self._close_peer(sid)
         for session in self.sessions.values():
             await session.close()
         if self._runner:
             await self._runner.cleanup()
+
+    async def _tick(self) -> None:
+        """Every 0.1 s: sessions in the middle of an utterance check their audio has not stopped."""
+        while True:
+            await asyncio.sleep(TICK_S)
+            for session in self.sessions.values():
+                if session.recorder.utterance is not None:
+                    try:
+                        session.tick()
+                    except Exception:
+                        log.exception("session %s: tick failed", session.id[:8])
 
     async def _reap(self) -> None:
         """Every few seconds: report late audio packets, and forget sessions whose browser has

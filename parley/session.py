@@ -152,6 +152,11 @@ class Session:
         for event in self.recorder.feed(frame):
             self._on_turn_event(event)
 
+    def tick(self) -> None:
+        """Called often (every 0.1 s) by the server: an utterance whose audio stopped arriving still ends."""
+        for event in self.recorder.fill_silence():
+            self._on_turn_event(event)
+
     def on_video_frame(self, frame: av.VideoFrame) -> None:
         self.latest_frame = frame
 
@@ -177,9 +182,11 @@ class Session:
                 self._speculate(self._utterance, event.sample)
         elif event.kind == "resume":
             self._set_state("hearing")
-            if self._utterance is not None and self._utterance.speculation is not None:
-                self._spawn(self._utterance.speculation.cancel())
-                self._utterance.speculation = None
+            if self._utterance is not None:
+                self._utterance.resumed(event.sample)  # first: a piece kept now survives the cancel
+                if self._utterance.speculation is not None:
+                    self._spawn(self._utterance.speculation.cancel())
+                    self._utterance.speculation = None
         elif event.kind == "end":
             self._spawn(self._end_utterance(event, anchor=self.recorder.wall_time(event.sample)))
 
@@ -326,7 +333,7 @@ class Session:
             else:
                 if speculation is not None:
                     await speculation.cancel()
-                words, reply = await utterance.text_until(end, final=True), None
+                words, reply = await utterance.text_until(end), None
         except Exception as exc:
             log.exception("session %s: ASR failed", self.id[:8])
             self._meter.error("asr")
@@ -429,10 +436,10 @@ class Session:
         if self.track is not None:
             self.track.clear()
         answer.text, answer.unspoken = reply.heard()
-        await reply.stop()
         answer.state = "interrupted"
         log.info("session %s: interrupted after %d heard words", self.id[:8], len(answer.text.split()))
         await self.emit("state", {"id": answer.id, "state": "interrupted", "text": answer.text, "unspoken": answer.unspoken})
+        await reply.stop()
 
     def _report(self, metrics: TurnMetrics) -> None:
         for stage in STAGES:

@@ -67,6 +67,4 @@ class OpusPacket(BaseModel):
 
     data: bytes
     samples: int = Field(default=960, description="Duration in samples of the 48 kHz RTP clock (960 = 20 ms).")
-    level: float | None = Field(
-        default=None, description="RMS level of the audio it carries (0..1), when the producer knows it."
-    )
+    level: float | None = Field(default=None, description="RMS level of the audio it carries (0..1), when the producer knows it.")

@@ -1,9 +1,11 @@
 """One utterance while it is spoken: its words transcribed in pieces, and an answer started early.
 
 Invariants:
-- Audio is transcribed in pieces cut at pauses. Once the current piece is at least `segment_s`
-  long, it is transcribed one last time and kept; only the piece after the last kept one is
-  transcribed again at later pauses, so at the end of a long turn only its last piece is left.
+- Audio is transcribed in pieces cut at real pauses: when speech resumes after at least
+  `CUT_PAUSE_S` of quiet and the piece before it is at least `segment_s` long, the transcription
+  made of that piece at the pause is kept; only the piece after the last kept one is transcribed
+  again at later pauses, so at the end of a long turn only its last piece is left. (A pause is
+  noticed after 64 ms, often inside a word; only a longer one is safe to cut at.)
 - A speculation is the transcript up to one pause and the reply started on it. It is used only if
   the turn ends with no speech after that pause; speech resuming cancels it (a kept piece's
   transcription goes on, it is still needed).
@@ -27,6 +29,9 @@ from parley.types import Transcript
 END_PAD_S = 0.2
 """Audio kept after the end of speech: the VAD's pause starts at the first quiet window, and soft
 word endings ("s", "f") are quieter than that."""
+
+CUT_PAUSE_S = 0.25
+"""A pause at least this long lies between words: a piece may end there."""
 
 Transcribe = Callable[[np.ndarray], Awaitable[Transcript]]
 
@@ -63,23 +68,40 @@ class Utterance:
     """How long the latest ASR call took (the turn's `asr` stage when its text is used)."""
     _kept: list[asyncio.Task[str]] = field(default_factory=list)
     _piece: int = -1
+    _candidate: tuple[int, asyncio.Task[str]] | None = None
 
     def __post_init__(self) -> None:
         self._piece = self.start
 
-    def text_until(self, end: int, *, final: bool = False) -> asyncio.Task[str]:
-        """The words from the start to `end` (plus a little padding), as a task.
-
-        At a pause (`final` False) a piece that has grown to `segment_s` is kept for good."""
+    def text_until(self, end: int) -> asyncio.Task[str]:
+        """The words from the start to `end` (plus a little padding), as a task: the kept pieces'
+        words and a fresh transcription of the piece after them."""
         loop = asyncio.get_running_loop()
         piece = loop.create_task(self._transcribe(self._piece, end))
-        kept = list(self._kept)
-        if not final and (end - self._piece) / RATE >= self.segment_s:
+        self._candidate = (end, piece)
+        return loop.create_task(self._joined(list(self._kept), piece))
+
+    def resumed(self, at: int) -> None:
+        """Speech came back at `at`: a long piece before a real pause is kept, with its transcription."""
+        if self._candidate is None:
+            return
+        end, piece = self._candidate
+        self._candidate = None
+        if (at - end) / RATE >= CUT_PAUSE_S and (end - self._piece) / RATE >= self.segment_s:
             self._kept.append(piece)
             self._piece = end
-            kept.append(piece)
-            return loop.create_task(_joined(kept, None))
-        return loop.create_task(_joined(kept, piece))
+
+    async def _joined(self, kept: list[asyncio.Task[str]], last: asyncio.Task[str]) -> str:
+        """The pieces' words in order. Cancelling this cancels `last` unless it has been kept
+        since: kept pieces serve every later speculation and the final transcript."""
+        try:
+            texts = [await asyncio.shield(piece) for piece in kept]
+            texts.append(await asyncio.shield(last))
+        except asyncio.CancelledError:
+            if last not in self._kept:
+                last.cancel()
+            raise
+        return " ".join(t for t in texts if t)
 
     async def _transcribe(self, a: int, b: int) -> str:
         audio = self.audio(a, b + round(END_PAD_S * RATE))
@@ -97,17 +119,3 @@ class Utterance:
             self.speculation = None
         for task in self._kept:
             task.cancel()
-
-
-async def _joined(kept: list[asyncio.Task[str]], last: asyncio.Task[str] | None) -> str:
-    """The pieces' words in order. Cancelling this cancels only `last`: kept pieces are shared by
-    every later speculation and by the final transcript."""
-    try:
-        texts = [await asyncio.shield(piece) for piece in kept]
-        if last is not None:
-            texts.append(await last)
-    except asyncio.CancelledError:
-        if last is not None:
-            last.cancel()
-        raise
-    return " ".join(t for t in texts if t)

@@ -88,7 +88,7 @@ CONNECTED = "window.parley && window.parley.pc && window.parley.pc.connectionSta
 
 
 @asynccontextmanager
-async def opened(url: str, args: list[str]) -> AsyncIterator[Any]:
+async def opened(url: str, args: list[str], *, init_script: str | None = None) -> AsyncIterator[Any]:
     """The page at `url`, its WebRTC connected; fails the test if the page raised."""
     from playwright.async_api import async_playwright
 
@@ -97,6 +97,8 @@ async def opened(url: str, args: list[str]) -> AsyncIterator[Any]:
         page = await browser.new_page()
         errors: list[str] = []
         page.on("pageerror", lambda exc: errors.append(str(exc)))
+        if init_script:
+            await page.add_init_script(init_script)
         await page.goto(url)
         await page.wait_for_function(CONNECTED, timeout=30000)
         yield page
@@ -242,3 +244,71 @@ async def test_over_https_by_a_name_of_its_own_a_typed_and_a_spoken_turn_are_ans
         await page.locator('#chat [data-role="assistant"] .metrics').first.wait_for(timeout=60000)
 
         await ask_aloud_and_hear_the_answer(page, period)
+
+
+# -- hands-free, with a microphone that speaks when the test says so ------------------------------
+
+SAY_JS = "(i) => window.__bench.say(window.__bench.questions[i]).then((s) => s.ended)"
+COLLECT_DELTAS_JS = """() => {
+    window.__said = {};
+    window.parley.socket.on("delta", (d) => (window.__said[d.id] = (window.__said[d.id] || "") + d.text));
+}"""
+STORY = "Tell me a long story about a dragon who learns to bake bread, with many details."
+
+
+@pytest.fixture
+async def talking_page(serve_app, fake_media) -> AsyncIterator[Any]:
+    """The page with an injected microphone (silent until `SAY_JS`), hands-free switched on."""
+    from tests.browser_mic import INIT_JS, encode
+    from tests.speech import trim
+
+    _, y4m, _ = fake_media
+    args = [a for a in chromium_args(Path("unused.wav"), y4m) if not a.startswith("--use-file-for-fake-audio")]
+    async with opened(serve_app.url, args, init_script=INIT_JS) as page:
+        await page.evaluate("(list) => window.__bench.load(list)", [encode(trim(speak(QUESTION, rate=48000)))])
+        await page.click("label[for=hands-free]")
+        assert await page.is_checked("#hands-free")
+        await page.locator('#turn-state[data-state="listening"]').wait_for(timeout=5000)
+        yield page
+
+
+async def test_hands_free_a_question_is_answered_without_a_key_and_the_mode_is_remembered(talking_page) -> None:
+    from playwright.async_api import expect
+
+    page = talking_page
+    await page.evaluate(SAY_JS, 0)
+    user = page.locator('#chat [data-role="user"] .text').first
+    await user.wait_for(timeout=30000)
+    text = (await user.text_content() or "").lower()
+    assert "capital" in text and "france" in text, text
+    answer = page.locator('#chat [data-role="assistant"]').first
+    await expect(answer).to_have_attribute("data-state", "done", timeout=60000)
+    await audio_heard(page, 30000)
+    assert await page.evaluate("localStorage.getItem('parley.handsFree')") == "1"
+    await page.reload()
+    await page.wait_for_function(CONNECTED, timeout=30000)
+    assert await page.is_checked("#hands-free"), "hands-free is remembered across a reload"
+    await page.locator('#turn-state[data-state="listening"]').wait_for(timeout=5000)
+
+
+async def test_hands_free_talking_over_the_answer_interrupts_it_and_keeps_what_was_heard(talking_page) -> None:
+    from playwright.async_api import expect
+
+    page = talking_page
+    await page.evaluate(COLLECT_DELTAS_JS)
+    await page.fill("#text-input", STORY)
+    await page.press("#text-input", "Enter")
+    story = page.locator('#chat [data-role="assistant"]').first
+    await story.wait_for(timeout=30000)
+    await audio_heard(page, 60000)
+    await page.locator('#turn-state[data-state="speaking"]').wait_for(timeout=5000)
+    await page.evaluate(SAY_JS, 0)
+    await expect(story).to_have_attribute("data-state", "interrupted", timeout=10000)
+    heard = await story.locator(".text").text_content() or ""
+    unspoken = await story.locator(".unspoken").text_content() if await story.locator(".unspoken").count() else ""
+    said = await page.evaluate("(id) => window.__said[id]", await story.get_attribute("data-id"))
+    words = [w for w in said.replace("*", "").replace("#", "").replace("`", "").split() if w]
+    assert f"{heard} {unspoken}".split() == words, (heard, unspoken, said)
+    user = page.locator('#chat [data-role="user"] .text').nth(1)
+    await user.wait_for(timeout=30000)
+    assert "capital" in (await user.text_content() or "").lower()

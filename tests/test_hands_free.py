@@ -73,9 +73,7 @@ async def test_talking_over_the_answer_interrupts_it_and_becomes_the_next_turn(
     await client.wait_for(lambda: [m for m in answers(client, "done") if m["id"] != story["id"]], timeout=60)
 
 
-async def test_its_own_voice_coming_back_at_minus_20_db_never_interrupts_it(
-    client: ParleyClient, question: np.ndarray
-) -> None:
+async def test_its_own_voice_coming_back_at_minus_20_db_never_interrupts_it(client: ParleyClient, question: np.ndarray) -> None:
     client.mic.echo_gain = 0.1  # -20 dB: a laptop's speakers, after the browser's echo cancellation gave up
     await client.sio.emit("text", {"text": STORY})
     await client.wait_for(lambda: client.of("metrics"), timeout=120)  # spoken to its very end

@@ -17,7 +17,8 @@ from media.vad import RATE, WINDOW, SileroVAD, SpeechDetector, rms
 from parley.config import TurnConfig
 from parley.recorder import Recorder
 from parley.reply import Reply
-from parley.types import OpusPacket
+from parley.types import OpusPacket, Transcript
+from parley.utterance import END_PAD_S, Utterance
 from tests.speech import speak, trim
 from tests.test_session import Page, ScriptedServices, frames, make_session, pump, wait_until
 
@@ -219,3 +220,20 @@ async def test_the_track_counts_played_audio_per_tag_and_remembers_its_level() -
     for _ in range(150):  # three seconds of silence later, nothing it played can still echo
         await track.recv()
     assert track.recent_level(1.0) == 0.0
+
+
+async def test_a_long_utterance_is_transcribed_in_pieces_cut_only_at_real_pauses() -> None:
+    heard: list[float] = []
+
+    async def transcribe(audio: np.ndarray) -> Transcript:
+        heard.append(round(audio.size / RATE - END_PAD_S, 1))
+        return Transcript(text=f"<{heard[-1]:g} s>")
+
+    tape = np.zeros(20 * RATE, np.float32)
+    utterance = Utterance(start=0, frame=None, transcribe=transcribe, audio=lambda a, b: tape[a:b], segment_s=4.0)
+    assert await utterance.text_until(5 * RATE) == "<5 s>"
+    utterance.resumed(int(5.1 * RATE))  # 100 ms: maybe inside a word, not a place to cut
+    assert await utterance.text_until(8 * RATE) == "<8 s>"
+    utterance.resumed(int(8.4 * RATE))  # a real pause after 8 s of speech: that piece is kept
+    assert await utterance.text_until(11 * RATE) == "<8 s> <3 s>", "only the new piece is transcribed again"
+    assert heard == [5, 8, 3]
