@@ -26,7 +26,10 @@ async def test_push_to_talk_gets_transcript_answer_and_audio(serve_app, question
         assert "capital" in text and "france" in text, text
         done = await client.wait_for(lambda: [m for m in client.messages("assistant") if m["state"] == "done"], timeout=60)
         assert done[0]["text"].strip(), "the answer has text"
-        assert len([d for d in client.of("delta") if d["id"] == done[0]["id"]]) > 1, "the answer streamed in pieces"
+        # the answer may have been written while the key was still held (started at the pause), and
+        # then arrives in one piece: what counts is that the deltas make up the whole text
+        deltas = [d["text"] for d in client.of("delta") if d["id"] == done[0]["id"]]
+        assert deltas and "".join(deltas) == done[0]["text"]
         first_sound = await client.wait_for(lambda: client.heard.first_sound_after(released), timeout=30)
         assert first_sound > released
         await client.wait_for(lambda: client.of("metrics"), timeout=60)
