@@ -79,9 +79,10 @@ def asr_deployment(config: ParleyConfig) -> Deployment:
     options = _common(config)
     # Serve's router never sends a replica more than this, so a batch can be no bigger
     options["max_ongoing_requests"] = max(res.max_ongoing_requests, config.asr.batch_size)
-    return _deployment(
-        ASR, name="ASR", ray_actor_options={"num_cpus": res.asr_cpus, "num_gpus": res.asr_gpus}, **scaling, **options
-    )
+    actor: dict[str, Any] = {"num_cpus": res.asr_cpus, "num_gpus": res.asr_gpus}
+    if res.asr_accelerator_type:
+        actor["accelerator_type"] = res.asr_accelerator_type
+    return _deployment(ASR, name="ASR", ray_actor_options=actor, **scaling, **options)
 
 
 def _common(config: ParleyConfig) -> dict[str, Any]:

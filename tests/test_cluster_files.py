@@ -24,7 +24,7 @@ from parley.ice import parse_port_range
 from parley.metrics import STAGES
 
 ROOT = Path(__file__).resolve().parent.parent
-SERVE_CONFIGS = ["serve_config.yaml", "serve_cluster.yaml"]
+SERVE_CONFIGS = ["serve_config.yaml", "serve_cluster.yaml", "serve_cluster_llm.yaml"]
 DASHBOARD = ROOT / "dashboards" / "parley-grafana.json"
 METRICS_PORT = "--metrics-export-port=8080"
 
@@ -84,7 +84,8 @@ def test_every_node_exports_metrics_and_the_head_deploys_the_app(cluster: dict[s
     worker_start = next(c for c in worker if "ray start --address" in c)
     assert METRICS_PORT in head_start and METRICS_PORT in worker_start
     assert "--dashboard-host=0.0.0.0" in head_start
-    assert any("serve deploy serve_cluster.yaml" in c for c in head), "the head should deploy the Serve app"
+    deploy = next((c for c in head if "serve deploy" in c), "")
+    assert "serve_cluster.yaml" in deploy and "serve_cluster_llm.yaml" in deploy, "the head should deploy the Serve app"
     setup = commands(cluster, "setup_commands")
     assert any("scripts/install.sh" in c for c in setup), "every node runs scripts/install.sh"
 
@@ -131,8 +132,9 @@ def test_cluster_has_room_for_the_serve_app(cluster: dict[str, Any], app_args: P
 def test_serve_config_is_valid_for_serve_and_parley(name: str) -> None:
     data = load_yaml(name)
     schema = ServeDeploySchema.model_validate(data)
-    assert schema.proxy_location == "Disabled"
-    [app] = schema.applications
+    app = schema.applications[0]
+    if len(schema.applications) == 1:
+        assert schema.proxy_location == "Disabled"
     assert app.route_prefix is None
     assert app.runtime_env and "PYTHONPATH" in app.runtime_env["env_vars"]
     module, _, attr = app.import_path.partition(":")
@@ -169,6 +171,67 @@ print("built", len(sys.argv) - 1)
     result = subprocess.run([sys.executable, "-c", script, *SERVE_CONFIGS], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert f"built {len(SERVE_CONFIGS)}" in result.stdout
+
+
+# -- the vision LLM on the cluster (serve_cluster_llm.yaml) ---------------------------------------
+# Ray Serve LLM itself cannot be imported here (it needs vLLM), so its application is checked
+# against the cluster and against Parley's side of the connection.
+
+
+@pytest.fixture(scope="module")
+def llm_variant() -> dict[str, Any]:
+    return load_yaml("serve_cluster_llm.yaml")
+
+
+def test_the_llm_application_is_ray_serve_llm_and_parley_asks_it_for_its_model(llm_variant: dict[str, Any]) -> None:
+    parley, llm = llm_variant["applications"]
+    assert llm["import_path"] == "ray.serve.llm:build_openai_app"
+    [model] = llm["args"]["llm_configs"]
+    args = ParleyConfig.model_validate(parley["args"])
+    assert args.llm.backend == "openai" and args.llm.model == model["model_loading_config"]["model_id"]
+    assert model["engine_kwargs"]["limit_mm_per_prompt"]["image"] >= args.llm.keep_images, "Parley may send more images"
+    # The route: this node's own Serve proxy, on loopback only, where the llm application lives.
+    proxy = llm_variant["http_options"]
+    assert llm_variant["proxy_location"] == "EveryNode" and proxy["host"] == "127.0.0.1"
+    assert args.llm.base_url == f"http://127.0.0.1:{proxy['port']}{llm['route_prefix'].rstrip('/')}/v1"
+    assert (args.tts.backend, args.asr.device) == ("hibari", "cuda"), "no part of the stack needs an outside key"
+
+
+def test_the_cluster_has_gpus_for_the_llm_and_keeps_asr_off_them(cluster: dict[str, Any], llm_variant: dict[str, Any]) -> None:
+    parley, llm = llm_variant["applications"]
+    [model] = llm["args"]["llm_configs"]
+    label = f"accelerator_type:{model['accelerator_type']}"
+    hosts = [t for t in cluster["available_node_types"].values() if label in t.get("resources", {})]
+    assert hosts, f"no node type offers {label}: the LLM replicas could never be placed"
+    gpus_per_node = min(t["resources"]["GPU"] for t in hosts)
+    parallel = model["engine_kwargs"]["tensor_parallel_size"]
+    assert parallel <= gpus_per_node
+    scaling = model["deployment_config"]["autoscaling_config"]
+    assert scaling["min_replicas"] <= scaling["max_replicas"]
+    assert scaling["max_replicas"] * parallel <= sum(t["max_workers"] * t["resources"]["GPU"] for t in hosts)
+    asr = ParleyConfig.model_validate(parley["args"]).serve.asr_accelerator_type
+    assert asr and asr != model["accelerator_type"], "ASR replicas must not take the LLM's GPUs"
+    assert any(f"accelerator_type:{asr}" in t.get("resources", {}) for t in cluster["available_node_types"].values())
+    setup = " ".join(commands(cluster, "setup_commands"))
+    assert "ray[llm]==" in setup and "serve_cluster_llm.yaml" in " ".join(commands(cluster, "head_start_ray_commands"))
+
+
+async def test_parley_streams_from_the_llm_route_as_configured(llm_variant: dict[str, Any], fake, monkeypatch) -> None:
+    """The Parley side of the connection, against a fake that speaks the OpenAI wire protocol."""
+    from deployments.llm import LLM
+    from parley.types import ChatMessage, ImagePart, ImageURL, TextPart
+    from tests.fake_openai import API_KEY
+
+    args = ParleyConfig.model_validate(llm_variant["applications"][0]["args"])
+    monkeypatch.setenv(args.llm.api_key_env, API_KEY)
+    llm = LLM(args.llm.model_copy(update={"base_url": fake.base_url}))  # the fake stands where the route would be
+    frame = ImagePart(image_url=ImageURL(url="data:image/jpeg;base64,AAAA"))
+    question = ChatMessage(role="user", content=[TextPart(text="What do you see?"), frame])
+    assert [d async for d in llm.stream_reply([question])] == fake.reply
+    body = fake.bodies("/v1/chat/completions")[0]
+    assert body["model"] == "qwen2.5-vl-7b" and body["stream"] is True
+    sent = body["messages"][-1]["content"]
+    assert sent[1] == {"type": "image_url", "image_url": {"url": "data:image/jpeg;base64,AAAA", "detail": "low"}}
 
 
 # -- Grafana dashboard ------------------------------------------------------------------------
