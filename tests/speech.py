@@ -6,48 +6,17 @@ the caller, so tests compare audio without caring which engine made it.
 
 from __future__ import annotations
 
-import functools
 import wave
 from collections.abc import Iterable
 from pathlib import Path
 
 import av
 import numpy as np
-import samplerate
-from hibari import SAMPLE_RATE, Hibari
 
+from media.speech import resample, speak, trim
 from parley.types import OpusPacket
 
-
-@functools.cache
-def _hibari() -> Hibari:
-    return Hibari()
-
-
-def resample(audio: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
-    """Mono float32 audio converted from one rate to another (libsamplerate, sinc)."""
-    if from_rate == to_rate:
-        return audio.astype(np.float32, copy=False)
-    out = samplerate.resample(audio.astype(np.float32, copy=False), to_rate / from_rate, "sinc_fastest")
-    return np.asarray(out, np.float32).reshape(-1)
-
-
-def speak(text: str, rate: int = 16000, peak: float = 0.7) -> np.ndarray:
-    """`text` spoken by hibari's bundled voice, float32 mono at `rate` (deterministic: fixed seed).
-
-    Scaled to `peak` (about -3 dBFS by default): the level a browser microphone with automatic gain
-    gives, and what the seed's absolute -30 dBFS silence threshold was tuned for. Hibari itself
-    speaks near -10 dBFS, quiet enough that the threshold eats soft syllables.
-    """
-    audio = np.asarray(_hibari()(text, seed=0), np.float32)
-    audio = audio * np.float32(peak / max(float(np.abs(audio).max()), 1e-6))
-    return resample(audio, SAMPLE_RATE, rate)
-
-
-def trim(audio: np.ndarray, floor: float = 0.01) -> np.ndarray:
-    """Speech without the silence a TTS leaves before and after it (so its end is the last word's)."""
-    loud = np.flatnonzero(np.abs(audio) > floor)
-    return audio[loud[0] : loud[-1] + 1] if loud.size else audio[:0]
+__all__ = ["decode_opus", "resample", "speak", "trim", "write_wav"]
 
 
 def write_wav(path: str | Path, audio: np.ndarray, rate: int) -> Path:

@@ -1,0 +1,47 @@
+"""Speech made on demand by hibari's bundled voice: questions for the load client, the benchmarks
+and the tests.
+
+Invariant: every array returned is 1-D float32 mono in [-1, 1] at the rate the caller names, and
+the same text always gives the same samples (a fixed seed).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import samplerate
+from hibari import SAMPLE_RATE, Hibari
+
+
+@functools.cache
+def _hibari() -> Hibari:
+    return Hibari()
+
+
+def resample(audio: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
+    """Mono float32 audio converted from one rate to another (libsamplerate, sinc)."""
+    if from_rate == to_rate:
+        return audio.astype(np.float32, copy=False)
+    out = samplerate.resample(audio.astype(np.float32, copy=False), to_rate / from_rate, "sinc_fastest")
+    return np.asarray(out, np.float32).reshape(-1)
+
+
+def speak(text: str, rate: int = 16000, peak: float = 0.7) -> np.ndarray:
+    """`text` spoken by hibari's bundled voice, float32 mono at `rate` (deterministic: fixed seed).
+
+    Scaled to `peak` (about -3 dBFS by default): the level a browser microphone with automatic gain
+    gives, and what the seed's absolute -30 dBFS silence threshold was tuned for. Hibari itself
+    speaks near -10 dBFS, quiet enough that the threshold eats soft syllables.
+    """
+    audio = np.asarray(_hibari()(text, seed=0), np.float32)
+    audio = audio * np.float32(peak / max(float(np.abs(audio).max()), 1e-6))
+    return resample(audio, SAMPLE_RATE, rate)
+
+
+def trim(audio: np.ndarray, floor: float = 0.01) -> np.ndarray:
+    """Speech without the silence a TTS leaves before and after it (so its end is the last word's)."""
+    loud = np.flatnonzero(np.abs(audio) > floor)
+    return audio[loud[0] : loud[-1] + 1] if loud.size else audio[:0]
+
+
