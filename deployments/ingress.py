@@ -62,8 +62,9 @@ class HandleServices:
             yield delta
 
     async def synthesize(self, text: str, voice: str | None = None) -> AsyncIterator[OpusPacket]:
-        async for packet in self._stream("speech synthesis", self._tts.synthesize.remote(text, voice)):
-            yield packet
+        async for chunk in self._stream("speech synthesis", self._tts.synthesize_chunks.remote(text, voice)):
+            for packet in chunk:
+                yield packet
 
     @staticmethod
     async def _stream(service: str, response: object) -> AsyncIterator[Any]:

@@ -38,17 +38,19 @@ class TTSError(RuntimeError):
 
 
 class TTSEngine(Protocol):
-    """A loaded backend. `speak` yields Opus packets with their true 48 kHz durations as soon as
-    each exists, raises TTSError (after the packets it had) on failure, and stops its work when
-    closed early."""
+    """A loaded backend. `speak` yields lists of Opus packets with their true 48 kHz durations, each
+    list as soon as its packets exist (a sentence's, or what one network read brought), raises
+    TTSError (after the packets it had) on failure, and stops its work when closed early."""
 
     default_voice: str
 
-    def speak(self, text: str, voice: str) -> AsyncGenerator[OpusPacket, None]: ...
+    def speak(self, text: str, voice: str) -> AsyncGenerator[list[OpusPacket], None]: ...
 
 
 class TTS:
-    """The TTS deployment: `synthesize(text, voice) -> async iterator of OpusPacket`."""
+    """The TTS deployment: `synthesize(text, voice) -> async iterator of OpusPacket`, and the same
+    in chunks, `synthesize_chunks`, which is what crosses Ray: one streamed item per sentence (or
+    network read) instead of one per 20 ms packet, each item costing ~1.6 ms on both sides."""
 
     def __init__(self, config: TTSConfig) -> None:
         setup_logging()
@@ -62,11 +64,19 @@ class TTS:
     async def synthesize(self, text: str, voice: str | None = None) -> AsyncGenerator[OpusPacket, None]:
         """Speak `text` (one or more sentences) in `voice` (default: the configured one) and yield
         its Opus packets as they are made. Empty or whitespace-only text yields nothing."""
+        async with aclosing(self.synthesize_chunks(text, voice)) as chunks:
+            async for chunk in chunks:
+                for packet in chunk:
+                    yield packet
+
+    async def synthesize_chunks(self, text: str, voice: str | None = None) -> AsyncGenerator[list[OpusPacket], None]:
+        """`synthesize`, with the packets that exist together yielded together (never empty lists)."""
         if not text.strip():
             return
-        async with aclosing(self.engine.speak(text, voice or self.voice)) as packets:
-            async for packet in packets:
-                yield packet
+        async with aclosing(self.engine.speak(text, voice or self.voice)) as chunks:
+            async for chunk in chunks:
+                if chunk:
+                    yield chunk
 
 
 class HibariEngine:
@@ -90,18 +100,16 @@ class HibariEngine:
         # Opus encoder), so the first turn's speech costs what every later one does.
         self._next_sentence(self._load(voice).stream("Ready."), OpusEncoder(self.sample_rate, bitrate=config.opus_bitrate))
 
-    async def speak(self, text: str, voice: str) -> AsyncGenerator[OpusPacket, None]:
-        """Sentence by sentence: each one's packets are yielded before the next is synthesized.
-        An unknown voice raises ValueError that lists the voices there are."""
+    async def speak(self, text: str, voice: str) -> AsyncGenerator[list[OpusPacket], None]:
+        """Sentence by sentence: each one's packets are yielded, together, before the next is
+        synthesized. An unknown voice raises ValueError that lists the voices there are."""
         self._check_voice(voice)
         engine = await self._engine(voice)
         sentences: Iterator[np.ndarray] = engine.stream(text)
         encoder = OpusEncoder(self.sample_rate, bitrate=self.config.opus_bitrate)
         while (packets := await asyncio.to_thread(self._next_sentence, sentences, encoder)) is not None:
-            for packet in packets:
-                yield packet
-        for packet in encoder.flush():
-            yield packet
+            yield packets
+        yield encoder.flush()
 
     def _next_sentence(self, sentences: Iterator[np.ndarray], encoder: OpusEncoder) -> list[OpusPacket] | None:
         audio = next(sentences, None)
@@ -152,7 +160,7 @@ class OpenAISpeechEngine:
         self.url = str(self.client.base_url).rstrip("/")
         log.info("speech from %s at %s", config.model, self.url)
 
-    async def speak(self, text: str, voice: str) -> AsyncGenerator[OpusPacket, None]:
+    async def speak(self, text: str, voice: str) -> AsyncGenerator[list[OpusPacket], None]:
         import httpx2
         import openai
 
@@ -163,8 +171,7 @@ class OpenAISpeechEngine:
                 model=self.config.model, voice=voice, input=text, response_format="opus", speed=self.config.speed
             ) as response:
                 async for chunk in response.iter_bytes():
-                    for packet in parser.feed(chunk):
-                        yield packet.model_copy(update={"level": meter.level(packet.data)})
+                    yield [p.model_copy(update={"level": meter.level(p.data)}) for p in parser.feed(chunk)]
         except openai.AuthenticationError as e:
             raise TTSError(f"The speech endpoint refused the API key (check ${self.config.api_key_env})") from e
         except openai.APIStatusError as e:

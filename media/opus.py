@@ -183,3 +183,23 @@ class OpusLevelMeter:
         if np.issubdtype(pcm[0].dtype, np.integer):
             audio /= 32768.0
         return float(np.sqrt(np.mean(np.square(audio))))
+
+
+def decode_opus_frames(packets: list[bytes]) -> np.ndarray:
+    """Opus packets of one stream decoded with a fresh decoder: float32 mono at 48 kHz."""
+    if not packets:
+        return np.zeros(0, np.float32)
+    codec = av.CodecContext.create("libopus", "r")
+    assert isinstance(codec, av.AudioCodecContext)
+    codec.sample_rate = RTP_CLOCK_HZ
+    codec.layout = "mono"
+    chunks = []
+    for data in packets:
+        try:
+            frames = codec.decode(av.Packet(data))
+        except av.error.FFmpegError:
+            continue
+        for frame in frames:
+            pcm = frame.to_ndarray().reshape(-1).astype(np.float32)
+            chunks.append(pcm / 32768.0 if np.issubdtype(frame.to_ndarray().dtype, np.integer) else pcm)
+    return np.concatenate(chunks) if chunks else np.zeros(0, np.float32)

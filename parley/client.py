@@ -196,6 +196,8 @@ class ParleyClient:
         welcome: dict[str, Any] = await self.wait_for(lambda: (self.of("welcome") or self.of("rejected") or [{}])[-1])
         if "session_id" in welcome:
             self.session_id = welcome["session_id"]
+            if self.camera is not None and welcome.get("video"):  # send what the server asks for, as the page does
+                self.camera.fps = min(self.camera.fps, float(welcome["video"]["max_fps"]))
             if media:
                 await self.negotiate()
         return welcome

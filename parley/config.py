@@ -59,6 +59,15 @@ class ServerConfig(_Section):
         default=600.0, description="How long a disconnected session's conversation is kept for a reconnect."
     )
     max_sessions: int = Field(default=20, description="Concurrent browser sessions one ingress accepts.")
+    video_max_fps: float = Field(
+        default=2.0,
+        gt=0,
+        description="The camera frame rate browsers are asked to send. The server needs a frame only when a turn "
+        "starts, and decoding each one costs the ingress CPU (most of an idle session's cost at 15-30 fps).",
+    )
+    video_max_width: int = Field(
+        default=640, ge=64, description="Browsers scale the camera (or shared screen) down to this width before sending."
+    )
 
 
 class ASRConfig(_Section):

@@ -194,9 +194,20 @@ class Recorder:
         out = self._resampler.process(mono, RATE / self._rate, end_of_input=False)
         return np.asarray(out, np.float32).reshape(-1)
 
+    def preload(self, audio: np.ndarray, rate: int) -> None:
+        """The audio just before now, decoded late (frames arrive undecoded while nobody listens):
+        it becomes the preroll of the next utterance."""
+        if rate != self._rate:
+            self._rate = rate
+            self._resampler.reset()
+        keep = round(PREROLL_S * rate)
+        self._raw = deque([np.asarray(audio[-keep:], np.float32)]) if audio.size else deque()
+        self._raw_samples = min(audio.size, keep)
+
     def _start_listening(self) -> None:
         """Begin VAD here, with the preroll kept while nobody listened put on the tape first."""
         self._resampler.reset()
+        self._next_pts = None  # frames were not decoded meanwhile: their timestamps jumped
         self._origin = self._cursor = self.tape.end
         if self._raw:
             self.tape.append(self._resample(np.concatenate(list(self._raw))))

@@ -12,12 +12,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Callable, Sequence
 
+import numpy as np
 from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCRtpReceiver, RTCSessionDescription
-from aiortc.jitterbuffer import JitterBuffer
+from aiortc.jitterbuffer import JitterBuffer, JitterFrame
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from aiortc.rtp import RtpPacket
 
+from media.opus import decode_opus_frames
 from media.track import PacingTrack
 from parley.config import IceServer
 from parley.ice import advertise_public
@@ -30,19 +34,49 @@ def rtc_configuration(servers: Sequence[IceServer]) -> RTCConfiguration:
     return RTCConfiguration(iceServers=[RTCIceServer(urls=s.urls, username=s.username, credential=s.credential) for s in servers])
 
 
-def release_audio_at_once(receiver: RTCRtpReceiver) -> None:
-    """Hand each microphone frame over as soon as it is complete, instead of 80 ms later.
+PREROLL_FRAMES = 20
+"""Encoded microphone frames (20 ms each) kept while nobody listens: more than the recorder's preroll."""
 
-    aiortc's audio jitter buffer holds four frames before releasing one, a cushion for smooth
-    playout. The server never plays the microphone: it listens for the end of speech and for
-    barge-in, where those 80 ms are pure delay. Frames still come out in order, as each next one
-    arrives. (aiortc 1.16 has no setting for it; the buffer is replaced on the receiver.)
+
+class MicrophoneBuffer(JitterBuffer):
+    """The receiver's jitter buffer for the microphone, which hands a frame to the decoder as soon
+    as it is complete, and only while the session listens.
+
+    aiortc holds four frames before releasing one, a cushion for smooth playout; the server never
+    plays the microphone, it listens for the end of speech and for barge-in, where those 80 ms are
+    pure delay. And with push-to-talk nobody listens between turns: decoding every packet then was
+    an idle session's largest cost. While `listening()` is false, frames are kept encoded (the last
+    `PREROLL_FRAMES`) instead of decoded; `preroll()` decodes them when a recording starts.
     """
+
+    def __init__(self, listening: Callable[[], bool]) -> None:
+        super().__init__(capacity=16, prefetch=1)
+        self._listening = listening
+        self._kept: deque[JitterFrame] = deque(maxlen=PREROLL_FRAMES)
+
+    def add(self, packet: RtpPacket) -> tuple[bool, JitterFrame | None]:
+        pli, frame = super().add(packet)
+        if frame is not None and not self._listening():
+            self._kept.append(frame)
+            return pli, None
+        return pli, frame
+
+    def preroll(self) -> np.ndarray:
+        """The kept frames decoded: float32 mono at 48 kHz, oldest first (then forgotten)."""
+        frames, self._kept = list(self._kept), deque(maxlen=PREROLL_FRAMES)
+        return decode_opus_frames([f.data for f in frames])
+
+
+def listen_to_microphone(receiver: RTCRtpReceiver, session: Session) -> None:
+    """Give the receiver a `MicrophoneBuffer` gated by the session's recorder. (aiortc 1.16 has no
+    setting for its jitter buffer; it is replaced on the receiver.)"""
     name = "_RTCRtpReceiver__jitter_buffer"
     if not hasattr(receiver, name):
-        log.warning("aiortc's receiver has no %s: microphone audio keeps its 80 ms prefetch", name)
+        log.warning("aiortc's receiver has no %s: microphone audio is decoded all the time, 80 ms late", name)
         return
-    setattr(receiver, name, JitterBuffer(capacity=16, prefetch=1))
+    buffer = MicrophoneBuffer(lambda: session.recorder.listening)
+    setattr(receiver, name, buffer)
+    session.preroll_source = buffer.preroll
 
 
 class SdpError(ValueError):
@@ -85,7 +119,7 @@ class Peer:
         if track.kind == "audio":
             for transceiver in self.pc.getTransceivers():
                 if transceiver.receiver.track is track:
-                    release_audio_at_once(transceiver.receiver)
+                    listen_to_microphone(transceiver.receiver, self.session)
         self._readers.append(asyncio.get_running_loop().create_task(self._read(track)))
 
     async def _read(self, track: MediaStreamTrack) -> None:

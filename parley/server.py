@@ -244,6 +244,7 @@ class IngressServer:
                     "max_text_chars": self.config.limits.max_text_chars,
                 },
                 "turn": {"hands_free": session.hands_free, "end_silence_s": self.config.turn.end_silence_s},
+                "video": {"max_fps": self.config.server.video_max_fps, "max_width": self.config.server.video_max_width},
                 "llm": {
                     "backend": llm.backend,
                     "model": model_label(self.config.llm),

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import av
+import numpy as np
 
 from media.image import frame_to_data_url
 from media.track import PacingTrack
@@ -93,6 +94,8 @@ class Session:
         self._turn_times: deque[float] = deque()
         self._state: TurnState = self._resting()
         self._background: set[asyncio.Task[Any]] = set()
+        self.preroll_source: Callable[[], np.ndarray] | None = None
+        """The microphone audio kept (undecoded) while nobody listened, decoded: 48 kHz mono float."""
 
     # -- wiring -----------------------------------------------------------------------------
 
@@ -205,6 +208,8 @@ class Session:
         """The talk key went down: interrupt any answer and start recording."""
         await self.interrupt()
         await self._drop_utterance()
+        if self.preroll_source is not None and not self.recorder.listening:
+            self.recorder.preload(self.preroll_source(), 48000)
         event = self.recorder.press()
         self._begin_utterance(event.sample)
         await self.emit("recording", {"active": True})

@@ -45,6 +45,7 @@ let generation = 0; // bumps on every negotiation; a stale one stops at its next
 let awaitingAnswer = false;
 let failures = 0;
 let videoSender = null;
+let videoLimits = { max_fps: 2, max_width: 640 }; // the server's, from its welcome
 let sharing = false;
 let speaking = false;
 let lastLoud = 0;
@@ -144,6 +145,7 @@ function onWelcome(w) {
   save(SESSION_KEY, w.session_id);
   renderHistory(w.history);
   iceServers = w.ice_servers || [];
+  if (w.video) videoLimits = w.video;
 
   const maxChars = w.limits?.max_text_chars;
   if (maxChars > 0) ui.input.maxLength = maxChars;
@@ -228,7 +230,10 @@ function adoptPc(pc, gen) {
     if (!current()) return;
     clearTimeout(disconnectedTimer);
     const state = pc.connectionState;
-    if (state === "connected") failures = 0;
+    if (state === "connected") {
+      failures = 0;
+      limitVideo(videoSender);
+    }
     if (state === "failed") renegotiateSoon();
     if (state === "disconnected") {
       disconnectedTimer = setTimeout(() => {
@@ -295,6 +300,7 @@ async function toggleShare() {
   sharing = true;
   track.addEventListener("ended", () => local.screen === track && stopSharing());
   await videoSender?.replaceTrack(track).catch((err) => console.error("replaceTrack", err));
+  await limitVideo(videoSender);
   refresh();
 }
 
@@ -304,7 +310,26 @@ async function stopSharing() {
   sharing = false;
   track?.stop();
   await videoSender?.replaceTrack(local.camera).catch((err) => console.error("replaceTrack", err));
+  await limitVideo(videoSender);
   refresh();
+}
+
+/**
+ * Send only as much video as the server uses: it needs the picture when a turn starts, not a
+ * smooth stream, and every frame sent is a frame it must decode.
+ */
+async function limitVideo(sender) {
+  if (!sender?.track) return;
+  try {
+    const params = sender.getParameters();
+    if (!params.encodings?.length) params.encodings = [{}];
+    const width = sender.track.getSettings().width || 0;
+    params.encodings[0].maxFramerate = videoLimits.max_fps;
+    params.encodings[0].scaleResolutionDownBy = width > videoLimits.max_width ? width / videoLimits.max_width : 1;
+    await sender.setParameters(params);
+  } catch (err) {
+    console.warn("could not limit the video sent", err);
+  }
 }
 
 /** Browsers block autoplay with sound until a user gesture; retry playback on each one. */

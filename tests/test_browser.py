@@ -163,6 +163,19 @@ async def test_the_banner_names_the_local_model_and_how_good_it_is(page) -> None
     assert "SmolLM2-135M-Instruct" in text and "of 26 on Parley's spoken-assistant quiz" in text and "README" in text, text
 
 
+async def test_the_page_sends_only_the_video_the_server_asks_for(page) -> None:
+    limits = await page.wait_for_function(
+        """() => {
+            const sender = window.parley.pc.getSenders().find((s) => s.track && s.track.kind === "video");
+            const encoding = sender && sender.getParameters().encodings[0];
+            return encoding && encoding.maxFramerate ? encoding : null;
+        }""",
+        timeout=10000,
+    )
+    encoding = await limits.json_value()
+    assert encoding["maxFramerate"] == 2, encoding  # server.video_max_fps: a frame per turn is all it needs
+
+
 async def test_stop_interrupts_speech_and_text(page) -> None:
     await page.fill("#text-input", "Tell me a long story about a dragon who learns to bake bread.")
     await page.click("#send")

@@ -237,3 +237,27 @@ async def test_a_long_utterance_is_transcribed_in_pieces_cut_only_at_real_pauses
     utterance.resumed(int(8.4 * RATE))  # a real pause after 8 s of speech: that piece is kept
     assert await utterance.text_until(11 * RATE) == "<8 s> <3 s>", "only the new piece is transcribed again"
     assert heard == [5, 8, 3]
+
+
+def test_the_microphone_is_kept_encoded_while_nobody_listens_and_its_preroll_decoded_on_demand() -> None:
+    from aiortc.rtp import RtpPacket
+
+    from media.opus import OpusEncoder
+    from parley.rtc import PREROLL_FRAMES, MicrophoneBuffer
+
+    encoder = OpusEncoder(48000)
+    packets = encoder.encode(trim(speak(QUESTION, rate=48000))[: 48000])  # one second: 50 packets of 20 ms
+    listening = False
+    buffer = MicrophoneBuffer(lambda: listening)
+
+    def rtp(i: int) -> RtpPacket:
+        packet = RtpPacket(payload_type=96, sequence_number=i, timestamp=960 * i, payload=packets[i].data)
+        packet._data = packets[i].data  # type: ignore[attr-defined]  # the receiver sets it when it depayloads
+        return packet
+
+    assert all(buffer.add(rtp(i))[1] is None for i in range(30)), "nothing reaches the decoder between turns"
+    preroll = buffer.preroll()
+    assert preroll.dtype == np.float32 and preroll.size == PREROLL_FRAMES * 960, "the last 20 frames, decoded"
+    assert np.sqrt(np.mean(preroll**2)) > 0.01, "it is the speech, not silence"
+    listening = True
+    assert any(buffer.add(rtp(i))[1] is not None for i in range(30, 40)), "while listening, frames flow as they complete"
