@@ -50,8 +50,8 @@ def build_app(args: ParleyConfig | dict[str, Any]) -> Application:
     ingress = _deployment(
         Ingress,
         name="Ingress",
-        num_replicas=res.ingress_replicas,
-        max_replicas_per_node=1,
+        num_replicas=res.ingress_replicas * res.ingress_per_node,
+        max_replicas_per_node=res.ingress_per_node,
         ray_actor_options={"num_cpus": res.ingress_cpus},
         **_common(config),
     )

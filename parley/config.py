@@ -56,7 +56,15 @@ class ServerConfig(_Section):
         description="UDP port range LOW-HIGH for WebRTC media on this node (open it in the firewall). Default: any free port.",
     )
     session_idle_s: float = Field(
-        default=600.0, description="How long a disconnected session's conversation is kept for a reconnect."
+        default=600.0, description="How long a disconnected session stays in the ingress's memory for a reconnect."
+    )
+    state_dir: str | None = Field(
+        default="~/.cache/parley/state",
+        description="Where the node keeps conversations on disk (SQLite), so they survive a restart or crash and a "
+        "browser that reconnects to another ingress process of the node finds its own. null: memory only.",
+    )
+    keep_conversations_s: float = Field(
+        default=7 * 24 * 3600.0, gt=0, description="Stored conversations untouched this long are deleted."
     )
     max_sessions: int = Field(default=20, description="Concurrent browser sessions one ingress accepts.")
     video_max_fps: float = Field(
@@ -273,7 +281,13 @@ class ServeConfig(_Section):
         description="Place ASR replicas only on nodes with this accelerator (A10G, L4, H100, ...: Ray's "
         "accelerator_type), e.g. to keep them off the GPUs an LLM application uses.",
     )
-    ingress_replicas: int = Field(default=1, description="Ingress replicas (one per node).")
+    ingress_replicas: int = Field(default=1, description="Nodes that run ingress processes (one set per node).")
+    ingress_per_node: int = Field(
+        default=1,
+        ge=1,
+        description="Ingress processes per node, sharing its port (SO_REUSEPORT): each is one asyncio loop, so a node "
+        "serves browsers on as many cores as this. max_sessions counts per process.",
+    )
     asr_min_replicas: int = Field(default=1, ge=0, description="ASR autoscaling: fewest replicas.")
     asr_max_replicas: int = Field(default=1, ge=1, description="ASR autoscaling: most replicas (equal to min: no autoscaling).")
     asr_target_ongoing_requests: float = Field(

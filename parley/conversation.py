@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from parley.config import LLMConfig
 from parley.types import ChatMessage, ImagePart, ImageURL, TextPart
+
+if TYPE_CHECKING:
+    from parley.store import ConversationStore
 
 MessageState = Literal["streaming", "done", "interrupted", "error"]
 
@@ -37,15 +40,34 @@ class Entry:
 
 
 class Conversation:
-    """The history and the prompt: recent messages, with the newest `keep_images` images."""
+    """The history and the prompt: recent messages, with the newest `keep_images` images.
 
-    def __init__(self, llm: LLMConfig) -> None:
+    With a store, every message is written there when added and when `save`d after a change, and
+    `reload` takes the stored history back (another process, or this one before a restart, may
+    have written it).
+    """
+
+    def __init__(self, llm: LLMConfig, *, store: ConversationStore | None = None, session_id: str = "") -> None:
         self.llm = llm
         self.entries: list[Entry] = []
+        self._store = store
+        self._session = session_id
+        self.reload()
+
+    def reload(self) -> None:
+        if self._store is not None:
+            self.entries = self._store.load(self._session)
 
     def add(self, entry: Entry) -> Entry:
         self.entries.append(entry)
+        self.save(entry)
         return entry
+
+    def save(self, entry: Entry) -> None:
+        """Store a message after a change to its text or state (no-op without a store)."""
+        if self._store is not None:
+            seq = next((i for i, e in enumerate(self.entries) if e is entry), len(self.entries))
+            self._store.save(self._session, seq, entry)
 
     def messages(self, *, vision: bool, then: Entry | None = None) -> list[ChatMessage]:
         """The prompt: the system prompt, then the recent history, then `then` (a user turn not yet

@@ -29,6 +29,7 @@ from parley.metrics import Meter
 from parley.rtc import Peer, SdpError
 from parley.services import Services
 from parley.session import Session, SessionSettings
+from parley.store import ConversationStore
 from parley.tls import self_signed_pair
 
 log = logging.getLogger("parley.server")
@@ -77,11 +78,19 @@ class IngressServer:
         self.services = services
         self.meter = meter or Meter()
         self.sessions: dict[str, Session] = {}
+        self.store = (
+            ConversationStore(Path(config.server.state_dir) / "conversations.sqlite3") if config.server.state_dir else None
+        )
+        """Conversations on the node's disk: they outlive this process and are shared with the
+        node's other ingress processes (None: kept in memory only)."""
+        self.process = uuid.uuid4().hex[:8]
+        """This ingress process, as the welcome names it (several may share a port)."""
         self.peers: dict[str, Peer] = {}
         self._sid_session: dict[str, str] = {}
         self._runner: web.AppRunner | None = None
         self._reaper: asyncio.Task[None] | None = None
         self._ticker: asyncio.Task[None] | None = None
+        self._forgot = time.monotonic()
         self.url = ""
         self.scheme = "http" if is_loopback(config.server.host) else "https"
         """What browsers speak to this server; it decides which Origin a socket.io handshake may carry."""
@@ -117,7 +126,8 @@ class IngressServer:
             ssl_context.load_cert_chain(cert, key)
         self._runner = web.AppRunner(self.app, access_log=None)
         await self._runner.setup()
-        await web.TCPSite(self._runner, cfg.host, cfg.port, ssl_context=ssl_context).start()
+        shared = self.config.serve.ingress_per_node > 1  # the node's other ingress processes bind it too
+        await web.TCPSite(self._runner, cfg.host, cfg.port, ssl_context=ssl_context, reuse_port=shared or None).start()
         shown = "localhost" if cfg.host in ("0.0.0.0", "::") else cfg.host
         self.url = f"{self.scheme}://{shown}:{cfg.port}/"
         self._reaper = asyncio.get_running_loop().create_task(self._reap())
@@ -158,6 +168,9 @@ class IngressServer:
                     self.meter.late_packets(late)
             live = set(self._sid_session.values())
             now = time.monotonic()
+            if self.store is not None and now - self._forgot > 600:
+                self._forgot = now
+                await asyncio.to_thread(self.store.forget_older_than, self.config.server.keep_conversations_s)
             for sid, session in list(self.sessions.items()):
                 if sid not in live and now - session.last_seen > self.config.server.session_idle_s:
                     del self.sessions[sid]
@@ -219,8 +232,10 @@ class IngressServer:
                 await self.sio.disconnect(other)
         session = self.sessions.get(session_id)
         if session is None:
-            session = Session(session_id, SessionSettings.of(self.config), self.services, meter=self.meter)
+            session = Session(session_id, SessionSettings.of(self.config), self.services, meter=self.meter, store=self.store)
             self.sessions[session_id] = session
+        elif not session.busy:
+            session.conversation.reload()  # another ingress process of this node may have added to it
         if isinstance(data.get("vision"), bool):
             session.vision = data["vision"]
         if isinstance(data.get("hands_free"), bool):
@@ -237,6 +252,7 @@ class IngressServer:
             "welcome",
             {
                 "session_id": session_id,
+                "ingress": self.process,
                 "history": [e.public() for e in session.history],
                 "ice_servers": [s.model_dump(exclude_none=True) for s in self.config.server.ice_servers],
                 "limits": {

@@ -38,6 +38,7 @@ from parley.metrics import STAGES, Meter, TurnMetrics
 from parley.recorder import Recorder, TurnEvent
 from parley.reply import Reply
 from parley.services import Services
+from parley.store import ConversationStore
 from parley.utterance import Speculation, Utterance
 
 log = logging.getLogger("parley.session")
@@ -74,11 +75,12 @@ class Session:
         *,
         meter: Meter | None = None,
         clock: Callable[[], float] = time.monotonic,
+        store: ConversationStore | None = None,
     ) -> None:
         self.id = session_id
         self.settings = settings
         self.services = services
-        self.conversation = Conversation(settings.llm)
+        self.conversation = Conversation(settings.llm, store=store, session_id=session_id)
         self.recorder = Recorder(settings.turn, max_record_s=settings.limits.max_record_s, clock=clock)
         self.recorder.gate = self._not_echo
         self.vision = settings.llm.vision
@@ -419,6 +421,7 @@ class Session:
         try:
             await reply.text_finished()
             answer.text, answer.state = reply.text, "done"
+            self.conversation.save(answer)
             await self.emit("state", {"id": answer.id, "state": "done"})
             await reply.played()
             await self.emit("metrics", {"id": answer.id, **metrics.model_dump()})
@@ -429,6 +432,7 @@ class Session:
             log.exception("session %s: LLM failed", self.id[:8])
             self._meter.error("llm")
             answer.text, answer.state = reply.text, "error"
+            self.conversation.save(answer)
             await reply.stop()
             await self.emit("state", {"id": answer.id, "state": "error", "error": _reason(exc)})
         finally:
@@ -442,6 +446,7 @@ class Session:
             self.track.clear()
         answer.text, answer.unspoken = reply.heard()
         answer.state = "interrupted"
+        self.conversation.save(answer)
         log.info("session %s: interrupted after %d heard words", self.id[:8], len(answer.text.split()))
         await self.emit("state", {"id": answer.id, "state": "interrupted", "text": answer.text, "unspoken": answer.unspoken})
         await reply.stop()

@@ -70,7 +70,9 @@ function connect() {
     notify("error", "Could not load the socket client (/vendor/socket.io.min.js). Is the Parley server running?");
     return;
   }
-  const socket = window.io({ path: "/socket.io" });
+  // WebSocket only: a node may run several ingress processes on one port, and long-polling's
+  // separate HTTP requests could reach different ones; one WebSocket is one process throughout.
+  const socket = window.io({ path: "/socket.io", transports: ["websocket"] });
   parley.socket = socket;
 
   socket.on("connect", () => {
