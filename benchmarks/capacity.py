@@ -31,6 +31,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from media.track import LATENESS_BOUNDS_MS  # noqa: E402
 from parley.config import parse_args  # noqa: E402
 from parley.load import LoadResult, percentile, run_load  # noqa: E402
 from tests.conftest import free_port  # noqa: E402
@@ -78,19 +79,70 @@ def _worker(url: str, sessions: int, talkers: int, seconds: float, video: bool, 
     }
 
 
-def ingress_processes() -> list[Proc]:
-    """Every ingress replica process of this machine (Ray titles them ray::ServeReplica:parley:Ingress)."""
+def processes(title: str) -> list[Proc]:
+    """This machine's processes whose title (Ray sets it) starts with `title`."""
     found = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
-                title = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
             except OSError:
                 continue
-            if title.startswith("ray::ServeReplica:parley:Ingress"):
+            if cmdline.startswith(title):
                 found.append(Proc(int(entry.name)))
+    return found
+
+
+def ingress_processes() -> list[Proc]:
+    found = processes("ray::ServeReplica:parley:Ingress")
     assert found, "no ingress replica process found"
     return found
+
+
+def pin(ingress: list[Proc], cpus: set[int]) -> None:
+    """The ingress processes (all their threads) on `cpus`; everything else Parley runs, and the load
+    clients, on the other cores: the ingress's core then serves browsers and nothing else."""
+    others = set(range(os.cpu_count() or 1)) - cpus
+    for proc in ingress:
+        for task in Path(f"/proc/{proc.pid}/task").iterdir():
+            os.sched_setaffinity(int(task.name), cpus)
+    rest = processes("ray::") + processes("/work") + [Proc(os.getpid())]
+    for proc in rest:
+        if proc.pid in {p.pid for p in ingress}:
+            continue
+        for task in Path(f"/proc/{proc.pid}/task").iterdir():
+            try:
+                os.sched_setaffinity(int(task.name), others)
+            except OSError:
+                pass
+
+
+def pacing(url: str, processes: int) -> dict[str, list[int]]:
+    """Every ingress process's pacing counts (GET /healthz until each process has answered)."""
+    import ssl
+    import urllib.request
+
+    insecure = ssl.create_default_context()
+    insecure.check_hostname, insecure.verify_mode = False, ssl.CERT_NONE
+    seen: dict[str, list[int]] = {}
+    for _ in range(20 * processes):
+        with urllib.request.urlopen(url.rstrip("/") + "/healthz", timeout=5, context=insecure) as reply:
+            health = json.loads(reply.read())
+        seen[health["ingress"]] = health["pacing"]["packets"]
+        if len(seen) == processes:
+            break
+    return seen
+
+
+def late_p99(before: dict[str, list[int]], after: dict[str, list[int]]) -> str:
+    """The bucket that holds the 99th percentile of how late packets left the server in between."""
+    counts = [sum(after[k][i] - before.get(k, [0] * len(after[k]))[i] for k in after) for i in range(len(LATENESS_BOUNDS_MS) + 1)]
+    total, running = sum(counts), 0
+    for bound, count in zip([*LATENESS_BOUNDS_MS, None], counts, strict=True):
+        running += count
+        if total and running >= 0.99 * total:
+            return f"<{bound}" if bound is not None else f">{LATENESS_BOUNDS_MS[-1]}"
+    return "-"
 
 
 def phase(url: str, sessions: int, talkers: int, seconds: float, video: bool, workers: int, ingress: list[Proc]) -> dict:
@@ -105,9 +157,10 @@ def phase(url: str, sessions: int, talkers: int, seconds: float, video: bool, wo
             if n
         ]
         time.sleep(min(8.0, seconds / 3))  # sessions connect and settle
-        cpu_before, began = sum(p.cpu_s() for p in ingress), time.monotonic()
+        cpu_before, began, paced = sum(p.cpu_s() for p in ingress), time.monotonic(), pacing(url, len(ingress))
         time.sleep(seconds / 3)
         cpu = 100 * (sum(p.cpu_s() for p in ingress) - cpu_before) / (time.monotonic() - began)
+        late = late_p99(paced, pacing(url, len(ingress)))
         rss = sum(p.rss() for p in ingress)
         parts = [f.result() for f in futures]
     gaps = [g for p in parts for g in p["gaps_ms"]]
@@ -120,6 +173,7 @@ def phase(url: str, sessions: int, talkers: int, seconds: float, video: bool, wo
         "cpu_per_session": cpu / max(1, sessions),
         "rss_mb_per_session": (rss - rss_before) / 2**20 / max(1, sessions),
         "gap_p99": percentile(gaps, 99) if gaps else None,
+        "late_p99": late,
         "first_p50": percentile(first, 50) if first else None,
         "first_p95": percentile(first, 95) if first else None,
     }
@@ -131,8 +185,8 @@ def show(level: int, idle: dict, busy: dict) -> None:
 
     print(
         f"{level:>8} {idle['connected']:>4}/{level:<4} {idle['cpu_per_session']:>9.2f} {idle['rss_mb_per_session']:>9.2f} "
-        f"{ms(idle['gap_p99'])} {busy['cpu_per_session']:>9.2f} {ms(busy['gap_p99'])} {ms(busy['first_p50'])} "
-        f"{ms(busy['first_p95'])} {busy['turns_ok']:>5}/{busy['turns_failed']:<3}",
+        f"{ms(idle['gap_p99'])} {idle['late_p99']:>7} {busy['cpu_per_session']:>9.2f} {ms(busy['gap_p99'])} "
+        f"{busy['late_p99']:>7} {ms(busy['first_p50'])} {ms(busy['first_p95'])} {busy['turns_ok']:>5}/{busy['turns_failed']:<3}",
         flush=True,
     )
 
@@ -145,6 +199,9 @@ def main() -> None:
     parser.add_argument("--no-video", dest="video", action="store_false", help="microphone only")
     parser.add_argument("--workers", type=int, default=2, help="load processes")
     parser.add_argument("--json", type=Path, help="also write the rows as JSON")
+    parser.add_argument(
+        "--pin-ingress", type=int, metavar="CPU", help="run the ingress alone on this core (everything else on the others)"
+    )
     args, server_flags = parser.parse_known_args()
     url = args.url
     if url is None:
@@ -162,13 +219,15 @@ def main() -> None:
         )
         url = start(config)
     ingress = ingress_processes()
+    if args.pin_ingress is not None:
+        pin(ingress, {args.pin_ingress})
     print(
         f"ingress pids {[p.pid for p in ingress]}; {os.cpu_count()} cores; video {'on' if args.video else 'off'}; "
         f"{args.seconds:g} s a phase"
     )
     print(
-        f"{'sessions':>8} {'conn':>9} {'idle cpu%':>9} {'MB/sess':>9} {'p99 ms':>6} {'talk cpu%':>9} {'p99 ms':>6} "
-        f"{'1st p50':>6} {'1st p95':>6} {'turns ok/failed':>9}"
+        f"{'sessions':>8} {'conn':>9} {'idle cpu%':>9} {'MB/sess':>9} {'gap p99':>6} {'late99':>7} {'talk cpu%':>9} "
+        f"{'gap p99':>6} {'late99':>7} {'1st p50':>6} {'1st p95':>6} {'turns ok/failed':>9}"
     )
     rows, broke = [], None
     for level in [int(x) for x in args.levels.split(",")]:

@@ -13,6 +13,7 @@ session compares with the microphone to tell the assistant's own voice from the 
 from __future__ import annotations
 
 import asyncio
+import bisect
 import logging
 import time
 from collections import deque
@@ -38,6 +39,9 @@ RESYNC_S = 0.5
 """Further behind than this (a stalled loop), the schedule restarts from now instead of bursting."""
 
 TIME_BASE = Fraction(1, RTP_CLOCK_HZ)
+
+LATENESS_BOUNDS_MS = (5, 10, 20, 30, 40)
+"""Upper bounds of the lateness buckets `lateness` counts packets in (a last bucket holds the rest)."""
 
 LEVEL_MEMORY_S = 2.0
 """How long the levels of sent audio are remembered (longer than any echo path)."""
@@ -90,6 +94,9 @@ class PacingTrack(MediaStreamTrack):
         """Packets returned by `recv()`, silence included."""
         self.late_packets = 0
         """Packets (silence included) released more than `LATE_S` behind their schedule."""
+        self.lateness = [0] * (len(LATENESS_BOUNDS_MS) + 1)
+        """How many packets left how far behind their schedule, by `LATENESS_BOUNDS_MS` bucket: the
+        server's own view of the gaps a listener hears (a packet 30 ms late makes a 50 ms gap)."""
 
     @property
     def queued_s(self) -> float:
@@ -154,6 +161,7 @@ class PacingTrack(MediaStreamTrack):
         if self._start is None:
             self._start = now
         wait = self._start + self._pts / RTP_CLOCK_HZ - now
+        self.lateness[bisect.bisect_left(LATENESS_BOUNDS_MS, -1000 * wait)] += 1
         if wait > 0:
             await self._sleep(wait)
             if self.readyState != "live":

@@ -23,6 +23,7 @@ from typing import Any
 import socketio
 from aiohttp import web
 
+from media.track import LATENESS_BOUNDS_MS
 from parley.config import ParleyConfig, model_label, model_quality
 from parley.ice import configure_ice, parse_port_range
 from parley.metrics import Meter
@@ -91,6 +92,8 @@ class IngressServer:
         self._reaper: asyncio.Task[None] | None = None
         self._ticker: asyncio.Task[None] | None = None
         self._forgot = time.monotonic()
+        self._lateness = [0] * (len(LATENESS_BOUNDS_MS) + 1)
+        """Pacing of the peers already closed (live ones are read from their tracks)."""
         self.url = ""
         self.scheme = "http" if is_loopback(config.server.host) else "https"
         """What browsers speak to this server; it decides which Origin a socket.io handshake may carry."""
@@ -183,7 +186,15 @@ class IngressServer:
         return web.FileResponse(STATIC / "index.html")
 
     async def _health(self, request: web.Request) -> web.Response:
-        return web.json_response({"sessions": len(self._sid_session), "max_sessions": self.config.server.max_sessions})
+        lateness = [sum(counts) for counts in zip(self._lateness, *(p.track.lateness for p in self.peers.values()), strict=True)]
+        return web.json_response(
+            {
+                "sessions": len(self._sid_session),
+                "max_sessions": self.config.server.max_sessions,
+                "ingress": self.process,
+                "pacing": {"late_ms_bounds": list(LATENESS_BOUNDS_MS), "packets": lateness},
+            }
+        )
 
     async def _vendor(self, request: web.Request) -> web.StreamResponse:
         path = VENDOR.get(request.match_info["name"])
@@ -295,6 +306,7 @@ class IngressServer:
     async def _close_peer(self, sid: str) -> None:
         peer = self.peers.pop(sid, None)
         if peer is not None:
+            self._lateness = [a + b for a, b in zip(self._lateness, peer.track.lateness, strict=True)]
             await peer.close()
 
     async def _on_talk_start(self, sid: str, data: Any) -> None:

@@ -116,13 +116,13 @@ def test_cluster_has_room_for_the_serve_app(cluster: dict[str, Any], app_args: P
     workers = [t for name, t in types.items() if name != cluster["head_node_type"]]
     # One ingress per node: as many as the nodes that are always up (head + min_workers).
     assert serve.ingress_replicas == 1 + sum(t.get("min_workers", 0) for t in workers)
-    assert serve.ingress_cpus <= head["resources"]["CPU"]
+    assert serve.ingress_cpus * serve.ingress_per_node <= head["resources"]["CPU"]
     # Every ASR replica the autoscaler may ask for fits on a GPU that the cluster may start.
     gpus = sum(t["max_workers"] * t["resources"]["GPU"] for t in gpu_types(cluster).values())
     assert serve.asr_gpus > 0
     assert serve.asr_max_replicas * serve.asr_gpus <= gpus
     for node_type in gpu_types(cluster).values():
-        assert serve.asr_cpus + serve.ingress_cpus <= node_type["resources"]["CPU"]
+        assert serve.asr_cpus + serve.ingress_cpus * serve.ingress_per_node <= node_type["resources"]["CPU"]
 
 
 # -- Serve configs ----------------------------------------------------------------------------
