@@ -73,9 +73,9 @@ class ConversationStore:
         except sqlite3.Error:
             log.exception("could not read session %s", session[:8])
             return []
-        # an answer still streaming when its process stopped was cut there
+        # an answer still streaming when its process stopped was cut there: it failed
         return [
-            Entry(id=i, role=role, text=text, state="interrupted" if state == "streaming" else state, unspoken=unspoken)
+            Entry(id=i, role=role, text=text, state="error" if state == "streaming" else state, unspoken=unspoken)
             for i, role, text, state, unspoken in rows
         ]
 

@@ -1,5 +1,5 @@
 """Conversations on the node's disk: a new process (a restart, or another ingress of the node)
-finds a session's history as the page showed it, with an answer cut by a crash marked so."""
+finds a session's history as the page showed it, with an answer cut by a crash marked as an error."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ async def test_a_conversation_outlives_its_process(tmp_path: Path) -> None:
     assert [(e.role, e.text, e.state) for e in again.history] == [
         ("user", "What is the capital of France?", "done"),
         ("assistant", "Paris.", "done"),
-        ("assistant", "half an ans", "interrupted"),  # its process stopped while it streamed
+        ("assistant", "half an ans", "error"),  # its process stopped while it streamed
     ]
     other = Session("t" * 12, settings, services, store=ConversationStore(path))
     assert other.history == [], "sessions stay apart"
