@@ -249,7 +249,7 @@ class TurnConfig(_Section):
         "level, not by length: this only skips clicks).",
     )
     echo_margin_db: float = Field(
-        default=12.0,
+        default=15.0,
         description="While Parley speaks, the microphone counts as speech only if it is no more than this many dB below "
         "what Parley played in the last echo_window_s: its own voice coming back is quieter than that.",
     )

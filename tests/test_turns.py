@@ -110,13 +110,13 @@ def test_a_cough_is_too_little_speech_for_a_turn() -> None:
 
 
 def test_the_assistants_own_voice_at_minus_20_db_is_not_speech_but_the_user_is() -> None:
+    answer = trim(speak("The capital of France is Paris, a city on the Seine.", rate=48000))
+    playing = max(rms(answer[i : i + 960]) for i in range(0, len(answer), 960))  # the loudest it sent lately
     recorder = Recorder(TurnConfig(hands_free=True), max_record_s=60)
-    playing = 0.1  # the level Parley sent lately
-    recorder.gate = lambda level: level >= playing * 10 ** (-12 / 20)
-    echo = 0.1 * trimmed(speak("The capital of France is Paris, a city on the Seine.", rate=48000), 48000)
-    heard = [e for frame in frames(np.concatenate([silence(0.3, 48000), echo])) for e in recorder.feed(frame)]
+    recorder.gate = lambda level: level >= playing * 10 ** (-TurnConfig().echo_margin_db / 20)
+    heard = [e for frame in frames(np.concatenate([silence(0.3, 48000), 0.1 * answer])) for e in recorder.feed(frame)]
     assert heard == []
-    user = trimmed(speak(QUESTION, rate=48000), 48000)
+    user = trim(speak(QUESTION, rate=48000))
     said = [e.kind for frame in frames(user) for e in recorder.feed(frame)]
     assert said[:2] == ["start", "speech"]
 
