@@ -268,10 +268,12 @@ def explain_openai_error(exc: BaseException, config: LLMConfig, where: str) -> s
         return f"The language model endpoint failed (HTTP {exc.status_code}){retries}. Try again in a moment."
     if isinstance(exc, openai.APIStatusError):
         detail = exc.message.splitlines()[0][:200] if exc.message else ""
-        return f"The language model endpoint rejected the request (HTTP {exc.status_code}): {detail}"
+        log.warning("LLM endpoint %s rejected a request (HTTP %s): %s", where, exc.status_code, detail)
+        return f"The language model endpoint rejected the request (HTTP {exc.status_code})."
     if isinstance(exc, openai.APIConnectionError):  # includes timeouts
         return f"Could not reach the language model at {where}{retries}."
-    return f"The language model failed: {exc}"
+    log.warning("unexpected LLM error from %s: %r", where, exc)  # the raw text is for the log, not the page
+    return f"The language model failed unexpectedly ({type(exc).__name__}). Try again in a moment."
 
 
 async def _check(config: LLMConfig, question: str) -> str:

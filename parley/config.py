@@ -266,6 +266,13 @@ class TurnConfig(_Section):
 
 class LimitsConfig(_Section):
     max_record_s: float = Field(default=60.0, description="Longest push-to-talk recording; longer ones end there.")
+    turn_timeout_s: float = Field(
+        default=45.0,
+        gt=0,
+        description="A turn's transcription and written answer must be done this long after the turn ends, or the "
+        "turn is stopped with a message and its model calls cancelled (a stuck backend costs one turn, not the "
+        "session). Speaking the answer is not counted.",
+    )
     max_text_chars: int = Field(default=2000, description="Longest typed message.")
     turns_per_minute: int = Field(default=30, description="Turns one session may start per minute.")
     max_payload_bytes: int = Field(default=65536, description="Largest socket.io message accepted (SDP included).")

@@ -60,6 +60,10 @@ class Conversation:
 
     def add(self, entry: Entry) -> Entry:
         self.entries.append(entry)
+        if entry.image:  # only the newest keep_images frames are ever sent: the rest need no memory
+            with_images = [e for e in self.entries if e.role == "user" and e.image]
+            for old in with_images[: max(0, len(with_images) - self.llm.keep_images)]:
+                old.image = None
         self.save(entry)
         return entry
 
@@ -72,8 +76,8 @@ class Conversation:
     def messages(self, *, vision: bool, then: Entry | None = None) -> list[ChatMessage]:
         """The prompt: the system prompt, then the recent history, then `then` (a user turn not yet
         in the history: a speculative one is only added once its turn is confirmed)."""
-        history = [e for e in [*self.entries, *([then] if then else [])] if e.text.strip()]
-        entries = history[-self.llm.history_messages :]
+        history = [e for e in self._answered() if e.text.strip()] + ([then] if then and then.text.strip() else [])
+        entries = _within_budget(history[-self.llm.history_messages :], self.prompt_budget_tokens())
         keep = self.llm.keep_images
         user_images = [e.id for e in entries if e.role == "user" and e.image]
         with_image = set(user_images[len(user_images) - keep :]) if keep else set()
@@ -88,3 +92,46 @@ class Conversation:
             else:
                 messages.append(ChatMessage(role=entry.role, content=entry.text))
         return messages
+
+    def prompt_budget_tokens(self) -> int:
+        """Tokens the history may take: the model's context less the answer and the system prompt."""
+        return max(256, self.llm.context_tokens - self.llm.max_tokens - estimate_tokens(self.llm.system_prompt) - 64)
+
+    def _answered(self) -> list[Entry]:
+        """The history without the turns the model failed to answer at all: a message that made
+        the model fail (too long for it, say) must not make every later turn fail too."""
+        out: list[Entry] = []
+        for i, entry in enumerate(self.entries):
+            following = self.entries[i + 1] if i + 1 < len(self.entries) else None
+            failed = (
+                entry.role == "user"
+                and following is not None
+                and following.role == "assistant"
+                and following.state == "error"
+                and not following.text.strip()
+            )
+            if not failed:
+                out.append(entry)
+        return out
+
+
+def estimate_tokens(text: str) -> int:
+    """A safe over-estimate of a text's tokens for the byte-level tokenizers LLMs use: a token per
+    3 ASCII characters (English runs at ~4), and 3 per 4 bytes of anything else (an emoji, 4 bytes,
+    is often 2-3 tokens; a CJK character, 3 bytes, 1-2)."""
+    data = text.encode("utf-8", "replace")
+    ascii_bytes = sum(1 for b in data if b < 128)
+    return max(ascii_bytes // 3, len(text.split())) + (3 * (len(data) - ascii_bytes)) // 4 + 4
+
+
+def _within_budget(entries: list[Entry], budget: int) -> list[Entry]:
+    """The newest entries whose estimated tokens fit the budget (the newest is always kept)."""
+    kept: list[Entry] = []
+    used = 0
+    for entry in reversed(entries):
+        cost = estimate_tokens(entry.text)
+        if kept and used + cost > budget:
+            break
+        kept.append(entry)
+        used += cost
+    return kept[::-1]

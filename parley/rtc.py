@@ -34,6 +34,9 @@ def rtc_configuration(servers: Sequence[IceServer]) -> RTCConfiguration:
     return RTCConfiguration(iceServers=[RTCIceServer(urls=s.urls, username=s.username, credential=s.credential) for s in servers])
 
 
+ICE_LIMIT_S = 30.0
+"""A peer whose ICE has not connected this long after the answer is closed."""
+
 PREROLL_FRAMES = 20
 """Encoded microphone frames (20 ms each) kept while nobody listens: more than the recorder's preroll."""
 
@@ -132,6 +135,18 @@ class Peer:
             pass
         except Exception:
             log.exception("session %s: reading %s failed", self.session.id[:8], track.kind)
+
+    def watch_connecting(self, limit_s: float = ICE_LIMIT_S) -> None:
+        """Close the peer if it has not connected within `limit_s` of the answer: an offer whose ICE
+        never completes would otherwise hold its ports and its session's track forever."""
+
+        async def check() -> None:
+            await asyncio.sleep(limit_s)
+            if self.pc.connectionState not in ("connected", "closed"):
+                log.info("session %s: no media after %.0f s; closing its peer", self.session.id[:8], limit_s)
+                await self.close()
+
+        self._readers.append(asyncio.get_running_loop().create_task(check()))
 
     async def _on_state(self) -> None:
         log.info("session %s: peer %s", self.session.id[:8], self.pc.connectionState)

@@ -227,6 +227,10 @@ class IngressServer:
             return
         wanted = data.get("session_id")
         session_id = wanted if isinstance(wanted, str) and _SESSION_ID.match(wanted) else uuid.uuid4().hex
+        current = self._sid_session.get(sid)
+        if current is not None and current != session_id:
+            await self._notice(sid, "This connection already holds a conversation; open a new one for another.")
+            return
         attached = {s for k, s in self._sid_session.items() if k != sid}
         if session_id not in attached and len(attached) >= self.config.server.max_sessions:
             log.warning("rejecting %s: %d sessions already", sid, len(attached))
@@ -301,6 +305,7 @@ class IngressServer:
             log.warning("session %s: bad offer: %s", session.id[:8], exc)
             await self._notice(sid, f"Could not start audio/video: {exc}.")
             return
+        peer.watch_connecting()
         await self.sio.emit("answer", {"sdp": answer.sdp, "type": answer.type}, to=sid)
 
     async def _close_peer(self, sid: str) -> None:

@@ -33,7 +33,7 @@ import numpy as np
 from media.image import frame_to_data_url
 from media.track import PacingTrack
 from parley.config import LimitsConfig, LLMConfig, ParleyConfig, TurnConfig
-from parley.conversation import Conversation, Entry
+from parley.conversation import Conversation, Entry, estimate_tokens
 from parley.metrics import STAGES, Meter, TurnMetrics
 from parley.recorder import Recorder, TurnEvent
 from parley.reply import Reply
@@ -235,6 +235,14 @@ class Session:
         if len(text) > limit:
             await self.notice(f"Messages are limited to {limit} characters; yours has {len(text)}.", "error")
             return
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            await self.notice("That message holds characters that are not valid text (UTF-8); it was not sent.", "error")
+            return
+        if estimate_tokens(text) > self.conversation.prompt_budget_tokens():
+            await self.notice("That message is too long for the language model; please shorten it.", "error")
+            return
         await self.interrupt()
         if not self._allow_turn():
             await self.notice("Too many turns in a minute; wait a moment and try again.", "warn")
@@ -335,12 +343,19 @@ class Session:
         self._set_state("thinking")
         speculation = utterance.speculation
         try:
-            if speculation is not None and speculation.until >= end:
-                words, reply = await speculation.task
-            else:
-                if speculation is not None:
-                    await speculation.cancel()
-                words, reply = await utterance.text_until(end), None
+            async with asyncio.timeout(self.settings.limits.turn_timeout_s):
+                if speculation is not None and speculation.until >= end:
+                    words, reply = await speculation.task
+                else:
+                    if speculation is not None:
+                        await speculation.cancel()
+                    words, reply = await utterance.text_until(end), None
+        except TimeoutError:
+            await utterance.drop()
+            self._meter.error("asr")
+            limit = self.settings.limits.turn_timeout_s
+            await self.notice(f"Speech recognition took longer than {limit:g} seconds; please try again.", "error")
+            return
         except Exception as exc:
             log.exception("session %s: ASR failed", self.id[:8])
             self._meter.error("asr")
@@ -419,7 +434,12 @@ class Session:
 
         reply.commit(track, publish)
         try:
-            await reply.text_finished()
+            limit = self.settings.limits.turn_timeout_s
+            try:
+                async with asyncio.timeout_at(asyncio.get_running_loop().time() + max(0.0, anchor + limit - self._clock())):
+                    await reply.text_finished()
+            except TimeoutError:
+                raise TurnTimeout(f"The answer took longer than {limit:g} seconds and was stopped. Please try again.") from None
             answer.text, answer.state = reply.text, "done"
             self.conversation.save(answer)
             await self.emit("state", {"id": answer.id, "state": "done"})
@@ -456,6 +476,10 @@ class Session:
             value = getattr(metrics, stage)
             if value is not None:
                 self._meter.stage(stage, value)
+
+
+class TurnTimeout(RuntimeError):
+    """A turn ran past limits.turn_timeout_s; the message is for the page."""
 
 
 def _sentence(text: str) -> str:

@@ -52,7 +52,7 @@ async def test_other_hosts_get_https_with_a_reused_self_signed_certificate(tmp_p
             made.append(sorted(p.name for p in tmp_path.iterdir()))
         finally:
             await ingress.stop()
-    assert made[0] == made[1] == ["0.0.0.0.crt", "0.0.0.0.key"]
+    assert made[0] == made[1] == ["0.0.0.0-2.crt", "0.0.0.0-2.key"]
 
 
 async def test_a_full_server_refuses_new_sessions_with_a_reason() -> None:
@@ -115,3 +115,22 @@ async def test_a_page_on_loopback_http_opens_its_socket() -> None:
         assert status == 400
     finally:
         await ingress.stop()
+
+
+def test_the_self_signed_certificate_names_what_users_type_and_its_key_is_private(tmp_path) -> None:
+    import ipaddress
+    import os
+    import socket
+
+    from cryptography import x509
+
+    from parley.tls import self_signed_pair
+
+    cert_path, key_path = self_signed_pair(tmp_path, "0.0.0.0")
+    cert = x509.load_pem_x509_certificate(open(cert_path, "rb").read())
+    names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    dns = set(names.get_values_for_type(x509.DNSName))
+    ips = set(names.get_values_for_type(x509.IPAddress))
+    assert {"localhost", socket.gethostname()} <= dns
+    assert ipaddress.ip_address("127.0.0.1") in ips and ipaddress.ip_address("0.0.0.0") not in ips
+    assert os.stat(key_path).st_mode & 0o777 == 0o600

@@ -271,3 +271,58 @@ async def test_keep_images_decides_how_many_past_frames_the_llm_sees() -> None:
     await wait_until(lambda: len(services.requests) == 1)
     assert not any(m.has_image() for m in services.requests[0])
     await session.close()
+
+
+async def test_a_stuck_model_costs_one_turn_within_the_turn_deadline() -> None:
+    services = ScriptedServices(["It ", "is ", "sunny."], delta_delay=5.0)  # a model that stopped answering
+    session, page, _ = make_session(services, turn_timeout_s=0.3)
+    began = asyncio.get_running_loop().time()
+    await session.send_text("Weather?")
+    await wait_until(lambda: any(s["state"] == "error" for s in page.of("state")), timeout=3)
+    error = next(s for s in page.of("state") if s["state"] == "error")
+    assert "longer than 0.3 seconds" in error["error"]
+    assert asyncio.get_running_loop().time() - began < 2.0
+    assert services.closed_early, "its model call was cancelled"
+    services.delta_delay = 0.0
+    await session.send_text("Still there?")  # the session goes on
+    await wait_until(lambda: [s for s in page.of("state") if s["state"] == "done"], timeout=3)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("\ud800 hello", "not valid text"), ("🙂" * 1999, "too long for the language model")],
+    ids=["lone-surrogate", "2000-emoji"],
+)
+async def test_poison_text_is_refused_and_the_next_turn_works(text: str, expected: str) -> None:
+    services = ScriptedServices(["Ok."])
+    session, page, _ = make_session(services)
+    await session.send_text(text)
+    assert expected in page.of("notice")[-1]["text"]
+    assert not services.requests, "it never reached the model"
+    await session.send_text("Hello?")
+    await wait_until(lambda: len(services.requests) == 1)
+    assert [m.text() for m in services.requests[0]][-1] == "Hello?"
+    await session.close()
+
+
+async def test_a_turn_the_model_could_not_answer_is_left_out_of_the_next_prompt() -> None:
+    services = ScriptedServices(["x"], fail_after=0)  # fails before its first word
+    session, page, _ = make_session(services)
+    await session.send_text("poison")
+    await wait_until(lambda: any(s["state"] == "error" for s in page.of("state")))
+    services.fail_after = None
+    await session.send_text("Hello?")
+    await wait_until(lambda: len(services.requests) == 2)
+    assert [m.text() for m in services.requests[1]][1:] == ["Hello?"]
+    await session.close()
+
+
+async def test_only_the_newest_images_are_kept_in_memory() -> None:
+    services = ScriptedServices(["Ok."])
+    session, _, _ = make_session(services, llm={"keep_images": 2})
+    session.on_video_frame(av.VideoFrame.from_ndarray(np.full((48, 64, 3), 90, np.uint8), format="rgb24"))
+    for i in range(6):
+        await session.send_text(f"look {i}")
+        await wait_until(lambda i=i: len(services.requests) == i + 1)
+    assert sum(1 for e in session.history if e.image) == 2
+    await session.close()
