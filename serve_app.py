@@ -26,6 +26,7 @@ from deployments.ingress import Ingress
 from deployments.llm import LLM
 from deployments.tts import TTS
 from parley.config import ParleyConfig, model_label, parse_args
+from parley.server import is_loopback
 from parley.startup import StartupError, wait_until_running
 
 ROOT = Path(__file__).resolve().parent
@@ -169,6 +170,7 @@ def main(argv: list[str] | None = None) -> None:
         done.set()
     if config.llm.backend == "local":
         print(f"parley: the LLM is the embedded {model_label(config.llm)}; see README to point it at a real one.", flush=True)
+    print(access_line(config, url), flush=True)
     print(f"\nParley is ready: open {url}\n(Ctrl-C to stop)", flush=True)
     stopping = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())
@@ -178,6 +180,26 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         pass
     _shutdown()
+
+
+def access_line(config: ParleyConfig, url: str) -> str:
+    """Who can get in, said at start: an open server off loopback is a choice to make knowingly."""
+    from parley.auth import auth_mode, mint, signing_secret
+
+    mode = auth_mode(config)
+    where = f"{config.server.host}:{config.server.port}"
+    if mode == "open":
+        if is_loopback(config.server.host):
+            return f"parley: open to anyone on this machine ({where} is loopback): no invitation needed."
+        return f"parley: WARNING: open to anyone who can reach {where}, and so are its models and keys (--auth-mode open)."
+    if mode == "proxy":
+        proxies = ", ".join(config.auth.trusted_proxies)
+        return f"parley: users are named by the {config.auth.proxy_user_header} header of your proxy ({proxies})."
+    secret = signing_secret(config, create=False)
+    line = "parley: browsers need an invitation link: python -m parley.token --name NAME [--ttl 24h]"
+    if secret is not None:
+        line += f"\nparley: yours, for 24 h: {url.rstrip('/')}/#token={mint(secret, 'operator', 24 * 3600)}"
+    return line
 
 
 def _shutdown(graceful: bool = True) -> None:

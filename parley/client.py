@@ -132,9 +132,16 @@ class ParleyClient:
         ice_addresses: Sequence[str] = ("127.0.0.1",),
         hands_free: bool = False,
         camera: Camera | None = None,
+        token: str | None = None,
+        session_key: str | None = None,
     ) -> None:
         self.url = url
         self.session_id = session_id
+        self.session_key = session_key
+        """Proves this client holds `session_id` (the server gave it in its welcome)."""
+        self.token = token
+        self.refused: str | None = None
+        """Why the server refused the connection, if it did."""
         self.hands_free = hands_free
         self.ice_addresses = list(ice_addresses)
         self.sio = socketio.AsyncClient(reconnection=False, ssl_verify=ssl_verify)
@@ -147,6 +154,7 @@ class ParleyClient:
         self._readers: list[asyncio.Task[None]] = []
         for name in ("welcome", "answer", "message", "delta", "state", "notice", "recording", "metrics", "rejected", "turn"):
             self.sio.on(name, self._recorder(name))
+        self.sio.on("connect_error", self._recorder("connect_error"))
 
     def _recorder(self, name: str) -> Callable[[dict[str, Any]], Any]:
         async def record(data: dict[str, Any]) -> None:
@@ -191,11 +199,20 @@ class ParleyClient:
         return list(found.values())
 
     async def connect(self, *, media: bool = True) -> dict[str, Any]:
-        await self.sio.connect(self.url, transports=["websocket"])
-        await self.sio.emit("hello", {"session_id": self.session_id, "vision": True, "hands_free": self.hands_free})
+        """Connect and say hello; returns the welcome, or {"reason": ...} if the server refused."""
+        try:
+            await self.sio.connect(self.url, transports=["websocket"], auth={"token": self.token} if self.token else None)
+        except socketio.exceptions.ConnectionError as exc:
+            said = [d for _, n, d in self.events if n == "connect_error"]  # the server's reason, as the page gets it
+            reason = said[-1].get("message") if said and isinstance(said[-1], dict) else (said[-1] if said else None)
+            self.refused = str(reason or exc)
+            return {"reason": self.refused}
+        hello = {"session_id": self.session_id, "session_key": self.session_key, "vision": True, "hands_free": self.hands_free}
+        await self.sio.emit("hello", hello)
         welcome: dict[str, Any] = await self.wait_for(lambda: (self.of("welcome") or self.of("rejected") or [{}])[-1])
         if "session_id" in welcome:
             self.session_id = welcome["session_id"]
+            self.session_key = welcome.get("session_key")
             if self.camera is not None and welcome.get("video"):  # send what the server asks for, as the page does
                 self.camera.fps = min(self.camera.fps, float(welcome["video"]["max_fps"]))
             if media:

@@ -72,6 +72,11 @@ class ServerConfig(_Section):
         description="Concurrent browser sessions one ingress process accepts. One core paced 40 audio+video sessions, "
         "a third of them talking, with 99 % of audio packets under 5 ms late (benchmarks/capacity.py, README).",
     )
+    allowed_hosts: list[str] = Field(
+        default_factory=list,
+        description="Names and addresses browsers may reach this server by (the Host header). Empty: this machine's "
+        "own names and addresses. Anything else is refused, so a DNS-rebinding page cannot talk to it.",
+    )
     video_max_fps: float = Field(
         default=2.0,
         gt=0,
@@ -80,6 +85,27 @@ class ServerConfig(_Section):
     )
     video_max_width: int = Field(
         default=640, ge=64, description="Browsers scale the camera (or shared screen) down to this width before sending."
+    )
+
+
+class AuthConfig(_Section):
+    """Who may connect: invitation tokens, a trusted sign-in proxy, or anyone (loopback)."""
+
+    mode: Literal["auto", "token", "proxy", "open"] = Field(
+        default="auto",
+        description="auto: open on loopback, token anywhere else. token: browsers need an invitation link "
+        "(python -m parley.token). proxy: a trusted reverse proxy names the user in a header. open: anyone who "
+        "reaches the port (its models and keys too).",
+    )
+    secret_env: str = Field(
+        default="PARLEY_AUTH_SECRET",
+        description="Environment variable with the secret invitations and session keys are signed with (the same on "
+        "every node of a cluster). Unset: a secret made once in server.state_dir (one node only).",
+    )
+    proxy_user_header: str = Field(default="X-Forwarded-User", description="proxy mode: the header that names the user.")
+    trusted_proxies: list[str] = Field(
+        default_factory=lambda: ["127.0.0.1", "::1"],
+        description="proxy mode: addresses whose header is believed (your proxy's); anyone else is refused.",
     )
 
 
@@ -275,6 +301,12 @@ class LimitsConfig(_Section):
     )
     max_text_chars: int = Field(default=2000, description="Longest typed message.")
     turns_per_minute: int = Field(default=30, description="Turns one session may start per minute.")
+    sockets_per_address: int = Field(
+        default=16, ge=1, description="Connections one network address may hold at once (one address cannot fill a server)."
+    )
+    sessions_per_user: int = Field(
+        default=4, ge=1, description="Conversations one user (one invitation, or one address when open) may hold at once."
+    )
     max_payload_bytes: int = Field(default=65536, description="Largest socket.io message accepted (SDP included).")
 
 
@@ -343,6 +375,7 @@ class ParleyConfig(_Section):
     """Everything Parley can be told. Serve config YAMLs put this under `args`."""
 
     server: ServerConfig = Field(default_factory=ServerConfig, description="Web server, TLS and WebRTC.")
+    auth: AuthConfig = Field(default_factory=AuthConfig, description="Authentication and session ownership.")
     asr: ASRConfig = Field(default_factory=ASRConfig, description="Speech recognition.")
     llm: LLMConfig = Field(default_factory=LLMConfig, description="Language model.")
     tts: TTSConfig = Field(default_factory=TTSConfig, description="Speech synthesis.")

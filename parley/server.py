@@ -24,6 +24,7 @@ import socketio
 from aiohttp import web
 
 from media.track import LATENESS_BOUNDS_MS
+from parley.auth import Gate, Refused, User, allowed_hosts, host_allowed, host_of
 from parley.config import ParleyConfig, model_label, model_quality
 from parley.ice import configure_ice, parse_port_range
 from parley.metrics import Meter
@@ -104,7 +105,11 @@ class IngressServer:
             logger=False,
             engineio_logger=False,
         )
-        self.app = web.Application(client_max_size=config.limits.max_payload_bytes)
+        self.gate = Gate(config)
+        """Who is connecting: an invitation, a trusted proxy's header, or anyone (loopback)."""
+        self.allowed_hosts = allowed_hosts(config)
+        self._users: dict[str, User] = {}
+        self.app = web.Application(client_max_size=config.limits.max_payload_bytes, middlewares=[self._check_host])
         self.sio.attach(self.app)
         self.app.router.add_get("/", self._index)
         self.app.router.add_get("/healthz", self._health)
@@ -112,6 +117,7 @@ class IngressServer:
         self.app.router.add_static("/", STATIC)
         for event in ("hello", "offer", "talk_start", "talk_end", "text", "stop", "vision", "hands_free"):
             self.sio.on(event, self._guard(event, getattr(self, f"_on_{event}")))
+        self.sio.on("connect", self._on_connect)
         self.sio.on("disconnect", self._on_disconnect)
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -182,6 +188,17 @@ class IngressServer:
 
     # -- HTTP -------------------------------------------------------------------------------
 
+    @web.middleware
+    async def _check_host(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        """Refuse a name this server does not go by: a DNS-rebinding page reaches it by the attacker's."""
+        host = host_of(request.headers.get("Host", ""))
+        if not host_allowed(host, self.allowed_hosts):
+            log.warning("refused a request for host %r from %s", host, request.remote)
+            text = f"This Parley does not answer to the name {host!r}. Its operator can add it: --server-allowed-hosts."
+            return web.Response(status=421, text=text)
+        response: web.StreamResponse = await handler(request)
+        return response
+
     async def _index(self, request: web.Request) -> web.StreamResponse:
         return web.FileResponse(STATIC / "index.html")
 
@@ -221,15 +238,43 @@ class IngressServer:
         session_id = self._sid_session.get(sid)
         return self.sessions.get(session_id) if session_id else None
 
+    async def _on_connect(self, sid: str, environ: dict[str, Any], auth: Any = None) -> None:
+        """Who is this? Refused here, a browser learns why (socket.io's connect_error) and gets nowhere."""
+        try:
+            user = self.gate.user(environ, auth)
+        except Refused as exc:
+            log.info("refused a connection: %s", exc)
+            raise socketio.exceptions.ConnectionRefusedError(str(exc)) from None
+        same_address = sum(1 for u in self._users.values() if u.address == user.address)
+        if same_address >= self.config.limits.sockets_per_address:
+            log.warning("refused %s: %d connections from that address already", user.address, same_address)
+            raise socketio.exceptions.ConnectionRefusedError(
+                "Too many connections from your network address. Close some Parley tabs and try again."
+            )
+        self._users[sid] = user
+
     async def _on_hello(self, sid: str, data: Any) -> None:
         if not isinstance(data, dict):
             await self._notice(sid, "Malformed hello.")
             return
+        user = self._users.get(sid)
+        if user is None:
+            await self._notice(sid, "This connection was not let in; reload the page.")
+            return
         wanted = data.get("session_id")
-        session_id = wanted if isinstance(wanted, str) and _SESSION_ID.match(wanted) else uuid.uuid4().hex
+        held = isinstance(wanted, str) and _SESSION_ID.match(wanted) and self.gate.holds(user, wanted, data.get("session_key"))
+        session_id = wanted if held and isinstance(wanted, str) else uuid.uuid4().hex  # an id alone opens nothing
         current = self._sid_session.get(sid)
         if current is not None and current != session_id:
             await self._notice(sid, "This connection already holds a conversation; open a new one for another.")
+            return
+        mine = {s for k, s in self._sid_session.items() if k != sid and self._users.get(k) == user}
+        if session_id not in mine and len(mine) >= self.config.limits.sessions_per_user:
+            await self.sio.emit(
+                "rejected",
+                {"reason": f"You already have {len(mine)} conversations open here. Close one and try again."},
+                to=sid,
+            )
             return
         attached = {s for k, s in self._sid_session.items() if k != sid}
         if session_id not in attached and len(attached) >= self.config.server.max_sessions:
@@ -267,6 +312,8 @@ class IngressServer:
             "welcome",
             {
                 "session_id": session_id,
+                "session_key": self.gate.session_key(user, session_id),
+                "user": user.name,
                 "ingress": self.process,
                 "history": [e.public() for e in session.history],
                 "ice_servers": [s.model_dump(exclude_none=True) for s in self.config.server.ice_servers],
@@ -349,6 +396,7 @@ class IngressServer:
         return session
 
     async def _on_disconnect(self, sid: str, *args: Any) -> None:
+        self._users.pop(sid, None)
         await self._close_peer(sid)
         session_id = self._sid_session.pop(sid, None)
         self.meter.sessions(len(set(self._sid_session.values())))

@@ -10,6 +10,8 @@ import { notify, setStatus } from "./notices.js";
 import { setupTalk } from "./talk.js";
 
 const SESSION_KEY = "parley.session";
+const SESSION_PROOF_KEY = "parley.sessionKey"; // the server's proof that this browser holds its session
+const TOKEN_KEY = "parley.token"; // the invitation, from the link's #token=...
 const VISION_KEY = "parley.vision";
 const HANDS_FREE_KEY = "parley.handsFree";
 const TURN_LABELS = { listening: "Listening", hearing: "Hearing you", thinking: "Thinking…", speaking: "Speaking" };
@@ -72,7 +74,11 @@ function connect() {
   }
   // WebSocket only: a node may run several ingress processes on one port, and long-polling's
   // separate HTTP requests could reach different ones; one WebSocket is one process throughout.
-  const socket = window.io({ path: "/socket.io", transports: ["websocket"] });
+  const socket = window.io({
+    path: "/socket.io",
+    transports: ["websocket"],
+    auth: (send) => send({ token: load(TOKEN_KEY) }), // read on every (re)connection
+  });
   parley.socket = socket;
 
   socket.on("connect", () => {
@@ -92,6 +98,9 @@ function connect() {
   });
   socket.on("connect_error", (err) => {
     if (!socket.active) {
+      // Refused by the server itself (no invitation, an expired one, too many connections): say why, where it stays.
+      ui.rejected.textContent = `Parley can't let you in: ${err.message}`;
+      ui.rejected.hidden = false;
       notify("error", `The server refused the connection: ${err.message}`);
       retryLater(REJECTED_RETRY_MS);
     }
@@ -114,7 +123,12 @@ function connect() {
 }
 
 function sayHello() {
-  parley.socket.emit("hello", { session_id: load(SESSION_KEY), vision: ui.vision.checked, hands_free: ui.handsFree.checked });
+  parley.socket.emit("hello", {
+    session_id: load(SESSION_KEY),
+    session_key: load(SESSION_PROOF_KEY),
+    vision: ui.vision.checked,
+    hands_free: ui.handsFree.checked,
+  });
 }
 
 /** What the conversation is doing now: listening, hearing you, thinking, speaking (idle: hidden). */
@@ -145,6 +159,7 @@ function onWelcome(w) {
   ui.rejected.hidden = true;
   parley.sessionId = w.session_id;
   save(SESSION_KEY, w.session_id);
+  if (w.session_key) save(SESSION_PROOF_KEY, w.session_key);
   renderHistory(w.history);
   iceServers = w.ice_servers || [];
   if (w.video) videoLimits = w.video;
@@ -406,7 +421,16 @@ function save(key, value) {
   }
 }
 
+/** An invitation link carries its token in the fragment: keep it, and take it out of the address bar. */
+function takeInvitation() {
+  const match = /(?:^#|&)token=([^&]+)/.exec(location.hash);
+  if (!match) return;
+  save(TOKEN_KEY, decodeURIComponent(match[1]));
+  history.replaceState(null, "", location.pathname + location.search);
+}
+
 function init() {
+  takeInvitation();
   ui.vision.checked = load(VISION_KEY) !== "0";
   let visionByPointer = false;
   ui.vision.closest("label").addEventListener("pointerdown", () => (visionByPointer = true));

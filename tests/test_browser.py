@@ -213,9 +213,10 @@ async def test_reload_reconnects_and_shows_the_conversation(page) -> None:
 
 
 @pytest.fixture(scope="module")
-def https_app(serve_app, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def https_app(serve_app, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Any]]:
     """A second ingress, bound to 0.0.0.0 (only lo exists in this namespace), serving HTTPS with the
-    self-signed certificate Parley makes, and calling the session app's own ASR, LLM and TTS."""
+    self-signed certificate Parley makes, asking for invitations (as it does off loopback), and
+    calling the session app's own ASR, LLM and TTS."""
     from ray import serve
 
     from deployments.ingress import Ingress
@@ -229,6 +230,8 @@ def https_app(serve_app, tmp_path_factory: pytest.TempPathFactory) -> Iterator[s
                 "port": free_port(),
                 "ice_addresses": ["127.0.0.1"],
                 "self_signed_dir": str(tmp_path_factory.mktemp("tls")),
+                "state_dir": str(tmp_path_factory.mktemp("state")),
+                "allowed_hosts": ["parley.test", "127.0.0.1", "localhost"],
             },
             "limits": {"turns_per_minute": 200},
         }
@@ -238,17 +241,43 @@ def https_app(serve_app, tmp_path_factory: pytest.TempPathFactory) -> Iterator[s
     url = serve.run(ingress.bind(config, *handles), name="parley-https", route_prefix=None).url.remote().result()
     assert url.startswith("https://")
     try:
-        yield f"https://parley.test:{config.server.port}/"
+        yield f"https://parley.test:{config.server.port}/", config
     finally:
         serve.delete("parley-https")
 
 
-async def test_over_https_by_a_name_of_its_own_a_typed_and_a_spoken_turn_are_answered(https_app, fake_media) -> None:
+HTTPS_ARGS = ("--ignore-certificate-errors", "--host-resolver-rules=MAP parley.test 127.0.0.1")
+"""parley.test is what a user on the LAN would type; here it resolves to the only interface, lo."""
+
+
+async def test_over_https_without_an_invitation_the_page_says_why_it_cannot_get_in(https_app, fake_media) -> None:
+    from playwright.async_api import async_playwright
+
+    url, _ = https_app
+    wav, y4m, _ = fake_media
+    async with async_playwright() as p:
+        browser = await p.chromium.launch(executable_path=shutil.which("chromium"), args=chromium_args(wav, y4m, *HTTPS_ARGS))
+        page = await browser.new_page()
+        await page.goto(url)
+        refusal = page.locator("#rejected")
+        await refusal.wait_for(timeout=20000)
+        assert "invitation link" in (await refusal.text_content() or "")
+        await browser.close()
+
+
+async def test_over_https_by_a_name_of_its_own_with_an_invitation_a_typed_and_a_spoken_turn_are_answered(
+    https_app, fake_media
+) -> None:
+    from parley.auth import mint, signing_secret
+
+    url, config = https_app
+    secret = signing_secret(config, create=False)
+    assert secret, "the ingress made its secret in its state directory"
     wav, y4m, period = fake_media
-    # parley.test is what a user on the LAN would type; here it resolves to the only interface, lo
-    args = chromium_args(wav, y4m, "--ignore-certificate-errors", "--host-resolver-rules=MAP parley.test 127.0.0.1")
-    async with opened(https_app, args) as page:
+    args = chromium_args(wav, y4m, *HTTPS_ARGS)
+    async with opened(f"{url}#token={mint(secret, 'tester', 3600)}", args) as page:
         assert await page.evaluate("location.protocol") == "https:"
+        assert "token" not in await page.evaluate("location.href"), "the invitation left the address bar"
         await page.fill("#text-input", "What is the capital of Italy?")
         await page.press("#text-input", "Enter")
         await page.locator('#chat [data-role="assistant"][data-state="done"]').first.wait_for(timeout=60000)

@@ -63,7 +63,7 @@ async def test_reconnect_shows_history_and_sessions_stay_apart(serve_app) -> Non
         await first.wait_for(lambda: [m for m in first.messages("assistant") if m["state"] in ("done", "error")], 60)
         await first.close()
 
-        again = ParleyClient(serve_app.url, session_id=first.session_id)
+        again = ParleyClient(serve_app.url, session_id=first.session_id, session_key=first.session_key)
         welcome = await again.connect(media=False)
         await again.close()
         roles = [m["role"] for m in welcome["history"]]

@@ -95,7 +95,7 @@ async def test_browsers_on_different_processes_both_talk_and_a_dead_process_lose
         kept = b if lost is a else a
         await spoken_turn(kept, question)  # the other process never noticed
 
-        back = ParleyClient(two_processes, session_id=lost.session_id)  # the page reconnects by itself
+        back = ParleyClient(two_processes, session_id=lost.session_id, session_key=lost.session_key)  # as the page does
         try:
             welcome = await back.connect()
             assert [m["role"] for m in welcome["history"]][:2] == ["user", "assistant"], "its conversation came back"

@@ -62,7 +62,7 @@ async def test_a_full_server_refuses_new_sessions_with_a_reason() -> None:
         assert "session_id" in await first.connect(media=False)
         refused = await second.connect(media=False)
         assert "full" in refused["reason"]
-        again = ParleyClient(ingress.url, session_id=first.session_id)
+        again = ParleyClient(ingress.url, session_id=first.session_id, session_key=first.session_key)
         await first.close()
         assert "session_id" in await again.connect(media=False), "a freed slot is taken again"
         await again.close()
@@ -87,8 +87,9 @@ async def _handshake(url: str, origin: str, host: str | None = None) -> tuple[in
             return reply.status, await reply.text()
 
 
-async def test_a_page_served_over_https_opens_its_socket_by_any_name(tmp_path) -> None:
-    ingress = await started(host="0.0.0.0", self_signed_dir=str(tmp_path))
+async def test_a_page_served_over_https_opens_its_socket_by_any_name_it_is_served_under(tmp_path) -> None:
+    names = ["127.0.0.1", "localhost", "parley.lan", "::1"]
+    ingress = await started(host="0.0.0.0", self_signed_dir=str(tmp_path), allowed_hosts=names)
     port = ingress.config.server.port
     base = f"https://127.0.0.1:{port}/"
     try:
