@@ -26,6 +26,7 @@ from typing import Any
 from parley.config import AuthConfig, ParleyConfig
 
 AUDIENCE = "parley"
+ANONYMOUS = "anonymous"
 ISSUER = "parley"
 
 
@@ -38,6 +39,11 @@ class User:
     name: str
     """Who: the token's subject, the proxy's header, or `anonymous` on an open server."""
     address: str
+
+    @property
+    def account(self) -> str:
+        """Whom per-user limits count: the name, or on an open server (everyone `anonymous`) the address."""
+        return f"address {self.address}" if self.name == ANONYMOUS else f"user {self.name}"
 
 
 def auth_mode(config: ParleyConfig) -> str:
@@ -114,7 +120,7 @@ class Gate:
         request = environ.get("aiohttp.request")
         address = str(getattr(request, "remote", None) or environ.get("REMOTE_ADDR", ""))
         if self.mode == "open":
-            return User("anonymous", address)
+            return User(ANONYMOUS, address)
         if self.mode == "proxy":
             if address not in self.auth.trusted_proxies:
                 raise Refused("This Parley is reached through its sign-in proxy only.")

@@ -134,6 +134,7 @@ class ParleyClient:
         camera: Camera | None = None,
         token: str | None = None,
         session_key: str | None = None,
+        source_address: str | None = None,
     ) -> None:
         self.url = url
         self.session_id = session_id
@@ -142,6 +143,8 @@ class ParleyClient:
         self.token = token
         self.refused: str | None = None
         """Why the server refused the connection, if it did."""
+        self.source_address = source_address
+        """Connect from this local address (another 127.x.y.z looks like another machine to the server)."""
         self.hands_free = hands_free
         self.ice_addresses = list(ice_addresses)
         self.sio = socketio.AsyncClient(reconnection=False, ssl_verify=ssl_verify)
@@ -200,6 +203,11 @@ class ParleyClient:
 
     async def connect(self, *, media: bool = True) -> dict[str, Any]:
         """Connect and say hello; returns the welcome, or {"reason": ...} if the server refused."""
+        if self.source_address is not None:
+            import aiohttp
+
+            connector = aiohttp.TCPConnector(local_addr=(self.source_address, 0))
+            self.sio.eio.http = aiohttp.ClientSession(connector=connector)
         try:
             await self.sio.connect(self.url, transports=["websocket"], auth={"token": self.token} if self.token else None)
         except socketio.exceptions.ConnectionError as exc:
@@ -272,3 +280,5 @@ class ParleyClient:
             await self.pc.close()
         if self.sio.connected:
             await self.sio.disconnect()
+        if self.source_address is not None and self.sio.eio.http is not None:
+            await self.sio.eio.http.close()

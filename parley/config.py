@@ -40,6 +40,13 @@ class ServerConfig(_Section):
     ice_servers: list[IceServer] = Field(
         default_factory=list, description="STUN/TURN servers given to the browser and the server peer."
     )
+    turn_secret_env: str = Field(
+        default="PARLEY_TURN_SECRET",
+        description="Environment variable with the secret shared with your TURN server (coturn: use-auth-secret, "
+        "static-auth-secret). Set, each session gets its own short-lived TURN credentials (the TURN REST API "
+        "scheme) for the turn: URLs of ice_servers that name no static ones.",
+    )
+    turn_ttl_s: float = Field(default=12 * 3600.0, gt=0, description="How long a session's TURN credentials are valid.")
     ice_addresses: list[str] = Field(
         default_factory=list,
         description="Local addresses advertised as host ICE candidates. Empty: every non-loopback interface. "

@@ -9,15 +9,21 @@ candidates in an SDP answer for a node behind 1:1 NAT.
 from __future__ import annotations
 
 import asyncio
+import base64
 import errno
+import hashlib
+import hmac
 import logging
 import random
 import re
+import time
 import types
 from collections.abc import Sequence
 from typing import Any
 
 import aioice.ice
+
+from parley.config import IceServer
 
 log = logging.getLogger("parley.ice")
 
@@ -93,3 +99,23 @@ class _LoopWithPorts:
                 if exc.errno != errno.EADDRINUSE:
                     raise
         raise OSError(errno.EADDRINUSE, f"every UDP port in {self._ports.start}-{self._ports.stop - 1} is taken")
+
+
+def turn_credentials(servers: Sequence[IceServer], secret: str | None, user: str, ttl_s: float) -> list[IceServer]:
+    """`servers` with short-lived credentials for `user` on every TURN server that names none.
+
+    The TURN REST API scheme (coturn's use-auth-secret): the username is "<expiry>:<user>" and the
+    credential base64(HMAC-SHA1(secret, username)); the TURN server checks both without asking us,
+    and they stop working at the expiry. Without a secret the servers are returned unchanged.
+    """
+    if not secret:
+        return list(servers)
+    username = f"{int(time.time() + ttl_s)}:{user}"
+    credential = base64.b64encode(hmac.new(secret.encode(), username.encode(), hashlib.sha1).digest()).decode()
+    out = []
+    for server in servers:
+        turn = any(url.startswith(("turn:", "turns:")) for url in server.urls)
+        if turn and not server.username:
+            server = server.model_copy(update={"username": username, "credential": credential})
+        out.append(server)
+    return out

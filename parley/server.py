@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
+import os
 import re
 import ssl
 import time
@@ -25,8 +26,8 @@ from aiohttp import web
 
 from media.track import LATENESS_BOUNDS_MS
 from parley.auth import Gate, Refused, User, allowed_hosts, host_allowed, host_of
-from parley.config import ParleyConfig, model_label, model_quality
-from parley.ice import configure_ice, parse_port_range
+from parley.config import IceServer, ParleyConfig, model_label, model_quality
+from parley.ice import configure_ice, parse_port_range, turn_credentials
 from parley.metrics import Meter
 from parley.rtc import Peer, SdpError
 from parley.services import Services
@@ -72,6 +73,36 @@ def same_origin(origin: str | None, environ: dict[str, Any], scheme: str) -> boo
     return origin.lower() in {a.lower() for a in allowed}
 
 
+class SocketServer(socketio.AsyncServer):
+    """python-socketio's server, refusing what Parley's protocol never sends, politely.
+
+    Binary events are refused at their first frame: their attachments would otherwise be buffered
+    until complete, however many arrive. A message over `limit` bytes gets a notice, then the socket
+    is closed (engine.io itself would close it silently: its own limit is set higher to let this
+    check speak first).
+    """
+
+    def __init__(self, *, limit: int, **kwargs: Any) -> None:
+        super().__init__(max_http_buffer_size=limit * 4, **kwargs)
+        self.limit = limit
+
+    async def _handle_eio_message(self, eio_sid: str, data: Any) -> None:
+        binary = isinstance(data, bytes) or (isinstance(data, str) and data[:1] in ("5", "6"))
+        if binary or len(data) > self.limit:
+            sid = self.manager.sid_from_eio_sid(eio_sid, "/")
+            reason = (
+                "Parley takes no binary messages; this connection is closed."
+                if binary
+                else f"That message was larger than {self.limit // 1024} KB; this connection is closed. Reload the page."
+            )
+            log.warning("closing %s: %s", sid or eio_sid, reason)
+            if sid:
+                await self.emit("notice", {"level": "error", "text": reason}, to=sid)
+                await self.disconnect(sid)
+            return
+        await super()._handle_eio_message(eio_sid, data)
+
+
 class IngressServer:
     """aiohttp + python-socketio + aiortc for the browsers that reach this node."""
 
@@ -98,10 +129,10 @@ class IngressServer:
         self.url = ""
         self.scheme = "http" if is_loopback(config.server.host) else "https"
         """What browsers speak to this server; it decides which Origin a socket.io handshake may carry."""
-        self.sio = socketio.AsyncServer(
+        self.sio = SocketServer(
             async_mode="aiohttp",
             cors_allowed_origins=lambda origin, environ: same_origin(origin, environ, self.scheme),
-            max_http_buffer_size=config.limits.max_payload_bytes,
+            limit=config.limits.max_payload_bytes,
             logger=False,
             engineio_logger=False,
         )
@@ -109,7 +140,7 @@ class IngressServer:
         """Who is connecting: an invitation, a trusted proxy's header, or anyone (loopback)."""
         self.allowed_hosts = allowed_hosts(config)
         self._users: dict[str, User] = {}
-        self.app = web.Application(client_max_size=config.limits.max_payload_bytes, middlewares=[self._check_host])
+        self.app = web.Application(client_max_size=4 * config.limits.max_payload_bytes, middlewares=[self._check_host])
         self.sio.attach(self.app)
         self.app.router.add_get("/", self._index)
         self.app.router.add_get("/healthz", self._health)
@@ -222,7 +253,11 @@ class IngressServer:
     # -- socket.io --------------------------------------------------------------------------
 
     def _guard(self, event: str, handler: Any) -> Any:
-        async def guarded(sid: str, data: Any = None) -> None:
+        async def guarded(sid: str, *args: Any) -> None:
+            if len(args) > 1:  # every event of the protocol carries one payload (or none)
+                await self._notice(sid, f"'{event}' takes one payload; {len(args)} were sent.", "error")
+                return
+            data = args[0] if args else None
             try:
                 await handler(sid, data if isinstance(data, dict) else {} if data is None else data)
             except Exception:
@@ -268,7 +303,11 @@ class IngressServer:
         if current is not None and current != session_id:
             await self._notice(sid, "This connection already holds a conversation; open a new one for another.")
             return
-        mine = {s for k, s in self._sid_session.items() if k != sid and self._users.get(k) == user}
+        mine = {
+            s
+            for k, s in self._sid_session.items()
+            if k != sid and (known := self._users.get(k)) is not None and known.account == user.account
+        }
         if session_id not in mine and len(mine) >= self.config.limits.sessions_per_user:
             await self.sio.emit(
                 "rejected",
@@ -316,7 +355,7 @@ class IngressServer:
                 "user": user.name,
                 "ingress": self.process,
                 "history": [e.public() for e in session.history],
-                "ice_servers": [s.model_dump(exclude_none=True) for s in self.config.server.ice_servers],
+                "ice_servers": [s.model_dump(exclude_none=True) for s in self._ice_servers(user.name)],
                 "limits": {
                     "max_record_s": self.config.limits.max_record_s,
                     "max_text_chars": self.config.limits.max_text_chars,
@@ -343,7 +382,7 @@ class IngressServer:
             await self._notice(sid, "The WebRTC offer was malformed.")
             return
         await self._close_peer(sid)
-        peer = Peer(session, self.config.server.ice_servers, self.config.server.public_address)
+        peer = Peer(session, self._ice_servers("parley-server"), self.config.server.public_address)
         self.peers[sid] = peer
         try:
             answer = await peer.answer(sdp, kind)
@@ -354,6 +393,11 @@ class IngressServer:
             return
         peer.watch_connecting()
         await self.sio.emit("answer", {"sdp": answer.sdp, "type": answer.type}, to=sid)
+
+    def _ice_servers(self, user: str) -> list[IceServer]:
+        """The STUN/TURN servers for one user: TURN credentials of their own, short-lived (if a secret is set)."""
+        cfg = self.config.server
+        return turn_credentials(cfg.ice_servers, os.environ.get(cfg.turn_secret_env), user, cfg.turn_ttl_s)
 
     async def _close_peer(self, sid: str) -> None:
         peer = self.peers.pop(sid, None)

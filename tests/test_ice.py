@@ -79,3 +79,27 @@ async def test_an_answer_behind_nat_offers_the_public_address() -> None:
     finally:  # the browser never takes the answer: nothing is sent towards the public address
         await peer.close()
         await browser.close()
+
+
+def test_each_user_gets_short_lived_turn_credentials_of_their_own() -> None:
+    import base64
+    import hashlib
+    import hmac
+    import time
+
+    from parley.config import IceServer
+    from parley.ice import turn_credentials
+
+    servers = [
+        IceServer(urls=["stun:stun.example.org:3478"]),
+        IceServer(urls=["turn:turn.example.org:3478?transport=udp"]),
+        IceServer(urls=["turn:static.example.org"], username="fixed", credential="kept"),
+    ]
+    assert turn_credentials(servers, None, "alice", 60) == servers, "no secret: nothing changes"
+    stun, turn, static = turn_credentials(servers, "s3cret", "alice", 3600)
+    assert stun.username is None and static.username == "fixed"
+    expiry, user = (turn.username or "").split(":")
+    assert user == "alice" and 3500 < int(expiry) - time.time() <= 3600
+    expected = base64.b64encode(hmac.new(b"s3cret", (turn.username or "").encode(), hashlib.sha1).digest()).decode()
+    assert turn.credential == expected  # what coturn's use-auth-secret checks
+    assert turn_credentials(servers, "s3cret", "bob", 3600)[1].username != turn.username
