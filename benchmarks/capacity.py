@@ -37,6 +37,9 @@ from parley.load import LoadResult, percentile, run_load  # noqa: E402
 from tests.conftest import free_port  # noqa: E402
 
 GAP_LIMIT_MS = 30.0
+# The server's invitation secret, where it asks for invitations (--url at a server on a network):
+# each synthetic session then gets one of its own.
+SECRET = os.environ.get("PARLEY_AUTH_SECRET", "").encode() or None
 TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -57,15 +60,34 @@ class Proc:
         return 0
 
 
-def _worker(url: str, sessions: int, talkers: int, seconds: float, video: bool, seed: int) -> dict[str, Any]:
-    """One load process: `sessions` sessions, the first `talkers` of them in turns back to back."""
+def _worker(url: str, sessions: int, talkers: int, seconds: float, video: bool, seed: int, first: int) -> dict[str, Any]:
+    """One load process: `sessions` sessions, the first `talkers` of them in turns back to back; its
+    callers are numbered from `first`, so no two processes' sessions share an address or a name."""
     from parley.ice import configure_ice
 
     configure_ice(["127.0.0.1"], None)
 
     async def both() -> list[LoadResult]:
-        quiet = run_load(url, sessions - talkers, 0, seconds, video=video, seed=seed, show=False) if sessions > talkers else None
-        busy = run_load(url, talkers, 100, seconds, video=video, seed=seed + 1, show=False) if talkers else None
+        quiet = (
+            run_load(url, sessions - talkers, 0, seconds, video=video, seed=seed, show=False, secret=SECRET, first_caller=first)
+            if sessions > talkers
+            else None
+        )
+        busy = (
+            run_load(
+                url,
+                talkers,
+                100,
+                seconds,
+                video=video,
+                seed=seed + 1,
+                show=False,
+                secret=SECRET,
+                first_caller=first + sessions - talkers,
+            )
+            if talkers
+            else None
+        )
         return [r for r in await asyncio.gather(*(x for x in (quiet, busy) if x is not None))]
 
     results = asyncio.run(both())
@@ -152,7 +174,7 @@ def phase(url: str, sessions: int, talkers: int, seconds: float, video: bool, wo
     rss_before = sum(p.rss() for p in ingress)
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
         futures = [
-            pool.submit(_worker, url, n, t, seconds, video, 100 * i)
+            pool.submit(_worker, url, n, t, seconds, video, 100 * i, sum(shares[:i]))
             for i, (n, t) in enumerate(zip(shares, talk, strict=True))
             if n
         ]
@@ -214,7 +236,11 @@ def main() -> None:
                     update={"port": free_port(), "ice_addresses": ["127.0.0.1"], "max_sessions": 1000}
                 ),
                 "serve": config.serve.model_copy(update={"include_dashboard": False}),
-                "limits": config.limits.model_copy(update={"turns_per_minute": 1000}),
+                # every load session is its own caller (own loopback address), but leave room anyway:
+                # this measures the ingress, not the per-user limits
+                "limits": config.limits.model_copy(
+                    update={"turns_per_minute": 1000, "sessions_per_user": 1000, "sockets_per_address": 1000}
+                ),
             }
         )
         url = start(config)

@@ -20,6 +20,7 @@ import ipaddress
 import itertools
 import json
 import math
+import os
 import random
 import socket
 import sys
@@ -58,6 +59,8 @@ class LoadResult:
     gap_ms_p50: float | None = None
     gap_ms_p99: float | None = None
     gaps_over_40ms_share: float | None = None
+    reasons: list[str] = field(default_factory=list, repr=False)
+    """Why sessions were refused."""
     first_audio_ms: list[float] = field(default_factory=list, repr=False)
     gaps_ms: list[float] = field(default_factory=list, repr=False)
 
@@ -72,7 +75,7 @@ class LoadResult:
         return self
 
     def public(self) -> dict[str, object]:
-        return {k: v for k, v in asdict(self).items() if k not in ("first_audio_ms", "gaps_ms")}
+        return {k: v for k, v in asdict(self).items() if k not in ("first_audio_ms", "gaps_ms", "reasons")}
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -91,14 +94,47 @@ def loopback(url: str) -> bool:
     return bool(addresses) and all(ipaddress.ip_address(a.split("%")[0]).is_loopback for a in addresses)
 
 
+@dataclass(frozen=True)
+class Caller:
+    """Who one synthetic session is: its invitation (if the server asks for one) and its address."""
+
+    token: str | None = None
+    source_address: str | None = None
+
+
+def callers(url: str, sessions: int, secret: bytes | None) -> list[Caller]:
+    """One caller per session. On loopback each comes from an address of its own (127.0.0.2, ...), as
+    users on different machines would, so per-address limits see N users, not one; with the server's
+    secret each gets an invitation of its own (load-0, load-1, ...)."""
+    from parley.auth import mint
+
+    spread = loopback(url) and urlparse(url).hostname in ("127.0.0.1", "localhost")
+    return [
+        Caller(
+            token=mint(secret, f"load-{i}", 24 * 3600) if secret else None,
+            source_address=f"127.0.{1 + i // 250}.{2 + i % 250}" if spread else None,
+        )
+        for i in range(sessions)
+    ]
+
+
 async def one_session(
-    url: str, questions: list[np.ndarray], turns: int, deadline: float, video: bool, result: LoadResult, rng: random.Random
+    url: str,
+    caller: Caller,
+    questions: list[np.ndarray],
+    turns: int,
+    deadline: float,
+    video: bool,
+    result: LoadResult,
+    rng: random.Random,
 ) -> None:
     client = ParleyClient(
         url,
         ssl_verify=False,
         ice_addresses=("127.0.0.1",) if loopback(url) else (),
         camera=Camera() if video else None,
+        token=caller.token,
+        source_address=caller.source_address,
     )
     try:
         welcome = await client.connect()
@@ -108,6 +144,7 @@ async def one_session(
         return
     if "session_id" not in welcome:
         result.refused += 1
+        result.reasons.append(str(welcome.get("reason")))
         await client.close()
         return
     result.connected += 1
@@ -160,7 +197,16 @@ async def progress(result: LoadResult, began: float, stop: asyncio.Event) -> Non
 
 
 async def run_load(
-    url: str, sessions: int, turns: int, seconds: float, *, video: bool = False, seed: int = 0, show: bool = True
+    url: str,
+    sessions: int,
+    turns: int,
+    seconds: float,
+    *,
+    video: bool = False,
+    seed: int = 0,
+    show: bool = True,
+    secret: bytes | None = None,
+    first_caller: int = 0,
 ) -> LoadResult:
     """Run the load and return its numbers (the caller checks the bounds and the host)."""
     questions = [trim(speak(q, rate=48000)) for q in QUESTIONS]
@@ -171,8 +217,9 @@ async def run_load(
     reporter = asyncio.create_task(progress(result, began, stop) if show else stop.wait())
     rng = random.Random(seed)
     tasks = []
+    who = callers(url, first_caller + sessions, secret)[first_caller:]
     for i in range(sessions):
-        session = one_session(url, questions, turns, deadline, video, result, random.Random(rng.random()))
+        session = one_session(url, who[i], questions, turns, deadline, video, result, random.Random(rng.random()))
         tasks.append(asyncio.create_task(session))
         await asyncio.sleep(min(0.1, seconds / 20 / max(1, sessions)) if i < sessions - 1 else 0)
     _, pending = await asyncio.wait(tasks, timeout=seconds + GRACE_S + 10)
@@ -207,14 +254,22 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seconds", type=float, default=60, help=f"how long the load lasts (at most {MAX_SECONDS})")
     parser.add_argument("--video", action="store_true", help="send a 320x240 15 fps camera too")
     parser.add_argument("--json", type=Path, help="also write the numbers here as JSON")
+    parser.add_argument(
+        "--secret-env",
+        metavar="VAR",
+        help="environment variable holding the server's invitation secret: each session gets an invitation of its own",
+    )
     parser.add_argument("--i-own-this-host", action="store_true", help="allow a host that is not loopback")
     args = parser.parse_args(argv)
     if not (1 <= args.sessions <= MAX_SESSIONS and 0 <= args.turns <= MAX_TURNS and 1 <= args.seconds <= MAX_SECONDS):
         parser.error(f"bounds: 1-{MAX_SESSIONS} sessions, 0-{MAX_TURNS} turns, 1-{MAX_SECONDS} seconds")
     if not loopback(args.url) and not args.i_own_this_host:
         parser.error(f"{args.url} is not a loopback address: load only hosts you own, and say so with --i-own-this-host")
-    result = asyncio.run(run_load(args.url, args.sessions, args.turns, args.seconds, video=args.video))
+    secret = os.environ.get(args.secret_env, "").encode() or None if args.secret_env else None
+    result = asyncio.run(run_load(args.url, args.sessions, args.turns, args.seconds, video=args.video, secret=secret))
     print(table(result))
+    if result.reasons:
+        print(f"refused because: {sorted(set(result.reasons))}")
     if args.json:
         args.json.write_text(json.dumps(result.public(), indent=2) + "\n")
 

@@ -38,6 +38,10 @@ NODE2_IP = "10.213.0.2"
 PREFIX = 24
 
 
+CLUSTER_SECRET = "two-node-test-secret-long-enough-for-hs256"
+"""What the two nodes sign and check invitations with (Parley asks for them off loopback)."""
+
+
 def ray_env() -> dict[str, str]:
     """The environment of every Ray process of this cluster: Parley importable, no stray address,
     and token authentication off (Ray 2.60 turns it on for `ray start` when ~/.ray/auth_token
@@ -45,6 +49,7 @@ def ray_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
     env["RAY_AUTH_MODE"] = "disabled"
+    env["PARLEY_AUTH_SECRET"] = CLUSTER_SECRET  # one invitation secret for both nodes, as cluster.env gives a real one
     return env
 
 

@@ -34,7 +34,8 @@ def two_processes(serve_app) -> Iterator[str]:
         {
             "server": {"port": free_port(), "ice_addresses": ["127.0.0.1"]},
             "serve": {"ingress_per_node": 2},
-            "limits": {"turns_per_minute": 200},
+            # every client here comes from 127.0.0.1: as one address and one (anonymous) user
+            "limits": {"turns_per_minute": 200, "sessions_per_user": 32, "sockets_per_address": 32},
         }
     )
     handles = [serve.get_deployment_handle(name, app_name="parley") for name in ("ASR", "LLM", "TTS")]

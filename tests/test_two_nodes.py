@@ -46,6 +46,14 @@ class Deployed:
         return f"https://{ip}:{self.port}/"
 
 
+def invitation() -> str:
+    """An invitation both nodes accept: off loopback Parley asks for one."""
+    from parley.auth import mint
+    from tests.netns import CLUSTER_SECRET
+
+    return mint(CLUSTER_SECRET.encode(), "two-node-tester", 3600)
+
+
 @pytest.fixture(scope="module")
 def two_nodes() -> Iterator[Deployed]:
     cluster = TwoNodeCluster()
@@ -94,7 +102,7 @@ def test_each_node_runs_one_ingress(two_nodes: Deployed) -> None:
 
 @pytest.mark.parametrize("ip", NODE_IPS)
 async def test_a_typed_turn_through_each_nodes_ingress(two_nodes: Deployed, ip: str) -> None:
-    client = ParleyClient(two_nodes.url(ip), ssl_verify=False)
+    client = ParleyClient(two_nodes.url(ip), ssl_verify=False, token=invitation())
     try:
         began = time.monotonic()
         welcome = await client.connect(media=False)
@@ -113,7 +121,7 @@ async def test_a_typed_turn_through_each_nodes_ingress(two_nodes: Deployed, ip: 
 @pytest.mark.parametrize("ip", NODE_IPS)
 async def test_a_spoken_answer_over_webrtc_from_each_node(two_nodes: Deployed, ip: str) -> None:
     # the client is on node 1's side of the veth: advertise the address both nodes can reach
-    client = ParleyClient(two_nodes.url(ip), ssl_verify=False, ice_addresses=[HEAD_IP])
+    client = ParleyClient(two_nodes.url(ip), ssl_verify=False, ice_addresses=[HEAD_IP], token=invitation())
     try:
         began = time.monotonic()
         await client.connect()
