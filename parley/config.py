@@ -70,6 +70,13 @@ class ServerConfig(_Section):
         description="Where the node keeps conversations on disk (SQLite), so they survive a restart or crash and a "
         "browser that reconnects to another ingress process of the node finds its own. null: memory only.",
     )
+    store: str = Field(
+        default="sqlite",
+        pattern=r"^(sqlite|memory|rediss?://.+|unix://.+)$",
+        description="Where conversations are kept. sqlite: a file in state_dir, shared by the node's ingress "
+        "processes. redis://[:password@]host:6379/0: one Redis for the whole cluster, so a browser that reconnects "
+        "to another node gets its conversation back. memory: nowhere (lost with the process).",
+    )
     keep_conversations_s: float = Field(
         default=7 * 24 * 3600.0, gt=0, description="Stored conversations untouched this long are deleted."
     )

@@ -32,7 +32,7 @@ from parley.metrics import Meter
 from parley.rtc import Peer, SdpError
 from parley.services import Services
 from parley.session import Session, SessionSettings
-from parley.store import ConversationStore
+from parley.store import ConversationStore, open_store
 from parley.tls import self_signed_pair
 
 log = logging.getLogger("parley.server")
@@ -111,8 +111,8 @@ class IngressServer:
         self.services = services
         self.meter = meter or Meter()
         self.sessions: dict[str, Session] = {}
-        self.store = (
-            ConversationStore(Path(config.server.state_dir) / "conversations.sqlite3") if config.server.state_dir else None
+        self.store: ConversationStore | None = open_store(
+            config.server.store, config.server.state_dir, config.server.keep_conversations_s
         )
         """Conversations on the node's disk: they outlive this process and are shared with the
         node's other ingress processes (None: kept in memory only)."""
