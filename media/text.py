@@ -91,12 +91,22 @@ class SentenceSplitter:
 
     def __init__(self, *, first_clause_words: int | None = None) -> None:
         self._pending = ""
+        self._offset = 0
+        """Where `_pending` starts in everything fed so far."""
         self._clause_words = first_clause_words
 
     def feed(self, delta: str) -> list[str]:
         """Add the next delta; return every sentence it completed (stripped, non-empty), in order."""
-        self._pending = (self._pending + delta).lstrip()
-        out: list[str] = []
+        return [sentence for sentence, _ in self.feed_spans(delta)]
+
+    def flush(self) -> list[str]:
+        """End of the reply: return what is left as one last sentence (empty list if nothing)."""
+        return [sentence for sentence, _ in self.flush_spans()]
+
+    def feed_spans(self, delta: str) -> list[tuple[str, int]]:
+        """As `feed`, each sentence with where it ends in the text fed so far (its last character + 1)."""
+        self._strip(self._pending + delta)
+        out: list[tuple[str, int]] = []
         while self._pending:
             over = len(self._pending) > MAX_SENTENCE_CHARS
             # Past the cap, decide from the first MAX+1 characters only, as a char-by-char feed would.
@@ -112,14 +122,23 @@ class SentenceSplitter:
             else:
                 break
             sentence = clean_for_speech(self._pending[:end])
-            self._pending = self._pending[rest:].lstrip()
+            ends_at = self._offset + end
+            self._offset += rest
+            self._strip(self._pending[rest:])
             if sentence:
-                out.append(sentence)
+                out.append((sentence, ends_at))
                 self._clause_words = None  # only the reply's first piece may end at a comma
         return out
 
-    def flush(self) -> list[str]:
-        """End of the reply: return what is left as one last sentence (empty list if nothing)."""
+    def flush_spans(self) -> list[tuple[str, int]]:
+        """As `flush`, the last sentence with where it ends."""
         sentence = clean_for_speech(self._pending)
+        ends_at = self._offset + len(self._pending.rstrip())
+        self._offset += len(self._pending)
         self._pending = ""
-        return [sentence] if sentence else []
+        return [(sentence, ends_at)] if sentence else []
+
+    def _strip(self, pending: str) -> None:
+        """Keep `pending` without its leading whitespace, counting what was dropped."""
+        self._pending = pending.lstrip()
+        self._offset += len(pending) - len(self._pending)

@@ -4,9 +4,11 @@ Invariants:
 - Until `commit`, a reply is speculative: the LLM and TTS work, but nothing reaches the page or
   the track; text and packets wait. `commit` hands over what waited, in order, and from then on
   text goes to the page and packets to the track as they come.
+- What is spoken is the answer's Markdown made plain (media/speakable.py): no markup, no code.
+  Each sentence knows the span of the answer's text it was made from.
 - Sentence i's packets enter the track tagged (reply id, i), so `heard()` can say from what the
   track really played which words the user heard: whole sentences, then the start of the one
-  being played, in proportion to its audio played.
+  being played, in proportion to its audio played, cut in the answer's own text.
 - `stop()` cancels the LLM stream and the TTS call at once (the caller clears the track).
 - Its stage times (llm_ttft, first_sentence, tts_ttfb) are measured here, on its own requests.
 """
@@ -16,11 +18,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import time
 from collections.abc import Callable, Coroutine, Hashable
 from dataclasses import dataclass
 from typing import Any
 
+from media.speakable import Speakable
 from media.text import SentenceSplitter, clean_for_speech
 from media.track import PacingTrack
 from parley.metrics import Stopwatch, TurnMetrics
@@ -36,6 +40,10 @@ Publish = Callable[[str, str], Coroutine[Any, Any, None]]
 @dataclass
 class _Sentence:
     text: str
+    """What TTS is asked to say."""
+    start: int = 0
+    end: int = 0
+    """The span of the answer's text it was made from."""
     samples: int = 0
     """48 kHz samples TTS made for it so far."""
     complete: bool = False
@@ -139,22 +147,24 @@ class Reply:
         when the track was cleared never will. With no track (no media connected) the user read
         everything: it all counts as heard. Call it before `stop()`, which forgets the counts.
         """
-        words = clean_for_speech(self.text).split()
         track = self._track
         if track is None:
-            return " ".join(words), ""
-        count = 0.0
+            return clean_for_speech(self.text), ""
+        cut = 0
         for index, sentence in enumerate(self._sentences):
             heard = track.played((self.id, index)).samples
-            size = len(sentence.text.split())
             if sentence.complete and sentence.samples and heard >= sentence.samples:
-                count += size
+                cut = sentence.end
                 continue
             if sentence.samples:
-                count += size * min(1.0, heard / sentence.samples)
+                cut = _after_words(self.text, sentence.start, sentence.end, min(1.0, heard / sentence.samples))
             break
-        cut = int(count)
-        return " ".join(words[:cut]), " ".join(words[cut:])
+        return clean_for_speech(self.text[:cut]), clean_for_speech(self.text[cut:])
+
+    def span(self, index: int) -> tuple[int, int]:
+        """Where sentence `index` came from in the answer's text: (start, end)."""
+        sentence = self._sentences[index]
+        return sentence.start, sentence.end
 
     # -- the work ---------------------------------------------------------------------------
 
@@ -162,7 +172,13 @@ class Reply:
         sentences: asyncio.Queue[int | None] = asyncio.Queue()
         speaker = asyncio.get_running_loop().create_task(self._speak(sentences))
         request = Stopwatch(self._clock)
+        speakable = Speakable()
         splitter = SentenceSplitter(first_clause_words=self._clause_words)
+
+        def hand_over(found: list[tuple[str, int]]) -> None:
+            for sentence, spoken_end in found:
+                self._hand_to_tts(sentence, speakable.source_at(spoken_end), sentences, request)
+
         try:
             async for delta in self._services.stream_reply(self._messages):
                 if not delta:
@@ -171,10 +187,11 @@ class Reply:
                     self.metrics.llm_ttft = request.elapsed()
                 self.text += delta
                 self._outbox.put_nowait(("delta", delta))
-                for sentence in splitter.feed(delta):
-                    self._hand_to_tts(sentence, sentences, request)
-            for sentence in splitter.flush():
-                self._hand_to_tts(sentence, sentences, request)
+                hand_over(splitter.feed_spans(speakable.feed(delta)))
+            hand_over(splitter.feed_spans(speakable.flush()))
+            hand_over(splitter.flush_spans())
+            if self._sentences:  # trailing text that says nothing (a rule, spaces) belongs to the last sentence
+                self._sentences[-1].end = len(self.text)
             self.text_done = True
             self._end_text()
             sentences.put_nowait(None)
@@ -190,10 +207,11 @@ class Reply:
             self._text_ended = True
             self._outbox.put_nowait(None)
 
-    def _hand_to_tts(self, sentence: str, sentences: asyncio.Queue[int | None], request: Stopwatch) -> None:
+    def _hand_to_tts(self, sentence: str, end: int, sentences: asyncio.Queue[int | None], request: Stopwatch) -> None:
         if self.metrics.first_sentence is None:
             self.metrics.first_sentence = request.elapsed()
-        self._sentences.append(_Sentence(sentence))
+        start = self._sentences[-1].end if self._sentences else 0
+        self._sentences.append(_Sentence(sentence, start=start, end=max(start, end)))
         sentences.put_nowait(len(self._sentences) - 1)
 
     async def _speak(self, sentences: asyncio.Queue[int | None]) -> None:
@@ -238,3 +256,10 @@ class Reply:
                     text += peek[1]
                     self._outbox.get_nowait()
             await publish(kind, text)
+
+
+def _after_words(text: str, start: int, end: int, fraction: float) -> int:
+    """The position in `text` just after the first `fraction` of the words of text[start:end]."""
+    words = list(re.finditer(r"\S+", text[start:end]))
+    count = int(len(words) * fraction)
+    return start + words[count - 1].end() if count else start

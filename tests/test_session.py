@@ -326,3 +326,18 @@ async def test_only_the_newest_images_are_kept_in_memory() -> None:
         await wait_until(lambda i=i: len(services.requests) == i + 1)
     assert sum(1 for e in session.history if e.image) == 2
     await session.close()
+
+
+async def test_an_answer_with_code_is_shown_whole_and_spoken_without_markup_or_code() -> None:
+    reply = ["Here is **the** fix:\n", "```python\n", "print('hi')\n", "```\n", "Run `python app.py` now."]
+    services = ScriptedServices(reply)
+    session, page, track = make_session(services)
+    stop = asyncio.Event()
+    pumping = asyncio.create_task(pump(track, stop))
+    await session.send_text("Fix it")
+    await wait_until(lambda: page.of("metrics"))
+    stop.set()
+    await pumping
+    assert "".join(d["text"] for d in page.of("delta")) == "".join(reply), "the page gets the Markdown as written"
+    assert services.spoken == ["Here is the fix:", "Python code shown on screen.", "Run python app.py now."]
+    assert not any(ch in "".join(services.spoken) for ch in "`*#")
