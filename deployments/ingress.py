@@ -20,7 +20,7 @@ from parley.logs import setup_logging, starting
 from parley.metrics import STAGES, Meter
 from parley.server import IngressServer
 from parley.services import ServiceError
-from parley.types import ChatMessage, OpusPacket, Transcript
+from parley.types import ChatMessage, Finish, OpusPacket, Transcript
 from parley.warmup import warm_up
 
 log = logging.getLogger("parley.ingress")
@@ -57,8 +57,8 @@ class HandleServices:
             raise user_error("speech recognition", exc) from exc
         return result
 
-    async def stream_reply(self, messages: list[ChatMessage]) -> AsyncIterator[str]:
-        async for delta in self._stream("language model", self._llm.stream_reply.remote(messages)):
+    async def stream_reply(self, messages: list[ChatMessage]) -> AsyncIterator[str | Finish]:
+        async for delta in self._stream("language model", self._llm.stream_reply.remote(messages, finish=True)):
             yield delta
 
     async def synthesize(self, text: str, voice: str | None = None) -> AsyncIterator[OpusPacket]:

@@ -1,7 +1,8 @@
 """The language model: a conversation in, the reply out as a stream of text deltas.
 
-Invariant: `stream_reply` yields only non-empty text deltas and, on a backend failure, raises
-`LLMError` and nothing else. Closing it early (the consumer stops, the turn is cancelled) stops
+Invariant: `stream_reply` yields only non-empty text deltas (then, if the caller asks with
+`finish=True`, one `Finish` saying why it stopped: "length" when cut by `max_tokens`) and, on a
+backend failure, raises `LLMError` and nothing else. Closing it early (the consumer stops, the turn is cancelled) stops
 the generation: the local model's worker thread sees a stop flag at its next token, an endpoint's
 HTTP stream is closed. A local model runs one generation at a time; other sessions queue.
 """
@@ -15,12 +16,12 @@ import time
 from collections.abc import AsyncGenerator, Iterator
 from contextlib import aclosing, contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, cast
+from typing import TYPE_CHECKING, Any, Literal, Protocol, cast, overload
 
 from parley.config import LLMConfig, openai_api_key
 from parley.local_models import CATALOGUE, LocalModelMissing
 from parley.logs import setup_logging, starting
-from parley.types import ChatMessage, ImagePart
+from parley.types import ChatMessage, Finish, ImagePart
 
 if TYPE_CHECKING:
     from openai.types.chat import ChatCompletionMessageParam
@@ -33,10 +34,10 @@ class LLMError(RuntimeError):
 
 
 class LLMEngine(Protocol):
-    """A loaded backend. `stream` yields non-empty text deltas, raises only LLMError, and stops
-    generating when closed early."""
+    """A loaded backend. `stream` yields non-empty text deltas then, when the backend says why it
+    stopped, a `Finish`; it raises only LLMError, and stops generating when closed early."""
 
-    def stream(self, messages: list[ChatMessage]) -> AsyncGenerator[str, None]: ...
+    def stream(self, messages: list[ChatMessage]) -> AsyncGenerator[str | Finish, None]: ...
 
 
 class LLM:
@@ -50,15 +51,23 @@ class LLM:
             self.engine: LLMEngine = LocalEngine(config) if config.backend == "local" else OpenAIEngine(config)
         log.info("ready in %.2f s", time.perf_counter() - start)
 
-    async def stream_reply(self, messages: list[ChatMessage]) -> AsyncGenerator[str, None]:
-        """Stream the assistant's reply to `messages` (the system prompt is added when missing)."""
+    @overload
+    def stream_reply(self, messages: list[ChatMessage], *, finish: Literal[False] = False) -> AsyncGenerator[str, None]: ...
+    @overload
+    def stream_reply(self, messages: list[ChatMessage], *, finish: Literal[True]) -> AsyncGenerator[str | Finish, None]: ...
+
+    async def stream_reply(self, messages: list[ChatMessage], *, finish: bool = False) -> AsyncGenerator[str | Finish, None]:
+        """Stream the assistant's reply to `messages` (the system prompt is added when missing).
+
+        With `finish`, the last item is a `Finish` saying why the model stopped (when it said)."""
         if not messages:
             raise ValueError("stream_reply needs at least one message")
         if messages[0].role != "system" and self.config.system_prompt:
             messages = [ChatMessage(role="system", content=self.config.system_prompt), *messages]
         async with aclosing(self.engine.stream(messages)) as stream:
             async for delta in stream:
-                yield delta
+                if finish or isinstance(delta, str):
+                    yield delta
 
 
 def local_model_path(config: LLMConfig) -> str:
@@ -138,7 +147,7 @@ class LocalEngine:
         warm = [{"role": "system", "content": config.system_prompt}, {"role": "user", "content": "Hello."}]
         self.llama.create_chat_completion(messages=warm, max_tokens=1)  # type: ignore[arg-type]
 
-    async def stream(self, messages: list[ChatMessage]) -> AsyncGenerator[str, None]:
+    async def stream(self, messages: list[ChatMessage]) -> AsyncGenerator[str | Finish, None]:
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[object] = asyncio.Queue()
         stop = threading.Event()
@@ -165,9 +174,12 @@ class LocalEngine:
                     for chunk in chunks:
                         if stop.is_set():
                             break
-                        delta = chunk["choices"][0]["delta"].get("content")
+                        choice = chunk["choices"][0]
+                        delta = choice["delta"].get("content")
                         if delta:
                             put(delta)
+                        if choice.get("finish_reason"):
+                            put(Finish(reason=choice["finish_reason"]))
                 finally:
                     close = getattr(chunks, "close", None)
                     if close is not None:
@@ -191,7 +203,7 @@ class LocalEngine:
             while (item := await queue.get()) is not _DONE:
                 if isinstance(item, LLMError):
                     raise item
-                assert isinstance(item, str)
+                assert isinstance(item, str | Finish)
                 yield item
         finally:
             stop.set()
@@ -228,7 +240,7 @@ class OpenAIEngine:
             message = message.model_copy(update={"content": parts})
         return message.to_openai(with_images=self.config.vision)
 
-    async def stream(self, messages: list[ChatMessage]) -> AsyncGenerator[str, None]:
+    async def stream(self, messages: list[ChatMessage]) -> AsyncGenerator[str | Finish, None]:
         try:
             stream = await self.client.chat.completions.create(
                 model=self.config.model,
@@ -244,6 +256,8 @@ class OpenAIEngine:
             async for chunk in stream:
                 if chunk.choices and chunk.choices[0].delta.content:
                     yield chunk.choices[0].delta.content
+                if chunk.choices and chunk.choices[0].finish_reason:
+                    yield Finish(reason=chunk.choices[0].finish_reason)
         except Exception as e:  # the transport's own errors (a dropped connection) surface here unwrapped
             log.warning("LLM stream from %s broke: %r", self.where, e)
             raise LLMError("The answer was cut off: the connection to the language model dropped.") from e

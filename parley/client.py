@@ -192,7 +192,7 @@ class ParleyClient:
             elif name == "delta" and data.get("id") in found:
                 found[data["id"]]["text"] += data["text"]
             elif name == "state" and data.get("id") in found:
-                found[data["id"]].update(state=data["state"], error=data.get("error"))
+                found[data["id"]].update(state=data["state"], error=data.get("error"), cut=bool(data.get("cut")))
                 if "text" in data:  # an interruption: only what was heard stays as the text
                     found[data["id"]].update(text=data["text"], unspoken=data.get("unspoken", ""))
             elif name == "welcome":

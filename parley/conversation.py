@@ -30,12 +30,16 @@ class Entry:
     image: str | None = None
     unspoken: str = ""
     """Assistant: the words of the answer the user never heard (after an interruption)."""
+    cut: bool = False
+    """Assistant: the model stopped at its length limit (`llm.max_tokens`), not at the end."""
     id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
 
     def public(self) -> dict[str, Any]:
         data: dict[str, Any] = {"id": self.id, "role": self.role, "text": self.text, "state": self.state}
         if self.unspoken:
             data["unspoken"] = self.unspoken
+        if self.cut:
+            data["cut"] = True
         return data
 
 

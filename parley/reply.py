@@ -29,7 +29,7 @@ from media.text import SentenceSplitter, clean_for_speech
 from media.track import PacingTrack
 from parley.metrics import Stopwatch, TurnMetrics
 from parley.services import Services
-from parley.types import ChatMessage, OpusPacket
+from parley.types import ChatMessage, Finish, OpusPacket
 
 log = logging.getLogger("parley.reply")
 
@@ -66,6 +66,8 @@ class Reply:
         self.text = ""
         """The LLM's text so far."""
         self.text_done = False
+        self.finish: Finish | None = None
+        """Why the LLM stopped, when it said: `finish.cut` when the length limit cut the answer."""
         self.metrics = TurnMetrics()
         self.tts_errors: list[str] = []
         self._messages = messages
@@ -181,6 +183,9 @@ class Reply:
 
         try:
             async for delta in self._services.stream_reply(self._messages):
+                if isinstance(delta, Finish):
+                    self.finish = delta
+                    continue
                 if not delta:
                     continue
                 if self.metrics.llm_ttft is None:

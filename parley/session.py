@@ -441,8 +441,9 @@ class Session:
             except TimeoutError:
                 raise TurnTimeout(f"The answer took longer than {limit:g} seconds and was stopped. Please try again.") from None
             answer.text, answer.state = reply.text, "done"
+            answer.cut = reply.finish is not None and reply.finish.cut
             self.conversation.save(answer)
-            await self.emit("state", {"id": answer.id, "state": "done"})
+            await self.emit("state", {"id": answer.id, "state": "done", **({"cut": True} if answer.cut else {})})
             await reply.played()
             await self.emit("metrics", {"id": answer.id, **metrics.model_dump()})
         except asyncio.CancelledError:
@@ -468,7 +469,16 @@ class Session:
         answer.state = "interrupted"
         self.conversation.save(answer)
         log.info("session %s: interrupted after %d heard words", self.id[:8], len(answer.text.split()))
-        await self.emit("state", {"id": answer.id, "state": "interrupted", "text": answer.text, "unspoken": answer.unspoken})
+        await self.emit(
+            "state",
+            {
+                "id": answer.id,
+                "state": "interrupted",
+                "text": answer.text,
+                "unspoken": answer.unspoken,
+                **({"cut": True} if answer.cut else {}),
+            },
+        )
         await reply.stop()
 
     def _report(self, metrics: TurnMetrics) -> None:

@@ -68,3 +68,14 @@ class OpusPacket(BaseModel):
     data: bytes
     samples: int = Field(default=960, description="Duration in samples of the 48 kHz RTP clock (960 = 20 ms).")
     level: float | None = Field(default=None, description="RMS level of the audio it carries (0..1), when the producer knows it.")
+
+
+class Finish(BaseModel):
+    """Why the LLM stopped, sent after its last delta when the caller asks (`stream_reply(..., finish=True)`)."""
+
+    reason: str = Field(description='"stop" (it was done), "length" (cut by the token limit), or what the backend said.')
+
+    @property
+    def cut(self) -> bool:
+        """True when the answer was cut by the length limit, not finished."""
+        return self.reason == "length"

@@ -58,7 +58,8 @@ async def warm_up(services: Services, *, system_prompt: str, voice: str | None) 
         splitter = SentenceSplitter()
         try:
             async for delta in stream:  # the first token is all a turn waits for; stop generating then
-                splitter.feed(delta)
+                if isinstance(delta, str):
+                    splitter.feed(delta)
                 break
         finally:
             close = getattr(stream, "aclose", None)

@@ -67,6 +67,8 @@ class FakeOpenAI:
     holding: asyncio.Event = field(default_factory=asyncio.Event)
     """Set while a speech response is paused at `hold_after`."""
     delta_delay_s: float = 0.0
+    finish_reason: str = "stop"
+    """Chat: why the stream says it ended ("length": cut by max_tokens)."""
     requests: list[tuple[str, dict[str, Any], dict[str, str]]] = field(default_factory=list)
     speech: dict[str, list[bytes]] = field(default_factory=dict)
     """For each text spoken: the packets that were sent, as PyAV demuxes them."""
@@ -133,7 +135,7 @@ class FakeOpenAI:
                 return response
             self.deltas_sent += 1
         done = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": created, "model": body.get("model", "")}
-        done["choices"] = [{"index": 0, "delta": {}, "finish_reason": "stop"}]
+        done["choices"] = [{"index": 0, "delta": {}, "finish_reason": self.finish_reason}]
         await response.write(f"data: {json.dumps(done)}\n\ndata: [DONE]\n\n".encode())
         await response.write_eof()
         return response

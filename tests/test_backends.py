@@ -13,7 +13,7 @@ from deployments.asr import ASR
 from deployments.llm import LLM, LLMError, LocalEngine
 from deployments.tts import TTS
 from parley.config import ASRConfig, LLMConfig, TTSConfig
-from parley.types import ChatMessage
+from parley.types import ChatMessage, Finish
 from tests.speech import decode_opus, resample, speak
 
 QUESTION = [ChatMessage(role="user", content="What is the capital of France?")]
@@ -78,6 +78,12 @@ async def test_local_llm_streams_a_reply_in_pieces(llm: LLM) -> None:
     assert len(deltas) > 1
     assert all(deltas)
     assert "".join(deltas).strip()
+
+
+async def test_the_local_llm_says_when_its_length_limit_cut_the_answer(llm: LLM) -> None:
+    short = LLM(llm.config.model_copy(update={"max_tokens": 4}))
+    items = [d async for d in short.stream_reply(STORY, finish=True)]
+    assert items[-1] == Finish(reason="length") and all(isinstance(d, str) for d in items[:-1])
 
 
 async def test_closing_the_reply_stops_the_local_model(llm: LLM) -> None:

@@ -101,3 +101,15 @@ async def test_speech_cut_mid_sentence_ends_its_audio_and_the_text_stays(fake: F
     finally:
         await client.close()
         await ingress.stop()
+
+
+async def test_an_answer_cut_by_the_length_limit_is_marked_cut(page: ParleyClient, fake: FakeOpenAI) -> None:
+    fake.finish_reason = "length"
+    await page.sio.emit("text", {"text": "Tell me everything."})
+    cut = (await finished(page, 1))[0]
+    assert cut["state"] == "done" and cut["cut"] is True
+    await page.wait_for(lambda: page.of("metrics"), timeout=30)  # spoken to its end: the next turn will not interrupt it
+    fake.finish_reason = "stop"
+    await page.sio.emit("text", {"text": "And briefly?"})
+    whole = (await finished(page, 2))[1]
+    assert whole["state"] == "done" and whole["cut"] is False

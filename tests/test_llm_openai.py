@@ -8,7 +8,7 @@ import pytest
 
 from deployments.llm import LLM, LLMError
 from parley.config import LLMConfig
-from parley.types import ChatMessage, ImagePart, ImageURL, TextPart
+from parley.types import ChatMessage, Finish, ImagePart, ImageURL, TextPart
 from tests.conftest import free_port
 from tests.fake_openai import API_KEY, FakeOpenAI
 
@@ -26,6 +26,15 @@ def llm_for(fake: FakeOpenAI, **overrides: object) -> LLM:
 async def reply(llm: LLM, messages: list[ChatMessage] = QUESTION) -> list[str]:
     return [d async for d in llm.stream_reply(messages)]
 
+
+
+@pytest.mark.parametrize("reason", ["stop", "length"])
+async def test_asked_for_it_the_stream_ends_with_why_the_model_stopped(fake: FakeOpenAI, reason: str) -> None:
+    fake.finish_reason = reason
+    items = [d async for d in llm_for(fake).stream_reply(QUESTION, finish=True)]
+    assert items == [*fake.reply, Finish(reason=reason)]
+    assert isinstance(items[-1], Finish) and items[-1].cut == (reason == "length")
+    assert await reply(llm_for(fake)) == fake.reply, "without asking, only text"
 
 async def test_streams_deltas_and_sends_model_settings_image_and_key(fake: FakeOpenAI) -> None:
     llm = llm_for(fake, image_detail="high", temperature=0.2, max_tokens=77)
