@@ -5,9 +5,9 @@ Invariants:
   rules, table pipes, backslash escapes, HTML tags and link targets are dropped; a link is spoken
   as its text, a bare URL as its host name.
 - Code is never read out: a fenced block becomes one short sentence ("Python code shown on
-  screen."), so does a whole HTML document ("An HTML page, shown on screen.") and a table
-  ("Table shown on screen."); inline code keeps only its words, or "the code shown on screen"
-  when it is long.
+  screen."), said when the block is complete, so does a whole HTML document ("An HTML page,
+  shown on screen.") and a table ("Table shown on screen."); inline code keeps only its words,
+  or "the code shown on screen" when it is long.
 - Text is held back only while its meaning is undecided (the first characters of a line, an open
   backtick, bracket or tag, a word that may be a URL), so prose is spoken as soon as it streams,
   and the output is the same however the answer is cut into deltas.
@@ -74,6 +74,8 @@ class Speakable:
         self._mode = "line"
         """line: at a line start; prose; fence: inside a code block; table; html: inside a whole document."""
         self._fence = ""
+        self._block_sentence = ""
+        """What to say when the current shown-not-read block ends."""
         self._src = 0
         self._out = 0
         self._marks_out: list[int] = [0]
@@ -90,7 +92,11 @@ class Speakable:
     def flush(self) -> str:
         """The answer is complete: return the speech of what was held back."""
         self._final = True
-        return self._run()
+        out = self._run()
+        if self._block_sentence:  # an unclosed code block, a table or a page at the very end
+            self._close("line")
+            out += self._run()
+        return out
 
     def source_at(self, spoken: int) -> int:
         """The position in the answer's text where the first `spoken` characters of speech end."""
@@ -161,19 +167,17 @@ class Speakable:
                 return False
             match = _FENCE_OPEN.match(line)
             assert match is not None
-            self._fence = match.group(1)
-            self._mode = "fence"
-            self._take(indent + len(line) + 1 if len(buf) > indent + len(line) else len(buf), describe_code(match.group(2)))
+            self._open("fence", describe_code(match.group(2)), fence=match.group(1))
+            self._take(indent + len(line) + 1 if len(buf) > indent + len(line) else len(buf))
             return True
         if c == "|":
-            self._mode = "table"
-            self._take(0, TABLE_SENTENCE)
+            self._open("table", TABLE_SENTENCE)
             return True
         if c == "<":
             head = rest[:9].lower()
             if head.startswith(_HTML_DOC):
-                self._mode = "html"
-                self._take(indent, HTML_SENTENCE)
+                self._open("html", HTML_SENTENCE)
+                self._take(indent)
                 return True
             if more and len(rest) < 9 and any(doc.startswith(head) for doc in _HTML_DOC):
                 return False
@@ -207,15 +211,28 @@ class Speakable:
         self._take(indent)
         return True
 
+    def _open(self, mode: str, sentence: str, *, fence: str = "") -> None:
+        """A block that is shown, not read, begins; `sentence` is said when it ends (so the sentence's
+        span in the answer is the whole block)."""
+        self._mode = mode
+        self._fence = fence
+        self._block_sentence = sentence
+
+    def _close(self, mode: str) -> None:
+        """The block ends here: say its sentence."""
+        sentence, self._block_sentence = self._block_sentence, ""
+        self._mode = mode
+        self._take(0, sentence)
+
     def _in_fence(self) -> bool:
         line = self._line()
         if line is None:
             return False
         stripped = line.strip()
         fence_char = self._fence[0]
-        if stripped.startswith(self._fence) and set(stripped) == {fence_char}:
-            self._mode = "line"
         self._take(min(len(self._buf), len(line) + 1))
+        if stripped.startswith(self._fence) and set(stripped) == {fence_char}:
+            self._close("line")
         return True
 
     def _in_table(self) -> bool:
@@ -225,7 +242,7 @@ class Speakable:
                 self._take(len(self._buf))
             return False
         if rest[0] != "|":
-            self._mode = "line"
+            self._close("line")
             return True
         line = self._line()
         if line is None:
@@ -236,8 +253,8 @@ class Speakable:
     def _in_html(self) -> bool:
         end = self._buf.lower().find("</html>")
         if end >= 0:
-            self._mode = "prose"
             self._take(end + len("</html>"))
+            self._close("prose")
             return True
         keep = 0 if self._final else len("</html>") - 1  # the end tag may be arriving in pieces
         if len(self._buf) > keep:
@@ -288,9 +305,8 @@ class Speakable:
                 return False
             match = _FENCE_OPEN.match(line)
             assert match is not None
-            self._fence = match.group(1)
-            self._mode = "fence"
-            self._take(min(len(buf), len(line) + 1), describe_code(match.group(2)))
+            self._open("fence", describe_code(match.group(2)), fence=match.group(1))
+            self._take(min(len(buf), len(line) + 1))
             return True
         ticks = "`" * run
         close = re.compile(rf"(?<!`){ticks}(?!`)")

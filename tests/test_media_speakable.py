@@ -100,6 +100,12 @@ def test_a_code_block_is_named_by_its_language(fence: str, said: str) -> None:
     assert whole(f"Here:\n{fence}\nDone.") == f"Here:\n\n{said} shown on screen.\nDone."
 
 
+def test_a_code_block_is_announced_once_it_is_complete() -> None:
+    speakable = Speakable()
+    assert speakable.feed("Here:\n```python\nprint(1)\n") == "Here:\n"
+    assert speakable.feed("```\nDone.") == "\nPython code shown on screen.\nDone."
+
+
 def test_an_unclosed_code_block_is_not_read_either() -> None:
     assert whole("Look:\n```python\nsecret = 42\nprint(secret)") == "Look:\n\nPython code shown on screen.\n"
 
@@ -126,5 +132,5 @@ def test_source_at_maps_each_sentence_back_to_the_answer() -> None:
     ends = [speakable.source_at(end) for _, end in found]
     assert answer[: ends[0]] == "**First** sentence here."
     assert answer[: ends[1]].endswith("(https://x.test/).")
-    assert answer[: ends[2]].endswith("```py\n")
+    assert answer[: ends[2]].endswith("```py\nx = 1\n```\n"), "the code's sentence spans the whole block"
     assert ends[3] == len(answer)
