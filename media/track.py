@@ -6,8 +6,9 @@ keeps the clock (and the browser's jitter buffer) running. Packets are forwarded
 never re-encoded, and `clear()` drops every queued packet at once.
 
 The track is also the one place that knows what was actually played: per tag (a sentence of an
-answer) how many samples have left it and when, and the level of what left it lately, which the
-session compares with the microphone to tell the assistant's own voice from the user's.
+answer) how many samples have left it and when (`on_tag` says when each one starts), and the
+level of what left it lately, which the session compares with the microphone to tell the
+assistant's own voice from the user's.
 """
 
 from __future__ import annotations
@@ -90,6 +91,9 @@ class PacingTrack(MediaStreamTrack):
         self._drained.set()
         self.on_first_audio: Callable[[], None] | None = None
         """Called once (then reset to None) when the first packet after silence leaves `recv()`."""
+        self.on_tag: Callable[[Hashable], None] | None = None
+        """Called with a tag when its first packet leaves `recv()` (a sentence starts playing)."""
+        self._last_tag: Hashable | None = None
         self.packets_sent = 0
         """Packets returned by `recv()`, silence included."""
         self.late_packets = 0
@@ -124,6 +128,7 @@ class PacingTrack(MediaStreamTrack):
         """
         dropped, self._queue = self._queue, deque()
         self._queued_samples = 0
+        self._last_tag = None
         self._idle = True
         self._drained.set()
         return len(dropped)
@@ -201,9 +206,21 @@ class PacingTrack(MediaStreamTrack):
             played = self._played.setdefault(tag, Played())
             played.samples += packet.samples
             played.last_at = now
+            if tag != self._last_tag:
+                self._last_tag = tag
+                self._fire_tag(tag)
         self._levels.append((now, UNKNOWN_LEVEL if packet.level is None else packet.level))
         while self._levels and self._levels[0][0] < now - LEVEL_MEMORY_S:
             self._levels.popleft()
+
+    def _fire_tag(self, tag: Hashable) -> None:
+        callback = self.on_tag
+        if callback is None:
+            return
+        try:
+            callback(tag)
+        except Exception:
+            logger.exception("on_tag callback failed")
 
     def _fire_first_audio(self) -> None:
         callback, self.on_first_audio = self.on_first_audio, None

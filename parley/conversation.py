@@ -62,6 +62,12 @@ class Conversation:
         if self._store is not None:
             self.entries = self._store.load(self._session)
 
+    def clear(self) -> None:
+        """Forget the whole conversation, here and in the store (the user started a new one)."""
+        self.entries = []
+        if self._store is not None:
+            self._store.forget(self._session)
+
     def add(self, entry: Entry) -> Entry:
         self.entries.append(entry)
         if entry.image:  # only the newest keep_images frames are ever sent: the rest need no memory

@@ -39,7 +39,30 @@ log = logging.getLogger("parley.server")
 
 ROOT = Path(__file__).resolve().parent.parent
 STATIC = ROOT / "static"
-VENDOR = {"socket.io.min.js": ROOT / "node_modules/socket.io-client/dist/socket.io.min.js"}
+VENDOR = {
+    "socket.io.min.js": ROOT / "node_modules/socket.io-client/dist/socket.io.min.js",
+    "markdown-it.js": ROOT / "node_modules/markdown-it/dist/browser/markdown-it.esm.min.mjs",
+    "purify.js": ROOT / "node_modules/dompurify/dist/purify.es.mjs",
+}
+"""Browser libraries from npm, served from node_modules as they are (ES modules, except socket.io)."""
+PAGE_POLICY = "; ".join(
+    [
+        "default-src 'self'",
+        "script-src 'self'",
+        "style-src 'self' 'unsafe-inline'",
+        "img-src 'self' data:",
+        "media-src 'self' blob:",
+        "connect-src 'self'",
+        "frame-src 'self'",
+        "object-src 'none'",
+        "base-uri 'none'",
+        "form-action 'self'",
+        "frame-ancestors 'none'",
+    ]
+)
+"""The page's Content-Security-Policy: only its own scripts run, and nothing is fetched from
+elsewhere (a model's answer that slipped past the sanitizer still could not run script or load
+a remote image). Inline styles are allowed for the HTML preview, which has no script."""
 HOUSEKEEPING_S = 5.0
 TICK_S = 0.1
 _SESSION_ID = re.compile(r"^[A-Za-z0-9_-]{8,64}$")
@@ -146,7 +169,7 @@ class IngressServer:
         self.app.router.add_get("/healthz", self._health)
         self.app.router.add_get("/vendor/{name}", self._vendor)
         self.app.router.add_static("/", STATIC)
-        for event in ("hello", "offer", "talk_start", "talk_end", "text", "stop", "vision", "hands_free"):
+        for event in ("hello", "offer", "talk_start", "talk_end", "text", "stop", "vision", "hands_free", "new_conversation"):
             self.sio.on(event, self._guard(event, getattr(self, f"_on_{event}")))
         self.sio.on("connect", self._on_connect)
         self.sio.on("disconnect", self._on_disconnect)
@@ -231,7 +254,8 @@ class IngressServer:
         return response
 
     async def _index(self, request: web.Request) -> web.StreamResponse:
-        return web.FileResponse(STATIC / "index.html")
+        headers = {"Content-Security-Policy": PAGE_POLICY, "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer"}
+        return web.FileResponse(STATIC / "index.html", headers=headers)
 
     async def _health(self, request: web.Request) -> web.Response:
         lateness = [sum(counts) for counts in zip(self._lateness, *(p.track.lateness for p in self.peers.values()), strict=True)]
@@ -248,21 +272,25 @@ class IngressServer:
         path = VENDOR.get(request.match_info["name"])
         if path is None or not path.exists():
             raise web.HTTPNotFound(text="not installed: run scripts/install.sh")
-        return web.FileResponse(path)
+        return web.FileResponse(path, headers={"Content-Type": "text/javascript; charset=utf-8"})
 
     # -- socket.io --------------------------------------------------------------------------
 
     def _guard(self, event: str, handler: Any) -> Any:
-        async def guarded(sid: str, *args: Any) -> None:
+        """A handler whose failures become notices; what it returns is the event's acknowledgement
+        (socket.io sends it back when the page asked for one)."""
+
+        async def guarded(sid: str, *args: Any) -> Any:
             if len(args) > 1:  # every event of the protocol carries one payload (or none)
                 await self._notice(sid, f"'{event}' takes one payload; {len(args)} were sent.", "error")
-                return
+                return {"ok": False}
             data = args[0] if args else None
             try:
-                await handler(sid, data if isinstance(data, dict) else {} if data is None else data)
+                return await handler(sid, data if isinstance(data, dict) else {} if data is None else data)
             except Exception:
                 log.exception("handling %s from %s failed", event, sid)
                 await self._notice(sid, f"The server could not handle '{event}'. Please try again.", "error")
+                return {"ok": False}
 
         return guarded
 
@@ -311,7 +339,7 @@ class IngressServer:
         if session_id not in mine and len(mine) >= self.config.limits.sessions_per_user:
             await self.sio.emit(
                 "rejected",
-                {"reason": f"You already have {len(mine)} conversations open here. Close one and try again."},
+                {"reason": f"You already have {len(mine)} conversations open here. Close one and try again.", "code": "too_many"},
                 to=sid,
             )
             return
@@ -320,7 +348,10 @@ class IngressServer:
             log.warning("rejecting %s: %d sessions already", sid, len(attached))
             await self.sio.emit(
                 "rejected",
-                {"reason": f"This server is full ({self.config.server.max_sessions} conversations). Try again soon."},
+                {
+                    "reason": f"This server is full ({self.config.server.max_sessions} conversations). Try again soon.",
+                    "code": "full",
+                },
                 to=sid,
             )
             return
@@ -416,9 +447,19 @@ class IngressServer:
         if session := await self._require(sid):
             await session.talk_end()
 
-    async def _on_text(self, sid: str, data: Any) -> None:
+    async def _on_text(self, sid: str, data: Any) -> dict[str, bool]:
+        """Acknowledged with ok: true once the session has taken the message as a turn (the page keeps
+        it in its box until then); a refused one was explained in a notice."""
         if session := await self._require(sid):
-            await session.send_text(data.get("text") if isinstance(data, dict) else None)
+            return {"ok": await session.send_text(data.get("text") if isinstance(data, dict) else None)}
+        return {"ok": False}
+
+    async def _on_new_conversation(self, sid: str, data: Any) -> dict[str, bool]:
+        """The user starts over: the session forgets its history (in the store too); acknowledged."""
+        if session := await self._require(sid):
+            await session.forget()
+            return {"ok": True}
+        return {"ok": False}
 
     async def _on_stop(self, sid: str, data: Any) -> None:
         if session := await self._require(sid):

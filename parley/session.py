@@ -23,7 +23,7 @@ import logging
 import time
 import uuid
 from collections import deque
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Hashable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -223,30 +223,31 @@ class Session:
             return
         await self._end_utterance(event, anchor=self._clock())
 
-    async def send_text(self, text: Any) -> None:
-        """A typed message goes through the same pipeline, without ASR."""
+    async def send_text(self, text: Any) -> bool:
+        """A typed message goes through the same pipeline, without ASR; False if it was refused (the
+        page was told why)."""
         if not isinstance(text, str):
             await self.notice("That message was not text.", "error")
-            return
+            return False
         text = text.strip()
         if not text:
-            return
+            return False
         limit = self.settings.limits.max_text_chars
         if len(text) > limit:
             await self.notice(f"Messages are limited to {limit} characters; yours has {len(text)}.", "error")
-            return
+            return False
         try:
             text.encode("utf-8")
         except UnicodeEncodeError:
             await self.notice("That message holds characters that are not valid text (UTF-8); it was not sent.", "error")
-            return
+            return False
         if estimate_tokens(text) > self.conversation.prompt_budget_tokens():
             await self.notice("That message is too long for the language model; please shorten it.", "error")
-            return
+            return False
         await self.interrupt()
         if not self._allow_turn():
             await self.notice("Too many turns in a minute; wait a moment and try again.", "warn")
-            return
+            return False
         frame, anchor = self.latest_frame, self._clock()
 
         async def typed() -> None:
@@ -254,6 +255,7 @@ class Session:
             await self._answer(user, self._reply_to(user), anchor=anchor, asr_s=None)
 
         self._start_turn(typed)
+        return True
 
     async def interrupt(self, *, keep_utterance: bool = False) -> None:
         """Stop the answer now: cancel the turn and drop queued speech."""
@@ -266,6 +268,14 @@ class Session:
                 await turn
         if not keep_utterance and not self.recorder.hands_free:
             self._set_state(self._resting())
+
+    async def forget(self) -> None:
+        """A new conversation: stop what is going on and forget the history, here and in the store."""
+        await self._drop_utterance()
+        await self.interrupt()
+        self.conversation.clear()
+        self._set_state(self._resting())
+        log.info("session %s: the user started a new conversation; the old one is forgotten", self.id[:8])
 
     async def close(self) -> None:
         await self._drop_utterance()
@@ -422,8 +432,14 @@ class Session:
             metrics.voice_to_voice = self._clock() - anchor
             self._set_state("speaking")
 
+        def playing(tag: Hashable) -> None:
+            if isinstance(tag, tuple) and len(tag) == 2 and tag[0] == reply.id:
+                start, end = reply.span(tag[1])
+                self._spawn(self.emit("speaking", {"id": answer.id, "sentence": tag[1], "start": start, "end": end}))
+
         if track is not None:
             track.on_first_audio = first_audio
+            track.on_tag = playing
 
         async def publish(kind: str, text: str) -> None:
             if kind == "delta":
@@ -445,6 +461,8 @@ class Session:
             self.conversation.save(answer)
             await self.emit("state", {"id": answer.id, "state": "done", **({"cut": True} if answer.cut else {})})
             await reply.played()
+            if track is not None:
+                await self.emit("speaking", {"id": answer.id, "sentence": None})
             await self.emit("metrics", {"id": answer.id, **metrics.model_dump()})
         except asyncio.CancelledError:
             await self._interrupted(answer, reply)
@@ -460,6 +478,8 @@ class Session:
             self._report(metrics)
             if track is not None and track.on_first_audio is first_audio:
                 track.on_first_audio = None
+            if track is not None and track.on_tag is playing:
+                track.on_tag = None
 
     async def _interrupted(self, answer: Entry, reply: Reply) -> None:
         """Keep in the history only what the user heard; show the rest apart."""

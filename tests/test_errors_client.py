@@ -113,3 +113,20 @@ async def test_an_answer_cut_by_the_length_limit_is_marked_cut(page: ParleyClien
     await page.sio.emit("text", {"text": "And briefly?"})
     whole = (await finished(page, 2))[1]
     assert whole["state"] == "done" and whole["cut"] is False
+
+
+async def test_typed_messages_are_acknowledged_and_a_new_conversation_is_forgotten(page: ParleyClient, fake: FakeOpenAI) -> None:
+    assert await page.sio.call("text", {"text": "Remember the word pineapple."}, timeout=10) == {"ok": True}
+    await finished(page, 1)
+    assert await page.sio.call("text", {"text": "x" * 5000}, timeout=10) == {"ok": False}, "refused: the page keeps it"
+    assert await page.sio.call("new_conversation", {}, timeout=10) == {"ok": True}
+    assert await page.sio.call("text", {"text": "What word?"}, timeout=10) == {"ok": True}
+    await finished(page, 2)
+    sent = fake.bodies("/v1/chat/completions")[-1]["messages"]
+    assert [m["role"] for m in sent] == ["system", "user"] and sent[-1]["content"] == "What word?"
+    again = ParleyClient(page.url, session_id=page.session_id, session_key=page.session_key)
+    try:
+        welcome = await again.connect(media=False)
+        assert [m["text"] for m in welcome["history"]] == ["What word?", "".join(fake.reply)]
+    finally:
+        await again.close()

@@ -341,3 +341,41 @@ async def test_an_answer_with_code_is_shown_whole_and_spoken_without_markup_or_c
     assert "".join(d["text"] for d in page.of("delta")) == "".join(reply), "the page gets the Markdown as written"
     assert services.spoken == ["Here is the fix:", "Python code shown on screen.", "Run python app.py now."]
     assert not any(ch in "".join(services.spoken) for ch in "`*#")
+
+
+async def test_each_sentence_is_announced_as_it_starts_playing_with_its_place_in_the_answer() -> None:
+    reply = ["First **one**. ", "Then `code`.\n", "```sh\nls\n```\n", "Last."]
+    services = ScriptedServices(reply)
+    session, page, track = make_session(services)
+    stop = asyncio.Event()
+    pumping = asyncio.create_task(pump(track, stop))
+    assert await session.send_text("Go")
+    await wait_until(lambda: page.of("metrics"))
+    stop.set()
+    await pumping
+    text = "".join(reply)
+    answer_id = page.of("message")[1]["id"]
+    speaking = page.of("speaking")
+    assert [s["sentence"] for s in speaking] == [0, 1, 2, 3, None]
+    assert all(s["id"] == answer_id for s in speaking)
+    spans = [text[s["start"] : s["end"]].strip() for s in speaking[:-1]]
+    assert spans == ["First **one**.", "Then `code`.", "```sh\nls\n```", "Last."]
+    assert services.spoken == ["First one.", "Then code.", "Shell code shown on screen.", "Last."]
+
+
+async def test_a_new_conversation_forgets_the_history_the_llm_sees() -> None:
+    services = ScriptedServices(["Noted."])
+    session, page, track = make_session(services)
+    stop = asyncio.Event()
+    pumping = asyncio.create_task(pump(track, stop))
+    assert await session.send_text("Remember the word pineapple.")
+    await wait_until(lambda: page.of("metrics"))
+    stop.set()
+    await pumping
+    await session.forget()
+    assert session.history == []
+    assert await session.send_text("What word?")
+    await wait_until(lambda: len(services.requests) == 2)
+    assert [(m.role, m.text()) for m in services.requests[1]][1:] == [("user", "What word?")]
+    assert not await session.send_text("   "), "an empty message is refused"
+    await session.close()
