@@ -51,10 +51,12 @@ class Reply:
         services: Services,
         *,
         voice: str | None = None,
+        user: str = "",
         first_clause_words: int | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.id = reply_id
+        self._user = user
         self.text = ""
         """The LLM's text so far."""
         self.text_done = False
@@ -164,7 +166,7 @@ class Reply:
         request = Stopwatch(self._clock)
         splitter = SentenceSplitter(first_clause_words=self._clause_words)
         try:
-            async for delta in self._services.stream_reply(self._messages):
+            async for delta in self._services.stream_reply(self._messages, user=self._user):
                 if not delta:
                     continue
                 if self.metrics.llm_ttft is None:
