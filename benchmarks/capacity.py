@@ -60,6 +60,27 @@ class Proc:
         return 0
 
 
+def local_app(server_flags: list[str]) -> str:
+    """Start Parley on a local Ray (config from these flags) for a benchmark; returns its URL."""
+    from serve_app import start
+
+    config = parse_args(server_flags)
+    config = config.model_copy(
+        update={
+            "server": config.server.model_copy(
+                update={"port": free_port(), "ice_addresses": ["127.0.0.1"], "max_sessions": 1000}
+            ),
+            "serve": config.serve.model_copy(update={"include_dashboard": False}),
+            # every load session is its own caller (own loopback address), but leave room anyway:
+            # this measures the ingress, not the per-user limits
+            "limits": config.limits.model_copy(
+                update={"turns_per_minute": 1000, "sessions_per_user": 1000, "sockets_per_address": 1000}
+            ),
+        }
+    )
+    return start(config)
+
+
 def _worker(url: str, sessions: int, talkers: int, seconds: float, video: bool, seed: int, first: int) -> dict[str, Any]:
     """One load process: `sessions` sessions, the first `talkers` of them in turns back to back; its
     callers are numbered from `first`, so no two processes' sessions share an address or a name."""
@@ -225,25 +246,7 @@ def main() -> None:
         "--pin-ingress", type=int, metavar="CPU", help="run the ingress alone on this core (everything else on the others)"
     )
     args, server_flags = parser.parse_known_args()
-    url = args.url
-    if url is None:
-        from serve_app import start
-
-        config = parse_args(server_flags)
-        config = config.model_copy(
-            update={
-                "server": config.server.model_copy(
-                    update={"port": free_port(), "ice_addresses": ["127.0.0.1"], "max_sessions": 1000}
-                ),
-                "serve": config.serve.model_copy(update={"include_dashboard": False}),
-                # every load session is its own caller (own loopback address), but leave room anyway:
-                # this measures the ingress, not the per-user limits
-                "limits": config.limits.model_copy(
-                    update={"turns_per_minute": 1000, "sessions_per_user": 1000, "sockets_per_address": 1000}
-                ),
-            }
-        )
-        url = start(config)
+    url = args.url or local_app(server_flags)
     ingress = ingress_processes()
     if args.pin_ingress is not None:
         pin(ingress, {args.pin_ingress})

@@ -268,7 +268,6 @@ class TransformersWhisperBackend:
             results.append(Transcript(text=text, language=language, audio_s=clip.size / SAMPLE_RATE))
         return results
 
-
     def _window(self, frames: int) -> int:
         """The log-mel frames the encoder sees for a batch whose longest piece has `frames`."""
         full = WINDOW_MAX_S * FRAMES_PER_S

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from typing import Any, cast
 
 import numpy as np
+import ray
 from ray import serve
 from ray.exceptions import RayActorError, RayTaskError
 from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
@@ -42,6 +43,14 @@ def user_error(service: str, exc: BaseException) -> ServiceError:
     return ServiceError(f"The {service} service failed: {exc}")
 
 
+def _current_actor() -> Any:
+    """The Ray actor this code runs in (a Serve replica), or None outside one."""
+    try:
+        return ray.get_runtime_context().current_actor
+    except Exception:  # not in an actor (a driver, a test)
+        return None
+
+
 class HandleServices:
     """The Services protocol over Serve deployment handles."""
 
@@ -49,6 +58,8 @@ class HandleServices:
         self._asr = asr
         self._llm = llm.options(stream=True)
         self._tts = tts.options(stream=True)
+        self._me = _current_actor()
+        """This ingress process's actor: the LLM stops an answer whose caller has died."""
 
     async def transcribe(self, audio: np.ndarray) -> Transcript:
         try:
@@ -57,8 +68,10 @@ class HandleServices:
             raise user_error("speech recognition", exc) from exc
         return result
 
-    async def stream_reply(self, messages: list[ChatMessage]) -> AsyncIterator[str | Finish]:
-        async for delta in self._stream("language model", self._llm.stream_reply.remote(messages, finish=True)):
+    async def stream_reply(self, messages: list[ChatMessage], *, user: str = "") -> AsyncIterator[str | Finish]:
+        async for delta in self._stream(
+            "language model", self._llm.stream_reply.remote(messages, user=user, caller=self._me, finish=True)
+        ):
             yield delta
 
     async def synthesize(self, text: str, voice: str | None = None) -> AsyncIterator[OpusPacket]:

@@ -4,7 +4,9 @@ Invariant: `stream_reply` yields only non-empty text deltas (then, if the caller
 `finish=True`, one `Finish` saying why it stopped: "length" when cut by `max_tokens`) and, on a
 backend failure, raises `LLMError` and nothing else. Closing it early (the consumer stops, the turn is cancelled) stops
 the generation: the local model's worker thread sees a stop flag at its next token, an endpoint's
-HTTP stream is closed. A local model runs one generation at a time; other sessions queue.
+HTTP stream is closed. A local model runs one generation at a time; more wait in a fair queue
+(users take turns, `deployments/fair.py`), and a full queue refuses at once with "busy, try again
+in N s".
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from contextlib import aclosing, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol, cast, overload
 
+from deployments.fair import Busy, FairQueue
 from parley.config import LLMConfig, openai_api_key
 from parley.local_models import CATALOGUE, LocalModelMissing
 from parley.logs import setup_logging, starting
@@ -49,25 +52,90 @@ class LLM:
         self.config = config
         with starting(log):
             self.engine: LLMEngine = LocalEngine(config) if config.backend == "local" else OpenAIEngine(config)
+        self.queue = FairQueue(
+            1 if config.backend == "local" else config.concurrent,
+            max_waiting=config.max_waiting,
+            per_user_waiting=config.waiting_per_user,
+        )
+        self.generating = 0
+        """Answers being generated now."""
+        self.abandoned = 0
+        """Answers stopped because their caller's process died."""
         log.info("ready in %.2f s", time.perf_counter() - start)
 
     @overload
-    def stream_reply(self, messages: list[ChatMessage], *, finish: Literal[False] = False) -> AsyncGenerator[str, None]: ...
+    def stream_reply(
+        self, messages: list[ChatMessage], *, user: str = "", caller: Any = None, finish: Literal[False] = False
+    ) -> AsyncGenerator[str, None]: ...
     @overload
-    def stream_reply(self, messages: list[ChatMessage], *, finish: Literal[True]) -> AsyncGenerator[str | Finish, None]: ...
+    def stream_reply(
+        self, messages: list[ChatMessage], *, user: str = "", caller: Any = None, finish: Literal[True]
+    ) -> AsyncGenerator[str | Finish, None]: ...
 
-    async def stream_reply(self, messages: list[ChatMessage], *, finish: bool = False) -> AsyncGenerator[str | Finish, None]:
+    async def stream_reply(
+        self, messages: list[ChatMessage], *, user: str = "", caller: Any = None, finish: bool = False
+    ) -> AsyncGenerator[str | Finish, None]:
         """Stream the assistant's reply to `messages` (the system prompt is added when missing).
 
-        With `finish`, the last item is a `Finish` saying why the model stopped (when it said)."""
+        With `finish`, the last item is a `Finish` saying why the model stopped (when it said).
+        Waits its turn in the fair queue (by `user`), or raises Busy at once when the queue is full.
+        `caller`: the calling Ray actor (an ingress process). A caller that closes the stream stops
+        the generation through Serve; one whose process dies cannot, so while this generates, the
+        caller is pinged every CALLER_CHECK_S and the generation stops once it is gone.
+        """
         if not messages:
             raise ValueError("stream_reply needs at least one message")
         if messages[0].role != "system" and self.config.system_prompt:
             messages = [ChatMessage(role="system", content=self.config.system_prompt), *messages]
-        async with aclosing(self.engine.stream(messages)) as stream:
-            async for delta in stream:
-                if finish or isinstance(delta, str):
-                    yield delta
+        watch = _watch_caller(caller, asyncio.current_task(), self) if caller is not None else None
+        try:
+            async with self.queue.slot(user or "anonymous"):
+                self.generating += 1
+                try:
+                    async with aclosing(self.engine.stream(messages)) as stream:
+                        async for delta in stream:
+                            if finish or isinstance(delta, str):
+                                yield delta
+                finally:
+                    self.generating -= 1
+        except Busy as e:
+            log.warning("busy: %d waiting, %d generating; refused a turn of %s", self.queue.waiting, self.generating, user[:16])
+            raise LLMError(str(e)) from None
+        finally:
+            if watch is not None:
+                watch.cancel()
+
+    async def load(self) -> dict[str, int]:
+        """How busy this replica is (answers generating, turns waiting) and answers abandoned so far."""
+        return {"generating": self.generating, "waiting": self.queue.waiting, "abandoned": self.abandoned}
+
+
+CALLER_CHECK_S = 0.5
+
+
+def _watch_caller(caller: Any, work: asyncio.Task[Any] | None, llm: LLM) -> asyncio.Task[None] | None:
+    """A task that cancels `work` once the `caller` actor is dead (a lost ping is not death)."""
+    if work is None:
+        return None
+
+    async def watch() -> None:
+        from ray.exceptions import ActorUnavailableError, RayActorError
+
+        while True:
+            await asyncio.sleep(CALLER_CHECK_S)
+            try:
+                await asyncio.wait_for(caller.__ray_ready__.remote(), timeout=30)
+            except RayActorError as e:
+                if isinstance(e, ActorUnavailableError):
+                    continue  # restarting or unreachable for now: not known to be gone
+                llm.abandoned += 1
+                log.warning("the caller of an answer is gone (its process died): stopping the answer")
+                work.cancel()
+                return
+            except TimeoutError:
+                continue
+
+    return asyncio.get_running_loop().create_task(watch())
 
 
 def local_model_path(config: LLMConfig) -> str:

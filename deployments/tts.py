@@ -186,10 +186,12 @@ class OpenAISpeechEngine:
         if parser.truncated:
             raise TTSError("The speech stream was cut off")
 
-    @staticmethod
-    def _status_message(e: openai.APIStatusError) -> str:
+    def _status_message(self, e: openai.APIStatusError) -> str:
+        """A plain sentence for the page; the endpoint's own words go to the log only."""
         if e.status_code == 429:
             return "The speech endpoint is overloaded (HTTP 429)"
         if e.status_code >= 500:
             return f"The speech endpoint failed (HTTP {e.status_code})"
-        return f"The speech endpoint refused the request (HTTP {e.status_code}: {e.message})"
+        detail = e.message.splitlines()[0][:200] if e.message else ""
+        log.warning("speech endpoint %s rejected a request (HTTP %s): %s", self.url, e.status_code, detail)
+        return f"The speech endpoint rejected the request (HTTP {e.status_code})"

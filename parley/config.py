@@ -193,6 +193,18 @@ class LLMConfig(_Section):
         "with little randomness: benchmarks/llm_quiz.py), 0.7 for endpoints.",
     )
     max_tokens: int = Field(default=300, description="Longest answer, in tokens.")
+    concurrent: int = Field(
+        default=16,
+        ge=1,
+        description="Answers one LLM replica generates at once; more wait in its fair queue (users take turns). "
+        "The local backend always runs 1. For an endpoint, about what it serves well at once per replica.",
+    )
+    max_waiting: int = Field(
+        default=8,
+        ge=0,
+        description="Turns that may wait for the model per replica; one more is told 'busy, try again in N s' at once.",
+    )
+    waiting_per_user: int = Field(default=2, ge=1, description="Of those, how many may be one user's.")
     system_prompt: str = Field(
         default="You are Parley, a friendly assistant that can see the user through their camera. "
         "Answer in short spoken sentences without lists or markdown.",
@@ -314,7 +326,7 @@ class LimitsConfig(_Section):
         "session). Speaking the answer is not counted.",
     )
     max_text_chars: int = Field(default=2000, description="Longest typed message.")
-    turns_per_minute: int = Field(default=30, description="Turns one session may start per minute.")
+    turns_per_minute: int = Field(default=30, description="Turns one user (all their sessions together) may start per minute.")
     sockets_per_address: int = Field(
         default=16, ge=1, description="Connections one network address may hold at once (one address cannot fill a server)."
     )
@@ -322,6 +334,12 @@ class LimitsConfig(_Section):
         default=4, ge=1, description="Conversations one user (one invitation, or one address when open) may hold at once."
     )
     max_payload_bytes: int = Field(default=65536, description="Largest socket.io message accepted (SDP included).")
+    idle_connection_s: float = Field(
+        default=15.0,
+        gt=0,
+        description="An HTTP connection that sends no request for this long is closed (a page's socket.io "
+        "connection is busy, so it stays; it is closed when it stops answering pings, ~20 s).",
+    )
 
 
 class ServeConfig(_Section):

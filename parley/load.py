@@ -52,6 +52,8 @@ class LoadResult:
     sessions: int = 0
     connected: int = 0
     refused: int = 0
+    dropped: int = 0
+    """Connected sessions that lost their socket or their media before the end."""
     turns_ok: int = 0
     turns_failed: int = 0
     first_audio_ms_p50: float | None = None
@@ -127,6 +129,7 @@ async def one_session(
     video: bool,
     result: LoadResult,
     rng: random.Random,
+    turn_every_s: float | None = None,
 ) -> None:
     client = ParleyClient(
         url,
@@ -144,18 +147,20 @@ async def one_session(
         return
     if "session_id" not in welcome:
         result.refused += 1
-        result.reasons.append(str(welcome.get("reason")))
+        result.reasons.append(str(welcome.get("reason") or welcome.get("text") or welcome))
         await client.close()
         return
     result.connected += 1
     started = time.monotonic()
     try:
         for _ in range(turns):
-            await asyncio.sleep(rng.uniform(0.5, 2.0))
+            await asyncio.sleep(rng.uniform(0.5, 1.5) * turn_every_s if turn_every_s else rng.uniform(0.5, 2.0))
             if time.monotonic() + 5 > deadline:
                 break
             await one_turn(client, questions[rng.randrange(len(questions))], deadline, result)
         await asyncio.sleep(max(0.0, deadline - time.monotonic()))  # stay on the line: idle sessions load the server too
+        if not client.sio.connected or client.pc is None or client.pc.connectionState != "connected":
+            result.dropped += 1
     finally:
         frames = [at for at, _ in client.heard.frames if at > started + 1.0]  # past the call's set-up
         result.gaps_ms += [1000 * (b - a) for a, b in itertools.pairwise(frames)]
@@ -207,6 +212,7 @@ async def run_load(
     show: bool = True,
     secret: bytes | None = None,
     first_caller: int = 0,
+    turn_every_s: float | None = None,
 ) -> LoadResult:
     """Run the load and return its numbers (the caller checks the bounds and the host)."""
     questions = [trim(speak(q, rate=48000)) for q in QUESTIONS]
@@ -219,7 +225,7 @@ async def run_load(
     tasks = []
     who = callers(url, first_caller + sessions, secret)[first_caller:]
     for i in range(sessions):
-        session = one_session(url, who[i], questions, turns, deadline, video, result, random.Random(rng.random()))
+        session = one_session(url, who[i], questions, turns, deadline, video, result, random.Random(rng.random()), turn_every_s)
         tasks.append(asyncio.create_task(session))
         await asyncio.sleep(min(0.1, seconds / 20 / max(1, sessions)) if i < sessions - 1 else 0)
     _, pending = await asyncio.wait(tasks, timeout=seconds + GRACE_S + 10)
@@ -238,6 +244,7 @@ def table(result: LoadResult) -> str:
     share = "-" if result.gaps_over_40ms_share is None else f"{100 * result.gaps_over_40ms_share:.2f} %"
     rows = [
         ("sessions connected / refused", f"{result.connected} / {result.refused} of {result.sessions}"),
+        ("sessions dropped before the end", f"{result.dropped}"),
         ("release -> first audio heard p50 / p95", f"{ms(result.first_audio_ms_p50)} / {ms(result.first_audio_ms_p95)}"),
         ("audio packet gap p50 / p99", f"{ms(result.gap_ms_p50)} / {ms(result.gap_ms_p99)}"),
         ("audio packet gaps over 40 ms", share),
@@ -252,6 +259,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sessions", type=int, default=3, help=f"concurrent sessions (at most {MAX_SESSIONS})")
     parser.add_argument("--turns", type=int, default=2, help=f"push-to-talk turns per session (at most {MAX_TURNS})")
     parser.add_argument("--seconds", type=float, default=60, help=f"how long the load lasts (at most {MAX_SECONDS})")
+    parser.add_argument(
+        "--turn-every", type=float, metavar="S", help="space each session's turns ~S seconds apart (default: back to back)"
+    )
     parser.add_argument("--video", action="store_true", help="send a 320x240 15 fps camera too")
     parser.add_argument("--json", type=Path, help="also write the numbers here as JSON")
     parser.add_argument(
@@ -266,7 +276,9 @@ def main(argv: list[str] | None = None) -> None:
     if not loopback(args.url) and not args.i_own_this_host:
         parser.error(f"{args.url} is not a loopback address: load only hosts you own, and say so with --i-own-this-host")
     secret = os.environ.get(args.secret_env, "").encode() or None if args.secret_env else None
-    result = asyncio.run(run_load(args.url, args.sessions, args.turns, args.seconds, video=args.video, secret=secret))
+    result = asyncio.run(
+        run_load(args.url, args.sessions, args.turns, args.seconds, video=args.video, secret=secret, turn_every_s=args.turn_every)
+    )
     print(table(result))
     if result.reasons:
         print(f"refused because: {sorted(set(result.reasons))}")

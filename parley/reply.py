@@ -59,10 +59,12 @@ class Reply:
         services: Services,
         *,
         voice: str | None = None,
+        user: str = "",
         first_clause_words: int | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.id = reply_id
+        self._user = user
         self.text = ""
         """The LLM's text so far."""
         self.text_done = False
@@ -182,7 +184,7 @@ class Reply:
                 self._hand_to_tts(sentence, speakable.source_at(spoken_end), sentences, request)
 
         try:
-            async for delta in self._services.stream_reply(self._messages):
+            async for delta in self._services.stream_reply(self._messages, user=self._user):
                 if isinstance(delta, Finish):
                     self.finish = delta
                     continue

@@ -18,6 +18,7 @@ import re
 import ssl
 import time
 import uuid
+from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -156,6 +157,8 @@ class IngressServer:
             async_mode="aiohttp",
             cors_allowed_origins=lambda origin, environ: same_origin(origin, environ, self.scheme),
             limit=config.limits.max_payload_bytes,
+            ping_interval=10,  # a socket whose page is gone closes within 20 s (engine.io's default: 45)
+            ping_timeout=10,
             logger=False,
             engineio_logger=False,
         )
@@ -163,6 +166,8 @@ class IngressServer:
         """Who is connecting: an invitation, a trusted proxy's header, or anyone (loopback)."""
         self.allowed_hosts = allowed_hosts(config)
         self._users: dict[str, User] = {}
+        self._turn_times: dict[str, deque[float]] = {}
+        """When each account's recent turns started (limits.turns_per_minute is per user)."""
         self.app = web.Application(client_max_size=4 * config.limits.max_payload_bytes, middlewares=[self._check_host])
         self.sio.attach(self.app)
         self.app.router.add_get("/", self._index)
@@ -187,7 +192,9 @@ class IngressServer:
                 cert, key = self_signed_pair(Path(cfg.self_signed_dir).expanduser(), cfg.host)
             ssl_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
             ssl_context.load_cert_chain(cert, key)
-        self._runner = web.AppRunner(self.app, access_log=None)
+        # aiohttp keeps a connection that sends nothing for an hour by default: half-open connections
+        # would pile up. (A TLS handshake that never finishes is closed by asyncio after 60 s.)
+        self._runner = web.AppRunner(self.app, access_log=None, keepalive_timeout=self.config.limits.idle_connection_s)
         await self._runner.setup()
         shared = self.config.serve.ingress_per_node > 1  # the node's other ingress processes bind it too
         await web.TCPSite(self._runner, cfg.host, cfg.port, ssl_context=ssl_context, reuse_port=shared or None).start()
@@ -239,6 +246,9 @@ class IngressServer:
                     del self.sessions[sid]
                     await session.close()
                     log.info("session %s expired", sid[:8])
+            held = {session.user for session in self.sessions.values()}
+            for account in [a for a in self._turn_times if a not in held]:
+                del self._turn_times[account]
 
     # -- HTTP -------------------------------------------------------------------------------
 
@@ -362,7 +372,15 @@ class IngressServer:
                 await self.sio.disconnect(other)
         session = self.sessions.get(session_id)
         if session is None:
-            session = Session(session_id, SessionSettings.of(self.config), self.services, meter=self.meter, store=self.store)
+            session = Session(
+                session_id,
+                SessionSettings.of(self.config),
+                self.services,
+                meter=self.meter,
+                store=self.store,
+                user=user.account,
+                turn_times=self._turn_times.setdefault(user.account, deque()),
+            )
             self.sessions[session_id] = session
         elif not session.busy:
             session.conversation.reload()  # another ingress process of this node may have added to it

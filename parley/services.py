@@ -23,7 +23,7 @@ class ServiceError(RuntimeError):
 class Services(Protocol):
     async def transcribe(self, audio: np.ndarray) -> Transcript: ...
 
-    def stream_reply(self, messages: list[ChatMessage]) -> AsyncIterator[str | Finish]:
+    def stream_reply(self, messages: list[ChatMessage], *, user: str = "") -> AsyncIterator[str | Finish]:
         """Text deltas, then (when the model said) why it stopped."""
         ...
 
@@ -40,8 +40,8 @@ class LocalServices:
         result: Transcript = await self._asr.transcribe(audio)
         return result
 
-    def stream_reply(self, messages: list[ChatMessage]) -> AsyncIterator[str | Finish]:
-        return self._llm.stream_reply(messages, finish=True)  # type: ignore[no-any-return]
+    def stream_reply(self, messages: list[ChatMessage], *, user: str = "") -> AsyncIterator[str | Finish]:
+        return self._llm.stream_reply(messages, user=user, finish=True)  # type: ignore[no-any-return]
 
     def synthesize(self, text: str, voice: str | None = None) -> AsyncIterator[OpusPacket]:
         return self._tts.synthesize(text, voice)  # type: ignore[no-any-return]

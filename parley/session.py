@@ -76,8 +76,12 @@ class Session:
         meter: Meter | None = None,
         clock: Callable[[], float] = time.monotonic,
         store: ConversationStore | None = None,
+        user: str = "",
+        turn_times: deque[float] | None = None,
     ) -> None:
         self.id = session_id
+        self.user = user
+        """Who holds the session (their account): the models' queue serves users in turn."""
         self.settings = settings
         self.services = services
         self.conversation = Conversation(settings.llm, store=store, session_id=session_id)
@@ -93,7 +97,8 @@ class Session:
         self._clock = clock
         self._turn: asyncio.Task[None] | None = None
         self._utterance: Utterance | None = None
-        self._turn_times: deque[float] = deque()
+        self._turn_times: deque[float] = turn_times if turn_times is not None else deque()
+        """When recent turns started: shared by all of the user's sessions (the limit is per user)."""
         self._state: TurnState = self._resting()
         self._background: set[asyncio.Task[Any]] = set()
         self.preroll_source: Callable[[], np.ndarray] | None = None
@@ -393,6 +398,7 @@ class Session:
             messages,
             self.services,
             voice=self.settings.voice,
+            user=self.user,
             first_clause_words=self.settings.turn.first_clause_words if self.track is not None else None,
             clock=self._clock,
         ).start()

@@ -15,11 +15,11 @@ if [ -f "$stamp" ] && [ -d node_modules ] && { [ "$(cat "$stamp")" = "$want" ] |
   exit 0
 fi
 
-if [ "$dev" = 1 ] && { ! command -v chromium >/dev/null || ! command -v prometheus >/dev/null; }; then
-  echo "parley: installing Debian packages (chromium for browser tests, prometheus for the metrics test)..."
+if [ "$dev" = 1 ] && { ! command -v chromium >/dev/null || ! command -v prometheus >/dev/null || ! command -v redis-server >/dev/null; }; then
+  echo "parley: installing Debian packages (chromium for browser tests, prometheus for the metrics test, redis-server for the store test)..."
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -q >/dev/null
-  apt-get install -y -q --no-install-recommends chromium prometheus iproute2 util-linux >/dev/null
+  apt-get install -y -q --no-install-recommends chromium prometheus redis-server iproute2 util-linux >/dev/null
 fi
 
 if ! command -v npm >/dev/null; then

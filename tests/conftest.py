@@ -79,3 +79,35 @@ def tiny_whisper_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from tests.whisper_tiny import save_random_whisper
 
     return save_random_whisper(tmp_path_factory.mktemp("whisper-tiny-session"))
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real redis-server (the Debian package) on a free loopback port, for this test session only."""
+    import shutil
+    import subprocess
+    import time
+
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.skip("redis-server is not installed (scripts/install.sh --dev installs it)")
+    folder, port = tmp_path_factory.mktemp("redis"), free_port()
+    server = subprocess.Popen(
+        [binary, "--bind", "127.0.0.1", "--port", str(port), "--dir", str(folder), "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                assert server.poll() is None, "redis-server exited at start"
+                assert time.monotonic() < deadline, "redis-server did not listen within 10 s"
+                time.sleep(0.05)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        server.terminate()
+        server.wait(timeout=10)

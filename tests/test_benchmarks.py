@@ -42,3 +42,27 @@ def test_voice_to_voice_prints_the_first_turn_ratio(serve_app) -> None:
     assert "release -> first audio heard (client)" in done.stdout and "p95 ms" in done.stdout, done.stdout
     ratio = next(line for line in done.stdout.splitlines() if line.startswith("first turn after start:"))
     assert "first-turn ratio" in ratio, ratio
+
+
+SOAK = ["--turn-every", "15", "--sample", "5", "--json"]
+
+
+@pytest.mark.serve
+@needs_loopback
+def test_a_one_minute_soak_drops_no_session_and_fails_no_turn(serve_app, tmp_path) -> None:
+    """CI's version of the soak (benchmarks/soak.py runs 20 sessions for 10 minutes)."""
+    import json
+
+    out = tmp_path / "soak.json"
+    done = subprocess.run(
+        [sys.executable, "benchmarks/soak.py", "--url", serve_app.url, "--sessions", "4", "--minutes", "1", *SOAK, str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert "verdict:" in done.stdout, done.stdout + done.stderr[-3000:]
+    print(done.stdout)  # the memory line is for people: a minute is too short to judge growth
+    summary = json.loads(out.read_text())
+    assert (summary["connected"], summary["dropped"], summary["turns_failed"]) == (4, 0, 0), summary
+    assert summary["turns_ok"] >= 4 and summary["memory_mb_start"] > 0, summary

@@ -129,6 +129,31 @@ async def test_an_offer_whose_ice_never_connects_is_closed(ingress: IngressServe
         await client.close()
 
 
+async def test_idle_and_half_open_connections_are_closed(tmp_path: Path) -> None:
+    config = ParleyConfig.model_validate(
+        {"server": {"port": free_port(), "state_dir": str(tmp_path)}, "limits": {"idle_connection_s": 1.0}}
+    )
+    server = IngressServer(config, cast(Services, None))
+    await server.start()
+    streams = []
+    try:
+        for i in range(40):
+            reader, writer = await asyncio.open_connection("127.0.0.1", config.server.port)
+            if i % 2:
+                writer.write(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # headers begun, never finished
+            streams.append((reader, writer))
+        began = asyncio.get_running_loop().time()
+        for reader, _ in streams:
+            assert await asyncio.wait_for(reader.read(), timeout=10) == b"", "the server closed it without an answer"
+        assert asyncio.get_running_loop().time() - began < 5
+        client = await connected(server.url)  # and it still serves
+        await client.close()
+    finally:
+        for _, writer in streams:
+            writer.close()
+        await server.stop()
+
+
 def test_another_loopback_address_is_usable_here() -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.2", 0))  # Linux routes all of 127/8 to lo: the address test above relies on it

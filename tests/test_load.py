@@ -39,6 +39,7 @@ def test_three_sessions_two_turns_each_all_complete(serve_app, tmp_path: Path) -
     numbers = json.loads(out.read_text())
     assert KEYS | {"gaps_over_40ms_share"} <= numbers.keys()
     assert (numbers["sessions"], numbers["connected"], numbers["turns_ok"], numbers["turns_failed"]) == (3, 3, 6, 0)
+    assert numbers["dropped"] == 0
     assert 0 < numbers["first_audio_ms_p50"] <= numbers["first_audio_ms_p95"] < 30_000
     assert 15 <= numbers["gap_ms_p50"] <= 25, "packets come every 20 ms"
     assert 0 < numbers["gap_ms_p99"] < 1000 and 0 <= numbers["gaps_over_40ms_share"] <= 1

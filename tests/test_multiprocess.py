@@ -1,5 +1,6 @@
 """Several ingress processes on one node, sharing one port: each browser's signalling and media
-meet in one process, a process that dies takes only its own sessions, and they come back."""
+meet in one process, a process that dies takes only its own sessions, and they come back, with
+their conversations, from the store the processes share (Redis here, as on a cluster)."""
 
 from __future__ import annotations
 
@@ -25,14 +26,15 @@ APP = "parley-multi"
 
 
 @pytest.fixture(scope="module")
-def two_processes(serve_app) -> Iterator[str]:
-    """Two ingress replicas on this node, both bound to one port, calling the session app's models."""
+def two_processes(serve_app, redis_url: str) -> Iterator[str]:
+    """Two ingress replicas on this node, both bound to one port, calling the session app's models,
+    keeping conversations in Redis."""
     from deployments.ingress import Ingress
     from parley.config import ParleyConfig
 
     config = ParleyConfig.model_validate(
         {
-            "server": {"port": free_port(), "ice_addresses": ["127.0.0.1"]},
+            "server": {"port": free_port(), "ice_addresses": ["127.0.0.1"], "store": redis_url},
             "serve": {"ingress_per_node": 2},
             # every client here comes from 127.0.0.1: as one address and one (anonymous) user
             "limits": {"turns_per_minute": 200, "sessions_per_user": 32, "sockets_per_address": 32},
@@ -71,6 +73,13 @@ async def on_two_processes(url: str) -> AsyncIterator[tuple[ParleyClient, Parley
             await client.close()
 
 
+def ingress_names() -> list[str]:
+    """The actor names of the app's two ingress processes."""
+    names = [n["name"] for n in ray.util.list_named_actors(all_namespaces=True) if n["name"].startswith(f"SERVE_REPLICA::{APP}#")]
+    assert len(names) == 2
+    return sorted(names)
+
+
 async def spoken_turn(client: ParleyClient, question: np.ndarray) -> None:
     answers = len(client.messages("assistant"))
     released = await client.push_to_talk(question)
@@ -84,11 +93,7 @@ async def test_browsers_on_different_processes_both_talk_and_a_dead_process_lose
     async with on_two_processes(two_processes) as (a, b):
         await asyncio.gather(spoken_turn(a, question), spoken_turn(b, question))
 
-        names = [
-            n["name"] for n in ray.util.list_named_actors(all_namespaces=True) if n["name"].startswith(f"SERVE_REPLICA::{APP}#")
-        ]
-        assert len(names) == 2
-        ray.kill(ray.get_actor(names[0], namespace="serve"), no_restart=True)
+        ray.kill(ray.get_actor(ingress_names()[0], namespace="serve"), no_restart=True)
         pair = (a, b)
         dropped = await a.wait_for(lambda: [c for c in pair if not c.sio.connected] or None, timeout=20)
         assert len(dropped) == 1, "one process died: only its own browser lost its connection"
@@ -103,3 +108,58 @@ async def test_browsers_on_different_processes_both_talk_and_a_dead_process_lose
             await spoken_turn(back, question)
         finally:
             await back.close()
+
+
+async def test_ingresses_killed_mid_answer_give_the_conversation_back_with_the_cut_answer_marked_error(
+    two_processes: str, question: np.ndarray
+) -> None:
+    await listening(two_processes, 2)
+    client = ParleyClient(two_processes)
+    back: ParleyClient | None = None
+    try:
+        await client.connect()
+        await spoken_turn(client, question)
+        answers = len(client.messages("assistant"))
+        await client.sio.emit("text", {"text": "Tell me a long story about a dragon who learns to sing."})
+        await client.wait_for(lambda: [m for m in client.messages("assistant")[answers:] if m["text"]], timeout=60)
+        llm = serve.get_deployment_handle("LLM", app_name="parley")
+        abandoned = (await llm.load.remote())["abandoned"]
+        for name in ingress_names():  # as SIGKILL: both processes end, one of them mid-answer
+            ray.kill(ray.get_actor(name, namespace="serve"), no_restart=True)
+        killed = asyncio.get_running_loop().time()
+        await client.wait_for(lambda: not client.sio.connected, timeout=20)
+        assert client.messages("assistant")[answers]["state"] == "streaming", "the kill landed while the answer streamed"
+        while (load := await llm.load.remote())["generating"]:
+            assert asyncio.get_running_loop().time() - killed < 10, "the LLM still generates for a dead ingress"
+            await asyncio.sleep(0.2)
+        assert load["abandoned"] == abandoned + 1, "the answer was stopped because its caller died, not finished"
+
+        await listening(two_processes, 1)  # Serve starts new processes; the old ones' memory is gone
+        back = ParleyClient(two_processes, session_id=client.session_id, session_key=client.session_key)
+        welcome = await back.connect()
+        history = [(m["role"], m["state"]) for m in welcome["history"]]
+        # (the first answer may have been cut short by the next question: interrupted)
+        assert [h[0] for h in history] == ["user", "assistant", "user", "assistant"], history
+        assert history[1][1] in ("done", "interrupted"), history
+        assert history[3][1] == "error", "the conversation is back from Redis, the answer its process died in marked error"
+        await spoken_turn(back, question)
+    finally:
+        for c in (client, back):
+            if c is not None:
+                await c.close()
+
+
+async def listening(url: str, processes: int, timeout: float = 90.0) -> None:
+    """Wait until `processes` different ingress processes answer on the port."""
+    import aiohttp
+
+    seen: set[str] = set()
+    deadline = asyncio.get_running_loop().time() + timeout
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as http:  # a new connection each
+        while len(seen) < processes:
+            assert asyncio.get_running_loop().time() < deadline, f"{len(seen)} of {processes} ingress processes answered"
+            try:
+                async with http.get(url + "healthz", timeout=aiohttp.ClientTimeout(total=2)) as reply:
+                    seen.add((await reply.json())["ingress"])
+            except (aiohttp.ClientError, TimeoutError):
+                await asyncio.sleep(0.5)

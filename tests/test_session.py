@@ -44,7 +44,7 @@ class ScriptedServices:
         self.transcribed += 1
         return Transcript(text=self.transcript, audio_s=len(audio) / 16000)
 
-    async def stream_reply(self, messages: list[ChatMessage]) -> AsyncIterator[str]:
+    async def stream_reply(self, messages: list[ChatMessage], *, user: str = "") -> AsyncIterator[str]:
         self.requests.append(messages)
         finished = False
         try:

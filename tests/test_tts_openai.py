@@ -147,6 +147,18 @@ async def test_an_overloaded_or_failing_endpoint_gives_up_after_its_retries(fake
             pass
 
 
+async def test_a_rejected_request_is_a_plain_sentence_and_the_endpoint_words_go_to_the_log(
+    fake: FakeOpenAI, caplog: pytest.LogCaptureFixture
+) -> None:
+    fake.fail = [400]
+
+    with pytest.raises(TTSError) as raised:
+        async for _ in openai_tts(fake, max_retries=0).synthesize(SENTENCE):
+            pass
+    assert str(raised.value) == "The speech endpoint rejected the request (HTTP 400)"
+    assert "fake failure 400" in caplog.text, "the upstream message is kept for the operator"
+
+
 async def test_an_unreachable_endpoint_says_where_it_looked(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OPENAI_API_KEY", API_KEY)
     url = f"http://127.0.0.1:{free_port()}/v1"

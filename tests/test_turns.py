@@ -246,7 +246,7 @@ def test_the_microphone_is_kept_encoded_while_nobody_listens_and_its_preroll_dec
     from parley.rtc import PREROLL_FRAMES, MicrophoneBuffer
 
     encoder = OpusEncoder(48000)
-    packets = encoder.encode(trim(speak(QUESTION, rate=48000))[: 48000])  # one second: 50 packets of 20 ms
+    packets = encoder.encode(trim(speak(QUESTION, rate=48000))[:48000])  # one second: 50 packets of 20 ms
     listening = False
     buffer = MicrophoneBuffer(lambda: listening)
 

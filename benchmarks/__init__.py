@@ -1,0 +1,1 @@
+"""Benchmarks: scripts that print numbers (run them with .venv/bin/python benchmarks/NAME.py)."""
