@@ -4,8 +4,9 @@ Runs the load client (`parley.load`) with --sessions sessions for --minutes minu
 microphone audio (and a camera unless --no-video) the whole time and a push-to-talk turn every
 ~--turn-every seconds. Every --sample seconds it prints the ingress processes' memory (RSS, read
 from /proc on this machine). At the end: sessions dropped, turns completed and failed, and the
-memory growth from the first sample after every session connected to the last, with a verdict
-against the bounds (0 dropped, 0 failed, growth within 10 %).
+memory growth over the second half of the run (the first half is warm-up: decoders start at each
+session's first turn, histories fill to their bounds; that growth is printed too), with a verdict
+against the bounds (0 dropped, 0 failed, second-half growth within 10 %).
 
 Against a running Parley on this machine (the ingress processes are found by their Ray title):
 
@@ -112,8 +113,13 @@ def main() -> None:
     dropped = sum(p["dropped"] for p in parts) + (args.sessions - connected)
     ok, failed = sum(p["turns_ok"] for p in parts), sum(p["turns_failed"] for p in parts)
     first = [x for p in parts for x in p["first_audio_ms"]]
-    settled = [rss for at, rss in samples if at >= min(60.0, seconds / 3)]  # every session connected and warm
+    # Memory grows while sessions warm up (each peer's decoders start at its first turn, histories
+    # and their kept images fill to their bounds); a leak keeps growing after that. So the bound
+    # is on the second half of the run; the whole run's growth is printed too.
+    settled = [rss for at, rss in samples if at >= seconds / 2]
     growth = (settled[-1] - settled[0]) / settled[0] if len(settled) >= 2 and settled[0] else None
+    warm = [rss for at, rss in samples if at >= min(60.0, seconds / 3)]
+    warmup = (settled[0] - warm[0]) / warm[0] if settled and warm and warm[0] else None
     summary = {
         "sessions": args.sessions,
         "minutes": args.minutes,
@@ -126,6 +132,8 @@ def main() -> None:
         "memory_mb_start": settled[0] / 2**20 if settled else None,
         "memory_mb_end": settled[-1] / 2**20 if settled else None,
         "memory_growth": growth,
+        "memory_mb_first_minute": warm[0] / 2**20 if warm else None,
+        "memory_warmup_growth": warmup,
         "refused_because": sorted({r for p in parts for r in p["reasons"]}),
     }
     held = dropped == 0 and failed == 0 and growth is not None and abs(growth) <= GROWTH_LIMIT
@@ -135,9 +143,14 @@ def main() -> None:
         print(
             f"release -> first audio heard p50 {summary['first_audio_ms_p50']:.0f} ms, p95 {summary['first_audio_ms_p95']:.0f} ms"
         )
+    if warmup is not None:
+        print(
+            f"ingress memory while warming up (first half): {summary['memory_mb_first_minute']:.1f} -> "
+            f"{summary['memory_mb_start']:.1f} MB ({100 * warmup:+.1f} %)"
+        )
     if growth is not None:
         print(
-            f"ingress memory {summary['memory_mb_start']:.1f} -> {summary['memory_mb_end']:.1f} MB "
+            f"ingress memory over the second half {summary['memory_mb_start']:.1f} -> {summary['memory_mb_end']:.1f} MB "
             f"({100 * growth:+.1f} %, bound ±{100 * GROWTH_LIMIT:.0f} %)"
         )
     else:
