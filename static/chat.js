@@ -1,15 +1,26 @@
 // The chat pane: one <article> per message, keyed by the server's message id.
 //
-// Invariant: every message element has data-role and data-id, its words live in exactly one child
-// with class "text" (deltas are appended there, never elsewhere), and an assistant message always
-// carries data-state (streaming, done, interrupted or error).
+// Invariants: every message element has data-role and data-id; its words live in exactly one child
+// with class "text", rebuilt from the message's Markdown source (kept in `sources`) whenever that
+// changes, so the screen always shows the whole answer rendered, never fragments. An assistant
+// message always carries data-state (streaming, done, interrupted or error). The log itself is
+// not a live region: whole sentences and messages are announced through #announcer instead.
+
+import { isHtmlPage, plainText, renderMarkdown } from "./markdown.js";
 
 const chat = document.getElementById("chat");
+const announcer = document.getElementById("announcer");
 const byId = new Map();
+const sources = new Map();
+const rendered = new Map(); // id -> the source its element was last built from
+const announced = new Map();
+const dirty = new Set();
 const pendingMetrics = new Map();
 const listeners = new Set();
+let stickToBottom = true;
+let spoken = null; // { id, blocks: Element[] }
 
-const WHO = { user: "You", assistant: "Parley", system: "System" };
+const WHO = { user: "You", assistant: "Parley", system: "Parley (note)" };
 const METRIC_LABELS = [
   ["asr", "asr", "speech recognition: end of recording to transcript"],
   ["llm_ttft", "first token", "request to first text from the model"],
@@ -17,6 +28,8 @@ const METRIC_LABELS = [
   ["tts_ttfb", "tts", "sentence to its first audio packet"],
   ["voice_to_voice", "voice", "end of your recording to the first spoken audio"],
 ];
+const SENTENCE_END = /[.!?…:;](?=\s|$)|\n/g;
+const MAX_ANNOUNCEMENTS = 6;
 
 /** Call fn() whenever the set of streaming assistant messages may have changed. */
 export function onStreamingChange(fn) {
@@ -28,58 +41,104 @@ export function isStreaming() {
   return chat.querySelector('.msg[data-role="assistant"][data-state="streaming"]') !== null;
 }
 
-/** Replace the whole chat with the server's history (on every welcome). */
-export function renderHistory(history) {
+/** True when the chat shows at least one message of the conversation. */
+export function hasMessages() {
+  return chat.querySelector(".msg:not(.lost)") !== null;
+}
+
+/**
+ * Replace the chat with the server's history (on every welcome). Messages the server lost (see
+ * markHistoryLost) stay above it, unless `all` (a new conversation) clears them too.
+ */
+export function renderHistory(history, { all = false } = {}) {
   byId.clear();
+  sources.clear();
+  rendered.clear();
+  announced.clear();
   pendingMetrics.clear();
-  chat.replaceChildren();
+  const kept = all ? [] : [...chat.querySelectorAll(".msg.lost, .history-lost")];
+  chat.replaceChildren(...kept);
   for (const m of history || []) {
     const el = createMessage(String(m.id), m.role);
+    announced.set(String(m.id), Infinity); // the past is not read out again
     fill(el, m, "done");
   }
   scrollToBottom();
   changed();
 }
 
+/**
+ * The server no longer has the conversation this page shows: keep what is on screen, marked as
+ * this page's copy only, and say so in the chat (and aloud).
+ */
+export function markHistoryLost(reason) {
+  for (const el of chat.querySelectorAll(".msg:not(.lost)")) {
+    el.classList.add("lost");
+    byId.delete(el.dataset.id);
+    el.dataset.source = sources.get(el.dataset.id) ?? "";
+    el.dataset.id = `lost-${el.dataset.id}`;
+  }
+  const note = document.createElement("p");
+  note.className = "history-lost";
+  note.textContent = reason;
+  chat.append(note);
+  say(reason);
+  scrollToBottom();
+}
+
 /** Create the message for m.id, or replace its text and state if it exists. */
 export function upsertMessage(m) {
-  keepScroll(m.role === "user", () => {
-    const el = byId.get(String(m.id)) || createMessage(String(m.id), m.role);
-    if (m.role && el.dataset.role !== m.role) el.dataset.role = m.role;
-    fill(el, m, "streaming");
-  });
+  const id = String(m.id);
+  const el = byId.get(id) || createMessage(id, m.role);
+  if (m.role && el.dataset.role !== m.role) el.dataset.role = m.role;
+  fill(el, m, "streaming");
+  if (el.dataset.role === "user" && m.text && !announced.has(id)) {
+    announced.set(id, Infinity);
+    say(`You: ${m.text}`);
+  }
+  if (el.dataset.role === "user") stickToBottom = true;
   changed();
 }
 
 /** Append a streamed piece of an assistant message. */
 export function appendDelta({ id, text }) {
   if (!text) return;
-  keepScroll(false, () => {
-    let el = byId.get(String(id));
-    if (!el) {
-      el = createMessage(String(id), "assistant");
-      el.dataset.state = "streaming";
-    }
-    el.querySelector(".text").append(text);
-  });
+  id = String(id);
+  let el = byId.get(id);
+  if (!el) {
+    el = createMessage(id, "assistant");
+    el.dataset.state = "streaming";
+  }
+  sources.set(id, (sources.get(id) || "") + text);
+  scheduleRender(id);
+  announce(id, false);
   changed();
 }
 
 /**
  * Apply a state change; an error text, when given, is shown inside the message. An interruption
- * brings the words the user heard (`text`) and the rest (`unspoken`), shown apart.
+ * brings the words the user heard (`text`) and the rest (`unspoken`), shown apart. `cut`: the
+ * answer reached the model's length limit.
  */
-export function setState({ id, state, error, text, unspoken }) {
-  let el = byId.get(String(id));
+export function setState({ id, state, error, text, unspoken, cut }) {
+  id = String(id);
+  let el = byId.get(id);
   // A turn can fail before its first word; its error still deserves a place in the chat.
   if (!el && state !== "error" && !error) return;
-  keepScroll(false, () => {
-    el ||= createMessage(String(id), "assistant");
-    el.dataset.state = state;
-    if (typeof text === "string") el.querySelector(".text").textContent = text;
-    if (typeof unspoken === "string") showUnspoken(el, unspoken);
-    showError(el, state, error);
-  });
+  el ||= createMessage(id, "assistant");
+  el.dataset.state = state;
+  if (typeof text === "string") sources.set(id, text);
+  render(id);
+  if (typeof unspoken === "string") showUnspoken(el, unspoken);
+  showError(el, state, error);
+  showCut(el, Boolean(cut));
+  if (state !== "streaming") {
+    announce(id, true);
+    if (state === "error") say(`Parley: ${error || "something went wrong while answering."}`);
+    if (state === "interrupted") say("Parley was interrupted.");
+    if (cut) say("The answer was cut short at the length limit.");
+    if (spoken?.id === id && state !== "done") highlightSpoken(null);
+  }
   changed();
 }
 
@@ -103,28 +162,66 @@ export function setMetrics(m) {
     line?.remove();
     return;
   }
-  keepScroll(false, () => {
-    if (!line) {
-      line = document.createElement("div");
-      line.className = "metrics";
-      el.append(line);
-    }
-    line.textContent = parts.join(" · ");
-    line.title = details.join("\n");
-  });
+  if (!line) {
+    line = document.createElement("div");
+    line.className = "metrics";
+    el.append(line);
+  }
+  line.textContent = parts.join(" · ");
+  line.title = details.join("\n");
+  followBottom();
 }
+
+/**
+ * The server's playout: sentence `sentence` of answer `id` started playing; it spans
+ * [start, end) of the answer's text. sentence null: nothing is playing.
+ */
+export function showSpeaking({ id, sentence, start, end }) {
+  if (sentence === null || sentence === undefined) return highlightSpoken(null);
+  const key = String(id);
+  const el = byId.get(key);
+  const source = sources.get(key);
+  if (!el || typeof source !== "string" || typeof start !== "number" || typeof end !== "number") return;
+  render(key); // the spoken sentence must be on screen before it is marked
+  highlightSpoken({ id: key, el, source, start, end });
+}
+
+/** The conversation as Markdown, for download. */
+export function transcriptMarkdown() {
+  const lines = [`# Parley conversation`, "", `Saved ${new Date().toLocaleString()}.`, ""];
+  for (const el of chat.querySelectorAll(".msg")) {
+    const who = WHO[el.dataset.role] || el.dataset.role;
+    const state = el.dataset.state && el.dataset.state !== "done" && el.dataset.state !== "streaming" ? ` (${el.dataset.state})` : "";
+    lines.push(`## ${who}${state}`, "", messageSource(el), "");
+  }
+  return lines.join("\n");
+}
+
+/** The Markdown source of one message element (what its Copy button copies). */
+export function messageSource(el) {
+  return sources.get(el.dataset.id) ?? el.dataset.source ?? el.querySelector(".text")?.textContent ?? "";
+}
+
+// ---- building messages ----------------------------------------------------------------------
 
 function createMessage(id, role) {
   const el = document.createElement("article");
   el.className = "msg";
   el.dataset.role = role || "assistant";
   el.dataset.id = id;
-  const who = document.createElement("div");
-  who.className = "who";
-  who.textContent = WHO[el.dataset.role] || el.dataset.role;
+  const head = document.createElement("div");
+  head.className = "who";
+  const name = document.createElement("span");
+  name.className = "who-name";
+  name.textContent = WHO[el.dataset.role] || el.dataset.role;
+  const copy = document.createElement("button");
+  copy.type = "button";
+  copy.className = "copy-message";
+  copy.textContent = "Copy";
+  head.append(name, copy);
   const text = document.createElement("div");
   text.className = "text";
-  el.append(who, text);
+  el.append(head, text);
   chat.append(el);
   byId.set(id, el);
   const metrics = pendingMetrics.get(id);
@@ -132,15 +229,74 @@ function createMessage(id, role) {
     pendingMetrics.delete(id);
     queueMicrotask(() => setMetrics(metrics));
   }
+  followBottom();
   return el;
 }
 
 function fill(el, m, defaultState) {
-  el.querySelector(".text").textContent = m.text ?? "";
-  showUnspoken(el, m.unspoken || "");
+  const id = el.dataset.id;
+  sources.set(id, m.text ?? "");
   const state = m.state || el.dataset.state || (el.dataset.role === "assistant" ? defaultState : "");
   if (state) el.dataset.state = state;
+  render(id);
+  showUnspoken(el, m.unspoken || "");
   showError(el, state, m.error);
+  showCut(el, Boolean(m.cut));
+}
+
+function scheduleRender(id) {
+  if (dirty.has(id)) return;
+  dirty.add(id);
+  requestAnimationFrame(() => dirty.has(id) && render(id));
+}
+
+/** Rebuild a message's words from its source, if that changed (so an open preview or a selection survives otherwise). */
+function render(id) {
+  dirty.delete(id);
+  const el = byId.get(id);
+  if (!el) return;
+  const box = el.querySelector(".text");
+  const source = sources.get(id) || "";
+  if (rendered.get(id) === source && el.contains(box) && box.dataset.built === "1") return;
+  rendered.set(id, source);
+  box.dataset.built = "1";
+  if (el.dataset.role === "assistant") {
+    box.replaceChildren(renderMarkdown(source));
+    decorateCode(box, isHtmlPage(source));
+  } else {
+    box.textContent = source; // what the user typed or said, as it was
+  }
+  if (spoken?.id === id) highlightSpoken({ ...spoken, el });
+  followBottom();
+}
+
+/** Put a bar with the language, a Copy button and (for a whole HTML page) Preview over each code block. */
+function decorateCode(box, wholePage) {
+  for (const pre of box.querySelectorAll("pre")) {
+    const code = pre.querySelector("code");
+    const language = /language-([\w+#.-]+)/.exec(code?.className || "")?.[1] || "";
+    const frame = document.createElement("div");
+    frame.className = "code";
+    const bar = document.createElement("div");
+    bar.className = "code-bar";
+    const name = document.createElement("span");
+    name.textContent = language || "code";
+    const copy = document.createElement("button");
+    copy.type = "button";
+    copy.className = "copy-code";
+    copy.textContent = "Copy code";
+    bar.append(name, copy);
+    const text = code?.textContent || "";
+    if (wholePage || (/^html?$/i.test(language) && isHtmlPage(text))) {
+      const preview = document.createElement("button");
+      preview.type = "button";
+      preview.className = "preview-html";
+      preview.textContent = "Preview";
+      bar.append(preview);
+    }
+    pre.replaceWith(frame);
+    frame.append(bar, pre);
+  }
 }
 
 function showUnspoken(el, words) {
@@ -172,14 +328,188 @@ function showError(el, state, error) {
   box.textContent = error || "Something went wrong while answering.";
 }
 
-function keepScroll(force, mutate) {
-  const nearBottom = chat.scrollHeight - chat.scrollTop - chat.clientHeight < 80;
-  mutate();
-  if (force || nearBottom) scrollToBottom();
+function showCut(el, cut) {
+  let box = el.querySelector(".cut");
+  el.dataset.cut = String(cut);
+  if (!cut) {
+    box?.remove();
+    return;
+  }
+  if (!box) {
+    box = document.createElement("div");
+    box.className = "cut";
+    box.textContent = "Cut short: the answer reached the model's length limit.";
+    el.querySelector(".text").after(box);
+  }
+}
+
+// ---- the clicks inside messages -------------------------------------------------------------
+
+chat.addEventListener("click", (e) => {
+  const button = e.target instanceof Element ? e.target.closest("button") : null;
+  if (!button) return;
+  const message = button.closest(".msg");
+  if (button.classList.contains("copy-message") && message) copyText(messageSource(message), button);
+  else if (button.classList.contains("copy-code")) copyText(button.closest(".code")?.querySelector("pre")?.textContent || "", button);
+  else if (button.classList.contains("preview-html")) togglePreview(button);
+});
+
+async function copyText(text, button) {
+  const label = button.textContent;
+  let ok = false;
+  try {
+    await navigator.clipboard.writeText(text);
+    ok = true;
+  } catch {
+    // No clipboard API (an insecure context): select the text in a hidden box and copy that.
+    const area = document.createElement("textarea");
+    area.value = text;
+    area.setAttribute("readonly", "");
+    area.className = "visually-hidden";
+    document.body.append(area);
+    area.select();
+    try {
+      ok = document.execCommand("copy");
+    } catch {
+      ok = false;
+    }
+    area.remove();
+  }
+  button.textContent = ok ? "Copied" : "Copy failed";
+  say(ok ? "Copied." : "Could not copy: the browser refused.");
+  setTimeout(() => (button.textContent = label), 1500);
+}
+
+/**
+ * Show a whole HTML page the model wrote, only on the user's click, in an iframe sandboxed with
+ * no permissions at all: no script, no same origin, no forms, no popups, no top navigation (and
+ * the page's Content-Security-Policy, which it inherits, loads nothing from elsewhere).
+ */
+function togglePreview(button) {
+  const frame = button.closest(".code");
+  const open = frame.nextElementSibling?.classList.contains("html-preview") ? frame.nextElementSibling : null;
+  if (open) {
+    open.remove();
+    button.textContent = "Preview";
+    return;
+  }
+  const iframe = document.createElement("iframe");
+  iframe.className = "html-preview";
+  iframe.setAttribute("sandbox", "");
+  iframe.setAttribute("referrerpolicy", "no-referrer");
+  iframe.title = "Preview of the HTML page in Parley's answer (scripts do not run)";
+  iframe.srcdoc = frame.querySelector("pre").textContent;
+  frame.after(iframe);
+  button.textContent = "Close preview";
+}
+
+// ---- the spoken sentence ----------------------------------------------------------------------
+
+/**
+ * Mark the sentence being spoken: the blocks holding its source lines get .spoken, and where the
+ * browser has the CSS Custom Highlight API, the sentence's own words are highlighted too.
+ */
+function highlightSpoken(target) {
+  for (const el of chat.querySelectorAll(".spoken")) el.classList.remove("spoken");
+  chat.querySelector(".msg.playing")?.classList.remove("playing");
+  if (typeof CSS !== "undefined" && CSS.highlights) CSS.highlights.delete("parley-spoken");
+  spoken = target;
+  if (!target) return;
+  const { el, source, start, end } = target;
+  el.classList.add("playing");
+  const lead = source.slice(start, end).search(/\S/);
+  const first = lineOf(source, start + Math.max(0, lead));
+  const last = lineOf(source, Math.max(start, end - 1));
+  const box = el.querySelector(".text");
+  for (const block of box.querySelectorAll("[data-lines]")) {
+    const [from, to] = block.dataset.lines.split(",").map(Number);
+    if (from <= last && to > first) block.classList.add("spoken");
+  }
+  // Only the innermost marked blocks stay marked (a list item, not the whole list).
+  for (const block of box.querySelectorAll(".spoken")) if (block.querySelector(".spoken")) block.classList.remove("spoken");
+  if (typeof CSS !== "undefined" && CSS.highlights && typeof Highlight === "function") {
+    const range = findWords(box, plainText(source.slice(start, end)).trim());
+    if (range) CSS.highlights.set("parley-spoken", new Highlight(range));
+  }
+}
+
+function lineOf(text, index) {
+  let line = 0;
+  for (let i = text.indexOf("\n"); i !== -1 && i < index; i = text.indexOf("\n", i + 1)) line += 1;
+  return line;
+}
+
+/** A Range over the first place `words` appear in box's text (whitespace-insensitive), or null. */
+function findWords(box, words) {
+  if (words.length < 2) return null;
+  const chars = [];
+  const where = [];
+  const walker = document.createTreeWalker(box, NodeFilter.SHOW_TEXT, {
+    acceptNode: (n) => (n.parentElement?.closest(".code-bar") ? NodeFilter.FILTER_REJECT : NodeFilter.FILTER_ACCEPT),
+  });
+  let space = true;
+  for (let node = walker.nextNode(); node; node = walker.nextNode()) {
+    const value = node.nodeValue;
+    for (let i = 0; i < value.length; i++) {
+      const blank = /\s/.test(value[i]);
+      if (blank && space) continue;
+      chars.push(blank ? " " : value[i]);
+      where.push([node, i]);
+      space = blank;
+    }
+  }
+  const text = chars.join("");
+  const at = text.indexOf(words);
+  if (at < 0) return null;
+  const range = document.createRange();
+  range.setStart(...where[at]);
+  const [endNode, endOffset] = where[at + words.length - 1];
+  range.setEnd(endNode, endOffset + 1);
+  return range;
+}
+
+// ---- announcements and scrolling ------------------------------------------------------------
+
+/** Announce the whole sentences of message id not yet announced (all of it when final). */
+function announce(id, final) {
+  const done = announced.get(id) ?? 0;
+  if (done === Infinity) return;
+  const text = plainText(sources.get(id) || "");
+  let cut = done;
+  if (final) cut = text.length;
+  else for (const m of text.matchAll(SENTENCE_END)) if (m.index + 1 > cut) cut = m.index + 1;
+  if (final) announced.set(id, Infinity);
+  else announced.set(id, cut);
+  const words = text.slice(done, cut).trim();
+  if (words) say(done === 0 ? `Parley: ${words}` : words);
+}
+
+/** One whole sentence or message for screen readers (the live region gets complete text only). */
+function say(text) {
+  const p = document.createElement("p");
+  p.textContent = text;
+  announcer.append(p);
+  while (announcer.children.length > MAX_ANNOUNCEMENTS) announcer.firstElementChild.remove();
+}
+
+let lastHeight = chat.clientHeight;
+chat.addEventListener("scroll", () => {
+  if (chat.clientHeight !== lastHeight) return; // the chat was resized, the user did not scroll
+  stickToBottom = chat.scrollHeight - chat.scrollTop - chat.clientHeight < 40;
+});
+// Notices, the keyboard or a rotation change the chat's height: keep the newest message in view.
+new ResizeObserver(() => {
+  lastHeight = chat.clientHeight;
+  followBottom();
+}).observe(chat);
+
+function followBottom() {
+  if (stickToBottom) scrollToBottom();
 }
 
 function scrollToBottom() {
   chat.scrollTop = chat.scrollHeight;
+  stickToBottom = true;
 }
 
 function changed() {
