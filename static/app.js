@@ -1,11 +1,40 @@
-// Parley page: socket.io signalling, the WebRTC connection, and the controls around them.
+// Parley page: socket.io signalling, the WebRTC connection, the one status the user sees, and
+// the controls around them.
 //
-// Invariant: nothing but hello is sent until the server's welcome for this connection has
+// Invariants: nothing but hello is sent until the server's welcome for this connection has
 // arrived, and nothing is queued while disconnected (a stale talk_start must never reach the
-// next connection). window.parley.pc is always the page's current RTCPeerConnection.
+// next connection). window.parley.pc is always the page's current RTCPeerConnection. The status
+// is computed in one place (status()) from the socket, the media and the devices together, and
+// every state that waits says why and changes its reason when its time limit passes. Talking
+// needs media that flows; a typed message leaves the box only once the server acknowledged it.
 
-import { appendDelta, isStreaming, onStreamingChange, renderHistory, setMetrics, setState, upsertMessage } from "./chat.js";
-import { buildPeerConnection, canShareScreen, currentVideoTrack, ensureMedia, local, pickScreen, remoteAudioLevel } from "./media.js";
+import {
+  appendDelta,
+  hasMessages,
+  isStreaming,
+  markHistoryLost,
+  onStreamingChange,
+  renderHistory,
+  setMetrics,
+  setState,
+  showSpeaking,
+  transcriptMarkdown,
+  upsertMessage,
+} from "./chat.js";
+import { setupDevices } from "./devices.js";
+import { setupLayout } from "./layout.js";
+import {
+  buildPeerConnection,
+  canShareScreen,
+  currentVideoTrack,
+  ensureMedia,
+  inboundAudio,
+  local,
+  microphoneLevel,
+  pickScreen,
+  startCamera,
+  stopCamera,
+} from "./media.js";
 import { notify, setStatus } from "./notices.js";
 import { setupTalk } from "./talk.js";
 
@@ -14,13 +43,17 @@ const SESSION_PROOF_KEY = "parley.sessionKey"; // the server's proof that this b
 const TOKEN_KEY = "parley.token"; // the invitation, from the link's #token=...
 const VISION_KEY = "parley.vision";
 const HANDS_FREE_KEY = "parley.handsFree";
+const CAMERA_OFF_KEY = "parley.cameraOff";
 const TURN_LABELS = { listening: "Listening", hearing: "Hearing you", thinking: "Thinking…", speaking: "Speaking" };
-const HINTS = {
-  ptt: "Hold <kbd>Space</kbd> to talk · release to send",
-  handsFree: "Hands-free: just talk, Parley answers when you pause · talk over it to interrupt",
-};
 const REJECTED_RETRY_MS = 10_000;
 const DISCONNECTED_GRACE_MS = 3000;
+const ACK_MS = 5000; // a typed message the server has not confirmed by then stays in the box
+const CONNECT_LIMIT_MS = 10_000; // the server has not answered at all
+const PERMISSION_LIMIT_MS = 20_000; // the browser's permission prompt is still open
+const MEDIA_LIMIT_MS = 15_000; // audio and video have not started after the welcome
+const AUDIO_GONE_MS = 2000; // Parley sends audio all the time (silence too): none for this long is a loss
+const LOST_TO_RECONNECTING_MS = 10_000;
+const WATCH_MS = 150;
 const SPEAKING_LEVEL = 0.01;
 const SPEAKING_HANGOVER_MS = 500;
 // The local model's name and its score on Parley's spoken-assistant quiz come from the server.
@@ -32,44 +65,57 @@ const localModelBanner = (llm) =>
 const $ = (id) => document.getElementById(id);
 const ui = {
   audio: $("audio"), video: $("video"), share: $("share"), vision: $("vision"), talk: $("talk"),
-  stop: $("stop"), form: $("text-form"), input: $("text-input"), banner: $("banner"), model: $("model"),
-  rejected: $("rejected"), speaking: $("speaking"), send: $("send"), handsFree: $("hands-free"),
-  turnState: $("turn-state"), hint: $("hint"),
+  stop: $("stop"), form: $("text-form"), input: $("text-input"), banner: $("banner"), bannerText: $("banner-text"),
+  model: $("model"), rejected: $("rejected"), speaking: $("speaking"), send: $("send"), handsFree: $("hands-free"),
+  turnState: $("turn-state"), hint: $("hint"), mute: $("mute"), camera: $("camera"), micLevel: $("mic-level"),
+  parleyLevel: $("parley-level"), newConversation: $("new-conversation"), download: $("download"), chat: $("chat"),
 };
 
-const parley = (window.parley = { socket: null, pc: null, sessionId: load(SESSION_KEY) });
+// For the console and the tests: the connection, the local tracks and the status shown.
+const parley = (window.parley = { socket: null, pc: null, local, sessionId: load(SESSION_KEY), status: "connecting" });
 
 let welcomed = false;
 let everConnected = false;
-let rejected = false;
+let rejection = null; // { code, reason } from the server's "rejected", or the refusal of the connection itself
+let refused = null; // why the server refused the socket (no invitation, an expired one, ...)
 let iceServers = [];
 let generation = 0; // bumps on every negotiation; a stale one stops at its next await
 let awaitingAnswer = false;
 let failures = 0;
 let videoSender = null;
+let audioSender = null;
 let videoLimits = { max_fps: 2, max_width: 640 }; // the server's, from its welcome
 let sharing = false;
 let speaking = false;
-let lastLoud = 0;
+let lastLoud = -Infinity; // no "Parley is speaking" before any audio came
+let sending = false;
+let forgetting = false;
 let retryTimer = 0;
 let renegotiateTimer = 0;
 let disconnectedTimer = 0;
+let watching = false;
+// When each phase began (performance.now()), for the time limits of the waiting states.
+const since = { page: performance.now(), welcome: 0, lost: 0 };
+let packets = { count: -1, at: 0 };
+let mediaUp = false;
+let hadMedia = false;
 
 const talk = setupTalk(ui.talk, {
-  canTalk: () => ready() && local.mic !== null,
+  canTalk: () => canTalk(),
   onStart: () => {
     unlockAudio();
     send("talk_start", {});
   },
   onEnd: () => send("talk_end", {}),
+  onChange: () => refresh(),
 });
 
 // ---- signalling ---------------------------------------------------------------------------
 
 function connect() {
   if (typeof window.io !== "function") {
-    setStatus("offline");
-    notify("error", "Could not load the socket client (/vendor/socket.io.min.js). Is the Parley server running?");
+    refused = "the page could not load its socket client (/vendor/socket.io.min.js); is the Parley server running?";
+    refresh();
     return;
   }
   // WebSocket only: a node may run several ingress processes on one port, and long-polling's
@@ -84,6 +130,8 @@ function connect() {
   socket.on("connect", () => {
     everConnected = true;
     welcomed = false;
+    refused = null;
+    ui.rejected.hidden = true;
     clearTimeout(retryTimer);
     sayHello();
     refresh();
@@ -93,15 +141,15 @@ function connect() {
     awaitingAnswer = false;
     talk.cancel();
     // After a server-side disconnect socket.io does not reconnect by itself.
-    if (reason === "io server disconnect") retryLater(rejected ? REJECTED_RETRY_MS : 2000);
+    if (reason === "io server disconnect") retryLater(rejection ? REJECTED_RETRY_MS : 2000);
     refresh();
   });
   socket.on("connect_error", (err) => {
     if (!socket.active) {
       // Refused by the server itself (no invitation, an expired one, too many connections): say why, where it stays.
+      refused = err.message;
       ui.rejected.textContent = `Parley can't let you in: ${err.message}`;
       ui.rejected.hidden = false;
-      notify("error", `The server refused the connection: ${err.message}`);
       retryLater(REJECTED_RETRY_MS);
     }
     refresh();
@@ -114,6 +162,7 @@ function connect() {
   socket.on("delta", appendDelta);
   socket.on("state", setState);
   socket.on("metrics", setMetrics);
+  socket.on("speaking", showSpeaking);
   socket.on("notice", (n) => notify(n.level, n.text));
   socket.on("turn", (t) => showTurnState(t.state));
   socket.on("recording", (r) => {
@@ -139,11 +188,6 @@ function showTurnState(state) {
   ui.turnState.hidden = !label;
 }
 
-function showMode() {
-  ui.hint.innerHTML = ui.handsFree.checked ? HINTS.handsFree : HINTS.ptt;
-  document.body.dataset.handsFree = String(ui.handsFree.checked);
-}
-
 function retryLater(ms) {
   clearTimeout(retryTimer);
   retryTimer = setTimeout(() => {
@@ -154,13 +198,29 @@ function retryLater(ms) {
 }
 
 function onWelcome(w) {
+  const asked = load(SESSION_KEY);
+  const shown = hasMessages();
+  const history = w.history || [];
   welcomed = true;
-  rejected = false;
+  rejection = null;
   ui.rejected.hidden = true;
+  since.welcome = performance.now();
   parley.sessionId = w.session_id;
   save(SESSION_KEY, w.session_id);
   if (w.session_key) save(SESSION_PROOF_KEY, w.session_key);
-  renderHistory(w.history);
+
+  // A conversation the server no longer has is announced, never silently swapped for an empty one.
+  if (asked && w.session_id !== asked) {
+    markHistoryLost(
+      shown
+        ? "Parley's server no longer has this conversation (it was restarted or forgot it): Parley will not remember the messages above. Go on from here."
+        : "The conversation you had in this browser is no longer on Parley's server (it was restarted or forgot it). This is a new one.",
+    );
+  } else if (shown && !history.length && !forgetting) {
+    markHistoryLost("Parley's server no longer has this conversation: Parley will not remember the messages above. Go on from here.");
+  } else {
+    renderHistory(history);
+  }
   iceServers = w.ice_servers || [];
   if (w.video) videoLimits = w.video;
 
@@ -171,13 +231,12 @@ function onWelcome(w) {
 
   if (typeof w.turn?.hands_free === "boolean" && w.turn.hands_free !== ui.handsFree.checked) {
     ui.handsFree.checked = w.turn.hands_free;
-    showMode();
+    layout.showMode();
   }
   showTurnState(ui.handsFree.checked ? "listening" : "idle");
 
   const llm = w.llm || {};
-  ui.banner.hidden = llm.backend !== "local";
-  ui.banner.textContent = llm.backend === "local" ? localModelBanner(llm) : "";
+  layout.showBanner(llm.backend === "local" ? localModelBanner(llm) : "");
   ui.model.hidden = !llm.backend;
   ui.model.textContent = [llm.backend, llm.model, llm.vision === false ? "no vision" : ""].filter(Boolean).join(" · ");
 
@@ -186,12 +245,12 @@ function onWelcome(w) {
 }
 
 function onRejected(r) {
-  rejected = true;
+  rejection = { code: r.code || "refused", reason: r.reason || "the server refused it" };
   welcomed = false;
   generation += 1;
   closePc();
   talk.cancel();
-  ui.rejected.textContent = `Parley can't take this session: ${r.reason || "the server refused it"}. Trying again in 10 s…`;
+  ui.rejected.textContent = `Parley can't take this session: ${rejection.reason} Trying again in 10 s…`;
   ui.rejected.hidden = false;
   retryLater(REJECTED_RETRY_MS);
   refresh();
@@ -204,8 +263,14 @@ function send(event, data) {
   return true;
 }
 
+/** The server has welcomed this connection: typed messages and controls can go. */
 function ready() {
-  return Boolean(parley.socket?.connected) && welcomed && !rejected;
+  return Boolean(parley.socket?.connected) && welcomed && !rejection;
+}
+
+/** Speech can go: the connection is welcomed, the media flows, and the microphone is on. */
+function canTalk() {
+  return ready() && mediaUp && local.mic !== null && local.mic.enabled;
 }
 
 // ---- WebRTC -------------------------------------------------------------------------------
@@ -219,10 +284,13 @@ async function negotiate() {
   try {
     await ensureMedia(notify);
     if (gen !== generation || !ready()) return;
+    devices.refill();
     refresh();
     const built = await buildPeerConnection(iceServers, (pc) => adoptPc(pc, gen));
     if (gen !== generation || !ready()) return;
     videoSender = built.videoSender;
+    audioSender = built.pc.getTransceivers().find((t) => t.receiver.track.kind === "audio")?.sender || null;
+    if (local.mic && !local.mic.enabled) await audioSender?.replaceTrack(null); // still muted
     const { sdp, type } = built.pc.localDescription;
     awaitingAnswer = true;
     send("offer", { sdp, type });
@@ -237,6 +305,7 @@ async function negotiate() {
 
 function adoptPc(pc, gen) {
   parley.pc = pc;
+  packets = { count: -1, at: 0 };
   const current = () => gen === generation && parley.pc === pc;
   pc.addEventListener("track", (e) => {
     if (!current() || e.track.kind !== "audio") return;
@@ -289,6 +358,7 @@ function closePc() {
   if (!pc) return;
   parley.pc = null;
   videoSender = null;
+  audioSender = null;
   pc.close();
 }
 
@@ -298,6 +368,7 @@ function showPreview() {
   const track = currentVideoTrack();
   ui.video.classList.toggle("mirrored", track !== null && track === local.camera);
   ui.video.classList.toggle("empty", track === null && local.settled);
+  ui.video.closest(".preview").dataset.empty = local.cameraOff && !track ? "Camera off" : "No camera";
   if (ui.video.srcObject?.getVideoTracks()[0] !== track) {
     ui.video.srcObject = track ? new MediaStream([track]) : null;
   }
@@ -332,6 +403,41 @@ async function stopSharing() {
 }
 
 /**
+ * Mute: the microphone's track is disabled and taken off the connection, so nothing at all
+ * leaves the browser (not even silence) until unmuted.
+ */
+async function toggleMute() {
+  if (!local.mic) return;
+  local.mic.enabled = !local.mic.enabled;
+  if (!local.mic.enabled && talk.holding) talk.release();
+  refresh();
+  await audioSender?.replaceTrack(local.mic.enabled ? local.mic : null).catch((err) => console.error("replaceTrack", err));
+  notify("info", local.mic.enabled ? "Microphone on." : "Microphone muted: Parley hears nothing until you unmute.");
+  refresh();
+}
+
+/** Camera off stops its track (the device's light goes out); on asks for it again. */
+async function toggleCamera() {
+  if (local.camera) {
+    stopCamera();
+    refresh();
+    if (!sharing) await videoSender?.replaceTrack(null).catch((err) => console.error("replaceTrack", err));
+  } else {
+    try {
+      const track = await startCamera();
+      if (!sharing) {
+        await videoSender?.replaceTrack(track);
+        await limitVideo(videoSender);
+      }
+    } catch (err) {
+      notify("error", `Could not start the camera: ${err?.message || err}`);
+    }
+  }
+  save(CAMERA_OFF_KEY, local.cameraOff ? "1" : "0");
+  refresh();
+}
+
+/**
  * Send only as much video as the server uses: it needs the picture when a turn starts, not a
  * smooth stream, and every frame sent is a frame it must decode.
  */
@@ -354,55 +460,149 @@ function unlockAudio() {
   if (ui.audio.srcObject && ui.audio.paused) ui.audio.play().catch(() => {});
 }
 
-async function watchSpeaking() {
-  let level = 0;
+/** Several times a second: is Parley's audio arriving, how loud are both sides. */
+async function watchMedia() {
+  if (watching) return;
+  watching = true;
   try {
-    level = await remoteAudioLevel(parley.pc);
-  } catch {
-    level = 0;
+    const pc = parley.pc;
+    const inbound = await inboundAudio(pc).catch(() => ({ level: 0, packets: -1 }));
+    const now = performance.now();
+    if (inbound.packets > packets.count) packets = { count: inbound.packets, at: now };
+    if (inbound.level > SPEAKING_LEVEL) lastLoud = now;
+    speaking = now - lastLoud < SPEAKING_HANGOVER_MS;
+    ui.parleyLevel.value = Math.min(1, inbound.level * 5);
+    const listening = talk.holding || ui.handsFree.checked;
+    const mic = listening && local.mic?.enabled ? await microphoneLevel(pc).catch(() => null) : 0;
+    ui.micLevel.value = Math.min(1, (mic || 0) * 3);
+    ui.micLevel.closest(".level-row").hidden = !listening || mic === null;
+  } finally {
+    watching = false;
   }
-  const now = performance.now();
-  if (level > SPEAKING_LEVEL) lastLoud = now;
-  const next = now - lastLoud < SPEAKING_HANGOVER_MS;
-  if (next !== speaking) {
-    speaking = next;
-    refresh();
-  }
+  refresh();
 }
 
-// ---- page state ---------------------------------------------------------------------------
+// ---- the one status -------------------------------------------------------------------------
+
+/** The state the user sees, and why: from the socket, the media and the devices together. */
+function status() {
+  const now = performance.now();
+  const socket = parley.socket;
+  const pc = parley.pc;
+  mediaUp = Boolean(
+    ready() && pc?.connectionState === "connected" && packets.count > 0 && now - packets.at < AUDIO_GONE_MS,
+  );
+  if (mediaUp) {
+    hadMedia = true;
+    since.lost = 0;
+  } else if (hadMedia && !since.lost) since.lost = now;
+
+  if (refused && !socket?.connected) {
+    if (!socket) return ["offline", `Parley can't start: ${refused}.`];
+    return ["refused", `The server refused this page: ${refused}`];
+  }
+  if (rejection) {
+    if (rejection.code === "full") return ["full", `${rejection.reason} Trying again every 10 s.`];
+    return ["refused", `${rejection.reason} Trying again every 10 s.`];
+  }
+  if (mediaUp) {
+    if (local.micDenied) return ["denied", `${local.micProblem}. You can still type.`];
+    if (!local.mic) return ["ready", "No microphone: you can type, and Parley answers aloud."];
+    return ["ready", local.mic.enabled ? "" : "Microphone muted."];
+  }
+  if (hadMedia) {
+    const lostFor = now - since.lost;
+    const why = socket?.connected ? "Parley's audio stopped arriving." : "The connection to Parley's server was lost.";
+    if (lostFor < LOST_TO_RECONNECTING_MS) return ["media-lost", `${why} Reconnecting…`];
+    return ["reconnecting", `${why} Still trying to reach it (${Math.round(lostFor / 1000)} s); your typed text stays in the box.`];
+  }
+  if (!socket?.connected) {
+    if (everConnected) return ["reconnecting", "The connection to Parley's server was lost. Trying again…"];
+    if (now - since.page > CONNECT_LIMIT_MS)
+      return ["connecting", "The server is not answering: check that Parley is running and the address is right. Still trying…"];
+    return ["connecting", "Reaching Parley's server…"];
+  }
+  if (!welcomed) return ["connecting", "Joining the conversation…"];
+  if (local.micDenied) return ["denied", `${local.micProblem}. You can still type.`];
+  if (!local.settled) {
+    if (now - since.welcome > PERMISSION_LIMIT_MS)
+      return ["connecting", "The browser is still waiting for you to allow the microphone and camera: answer its prompt. You can type meanwhile."];
+    return ["connecting", "Waiting for the microphone and camera…"];
+  }
+  if (now - since.welcome > MEDIA_LIMIT_MS)
+    return ["media-lost", "Audio and video could not connect (a firewall may block UDP, or a TURN server is needed). Still trying; you can type meanwhile."];
+  return ["connecting", failures > 0 ? "Setting up audio and video again…" : "Setting up audio and video…"];
+}
 
 function refresh() {
-  const socket = parley.socket;
-  const media = parley.pc?.connectionState || "none";
-  const detail = `signalling: ${socket?.connected ? (welcomed ? "ready" : "waiting for welcome") : "offline"}; media: ${media}`;
-  if (rejected) setStatus("rejected", detail);
-  else if (!socket?.connected) setStatus(everConnected ? "reconnecting" : "connecting", detail);
-  else if (media === "connected") setStatus("connected", detail);
-  else if (failures > 0) setStatus("reconnecting", detail);
-  else setStatus("connecting", detail);
+  const [state, reason] = status();
+  parley.status = state;
+  setStatus(state, reason);
+  document.body.dataset.status = state;
 
-  ui.talk.disabled = !ready() || local.mic === null;
-  ui.talk.title = local.micProblem || "";
+  const talkable = canTalk();
+  ui.talk.disabled = !talkable && !talk.holding;
+  ui.talk.title = talkable ? "" : local.micProblem || (local.mic && !local.mic.enabled ? "Unmute to talk" : reason);
   ui.stop.disabled = !ready() || !(isStreaming() || speaking);
   ui.speaking.hidden = !speaking;
   document.body.dataset.speaking = String(speaking);
+  ui.send.disabled = sending;
+  ui.newConversation.disabled = !ready();
 
+  ui.mute.disabled = !local.mic;
+  ui.mute.textContent = local.mic && !local.mic.enabled ? "Unmute" : "Mute";
+  ui.mute.classList.toggle("active", Boolean(local.mic && !local.mic.enabled));
+  ui.camera.textContent = local.camera ? "Stop camera" : "Start camera";
+  ui.camera.disabled = !local.settled;
   ui.share.textContent = sharing ? (local.camera ? "Use camera" : "Stop sharing") : "Share screen";
-  ui.share.setAttribute("aria-pressed", String(sharing));
+  ui.share.classList.toggle("active", sharing);
   showPreview();
 }
+
+// ---- typed text and conversation controls ---------------------------------------------------
 
 function submitText(e) {
   e.preventDefault();
   const text = ui.input.value.trim();
-  if (!text) return;
-  if (!send("text", { text })) {
-    notify("warn", "Not connected yet: your message was not sent.");
+  if (!text || sending) return;
+  if (!ready()) {
+    notify("warn", "Not connected to Parley: your message is still in the box. Send it once the status says Ready.");
     return;
   }
   unlockAudio();
-  ui.input.value = "";
+  sending = true;
+  refresh();
+  parley.socket.timeout(ACK_MS).emit("text", { text }, (err, ack) => {
+    sending = false;
+    if (err) notify("warn", "The server did not confirm your message, so it is still in the box. Send it again when Parley is back.");
+    else if (ack?.ok && ui.input.value.trim() === text) ui.input.value = "";
+    // Refused (too long, too many turns): the server's notice said why, and the text stays to fix.
+    refresh();
+  });
+}
+
+function newConversation() {
+  if (!ready()) return notify("warn", "Not connected to Parley: try again once the status says Ready.");
+  if (hasMessages() && !window.confirm("Start a new conversation? Parley will forget this one.")) return;
+  forgetting = true;
+  parley.socket.timeout(ACK_MS).emit("new_conversation", {}, (err, ack) => {
+    forgetting = false;
+    if (err || !ack?.ok) return notify("error", "The server did not confirm, so the conversation was not cleared. Try again.");
+    renderHistory([], { all: true });
+    notify("info", "New conversation: Parley has forgotten the previous one.");
+    refresh();
+  });
+}
+
+function downloadTranscript() {
+  const blob = new Blob([transcriptMarkdown()], { type: "text/markdown;charset=utf-8" });
+  const link = document.createElement("a");
+  link.href = URL.createObjectURL(blob);
+  link.download = `parley-${new Date().toISOString().slice(0, 16).replace(/[:T]/g, "-")}.md`;
+  document.body.append(link);
+  link.click();
+  link.remove();
+  setTimeout(() => URL.revokeObjectURL(link.href), 10_000);
 }
 
 function load(key) {
@@ -417,7 +617,7 @@ function save(key, value) {
   try {
     localStorage.setItem(key, value);
   } catch {
-    // Private mode: the session simply will not survive a reload.
+    // Private mode: the setting simply will not survive a reload.
   }
 }
 
@@ -429,34 +629,50 @@ function takeInvitation() {
   history.replaceState(null, "", location.pathname + location.search);
 }
 
+const layout = setupLayout(ui, { load, save });
+const devices = setupDevices({
+  notify,
+  load,
+  save,
+  audio: ui.audio,
+  onMic: async (track) => {
+    await audioSender?.replaceTrack(track.enabled ? track : null).catch((err) => console.error("replaceTrack", err));
+    refresh();
+  },
+  onCamera: async (track) => {
+    if (!sharing) {
+      await videoSender?.replaceTrack(track).catch((err) => console.error("replaceTrack", err));
+      await limitVideo(videoSender);
+    }
+    save(CAMERA_OFF_KEY, "0");
+    refresh();
+  },
+});
+
 function init() {
   takeInvitation();
+  local.cameraOff = load(CAMERA_OFF_KEY) === "1";
   ui.vision.checked = load(VISION_KEY) !== "0";
-  let visionByPointer = false;
-  ui.vision.closest("label").addEventListener("pointerdown", () => (visionByPointer = true));
   ui.vision.addEventListener("change", () => {
     save(VISION_KEY, ui.vision.checked ? "1" : "0");
     send("vision", { enabled: ui.vision.checked });
-    // After a click, hand Space back to push-to-talk instead of toggling the box again.
-    if (visionByPointer) ui.vision.blur();
-    visionByPointer = false;
   });
 
   ui.handsFree.checked = load(HANDS_FREE_KEY) === "1";
-  showMode();
-  let handsFreeByPointer = false;
-  ui.handsFree.closest("label").addEventListener("pointerdown", () => (handsFreeByPointer = true));
+  layout.showMode();
   ui.handsFree.addEventListener("change", () => {
     save(HANDS_FREE_KEY, ui.handsFree.checked ? "1" : "0");
     send("hands_free", { enabled: ui.handsFree.checked });
-    showMode();
-    if (handsFreeByPointer) ui.handsFree.blur(); // Space goes back to push-to-talk, not to this box
-    handsFreeByPointer = false;
+    layout.showMode();
   });
 
   ui.form.addEventListener("submit", submitText);
   ui.stop.addEventListener("click", () => send("stop", {}));
   ui.share.addEventListener("click", toggleShare);
+  ui.mute.addEventListener("click", toggleMute);
+  ui.camera.addEventListener("click", toggleCamera);
+  ui.newConversation.addEventListener("click", newConversation);
+  ui.download.addEventListener("click", downloadTranscript);
   if (!canShareScreen()) {
     ui.share.disabled = true;
     ui.share.title = "This browser cannot share a screen";
@@ -464,12 +680,15 @@ function init() {
   document.addEventListener("pointerdown", unlockAudio, true);
   document.addEventListener("keydown", unlockAudio, true);
   onStreamingChange(refresh);
-  setInterval(watchSpeaking, 250);
+  setInterval(watchMedia, WATCH_MS);
 
   refresh();
   connect();
   // Ask for the devices now, so the permission prompt overlaps the connection to the server.
-  ensureMedia(notify).then(refresh);
+  ensureMedia(notify).then(() => {
+    devices.refill();
+    refresh();
+  });
 }
 
 init();

@@ -9,8 +9,22 @@ const AUDIO_CONSTRAINTS = { echoCancellation: true, noiseSuppression: true, auto
 const VIDEO_CONSTRAINTS = { width: { ideal: 640 }, height: { ideal: 480 } };
 const ICE_GATHERING_CAP_MS = 2000;
 
-/** The tracks this page captures; null where unavailable. */
-export const local = { mic: null, camera: null, screen: null, micProblem: null, settled: false };
+/**
+ * The tracks this page captures; null where unavailable. micDenied: the user (or a policy) refused
+ * the microphone. cameraOff: the user turned the camera off (its track is stopped, not just hidden).
+ * micId and cameraId: the devices chosen (null: the browser's default).
+ */
+export const local = {
+  mic: null,
+  camera: null,
+  screen: null,
+  micProblem: null,
+  micDenied: false,
+  settled: false,
+  cameraOff: false,
+  micId: null,
+  cameraId: null,
+};
 
 let pending = null;
 
@@ -22,14 +36,31 @@ let pending = null;
 export function ensureMedia(notify) {
   const ended = (t) => t !== null && t.readyState === "ended";
   if (pending && !ended(local.mic) && !ended(local.camera)) return pending;
-  pending = acquire(notify).finally(() => (local.settled = true));
+  pending = acquireChosen(notify).finally(() => (local.settled = true));
   return pending;
 }
+
+/** The devices chosen last time; if one of them is gone, the browser's defaults instead. */
+async function acquireChosen(notify) {
+  if (local.micId || local.cameraId) {
+    const quiet = [];
+    await acquire((level, text) => quiet.push([level, text]));
+    if (local.mic && (local.camera || local.cameraOff || !local.cameraId)) return;
+    for (const t of [local.mic, local.camera]) t?.stop();
+    local.micId = null;
+    local.cameraId = null;
+  }
+  await acquire(notify);
+}
+
+const audioConstraints = () => ({ ...AUDIO_CONSTRAINTS, ...(local.micId ? { deviceId: { exact: local.micId } } : {}) });
+const videoConstraints = () => ({ ...VIDEO_CONSTRAINTS, ...(local.cameraId ? { deviceId: { exact: local.cameraId } } : {}) });
 
 async function acquire(notify) {
   local.mic = null;
   local.camera = null;
   local.micProblem = null;
+  local.micDenied = false;
 
   if (!navigator.mediaDevices?.getUserMedia) {
     local.micProblem = "This page needs a secure context (HTTPS, or http://localhost) to use the microphone.";
@@ -38,27 +69,73 @@ async function acquire(notify) {
   }
 
   try {
-    const both = await getUserMedia({ audio: AUDIO_CONSTRAINTS, video: VIDEO_CONSTRAINTS });
+    if (local.cameraOff) throw new Error("camera off");
+    const both = await getUserMedia({ audio: audioConstraints(), video: videoConstraints() });
     local.mic = both.getAudioTracks()[0] || null;
     local.camera = both.getVideoTracks()[0] || null;
     return;
   } catch (err) {
     try {
-      const audioOnly = await getUserMedia({ audio: AUDIO_CONSTRAINTS });
+      const audioOnly = await getUserMedia({ audio: audioConstraints() });
       local.mic = audioOnly.getAudioTracks()[0] || null;
+      if (local.cameraOff) return;
       notify("warn", `Camera unavailable (${describe(err)}): going on with audio only. Share your screen instead, or type.`);
       return;
     } catch (micErr) {
+      local.micDenied = micErr?.name === "NotAllowedError" || micErr?.name === "SecurityError";
       local.micProblem = `Microphone unavailable: ${describe(micErr)}`;
       notify("error", `${local.micProblem}. Parley can't hear you; you can still type.`);
     }
   }
+  if (local.cameraOff) return;
   try {
-    const videoOnly = await getUserMedia({ video: VIDEO_CONSTRAINTS });
+    const videoOnly = await getUserMedia({ video: videoConstraints() });
     local.camera = videoOnly.getVideoTracks()[0] || null;
   } catch {
     // Already told the user about the microphone; a missing camera adds nothing they can act on.
   }
+}
+
+/** The microphones, cameras and speakers the browser lists (labels appear once permission is given). */
+export async function listDevices() {
+  const found = { audioinput: [], videoinput: [], audiooutput: [] };
+  if (!navigator.mediaDevices?.enumerateDevices) return found;
+  for (const d of await navigator.mediaDevices.enumerateDevices()) {
+    if (found[d.kind] && d.deviceId) found[d.kind].push(d);
+  }
+  return found;
+}
+
+/** Capture from another microphone; the old track is stopped. Returns the new track. */
+export async function switchMic(deviceId) {
+  local.micId = deviceId || null;
+  const stream = await getUserMedia({ audio: audioConstraints() });
+  const track = stream.getAudioTracks()[0];
+  const old = local.mic;
+  track.enabled = old ? old.enabled : true; // a muted microphone stays muted
+  local.mic = track;
+  local.micProblem = null;
+  local.micDenied = false;
+  old?.stop();
+  return track;
+}
+
+/** Capture from another camera (or turn it back on); the old track is stopped. Returns the new track. */
+export async function startCamera(deviceId = local.cameraId) {
+  local.cameraId = deviceId || null;
+  const stream = await getUserMedia({ video: videoConstraints() });
+  const old = local.camera;
+  local.camera = stream.getVideoTracks()[0];
+  local.cameraOff = false;
+  old?.stop();
+  return local.camera;
+}
+
+/** Turn the camera off: its track is stopped, so the device's light goes out. */
+export function stopCamera() {
+  local.camera?.stop();
+  local.camera = null;
+  local.cameraOff = true;
 }
 
 /** The track the video sender should carry now: the shared screen, else the camera. */
@@ -108,27 +185,50 @@ export function canShareScreen() {
   return typeof navigator.mediaDevices?.getDisplayMedia === "function";
 }
 
-const lastEnergy = new WeakMap();
-
 /**
- * RMS level (0..1) of the audio the server sent since the previous call for this pc, from the
- * inbound RTP energy counters (audioLevel itself is smoothed and lags by about a second).
+ * What arrives from the server: the RMS level (0..1) since the previous call, and the audio
+ * packets received so far (Parley sends packets all the time, silence included, so a count that
+ * stops growing means the media is gone).
  */
-export async function remoteAudioLevel(pc) {
-  if (!pc || pc.connectionState !== "connected") return 0;
+export async function inboundAudio(pc) {
+  if (!pc || pc.connectionState !== "connected") return { level: 0, packets: -1 };
+  let packets = 0;
+  const stats = await pc.getStats();
+  stats.forEach((s) => {
+    if (s.type === "inbound-rtp" && s.kind === "audio") packets += s.packetsReceived || 0;
+  });
+  return { level: levelFrom(stats), packets };
+}
+
+function levelFrom(stats) {
   let energy = 0;
   let duration = 0;
-  const stats = await pc.getStats();
+  let seen = false;
   stats.forEach((s) => {
     if (s.type === "inbound-rtp" && s.kind === "audio") {
       energy += s.totalAudioEnergy || 0;
       duration += s.totalSamplesDuration || 0;
+      seen = true;
     }
   });
-  const prev = lastEnergy.get(pc) || { energy: 0, duration: 0 };
-  lastEnergy.set(pc, { energy, duration });
-  const dt = duration - prev.duration;
-  return dt > 0 ? Math.sqrt(Math.max(0, energy - prev.energy) / dt) : 0;
+  if (!seen) return 0;
+  const dt = duration - lastInbound.duration;
+  const level = dt > 0 ? Math.sqrt(Math.max(0, energy - lastInbound.energy) / dt) : 0;
+  lastInbound = { energy, duration };
+  return level;
+}
+
+let lastInbound = { energy: 0, duration: 0 };
+
+/** The microphone's level (0..1) as the browser measures what it sends; null where not reported. */
+export async function microphoneLevel(pc) {
+  if (!pc || !local.mic) return null;
+  let level = null;
+  const stats = await pc.getStats();
+  stats.forEach((s) => {
+    if (s.type === "media-source" && s.kind === "audio" && typeof s.audioLevel === "number") level = s.audioLevel;
+  });
+  return level;
 }
 
 function getUserMedia(constraints) {

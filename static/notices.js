@@ -1,7 +1,9 @@
-// Transient notices and the connection status pill.
+// Transient notices and the one status line.
 //
 // Invariant: info and warn notices hide themselves after NOTICE_MS; an error stays until the user
 // dismisses it or the next notice arrives, so the latest problem is always the one on screen.
+// Notices sit in the page's flow between the messages and the composer (never over the newest
+// message: the chat gets shorter instead).
 
 const NOTICE_MS = 6000;
 const MAX_NOTICES = 4;
@@ -35,17 +37,25 @@ export function notify(level, text) {
   if (level !== "error") setTimeout(() => el.remove(), NOTICE_MS);
 }
 
-const STATUS_TITLES = {
-  connecting: "Connecting to the server",
-  connected: "Connected: voice and video are flowing",
-  reconnecting: "Connection lost, trying again",
-  rejected: "The server refused this session",
-  offline: "The page could not load its socket client",
+const STATUS_LABELS = {
+  connecting: "Connecting",
+  ready: "Ready",
+  "media-lost": "Media lost",
+  reconnecting: "Reconnecting",
+  full: "Server full",
+  denied: "Permission denied",
+  refused: "Not let in",
+  offline: "Offline",
 };
 
-/** Set the status pill; state is one of the STATUS_TITLES keys, detail an optional tooltip. */
-export function setStatus(state, detail) {
+const statusLabel = statusEl.querySelector(".status-label");
+const statusReason = statusEl.querySelector(".status-reason");
+
+/** Show the one status: state is a STATUS_LABELS key, reason what the user should know about it. */
+export function setStatus(state, reason) {
+  const label = STATUS_LABELS[state] || state;
   statusEl.dataset.state = state;
-  statusEl.textContent = state;
-  statusEl.title = detail || STATUS_TITLES[state] || state;
+  if (statusLabel.textContent !== label) statusLabel.textContent = label;
+  if (statusReason.textContent !== (reason || "")) statusReason.textContent = reason || "";
+  statusReason.hidden = !reason;
 }
