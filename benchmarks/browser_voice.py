@@ -55,7 +55,7 @@ QUESTIONS = [
     "What do bees make?",
 ]
 RATE = 48000
-CONNECTED = "window.parley && window.parley.pc && window.parley.pc.connectionState === 'connected' && window.__bench.hooked"
+CONNECTED = "window.parley && window.parley.pc && window.parley.status === 'ready' && window.__bench.hooked"
 
 STATE_JS = """(() => {
   const b = window.__bench;
@@ -138,7 +138,7 @@ async def opened(url: str, threshold: float, log: list[str], verbose: bool) -> A
         async with async_playwright() as p:
             browser = await p.chromium.launch(executable_path=shutil.which("chromium"), args=browser_args(Path(folder)))
             try:
-                page = await browser.new_page()
+                page = await browser.new_page(bypass_csp=True)  # wait_for_function uses eval, which the page's CSP forbids
                 page.on("console", console)
                 page.on("pageerror", lambda exc: log.append(f"pageerror: {exc}"))
                 await page.add_init_script(INIT_JS)

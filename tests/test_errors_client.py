@@ -118,6 +118,7 @@ async def test_an_answer_cut_by_the_length_limit_is_marked_cut(page: ParleyClien
 async def test_typed_messages_are_acknowledged_and_a_new_conversation_is_forgotten(page: ParleyClient, fake: FakeOpenAI) -> None:
     assert await page.sio.call("text", {"text": "Remember the word pineapple."}, timeout=10) == {"ok": True}
     await finished(page, 1)
+    await page.wait_for(lambda: page.of("metrics"), timeout=30)  # spoken to the end, not interrupted
     assert await page.sio.call("text", {"text": "x" * 5000}, timeout=10) == {"ok": False}, "refused: the page keeps it"
     assert await page.sio.call("new_conversation", {}, timeout=10) == {"ok": True}
     assert await page.sio.call("text", {"text": "What word?"}, timeout=10) == {"ok": True}

@@ -27,7 +27,6 @@ async def reply(llm: LLM, messages: list[ChatMessage] = QUESTION) -> list[str]:
     return [d async for d in llm.stream_reply(messages)]
 
 
-
 @pytest.mark.parametrize("reason", ["stop", "length"])
 async def test_asked_for_it_the_stream_ends_with_why_the_model_stopped(fake: FakeOpenAI, reason: str) -> None:
     fake.finish_reason = reason
@@ -35,6 +34,7 @@ async def test_asked_for_it_the_stream_ends_with_why_the_model_stopped(fake: Fak
     assert items == [*fake.reply, Finish(reason=reason)]
     assert isinstance(items[-1], Finish) and items[-1].cut == (reason == "length")
     assert await reply(llm_for(fake)) == fake.reply, "without asking, only text"
+
 
 async def test_streams_deltas_and_sends_model_settings_image_and_key(fake: FakeOpenAI) -> None:
     llm = llm_for(fake, image_detail="high", temperature=0.2, max_tokens=77)
