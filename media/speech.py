@@ -43,5 +43,3 @@ def trim(audio: np.ndarray, floor: float = 0.01) -> np.ndarray:
     """Speech without the silence a TTS leaves before and after it (so its end is the last word's)."""
     loud = np.flatnonzero(np.abs(audio) > floor)
     return audio[loud[0] : loud[-1] + 1] if loud.size else audio[:0]
-
-

@@ -155,7 +155,19 @@ class ParleyClient:
         self.pc: RTCPeerConnection | None = None
         self._changed = asyncio.Event()
         self._readers: list[asyncio.Task[None]] = []
-        for name in ("welcome", "answer", "message", "delta", "state", "notice", "recording", "metrics", "rejected", "turn", "speaking"):
+        for name in (
+            "welcome",
+            "answer",
+            "message",
+            "delta",
+            "state",
+            "notice",
+            "recording",
+            "metrics",
+            "rejected",
+            "turn",
+            "speaking",
+        ):
             self.sio.on(name, self._recorder(name))
         self.sio.on("connect_error", self._recorder("connect_error"))
 
