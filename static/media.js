@@ -49,6 +49,9 @@ async function acquireChosen(notify) {
     for (const t of [local.mic, local.camera]) t?.stop();
     local.micId = null;
     local.cameraId = null;
+    await acquire(notify);
+    if (local.mic) notify("info", "The microphone or camera you chose last time was not found: using the browser's default.");
+    return;
   }
   await acquire(notify);
 }

@@ -140,9 +140,11 @@ async def browser(media: tuple[Path, Path]) -> AsyncIterator[Any]:
 
 
 @asynccontextmanager
-async def opened(chromium: Any, url: str, **context: Any) -> AsyncIterator[Any]:
+async def opened(chromium: Any, url: str, *, init_script: str | None = None, **context: Any) -> AsyncIterator[Any]:
     """A fresh browser profile on the page, status Ready; fails the test if the page raised."""
     ctx = await chromium.new_context(**context)
+    if init_script:
+        await ctx.add_init_script(init_script)
     await ctx.grant_permissions(["clipboard-read", "clipboard-write", "microphone", "camera"], origin=url.rstrip("/"))
     page = await ctx.new_page()
     errors: list[str] = []
@@ -460,3 +462,25 @@ async def test_axe_finds_nothing_serious_in_light_dark_and_phone_and_the_chat_ge
     assert not any(found.values()), json.dumps(found, indent=1)
     assert heights["phone-light"] >= PHONE["height"] / 2
     assert heights["small-phone-light"] >= 150, "still usable at 320x568"
+
+
+async def test_a_remembered_device_that_is_gone_falls_back_to_the_default_with_a_notice(
+    server: Server, media: tuple[Path, Path]
+) -> None:
+    gone = (
+        "try { localStorage.setItem('parley.mic', 'unplugged-mic');"
+        " localStorage.setItem('parley.camera', 'unplugged-cam'); } catch {}"
+    )
+    async with browser(media) as chromium, opened(chromium, server.url, viewport=DESKTOP, init_script=gone) as page:
+        await expect(page.locator("#notices")).to_contain_text("not found")
+        assert await page.evaluate("window.parley.local.mic.readyState") == "live"
+        assert await page.evaluate("window.parley.local.camera.readyState") == "live"
+
+
+async def test_a_page_whose_libraries_do_not_load_says_so(server: Server, media: tuple[Path, Path]) -> None:
+    async with browser(media) as chromium:
+        page = await chromium.new_page()
+        await page.route("**/vendor/purify.js", lambda route: route.abort())
+        await page.goto(server.url)
+        await expect(page.locator("#status")).to_have_attribute("data-state", "offline", timeout=15000)
+        assert "scripts/install.sh" in await page.inner_text("#status")
