@@ -398,9 +398,21 @@ function togglePreview(button) {
   iframe.setAttribute("sandbox", "");
   iframe.setAttribute("referrerpolicy", "no-referrer");
   iframe.title = "Preview of the HTML page in Parley's answer (scripts do not run)";
-  iframe.srcdoc = frame.querySelector("pre").textContent;
+  iframe.srcdoc = withoutRemoteLoads(frame.querySelector("pre").textContent);
   frame.after(iframe);
   button.textContent = "Close preview";
+}
+
+const PREVIEW_POLICY =
+  "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; style-src 'unsafe-inline'; img-src data:; font-src data:\">";
+
+/** The page with a policy of its own that loads nothing from anywhere (whatever the browser's inheritance). */
+function withoutRemoteLoads(html) {
+  for (const open of [/<head(\s[^>]*)?>/i, /<html(\s[^>]*)?>/i]) {
+    const match = open.exec(html);
+    if (match) return html.slice(0, match.index + match[0].length) + PREVIEW_POLICY + html.slice(match.index + match[0].length);
+  }
+  return PREVIEW_POLICY + html;
 }
 
 // ---- the spoken sentence ----------------------------------------------------------------------

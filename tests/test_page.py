@@ -245,9 +245,13 @@ async def test_nothing_in_an_answer_runs_script_or_loads_remote_content_and_a_pa
     server: Server, fake: FakeOpenAI, media: tuple[Path, Path]
 ) -> None:
     async with browser(media) as chromium, opened(chromium, server.url, viewport=DESKTOP) as page:
+        # Chromium reports a request the Content-Security-Policy blocked as a request that failed
+        # with "csp": that one never left. Anything else to another address is a load.
         elsewhere: list[str] = []
+        page.on("requestfinished", lambda r: None if r.url.startswith(server.url) else elsewhere.append(r.url))
         page.on(
-            "request", lambda r: None if r.url.startswith(server.url) or r.url.startswith("data:") else elsewhere.append(r.url)
+            "requestfailed",
+            lambda r: None if r.url.startswith(server.url) or r.failure == "csp" else elsewhere.append(f"{r.url} ({r.failure})"),
         )
         fake.reply = HOSTILE
         await type_and_send(page, "Say something nasty.")
@@ -275,6 +279,7 @@ async def test_nothing_in_an_answer_runs_script_or_loads_remote_content_and_a_pa
         await page.wait_for_timeout(500)
         assert await page.evaluate("window.pwned") is None
         assert await page.title() == "Parley"
+        await page.wait_for_timeout(500)
         assert not elsewhere, f"the page fetched from elsewhere: {elsewhere}"
 
 
