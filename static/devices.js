@@ -2,7 +2,8 @@
 //
 // Invariant: a choice takes effect at once on the live call (the new track replaces the old one in
 // the connection's sender, no renegotiation) and is remembered for the next visit. The speaker
-// picker is shown only where the browser can route audio (HTMLMediaElement.setSinkId).
+// picker is shown only where the browser can route audio (HTMLMediaElement.setSinkId), the
+// volume only where the page may set it (not on iOS).
 
 import { listDevices, local, startCamera, switchMic } from "./media.js";
 
@@ -20,6 +21,13 @@ export function setupDevices({ notify, load, save, audio, onMic, onCamera }) {
   const canRoute = typeof audio.setSinkId === "function";
   $("speaker-row").hidden = !canRoute;
   $("speaker-row-label").hidden = !canRoute;
+
+  // iOS Safari leaves a media element's volume to the device's buttons (it reads back 1).
+  const probe = document.createElement("audio");
+  probe.volume = 0.5;
+  const canSetVolume = probe.volume === 0.5;
+  volume.hidden = !canSetVolume;
+  $("volume-label").hidden = !canSetVolume;
 
   local.micId = load(MIC_KEY);
   local.cameraId = load(CAMERA_KEY);
