@@ -128,11 +128,13 @@ async def server(fake: FakeOpenAI, tmp_path: Path) -> AsyncIterator[Server]:
 
 
 @asynccontextmanager
-async def browser(media: tuple[Path, Path]) -> AsyncIterator[Any]:
+async def browser(media: tuple[Path, Path], *, prompts: bool = False) -> AsyncIterator[Any]:
+    """Chromium with the fake devices; `prompts`: permission prompts are real (headless denies them)."""
     from playwright.async_api import async_playwright
 
+    args = [a for a in chromium_args(*media) if not (prompts and a == "--use-fake-ui-for-media-stream")]
     async with async_playwright() as p:
-        chromium = await p.chromium.launch(executable_path=shutil.which("chromium"), args=chromium_args(*media))
+        chromium = await p.chromium.launch(executable_path=shutil.which("chromium"), args=args)
         try:
             yield chromium
         finally:
@@ -489,3 +491,22 @@ async def test_a_page_whose_libraries_do_not_load_says_so(server: Server, media:
         await page.goto(server.url)
         await expect(page.locator("#status")).to_have_attribute("data-state", "offline", timeout=15000)
         assert "scripts/install.sh" in await page.inner_text("#status")
+
+
+async def test_a_denied_microphone_says_so_at_once_and_typing_still_works(
+    server: Server, fake: FakeOpenAI, media: tuple[Path, Path]
+) -> None:
+    async with browser(media, prompts=True) as chromium:
+        page = await chromium.new_page(viewport=DESKTOP)
+        errors: list[str] = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        began = asyncio.get_running_loop().time()
+        await page.goto(server.url)
+        await expect(page.locator("#status")).to_have_attribute("data-state", "denied", timeout=10000)
+        print(f"permission denied shown {asyncio.get_running_loop().time() - began:.1f} s after opening")
+        assert "allow it in the browser's site settings" in await page.inner_text("#status")
+        assert await page.locator("#talk").is_disabled()
+        await type_and_send(page, "Can you hear me?")
+        await answered(page, 1)
+        assert await page.input_value("#text-input") == ""
+        assert not errors, errors
