@@ -4,9 +4,9 @@
 // Invariants: nothing but hello is sent until the server's welcome for this connection has
 // arrived, and nothing is queued while disconnected (a stale talk_start must never reach the
 // next connection). window.parley.pc is always the page's current RTCPeerConnection. The status
-// is computed in one place (status()) from the socket, the media and the devices together, and
-// every state that waits says why and changes its reason when its time limit passes. Talking
-// needs media that flows; a typed message leaves the box only once the server acknowledged it.
+// is computed in one place (status.js) from the socket, the media and the devices together.
+// Talking needs media that flows; a typed message leaves the box only once the server
+// acknowledged it.
 
 import {
   appendDelta,
@@ -24,18 +24,18 @@ import {
 import { setupDevices } from "./devices.js";
 import { setupLayout } from "./layout.js";
 import {
+  audioStats,
   buildPeerConnection,
   canShareScreen,
   currentVideoTrack,
   ensureMedia,
-  inboundAudio,
   local,
-  microphoneLevel,
   pickScreen,
   startCamera,
   stopCamera,
 } from "./media.js";
 import { notify, setStatus } from "./notices.js";
+import { pageStatus } from "./status.js";
 import { setupTalk } from "./talk.js";
 
 const SESSION_KEY = "parley.session";
@@ -48,11 +48,7 @@ const TURN_LABELS = { listening: "Listening", hearing: "Hearing you", thinking: 
 const REJECTED_RETRY_MS = 10_000;
 const DISCONNECTED_GRACE_MS = 3000;
 const ACK_MS = 5000; // a typed message the server has not confirmed by then stays in the box
-const CONNECT_LIMIT_MS = 10_000; // the server has not answered at all
-const PERMISSION_LIMIT_MS = 20_000; // the browser's permission prompt is still open
-const MEDIA_LIMIT_MS = 15_000; // audio and video have not started after the welcome
 const AUDIO_GONE_MS = 2000; // Parley sends audio all the time (silence too): none for this long is a loss
-const LOST_TO_RECONNECTING_MS = 10_000;
 const WATCH_MS = 150;
 const SPEAKING_LEVEL = 0.01;
 const SPEAKING_HANGOVER_MS = 500;
@@ -95,10 +91,11 @@ let renegotiateTimer = 0;
 let disconnectedTimer = 0;
 let watching = false;
 // When each phase began (performance.now()), for the time limits of the waiting states.
-const since = { page: performance.now(), welcome: 0, lost: 0 };
+const openedAt = performance.now();
+let welcomedAt = 0;
 let packets = { count: -1, at: 0 };
 let mediaUp = false;
-let hadMedia = false;
+let lostAt = null; // when media that was up stopped; null while it is up, or if it never was
 
 const talk = setupTalk(ui.talk, {
   canTalk: () => canTalk(),
@@ -204,7 +201,7 @@ function onWelcome(w) {
   welcomed = true;
   rejection = null;
   ui.rejected.hidden = true;
-  since.welcome = performance.now();
+  welcomedAt = performance.now();
   parley.sessionId = w.session_id;
   save(SESSION_KEY, w.session_id);
   if (w.session_key) save(SESSION_PROOF_KEY, w.session_key);
@@ -465,17 +462,15 @@ async function watchMedia() {
   if (watching) return;
   watching = true;
   try {
-    const pc = parley.pc;
-    const inbound = await inboundAudio(pc).catch(() => ({ level: 0, packets: -1 }));
+    const stats = await audioStats(parley.pc).catch(() => ({ level: 0, packets: -1, mic: null }));
     const now = performance.now();
-    if (inbound.packets > packets.count) packets = { count: inbound.packets, at: now };
-    if (inbound.level > SPEAKING_LEVEL) lastLoud = now;
+    if (stats.packets > packets.count) packets = { count: stats.packets, at: now };
+    if (stats.level > SPEAKING_LEVEL) lastLoud = now;
     speaking = now - lastLoud < SPEAKING_HANGOVER_MS;
-    ui.parleyLevel.value = Math.min(1, inbound.level * 5);
+    ui.parleyLevel.value = Math.min(1, stats.level * 5);
     const listening = talk.holding || ui.handsFree.checked;
-    const mic = listening && local.mic?.enabled ? await microphoneLevel(pc).catch(() => null) : 0;
-    ui.micLevel.value = Math.min(1, (mic || 0) * 3);
-    ui.micLevel.closest(".level-row").hidden = !listening || mic === null;
+    ui.micLevel.value = listening && local.mic?.enabled ? Math.min(1, (stats.mic || 0) * 3) : 0;
+    ui.micLevel.closest(".level-row").hidden = !listening || stats.mic === null;
   } finally {
     watching = false;
   }
@@ -484,58 +479,33 @@ async function watchMedia() {
 
 // ---- the one status -------------------------------------------------------------------------
 
-/** The state the user sees, and why: from the socket, the media and the devices together. */
-function status() {
-  const now = performance.now();
-  const socket = parley.socket;
-  const pc = parley.pc;
-  mediaUp = Boolean(
-    ready() && pc?.connectionState === "connected" && packets.count > 0 && now - packets.at < AUDIO_GONE_MS,
+/** Is media flowing now (welcomed, WebRTC connected, Parley's audio arriving)? Marks when it stopped. */
+function trackMedia(now) {
+  const up = Boolean(
+    ready() && parley.pc?.connectionState === "connected" && packets.count > 0 && now - packets.at < AUDIO_GONE_MS,
   );
-  if (mediaUp) {
-    hadMedia = true;
-    since.lost = 0;
-  } else if (hadMedia && !since.lost) since.lost = now;
-
-  if (refused && !socket?.connected) {
-    if (!socket) return ["offline", `Parley can't start: ${refused}.`];
-    return ["refused", `The server refused this page: ${refused}`];
-  }
-  if (rejection) {
-    if (rejection.code === "full") return ["full", `${rejection.reason} Trying again every 10 s.`];
-    return ["refused", `${rejection.reason} Trying again every 10 s.`];
-  }
-  if (mediaUp) {
-    if (local.micDenied) return ["denied", `${local.micProblem}. You can still type.`];
-    if (!local.mic) return ["ready", "No microphone: you can type, and Parley answers aloud."];
-    return ["ready", local.mic.enabled ? "" : "Microphone muted."];
-  }
-  if (hadMedia) {
-    const lostFor = now - since.lost;
-    const why = socket?.connected ? "Parley's audio stopped arriving." : "The connection to Parley's server was lost.";
-    if (lostFor < LOST_TO_RECONNECTING_MS) return ["media-lost", `${why} Reconnecting…`];
-    return ["reconnecting", `${why} Still trying to reach it (${Math.round(lostFor / 1000)} s); your typed text stays in the box.`];
-  }
-  if (!socket?.connected) {
-    if (everConnected) return ["reconnecting", "The connection to Parley's server was lost. Trying again…"];
-    if (now - since.page > CONNECT_LIMIT_MS)
-      return ["connecting", "The server is not answering: check that Parley is running and the address is right. Still trying…"];
-    return ["connecting", "Reaching Parley's server…"];
-  }
-  if (!welcomed) return ["connecting", "Joining the conversation…"];
-  if (local.micDenied) return ["denied", `${local.micProblem}. You can still type.`];
-  if (!local.settled) {
-    if (now - since.welcome > PERMISSION_LIMIT_MS)
-      return ["connecting", "The browser is still waiting for you to allow the microphone and camera: answer its prompt. You can type meanwhile."];
-    return ["connecting", "Waiting for the microphone and camera…"];
-  }
-  if (now - since.welcome > MEDIA_LIMIT_MS)
-    return ["media-lost", "Audio and video could not connect (a firewall may block UDP, or a TURN server is needed). Still trying; you can type meanwhile."];
-  return ["connecting", failures > 0 ? "Setting up audio and video again…" : "Setting up audio and video…"];
+  if (up) lostAt = null;
+  else if (mediaUp) lostAt = now;
+  mediaUp = up;
 }
 
 function refresh() {
-  const [state, reason] = status();
+  const now = performance.now();
+  trackMedia(now);
+  const [state, reason] = pageStatus({
+    now,
+    openedAt,
+    welcomedAt,
+    lostAt,
+    socket: parley.socket,
+    everConnected,
+    welcomed,
+    refused,
+    rejection,
+    mediaUp,
+    failures,
+    local,
+  });
   parley.status = state;
   setStatus(state, reason);
   document.body.dataset.status = state;
