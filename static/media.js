@@ -189,50 +189,34 @@ export function canShareScreen() {
 }
 
 /**
- * What arrives from the server: the RMS level (0..1) since the previous call, and the audio
- * packets received so far (Parley sends packets all the time, silence included, so a count that
- * stops growing means the media is gone).
+ * One look at the connection's audio statistics: `level`, the RMS (0..1) of what the server sent
+ * since the previous call; `packets`, the audio packets received so far (Parley sends packets all
+ * the time, silence included, so a count that stops growing means the media is gone; -1 with no
+ * connection); `mic`, the microphone's level as the browser measures what it sends (null where
+ * the browser does not report it).
  */
-export async function inboundAudio(pc) {
-  if (!pc || pc.connectionState !== "connected") return { level: 0, packets: -1 };
-  let packets = 0;
-  const stats = await pc.getStats();
-  stats.forEach((s) => {
-    if (s.type === "inbound-rtp" && s.kind === "audio") packets += s.packetsReceived || 0;
-  });
-  return { level: levelFrom(stats), packets };
-}
-
-function levelFrom(stats) {
+export async function audioStats(pc) {
+  if (!pc || pc.connectionState !== "connected") return { level: 0, packets: -1, mic: null };
   let energy = 0;
   let duration = 0;
-  let seen = false;
-  stats.forEach((s) => {
+  let packets = 0;
+  let mic = null;
+  (await pc.getStats()).forEach((s) => {
     if (s.type === "inbound-rtp" && s.kind === "audio") {
       energy += s.totalAudioEnergy || 0;
       duration += s.totalSamplesDuration || 0;
-      seen = true;
+      packets += s.packetsReceived || 0;
+    } else if (s.type === "media-source" && s.kind === "audio" && typeof s.audioLevel === "number") {
+      mic = s.audioLevel;
     }
   });
-  if (!seen) return 0;
-  const dt = duration - lastInbound.duration;
+  const dt = duration - lastInbound.duration; // negative on a new connection: its counters restart
   const level = dt > 0 ? Math.sqrt(Math.max(0, energy - lastInbound.energy) / dt) : 0;
   lastInbound = { energy, duration };
-  return level;
+  return { level, packets, mic };
 }
 
 let lastInbound = { energy: 0, duration: 0 };
-
-/** The microphone's level (0..1) as the browser measures what it sends; null where not reported. */
-export async function microphoneLevel(pc) {
-  if (!pc || !local.mic) return null;
-  let level = null;
-  const stats = await pc.getStats();
-  stats.forEach((s) => {
-    if (s.type === "media-source" && s.kind === "audio" && typeof s.audioLevel === "number") level = s.audioLevel;
-  });
-  return level;
-}
 
 function getUserMedia(constraints) {
   return navigator.mediaDevices.getUserMedia(constraints);
