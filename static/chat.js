@@ -1,8 +1,9 @@
 // The chat pane: one <article> per message, keyed by the server's message id.
 //
 // Invariants: every message element has data-role and data-id; its words live in exactly one child
-// with class "text", rebuilt from the message's Markdown source (kept in `sources`) whenever that
-// changes, so the screen always shows the whole answer rendered, never fragments. An assistant
+// with class "text", rebuilt from the message's source (kept in `sources`: Markdown for Parley's
+// answers, plain text for the user's) whenever that changes, so the screen always shows the whole
+// answer rendered, never fragments. An assistant
 // message always carries data-state (streaming, done, interrupted or error). The log itself is
 // not a live region: whole sentences and messages are announced through #announcer instead.
 
@@ -257,9 +258,8 @@ function render(id) {
   if (!el) return;
   const box = el.querySelector(".text");
   const source = sources.get(id) || "";
-  if (rendered.get(id) === source && el.contains(box) && box.dataset.built === "1") return;
+  if (rendered.get(id) === source) return;
   rendered.set(id, source);
-  box.dataset.built = "1";
   if (el.dataset.role === "assistant") {
     box.replaceChildren(renderMarkdown(source));
     decorateCode(box, isHtmlPage(source));
@@ -299,48 +299,33 @@ function decorateCode(box, wholePage) {
   }
 }
 
-function showUnspoken(el, words) {
-  let box = el.querySelector(".unspoken");
-  if (!words) {
+/** The note of class `kind` under a message's words: shown with `text`, removed when text is empty. */
+function showNote(el, kind, text, title = "") {
+  let box = el.querySelector(`.${kind}`);
+  if (!text) {
     box?.remove();
     return;
   }
   if (!box) {
     box = document.createElement("div");
-    box.className = "unspoken";
-    box.title = "Interrupted before Parley said this; it is not part of the conversation";
+    box.className = kind;
+    if (title) box.title = title;
     el.querySelector(".text").after(box);
   }
-  box.textContent = words;
+  box.textContent = text;
+}
+
+function showUnspoken(el, words) {
+  showNote(el, "unspoken", words, "Interrupted before Parley said this; it is not part of the conversation");
 }
 
 function showError(el, state, error) {
-  let box = el.querySelector(".error");
-  if (state !== "error" && !error) {
-    box?.remove();
-    return;
-  }
-  if (!box) {
-    box = document.createElement("div");
-    box.className = "error";
-    el.querySelector(".text").after(box);
-  }
-  box.textContent = error || "Something went wrong while answering.";
+  showNote(el, "error", state === "error" || error ? error || "Something went wrong while answering." : "");
 }
 
 function showCut(el, cut) {
-  let box = el.querySelector(".cut");
   el.dataset.cut = String(cut);
-  if (!cut) {
-    box?.remove();
-    return;
-  }
-  if (!box) {
-    box = document.createElement("div");
-    box.className = "cut";
-    box.textContent = "Cut short: the answer reached the model's length limit.";
-    el.querySelector(".text").after(box);
-  }
+  showNote(el, "cut", cut ? "Cut short: the answer reached the model's length limit." : "");
 }
 
 // ---- the clicks inside messages -------------------------------------------------------------

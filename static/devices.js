@@ -56,26 +56,21 @@ export function setupDevices({ notify, load, save, audio, onMic, onCamera }) {
     if (canRoute) fill(speaker, found.audiooutput, audio.sinkId || load(SPEAKER_KEY), "Speaker");
   }
 
-  mic.addEventListener("change", async () => {
-    try {
-      const track = await switchMic(mic.value);
-      save(MIC_KEY, mic.value);
-      await onMic(track);
-    } catch (err) {
-      notify("error", `Could not use that microphone: ${err?.message || err}`);
-      refill();
-    }
-  });
-  camera.addEventListener("change", async () => {
-    try {
-      const track = await startCamera(camera.value);
-      save(CAMERA_KEY, camera.value);
-      await onCamera(track);
-    } catch (err) {
-      notify("error", `Could not use that camera: ${err?.message || err}`);
-      refill();
-    }
-  });
+  /** A picker whose choice opens a new track (`open(deviceId)`) that replaces the old one (`use`). */
+  function pick(select, key, open, use, what) {
+    select.addEventListener("change", async () => {
+      try {
+        const track = await open(select.value);
+        save(key, select.value);
+        await use(track);
+      } catch (err) {
+        notify("error", `Could not use that ${what}: ${err?.message || err}`);
+        refill();
+      }
+    });
+  }
+  pick(mic, MIC_KEY, switchMic, onMic, "microphone");
+  pick(camera, CAMERA_KEY, startCamera, onCamera, "camera");
   speaker.addEventListener("change", async () => {
     try {
       await audio.setSinkId(speaker.value);
