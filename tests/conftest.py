@@ -17,6 +17,7 @@ sys.path.insert(0, str(ROOT))
 from parley.config import ParleyConfig  # noqa: E402
 
 if TYPE_CHECKING:
+    from parley.server import IngressServer
     from tests.fake_openai import FakeOpenAI
 
 
@@ -24,6 +25,17 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def local_ingress(config: ParleyConfig) -> IngressServer:
+    """An ingress served in this process, its deployments as plain objects beside it (no Ray)."""
+    from deployments.asr import ASR
+    from deployments.llm import LLM
+    from deployments.tts import TTS
+    from parley.server import IngressServer
+    from parley.services import LocalServices
+
+    return IngressServer(config, LocalServices(ASR(config.asr), LLM(config.llm), TTS(config.tts)))
 
 
 def loopback_only() -> bool:

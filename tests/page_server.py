@@ -11,16 +11,12 @@ from __future__ import annotations
 import asyncio
 import sys
 
-from deployments.asr import ASR
-from deployments.llm import LLM
-from deployments.tts import TTS
 from parley.config import ParleyConfig
-from parley.server import IngressServer
-from parley.services import LocalServices
+from tests.conftest import local_ingress
 
 
 async def main(config: ParleyConfig) -> None:
-    ingress = IngressServer(config, LocalServices(ASR(config.asr), LLM(config.llm), TTS(config.tts)))
+    ingress = local_ingress(config)
     await ingress.start()
     print("serving", flush=True)
     await asyncio.Event().wait()

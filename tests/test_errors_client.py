@@ -10,14 +10,9 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from deployments.asr import ASR
-from deployments.llm import LLM
-from deployments.tts import TTS
 from parley.config import ParleyConfig
-from parley.server import IngressServer
-from parley.services import LocalServices
 from tests.client import ParleyClient
-from tests.conftest import free_port
+from tests.conftest import free_port, local_ingress
 from tests.fake_openai import FakeOpenAI
 
 
@@ -29,7 +24,7 @@ async def page(fake: FakeOpenAI) -> AsyncIterator[ParleyClient]:
             "llm": {"backend": "openai", "base_url": fake.base_url, "api_key_env": "PARLEY_TEST_KEY", "max_retries": 0},
         }
     )
-    ingress = IngressServer(config, LocalServices(ASR(config.asr), LLM(config.llm), TTS(config.tts)))
+    ingress = local_ingress(config)
     await ingress.start()
     client = ParleyClient(ingress.url)
     await client.connect(media=False)
@@ -83,7 +78,7 @@ async def test_speech_cut_mid_sentence_ends_its_audio_and_the_text_stays(fake: F
         }
     )
     fake.cut_after = 2500  # speech bytes: the first sentence's Ogg stream dies part-way
-    ingress = IngressServer(config, LocalServices(ASR(config.asr), LLM(config.llm), TTS(config.tts)))
+    ingress = local_ingress(config)
     await ingress.start()
     client = ParleyClient(ingress.url)
     try:

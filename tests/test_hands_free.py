@@ -98,13 +98,8 @@ async def test_a_cough_is_not_a_turn(client: ParleyClient) -> None:
 
 
 async def test_after_an_interruption_the_llm_is_told_only_the_words_that_were_heard(fake) -> None:
-    from deployments.asr import ASR
-    from deployments.llm import LLM
-    from deployments.tts import TTS
     from parley.config import ParleyConfig
-    from parley.server import IngressServer
-    from parley.services import LocalServices
-    from tests.conftest import free_port
+    from tests.conftest import free_port, local_ingress
 
     fake.reply = [
         "Dragons love warm ovens. ",
@@ -118,7 +113,7 @@ async def test_after_an_interruption_the_llm_is_told_only_the_words_that_were_he
             "llm": {"backend": "openai", "base_url": fake.base_url, "api_key_env": "PARLEY_TEST_KEY", "max_retries": 0},
         }
     )
-    ingress = IngressServer(config, LocalServices(ASR(config.asr), LLM(config.llm), TTS(config.tts)))
+    ingress = local_ingress(config)
     await ingress.start()
     client = ParleyClient(ingress.url)
     try:

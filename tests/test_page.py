@@ -23,13 +23,9 @@ from typing import Any
 import pytest
 from playwright.async_api import expect
 
-from deployments.asr import ASR
-from deployments.llm import LLM
-from deployments.tts import TTS
 from parley.config import ParleyConfig
 from parley.server import IngressServer
-from parley.services import LocalServices
-from tests.conftest import free_port, loopback_only
+from tests.conftest import free_port, local_ingress, loopback_only
 from tests.fake_openai import FakeOpenAI
 from tests.test_browser import chromium_args, write_question_wav, write_y4m
 
@@ -79,7 +75,7 @@ class Server:
 
     async def start(self) -> None:
         config = self.config()
-        self.ingress = IngressServer(config, LocalServices(ASR(config.asr), LLM(config.llm), TTS(config.tts)))
+        self.ingress = local_ingress(config)
         await self.ingress.start()
 
     async def stop(self) -> None:

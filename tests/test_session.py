@@ -98,6 +98,17 @@ async def pump(track: PacingTrack, stop: asyncio.Event) -> None:
         await asyncio.sleep(0)
 
 
+async def answer_typed(session: Session, page: Page, track: PacingTrack, text: str) -> bool:
+    """Type `text` and play the answer to its end (its metrics); returns what send_text said."""
+    stop = asyncio.Event()
+    pumping = asyncio.create_task(pump(track, stop))
+    taken = await session.send_text(text)
+    await wait_until(lambda: page.of("metrics"))
+    stop.set()
+    await pumping
+    return taken
+
+
 def make_session(
     services: ScriptedServices, *, llm: dict[str, Any] | None = None, turn: dict[str, Any] | None = None, **limits: Any
 ) -> tuple[Session, Page, PacingTrack]:
@@ -125,12 +136,7 @@ async def wait_until(predicate: Any, timeout: float = 5.0) -> None:
 async def test_text_turn_streams_text_and_speaks_each_sentence_in_order() -> None:
     services = ScriptedServices(["Paris is ", "the capital. ", "It is in ", "France."])
     session, page, track = make_session(services)
-    stop = asyncio.Event()
-    pumping = asyncio.create_task(pump(track, stop))
-    await session.send_text("  What is the capital of France?  ")
-    await wait_until(lambda: page.of("metrics"))
-    stop.set()
-    await pumping
+    await answer_typed(session, page, track, "  What is the capital of France?  ")
 
     user, answer = page.of("message")[:2]
     assert user == {"id": user["id"], "role": "user", "text": "What is the capital of France?", "state": "done"}
@@ -332,12 +338,7 @@ async def test_an_answer_with_code_is_shown_whole_and_spoken_without_markup_or_c
     reply = ["Here is **the** fix:\n", "```python\n", "print('hi')\n", "```\n", "Run `python app.py` now."]
     services = ScriptedServices(reply)
     session, page, track = make_session(services)
-    stop = asyncio.Event()
-    pumping = asyncio.create_task(pump(track, stop))
-    await session.send_text("Fix it")
-    await wait_until(lambda: page.of("metrics"))
-    stop.set()
-    await pumping
+    await answer_typed(session, page, track, "Fix it")
     assert "".join(d["text"] for d in page.of("delta")) == "".join(reply), "the page gets the Markdown as written"
     assert services.spoken == ["Here is the fix:", "Python code shown on screen.", "Run python app.py now."]
     assert not any(ch in "".join(services.spoken) for ch in "`*#")
@@ -347,12 +348,7 @@ async def test_each_sentence_is_announced_as_it_starts_playing_with_its_place_in
     reply = ["First **one**. ", "Then `code`.\n", "```sh\nls\n```\n", "Last."]
     services = ScriptedServices(reply)
     session, page, track = make_session(services)
-    stop = asyncio.Event()
-    pumping = asyncio.create_task(pump(track, stop))
-    assert await session.send_text("Go")
-    await wait_until(lambda: page.of("metrics"))
-    stop.set()
-    await pumping
+    assert await answer_typed(session, page, track, "Go")
     text = "".join(reply)
     answer_id = page.of("message")[1]["id"]
     speaking = page.of("speaking")
@@ -366,12 +362,7 @@ async def test_each_sentence_is_announced_as_it_starts_playing_with_its_place_in
 async def test_a_new_conversation_forgets_the_history_the_llm_sees() -> None:
     services = ScriptedServices(["Noted."])
     session, page, track = make_session(services)
-    stop = asyncio.Event()
-    pumping = asyncio.create_task(pump(track, stop))
-    assert await session.send_text("Remember the word pineapple.")
-    await wait_until(lambda: page.of("metrics"))
-    stop.set()
-    await pumping
+    assert await answer_typed(session, page, track, "Remember the word pineapple.")
     await session.forget()
     assert session.history == []
     assert await session.send_text("What word?")
