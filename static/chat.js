@@ -8,6 +8,7 @@
 // not a live region: whole sentences and messages are announced through #announcer instead.
 
 import { isHtmlPage, plainText, renderMarkdown } from "./markdown.js";
+import { clearSpoken, markSpoken } from "./spoken.js";
 
 const chat = document.getElementById("chat");
 const announcer = document.getElementById("announcer");
@@ -402,67 +403,11 @@ function withoutRemoteLoads(html) {
 
 // ---- the spoken sentence ----------------------------------------------------------------------
 
-/**
- * Mark the sentence being spoken: the blocks holding its source lines get .spoken, and where the
- * browser has the CSS Custom Highlight API, the sentence's own words are highlighted too.
- */
+/** Mark the sentence being spoken (target: { id, el, source, start, end }), or nothing (null). */
 function highlightSpoken(target) {
-  for (const el of chat.querySelectorAll(".spoken")) el.classList.remove("spoken");
-  chat.querySelector(".msg.playing")?.classList.remove("playing");
-  if (typeof CSS !== "undefined" && CSS.highlights) CSS.highlights.delete("parley-spoken");
+  clearSpoken(chat);
   spoken = target;
-  if (!target) return;
-  const { el, source, start, end } = target;
-  el.classList.add("playing");
-  const lead = source.slice(start, end).search(/\S/);
-  const first = lineOf(source, start + Math.max(0, lead));
-  const last = lineOf(source, Math.max(start, end - 1));
-  const box = el.querySelector(".text");
-  for (const block of box.querySelectorAll("[data-lines]")) {
-    const [from, to] = block.dataset.lines.split(",").map(Number);
-    if (from <= last && to > first) block.classList.add("spoken");
-  }
-  // Only the innermost marked blocks stay marked (a list item, not the whole list).
-  for (const block of box.querySelectorAll(".spoken")) if (block.querySelector(".spoken")) block.classList.remove("spoken");
-  if (typeof CSS !== "undefined" && CSS.highlights && typeof Highlight === "function") {
-    const range = findWords(box, plainText(source.slice(start, end)).trim());
-    if (range) CSS.highlights.set("parley-spoken", new Highlight(range));
-  }
-}
-
-function lineOf(text, index) {
-  let line = 0;
-  for (let i = text.indexOf("\n"); i !== -1 && i < index; i = text.indexOf("\n", i + 1)) line += 1;
-  return line;
-}
-
-/** A Range over the first place `words` appear in box's text (whitespace-insensitive), or null. */
-function findWords(box, words) {
-  if (words.length < 2) return null;
-  const chars = [];
-  const where = [];
-  const walker = document.createTreeWalker(box, NodeFilter.SHOW_TEXT, {
-    acceptNode: (n) => (n.parentElement?.closest(".code-bar") ? NodeFilter.FILTER_REJECT : NodeFilter.FILTER_ACCEPT),
-  });
-  let space = true;
-  for (let node = walker.nextNode(); node; node = walker.nextNode()) {
-    const value = node.nodeValue;
-    for (let i = 0; i < value.length; i++) {
-      const blank = /\s/.test(value[i]);
-      if (blank && space) continue;
-      chars.push(blank ? " " : value[i]);
-      where.push([node, i]);
-      space = blank;
-    }
-  }
-  const text = chars.join("");
-  const at = text.indexOf(words);
-  if (at < 0) return null;
-  const range = document.createRange();
-  range.setStart(...where[at]);
-  const [endNode, endOffset] = where[at + words.length - 1];
-  range.setEnd(endNode, endOffset + 1);
-  return range;
+  if (target) markSpoken(target.el, target.source, target.start, target.end);
 }
 
 // ---- announcements and scrolling ------------------------------------------------------------
