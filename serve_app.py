@@ -26,8 +26,8 @@ from deployments.ingress import Ingress
 from deployments.llm import LLM
 from deployments.tts import TTS
 from parley.config import ParleyConfig, model_label, parse_args
-from parley.server import is_loopback
 from parley.startup import StartupError, wait_until_running
+from parley.web import is_loopback
 
 ROOT = Path(__file__).resolve().parent
 

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from parley.config import AuthConfig, ParleyConfig
+from parley.web import is_loopback
 
 AUDIENCE = "parley"
 ANONYMOUS = "anonymous"
@@ -48,8 +49,6 @@ class User:
 
 def auth_mode(config: ParleyConfig) -> str:
     """`open`, `token` or `proxy`: what `auto` means for this server's host."""
-    from parley.server import is_loopback
-
     mode = config.auth.mode
     if mode == "auto":
         return "open" if is_loopback(config.server.host) else "token"
