@@ -14,7 +14,7 @@ from typing import Any
 
 import socketio
 
-log = logging.getLogger("parley.server")
+log = logging.getLogger("parley.web")
 
 ROOT = Path(__file__).resolve().parent.parent
 STATIC = ROOT / "static"

@@ -22,6 +22,10 @@ from tests.test_media_track import FakeTime
 
 SENTENCE = "The quick brown fox jumps over the lazy dog."
 
+FIRST_PACKET_S = 30
+"""Generous: the fake synthesizes the whole sentence before its first byte, which took over 10 s
+once on a loaded CI machine. A backend that waits for the whole (held) body never gets a packet."""
+
 
 @pytest.fixture(scope="module")
 def asr() -> ASR:
@@ -73,7 +77,7 @@ async def test_the_first_packet_comes_while_the_response_is_still_streaming(fake
     fake.hold_after = first_page_end  # the fake sends the first page, then waits for us
     stream = openai_tts(fake).synthesize(SENTENCE)
 
-    first = await asyncio.wait_for(anext(stream), 10)  # a backend that waits for the whole body never gets here
+    first = await asyncio.wait_for(anext(stream), FIRST_PACKET_S)  # a backend that waits for the whole body never gets here
 
     assert fake.holding.is_set()  # the rest of the body has not been sent yet
     fake.resume.set()
@@ -85,7 +89,7 @@ async def test_closing_the_stream_early_closes_the_connection(fake: FakeOpenAI, 
     fake.hold_after = first_page_end
     tts = openai_tts(fake)  # held, so that no garbage collection closes its connections for it
     stream = tts.synthesize(SENTENCE)
-    await asyncio.wait_for(anext(stream), 10)
+    await asyncio.wait_for(anext(stream), FIRST_PACKET_S)
 
     await stream.aclose()  # barge-in
 
