@@ -417,7 +417,6 @@ async function toggleMute() {
 async function toggleCamera() {
   if (local.camera) {
     stopCamera();
-    refresh();
     if (!sharing) await videoSender?.replaceTrack(null).catch((err) => console.error("replaceTrack", err));
   } else {
     try {

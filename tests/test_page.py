@@ -386,6 +386,9 @@ async def test_devices_are_listed_mute_silences_the_microphone_and_camera_off_st
         await expect(page.locator("#camera")).to_have_text("Start camera")
         assert await page.evaluate("window.cameraBefore.readyState") == "ended", "the camera's track was stopped"
         sent = "window.parley.pc.getTransceivers().find(t => t.receiver.track.kind === 'video').sender.track"
+        # replaceTrack(null) settles asynchronously; allow it a moment, then require that it holds
+        await until(page, f"{sent} === null", timeout_ms=5000)
+        await page.wait_for_timeout(300)
         assert await page.evaluate(f"{sent} === null"), "no video is sent"
         await page.click("#camera")
         await until(page, "!!window.parley.local.camera && window.parley.local.camera.readyState === 'live'")
