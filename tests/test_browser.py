@@ -353,7 +353,10 @@ async def test_hands_free_talking_over_the_answer_interrupts_it_and_keeps_what_w
     unspoken = await story.locator(".unspoken").text_content() if await story.locator(".unspoken").count() else ""
     said = await page.evaluate("(id) => window.__said[id]", await story.get_attribute("data-id"))
     words = [w for w in said.replace("*", "").replace("#", "").replace("`", "").split() if w]
-    assert f"{heard} {unspoken}".split() == words, (heard, unspoken, said)
+    # The interruption carries the whole answer so far; the deltas the page was sent may lag it by
+    # the text generated while the interruption was being handled, never the other way round.
+    shown = f"{heard} {unspoken}".split()
+    assert shown[: len(words)] == words and len(shown) - len(words) <= 12, (heard, unspoken, said)
     user = page.locator('#chat [data-role="user"] .text').nth(1)
     await user.wait_for(timeout=30000)
     assert "capital" in (await user.text_content() or "").lower()
