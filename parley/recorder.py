@@ -117,6 +117,12 @@ class Recorder:
         self.paused_at: int | None = None
         """Where the latest pause in the current utterance began; None while speech goes on."""
         self._speech_reported = False
+        self.heard_to: int | None = None
+        """The timestamp just after the latest frame fed (its pts units; None if frames carry none)."""
+        self.heard_rate = 0
+        """The sample rate of that frame."""
+        self.presses = 0
+        """How many times the talk key went down: a release that waited knows if another press came."""
 
     # -- what the session asks ------------------------------------------------------------------
 
@@ -151,6 +157,8 @@ class Recorder:
             self._next_pts = None
         gap = self._gap(frame)
         self._wall_end = self._clock()
+        if frame.pts is not None:
+            self.heard_to, self.heard_rate = frame.pts + frame.samples, frame.sample_rate
         if not self.listening:
             self._keep_raw(mono)
             return []
@@ -208,6 +216,7 @@ class Recorder:
         """Begin VAD here, with the preroll kept while nobody listened put on the tape first."""
         self._resampler.reset()
         self._next_pts = None  # frames were not decoded meanwhile: their timestamps jumped
+        self.heard_to = None
         self._origin = self._cursor = self.tape.end
         if self._raw:
             self.tape.append(self._resample(np.concatenate(list(self._raw))))
@@ -280,6 +289,7 @@ class Recorder:
         if not self.listening:
             self._start_listening()
         self._pressed = True
+        self.presses += 1
         self._detector.reset()
         self.paused_at = None
         self._speech_reported = False

@@ -25,6 +25,7 @@ from media.opus import decode_opus_frames
 from media.track import PacingTrack
 from parley.config import IceServer
 from parley.ice import advertise_public
+from parley.senderclock import SenderClock
 from parley.session import Session
 
 log = logging.getLogger("parley.rtc")
@@ -36,6 +37,9 @@ def rtc_configuration(servers: Sequence[IceServer]) -> RTCConfiguration:
 
 ICE_LIMIT_S = 30.0
 """A peer whose ICE has not connected this long after the answer is closed."""
+
+OPUS_RATE = 48000
+"""Opus's RTP clock rate (whatever rate the audio itself was sampled at)."""
 
 PREROLL_FRAMES = 20
 """Encoded microphone frames (20 ms each) kept while nobody listens: more than the recorder's preroll."""
@@ -56,12 +60,18 @@ class MicrophoneBuffer(JitterBuffer):
         super().__init__(capacity=16, prefetch=1)
         self._listening = listening
         self._kept: deque[JitterFrame] = deque(maxlen=PREROLL_FRAMES)
+        self.clock = SenderClock(OPUS_RATE, origin=None)
+        """Where the sender's RTP clock is now, from the arrivals of every packet, in the decoded
+        frames' timestamps (aiortc counts those from the first frame it decodes)."""
 
     def add(self, packet: RtpPacket) -> tuple[bool, JitterFrame | None]:
+        self.clock.observe(packet.timestamp)
         pli, frame = super().add(packet)
         if frame is not None and not self._listening():
             self._kept.append(frame)
             return pli, None
+        if frame is not None and self.clock.origin is None:
+            self.clock.origin = frame.timestamp
         return pli, frame
 
     def preroll(self) -> np.ndarray:
@@ -80,6 +90,7 @@ def listen_to_microphone(receiver: RTCRtpReceiver, session: Session) -> None:
     buffer = MicrophoneBuffer(lambda: session.recorder.listening)
     setattr(receiver, name, buffer)
     session.preroll_source = buffer.preroll
+    session.sender_clock = buffer.clock
 
 
 class SdpError(ValueError):

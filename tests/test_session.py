@@ -34,6 +34,8 @@ class ScriptedServices:
         self.requests: list[list[ChatMessage]] = []
         self.spoken: list[str] = []
         self.transcribed = 0
+        self.heard_s: list[float] = []
+        """The length of each recording transcribed."""
         self.closed_early = False
         self.cancelled = 0
         """LLM streams closed before their end."""
@@ -42,6 +44,7 @@ class ScriptedServices:
 
     async def transcribe(self, audio: np.ndarray) -> Transcript:
         self.transcribed += 1
+        self.heard_s.append(len(audio) / 16000)
         return Transcript(text=self.transcript, audio_s=len(audio) / 16000)
 
     async def stream_reply(self, messages: list[ChatMessage], *, user: str = "") -> AsyncIterator[str]:
