@@ -217,6 +217,7 @@ class Recorder:
         self._resampler.reset()
         self._next_pts = None  # frames were not decoded meanwhile: their timestamps jumped
         self.heard_to = None
+        self._wall_end = self._clock()  # silence is counted from here, not from the last frame decoded
         self._origin = self._cursor = self.tape.end
         if self._raw:
             self.tape.append(self._resample(np.concatenate(list(self._raw))))

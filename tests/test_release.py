@@ -1,5 +1,6 @@
-"""A push-to-talk release waits for the audio the browser had sent by then (RTP timestamps), so a
-busy server that decodes the microphone late never cuts a turn short or finds it empty."""
+"""Push-to-talk on a busy server: the release waits for the audio the browser had sent by then (RTP
+timestamps), and a press whose first audio is decoded late is not taken for silence, so a server
+that decodes the microphone late never cuts a turn short or finds it empty."""
 
 from __future__ import annotations
 
@@ -135,4 +136,25 @@ async def test_a_press_while_a_release_waits_keeps_the_new_recording() -> None:
     assert session.recorder.listening, "the second press is still recording"
     await asyncio.sleep(1.6)
     assert services.transcribed == 0, "the first recording was dropped by the second press"
+    await session.close()
+
+
+async def test_a_press_after_a_long_idle_whose_audio_comes_late_is_not_taken_for_silence() -> None:
+    """While nobody listens no frame is decoded, so the last decoded frame is from long ago. The
+    server's 0.1 s tick must not count all that time as silence on the new recording (which ran it
+    past the recording limit before its first word arrived: "I didn't hear any speech")."""
+    services = ScriptedServices(["Paris."])
+    session, page, _ = make_session(services, max_record_s=1.5)
+    question = trim(speak("What is the capital of France?", rate=48000))
+    await asyncio.sleep(1.7)  # idle for longer than the recording limit
+    await session.talk_start()
+    await asyncio.sleep(0.3)  # the press's first frame is late: ticks come first
+    session.tick()
+    session.tick()
+    await late_microphone(session, question[: 48000 * 3 // 4], lag_s=0.0)
+    await session.talk_end()
+    await wait_until(lambda: services.transcribed == 1 or page.of("notice"))
+    assert not page.of("notice"), page.of("notice")
+    assert services.transcribed == 1
+    assert not [r for r in page.of("recording") if r.get("reason")], "the recording did not reach its limit"
     await session.close()
