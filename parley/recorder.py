@@ -295,6 +295,7 @@ class Recorder:
         self.paused_at = None
         self._speech_reported = False
         self.utterance = max(self.tape.start, self._origin, self.tape.end - round(PREROLL_S * RATE))
+        self.tape.trim(self.utterance)  # earlier turns' audio is done with (the session dropped their work)
         return TurnEvent("start", self.utterance)
 
     def release(self, tail_s: float = 0.0) -> TurnEvent | None:

@@ -121,6 +121,24 @@ def test_the_assistants_own_voice_at_minus_20_db_is_not_speech_but_the_user_is()
     assert said[:2] == ["start", "speech"]
 
 
+def test_push_to_talk_keeps_only_the_latest_recording_on_the_tape() -> None:
+    """Memory is bounded by the recording limit, not by how often someone talks: a press lets go of
+    the audio of earlier turns."""
+    recorder = Recorder(TurnConfig(), max_record_s=60)
+    said = np.concatenate([silence(0.2, 48000), trim(speak(QUESTION, rate=48000)), silence(0.3, 48000)])
+    held = []
+    for _ in range(6):
+        recorder.press()
+        for frame in frames(said):
+            recorder.feed(frame)
+        end = recorder.release()
+        assert end is not None and end.speech_s > 0.5
+        held.append((recorder.tape.end - recorder.tape.start) / RATE)
+    one = len(said) / 48000
+    assert max(held) < one + 0.5, (held, one)
+    assert held[-1] < held[0] + 0.1, held
+
+
 # -- speculation ---------------------------------------------------------------------------------
 
 
