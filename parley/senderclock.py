@@ -20,13 +20,26 @@ Invariants:
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 from collections import deque
 from collections.abc import Callable
 
+log = logging.getLogger("parley.senderclock")
+
 WINDOW_S = 30.0
 JUMP_S = 10.0
 WRAP = 1 << 32
+
+SLACK_S = 0.04
+"""Audio this close to now is not waited for."""
+
+SANE_S = 10.0
+"""Further apart than this, the frames' timestamps and the packets' are not on one clock: no waiting."""
+
+QUIET_S = 0.5
+"""No packet for this long: the sender has stopped (a muted microphone), so nothing is on its way."""
 
 
 def rtp_diff(a: int, b: int) -> int:
@@ -44,7 +57,8 @@ class SenderClock:
         self._clock = clock
         self._last_raw: int | None = None
         self._last_ext = 0
-        self.last_arrival: float | None = None
+        self._last_arrival: float | None = None
+        self._warned = False
         self._offsets: deque[tuple[float, float]] = deque()
         """(arrival, arrival - unwrapped timestamp / rate), increasing in the second value."""
 
@@ -56,11 +70,11 @@ class SenderClock:
         else:
             ext = self._last_ext + rtp_diff(timestamp, self._last_raw)
         fresh = self._last_raw is None or abs(ext - self._last_ext) > JUMP_S * self.rate
-        if fresh or (self.last_arrival is not None and now - self.last_arrival > JUMP_S):
+        if fresh or (self._last_arrival is not None and now - self._last_arrival > JUMP_S):
             self._offsets.clear()
         if fresh or ext >= self._last_ext:  # a reordered (older) packet does not move the stream back
             self._last_raw, self._last_ext = timestamp % WRAP, ext
-        self.last_arrival = now
+        self._last_arrival = now
         offset = now - ext / self.rate
         while self._offsets and self._offsets[-1][1] >= offset:
             self._offsets.pop()
@@ -70,7 +84,7 @@ class SenderClock:
 
     def quiet_s(self) -> float:
         """Seconds since the latest packet arrived (infinite before the first)."""
-        return float("inf") if self.last_arrival is None else self._clock() - self.last_arrival
+        return float("inf") if self._last_arrival is None else self._clock() - self._last_arrival
 
     def position_now(self) -> int | None:
         """The timestamp the sender is sending now (by the least-delayed packet of the window),
@@ -79,3 +93,34 @@ class SenderClock:
             return None
         ext = round((self._clock() - self._offsets[0][1]) * self.rate)
         return (ext - self.origin) % WRAP
+
+    async def catch_up(self, heard_to: Callable[[], int | None], *, limit_s: float, who: str = "") -> None:
+        """Wait, at most `limit_s`, until the frames fed so far reach where the sender is now.
+
+        `heard_to()`: the timestamp just after the latest frame fed (counted from `origin`), None
+        before any. Returns at once when there is no position yet, when the sender has gone quiet
+        (nothing is on its way), or when the two clocks are too far apart to trust (a warning, once).
+        """
+        target = self.position_now()
+        if target is None or self.quiet_s() > QUIET_S:
+            return
+
+        def behind_s() -> float:
+            heard = heard_to()
+            return limit_s if heard is None else rtp_diff(target, heard) / self.rate
+
+        behind = behind_s()
+        if abs(behind) > SANE_S:
+            if not self._warned:
+                self._warned = True
+                log.warning(
+                    "%s: the microphone's timestamps and its packets are %.1f s apart: no waiting for late audio", who, behind
+                )
+            return
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        while behind_s() > SLACK_S and loop.time() - began < limit_s:
+            await asyncio.sleep(0.02)
+        if behind > 0.2:
+            waited, left = loop.time() - began, max(0.0, behind_s())
+            log.info("%s: waited %.2f s for microphone audio (%.2f s behind, %.2f s left)", who, waited, behind, left)

@@ -37,7 +37,7 @@ from parley.conversation import Conversation, Entry, estimate_tokens
 from parley.metrics import STAGES, Meter, TurnMetrics
 from parley.recorder import Recorder, TurnEvent
 from parley.reply import Reply
-from parley.senderclock import SenderClock, rtp_diff
+from parley.senderclock import SenderClock
 from parley.services import Services
 from parley.store import ConversationStore
 from parley.utterance import Speculation, Utterance
@@ -53,15 +53,6 @@ RELEASE_TAIL_S = 0.1
 RELEASE_WAIT_S = 2.0
 """At most this long, a release waits for the microphone audio the browser had sent by then
 (a busy server decodes it late): a turn is never cut short for the server's own delay."""
-
-RELEASE_SLACK_S = 0.04
-"""Audio this close to the release is not waited for (the tail takes it, if speech went on)."""
-
-SENDER_SANE_S = 10.0
-"""Further apart than this, the frames' timestamps and the packets' are not on one clock: no waiting."""
-
-SENDER_QUIET_S = 0.5
-"""No packet for this long: the browser is not sending (muted), so there is nothing to wait for."""
 
 
 @dataclass(frozen=True)
@@ -117,7 +108,6 @@ class Session:
         self._background: set[asyncio.Task[Any]] = set()
         self.preroll_source: Callable[[], np.ndarray] | None = None
         """The microphone audio kept (undecoded) while nobody listened, decoded: 48 kHz mono float."""
-        self._warned_clock = False
         self.sender_clock: SenderClock | None = None
         """Where the browser's microphone stream is now (RTP timestamps), from its packets' arrivals."""
 
@@ -241,52 +231,15 @@ class Session:
     async def talk_end(self, reason: str | None = None) -> None:
         """The talk key came up: what was said becomes a turn."""
         press = self.recorder.presses
-        await self._hear_up_to_now()
+        clock = self.sender_clock
+        if clock is not None and self.recorder.listening and self.recorder.heard_rate in (0, clock.rate):
+            await clock.catch_up(lambda: self.recorder.heard_to, limit_s=RELEASE_WAIT_S, who=f"session {self.id[:8]}")
         if self.recorder.presses != press:
             return  # pressed again while waiting: that press dropped this utterance
         event = self.recorder.release(tail_s=RELEASE_TAIL_S)
         if event is None:
             return
         await self._end_utterance(event, anchor=self._clock())
-
-    async def _hear_up_to_now(self) -> None:
-        """Wait (at most `RELEASE_WAIT_S`) until the microphone audio the browser has sent by now
-        has been fed to the recorder."""
-        clock = self.sender_clock
-        if clock is None or not self.recorder.listening or self.recorder.heard_rate not in (0, clock.rate):
-            return
-        target = clock.position_now()
-        if target is None or clock.quiet_s() > SENDER_QUIET_S:
-            return
-        loop = asyncio.get_running_loop()
-        began = loop.time()
-
-        def behind_s() -> float:
-            heard = self.recorder.heard_to
-            return RELEASE_WAIT_S if heard is None else rtp_diff(target, heard) / clock.rate
-
-        behind = behind_s()
-        if abs(behind) > SENDER_SANE_S:
-            if not self._warned_clock:
-                self._warned_clock = True
-                log.warning(
-                    "session %s: the microphone's timestamps do not match its packets (%.1f s apart); "
-                    "releases do not wait for late audio",
-                    self.id[:8],
-                    behind,
-                )
-            return
-        while behind_s() > RELEASE_SLACK_S and loop.time() - began < RELEASE_WAIT_S:
-            await asyncio.sleep(0.02)
-        if behind > 0.2:
-            waited, left = loop.time() - began, max(0.0, behind_s())
-            log.info(
-                "session %s: release waited %.2f s for microphone audio (%.2f s behind, %.2f s left)",
-                self.id[:8],
-                waited,
-                behind,
-                left,
-            )
 
     async def send_text(self, text: Any) -> bool:
         """A typed message goes through the same pipeline, without ASR; False if it was refused (the

@@ -5,17 +5,19 @@ that decodes the microphone late never cuts a turn short or finds it empty."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import random
 import time
 from fractions import Fraction
+from typing import Any
 
 import av
 import numpy as np
 
 from parley.senderclock import WRAP, SenderClock, rtp_diff
-from parley.session import RELEASE_WAIT_S, Session
+from parley.session import Session
 from tests.speech import speak, trim
-from tests.test_session import ScriptedServices, frames, make_session, wait_until
+from tests.test_session import Page, ScriptedServices, frames, make_session, wait_until
 
 
 class Clock:
@@ -91,11 +93,20 @@ async def late_microphone(session: Session, audio_48k: np.ndarray, lag_s: float)
         clock.observe((first + i * 960) % WRAP)
 
 
-async def test_a_release_handled_before_its_audio_is_decoded_waits_for_it() -> None:
+@functools.cache
+def question() -> np.ndarray:
+    return trim(speak("What is the capital of France?", rate=48000))
+
+
+def answering(**limits: Any) -> tuple[ScriptedServices, Session, Page]:
     services = ScriptedServices(["Paris."])
-    session, page, _ = make_session(services)
-    question = trim(speak("What is the capital of France?", rate=48000))
-    said = np.concatenate([np.zeros(4800, np.float32), question, np.zeros(4800, np.float32)])
+    session, page, _ = make_session(services, **limits)
+    return services, session, page
+
+
+async def test_a_release_handled_before_its_audio_is_decoded_waits_for_it() -> None:
+    services, session, page = answering()
+    said = np.concatenate([np.zeros(4800, np.float32), question(), np.zeros(4800, np.float32)])
     await session.talk_start()
     await late_microphone(session, said, lag_s=1.0)  # none of the speech is decoded yet
     began = time.monotonic()
@@ -103,18 +114,16 @@ async def test_a_release_handled_before_its_audio_is_decoded_waits_for_it() -> N
     waited = time.monotonic() - began
     await wait_until(lambda: services.transcribed == 1 or page.of("notice"))
     assert not page.of("notice"), page.of("notice")
-    assert 0.5 < waited < RELEASE_WAIT_S, waited
-    assert services.heard_s[0] >= len(question) / 48000, (services.heard_s, len(question) / 48000)
+    assert waited > 0.5, waited
+    assert services.heard_s[0] >= len(question()) / 48000, (services.heard_s, len(question()) / 48000)
     await wait_until(lambda: len(services.requests) == 1)
     await session.close()
 
 
 async def test_a_release_after_the_browser_stopped_sending_does_not_wait() -> None:
-    services = ScriptedServices(["Paris."])
-    session, _, _ = make_session(services)
-    question = trim(speak("What is the capital of France?", rate=48000))
+    services, session, _ = answering()
     await session.talk_start()
-    await late_microphone(session, question, lag_s=0.0)
+    await late_microphone(session, question(), lag_s=0.0)
     await asyncio.sleep(0.6)  # then nothing (a muted microphone sends no packets)
     began = time.monotonic()
     await session.talk_end()
@@ -124,13 +133,12 @@ async def test_a_release_after_the_browser_stopped_sending_does_not_wait() -> No
 
 
 async def test_a_press_while_a_release_waits_keeps_the_new_recording() -> None:
-    services = ScriptedServices(["Paris."])
-    session, _, _ = make_session(services)
-    question = trim(speak("What is the capital of France?", rate=48000))
+    services, session, _ = answering()
     await session.talk_start()
-    await late_microphone(session, question, lag_s=1.5)
+    await late_microphone(session, question(), lag_s=1.5)
     release = asyncio.create_task(session.talk_end())
     await asyncio.sleep(0.1)
+    assert not release.done(), "the release is waiting for the late audio"
     await session.talk_start()  # pressed again before the first release finished waiting
     await release
     assert session.recorder.listening, "the second press is still recording"
@@ -143,15 +151,13 @@ async def test_a_press_after_a_long_idle_whose_audio_comes_late_is_not_taken_for
     """While nobody listens no frame is decoded, so the last decoded frame is from long ago. The
     server's 0.1 s tick must not count all that time as silence on the new recording (which ran it
     past the recording limit before its first word arrived: "I didn't hear any speech")."""
-    services = ScriptedServices(["Paris."])
-    session, page, _ = make_session(services, max_record_s=1.5)
-    question = trim(speak("What is the capital of France?", rate=48000))
+    services, session, page = answering(max_record_s=1.5)
     await asyncio.sleep(1.7)  # idle for longer than the recording limit
     await session.talk_start()
     await asyncio.sleep(0.3)  # the press's first frame is late: ticks come first
     session.tick()
     session.tick()
-    await late_microphone(session, question[: 48000 * 3 // 4], lag_s=0.0)
+    await late_microphone(session, question()[: 48000 * 3 // 4], lag_s=0.0)
     await session.talk_end()
     await wait_until(lambda: services.transcribed == 1 or page.of("notice"))
     assert not page.of("notice"), page.of("notice")
