@@ -16,12 +16,13 @@ import logging
 import threading
 import time
 from collections.abc import AsyncGenerator, Iterator
-from contextlib import aclosing, contextmanager
+from contextlib import aclosing
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol, cast, overload
 
 from deployments.fair import Busy, FairQueue
 from parley.config import LLMConfig, openai_api_key
+from parley.llamacpp import no_amx_repacking
 from parley.local_models import CATALOGUE, LocalModelMissing
 from parley.logs import setup_logging, starting
 from parley.types import ChatMessage, Finish, ImagePart
@@ -150,46 +151,6 @@ def local_model_path(config: LLMConfig) -> str:
         raise LLMError(str(e)) from e
 
 
-def cpu_flags() -> set[str]:
-    """The CPU's feature flags as Linux reports them (empty elsewhere)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
-
-
-@contextmanager
-def _no_amx_repacking(llama_cpp: Any) -> Iterator[None]:
-    """Load with `use_extra_bufts = False` when this llama.cpp has AMX kernels and the CPU has AMX.
-
-    A llama.cpp built with -march=native on a CPU with AMX repacks weights for its AMX kernels,
-    which crash (SIGSEGV in ggml_backend_amx_mul_mat) on the first decode. scripts/build_llama.sh
-    builds without AMX; this protects a llama-cpp-python installed some other way.
-    """
-    built_with_amx = "AMX" in llama_cpp.llama_print_system_info().decode(errors="replace")
-    if not (built_with_amx and "amx_tile" in cpu_flags()):
-        yield
-        return
-    log.warning("this llama.cpp was built with AMX kernels and the CPU has AMX: loading without weight repacking")
-    low = llama_cpp.llama_cpp
-    default = low.llama_model_default_params
-
-    def params() -> Any:
-        p = default()
-        p.use_extra_bufts = False
-        return p
-
-    low.llama_model_default_params = params
-    try:
-        yield
-    finally:
-        low.llama_model_default_params = default
-
-
 _DONE = object()
 
 
@@ -203,7 +164,7 @@ class LocalEngine:
         self.model_path = local_model_path(config)
         log.info("loading %s (llama.cpp, %d threads, context %d)", self.model_path, config.threads, config.context_tokens)
         try:
-            with _no_amx_repacking(llama_cpp):
+            with no_amx_repacking(llama_cpp):
                 self.llama = llama_cpp.Llama(
                     model_path=self.model_path, n_ctx=config.context_tokens, n_threads=config.threads, verbose=False
                 )
