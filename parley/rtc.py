@@ -46,33 +46,46 @@ PREROLL_FRAMES = 20
 
 
 class MicrophoneBuffer(JitterBuffer):
-    """The receiver's jitter buffer for the microphone, which hands a frame to the decoder as soon
-    as it is complete, and only while the session listens.
+    """The receiver's jitter buffer for the microphone, which hands each packet to the decoder as
+    soon as it arrives, and only while the session listens.
 
-    aiortc holds four frames before releasing one, a cushion for smooth playout; the server never
-    plays the microphone, it listens for the end of speech and for barge-in, where those 80 ms are
-    pure delay. And with push-to-talk nobody listens between turns: decoding every packet then was
-    an idle session's largest cost. While `listening()` is false, frames are kept encoded (the last
+    aiortc's buffer releases a frame only once a packet of the next frame has arrived (and holds
+    four before the first): a cushion for smooth playout. The server never plays the microphone;
+    it listens for the end of speech and for barge-in, where that cushion is pure delay, and a
+    microphone that goes silent between words (Chromium's WebAudio, Opus DTX) would leave its last
+    packet in the buffer until the next words. An Opus RTP packet is always one whole frame
+    (RFC 7587), so here every new packet is a frame at once; a duplicate or a packet older than
+    the last one handed on (reordered) is dropped, and the recorder hears a lost one as silence.
+    With push-to-talk nobody listens between turns: decoding every packet then was an idle
+    session's largest cost. While `listening()` is false, frames are kept encoded (the last
     `PREROLL_FRAMES`) instead of decoded; `preroll()` decodes them when a recording starts.
     """
 
     def __init__(self, listening: Callable[[], bool]) -> None:
-        super().__init__(capacity=16, prefetch=1)
+        super().__init__(capacity=16)  # aiortc's own buffering is not used (add is replaced)
         self._listening = listening
         self._kept: deque[JitterFrame] = deque(maxlen=PREROLL_FRAMES)
+        self._last_sequence: int | None = None
         self.clock = SenderClock(OPUS_RATE, origin=None)
         """Where the sender's RTP clock is now, from the arrivals of every packet, in the decoded
         frames' timestamps (aiortc counts those from the first frame it decodes)."""
 
     def add(self, packet: RtpPacket) -> tuple[bool, JitterFrame | None]:
         self.clock.observe(packet.timestamp)
-        pli, frame = super().add(packet)
-        if frame is not None and not self._listening():
+        if self._last_sequence is not None and (packet.sequence_number - self._last_sequence) % 65536 >= 32768:
+            return False, None  # a duplicate, or older than what was handed on already
+        if packet.sequence_number == self._last_sequence:
+            return False, None
+        self._last_sequence = packet.sequence_number
+        # The receiver stores the depayloaded payload as packet._data, which aiortc's own buffer
+        # reads the same way (aiortc 1.16, pinned in requirements.txt).
+        frame = JitterFrame(data=packet._data, timestamp=packet.timestamp)  # type: ignore[attr-defined]
+        if not self._listening():
             self._kept.append(frame)
-            return pli, None
-        if frame is not None and self.clock.origin is None:
+            return False, None
+        if self.clock.origin is None:
             self.clock.origin = frame.timestamp
-        return pli, frame
+        return False, frame
 
     def preroll(self) -> np.ndarray:
         """The kept frames decoded: float32 mono at 48 kHz, oldest first (then forgotten)."""

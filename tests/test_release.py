@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import heapq
 import random
 import time
 from fractions import Fraction
@@ -14,7 +15,7 @@ from typing import Any
 import av
 import numpy as np
 
-from parley.senderclock import WRAP, SenderClock, rtp_diff
+from parley.senderclock import SLACK_S, WRAP, SenderClock, rtp_diff
 from parley.session import Session
 from tests.speech import speak, trim
 from tests.test_session import Page, ScriptedServices, frames, make_session, wait_until
@@ -62,6 +63,125 @@ def test_a_sender_whose_clock_drifts_is_followed_and_a_new_stream_starts_afresh(
         sender.observe(123_456_789 + i * 960)
     clock.now += 0.02
     assert abs(rtp_diff(sender.position_now() or 0, 123_456_789 + 10 * 960)) < 48 * 2
+
+
+# -- the release's wait under fake time: only audio on its way is waited for ---------------------
+
+
+class FakeTime:
+    """A clock and a sleep: sleeping runs what was scheduled up to the end of the sleep, in order."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+        self._due: list[tuple[float, int, Any]] = []
+        self._count = 0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def at(self, when: float, action: Any) -> None:
+        heapq.heappush(self._due, (when, self._count, action))
+        self._count += 1
+
+    def run_until(self, when: float) -> None:
+        while self._due and self._due[0][0] <= when:
+            at, _, action = heapq.heappop(self._due)
+            self.now = max(self.now, at)
+            action()
+        self.now = max(self.now, when)
+
+    async def sleep(self, seconds: float) -> None:
+        self.run_until(self.now + seconds)
+        await asyncio.sleep(0)
+
+
+class Microphone:
+    """A sender of 20 ms packets over a jittery path, decoded `lag_s` after each arrives.
+
+    Packet i carries audio [20 i, 20 (i + 1)) ms, is sent when that audio is done, arrives 10-90 ms
+    later and reaches the recorder `lag_s` after that; `heard` is where the decoded audio ends
+    (RTP ticks from the first packet), as the recorder reports it."""
+
+    def __init__(self, time: FakeTime, *, lag_s: float, seed: int = 3) -> None:
+        self.time, self.lag_s, self.rng = time, lag_s, random.Random(seed)
+        self.first = WRAP - 960 * 30  # the timestamps wrap on the way
+        self.clock = SenderClock(48000, time, origin=self.first, sleep=time.sleep)
+        self.heard: int | None = None
+
+    def send(self, from_s: float, to_s: float, *, stood_still_s: float = 0.0) -> None:
+        """The sender sends the audio of [from_s, to_s) (seconds after time 100); its timestamps
+        are `stood_still_s` behind (a sender whose clock stood still while it sent nothing)."""
+        for i in range(round(from_s / 0.02), round(to_s / 0.02)):
+            arrival = 100.0 + (i + 1) * 0.02 + 0.01 + self.rng.random() * 0.08
+            timestamp = (self.first + i * 960 - round(stood_still_s * 48000)) % WRAP
+            self.time.at(arrival, lambda ts=timestamp: self.clock.observe(ts))
+            self.time.at(arrival + self.lag_s, lambda end=(i + 1) * 960: self._decoded(end))
+
+    def _decoded(self, end: int) -> None:  # the decoder's timestamps count as the sender's do
+        self.heard = end if self.heard is None else max(self.heard, end)
+
+    async def release_at(self, at_s: float, limit_s: float = 2.0) -> float:
+        """The key comes up at `at_s`: the seconds the release waits."""
+        self.time.run_until(100.0 + at_s)
+        return await self.clock.catch_up(lambda: self.heard, limit_s=limit_s)
+
+    def heard_s(self) -> float:
+        return (self.heard or 0) / 48000
+
+
+async def test_a_release_after_the_sender_went_quiet_does_not_wait() -> None:
+    """Chromium's WebAudio microphone sends nothing while it is silent: speech ended (and the
+    packets with it) 0.28 s before the release, and no audio is on its way."""
+    mic = Microphone(FakeTime(), lag_s=0.0)
+    mic.send(0.0, 1.0)
+    waited = await mic.release_at(1.28)
+    assert waited <= 0.02, f"waited {waited:.2f} s for audio that was never sent"
+    assert mic.heard_s() == 1.0
+
+
+async def test_a_sender_that_stops_during_the_wait_ends_it() -> None:
+    """The sender still counts as sending when the key comes up (its last packet is not yet
+    overdue), then stops: the wait ends once what it did send is decoded."""
+    mic = Microphone(FakeTime(), lag_s=0.05)
+    mic.send(0.0, 1.0)
+    mic.time.run_until(101.12)
+    assert mic.clock.sending(), "the sender had not gone quiet yet when the key came up"
+    waited = await mic.release_at(1.12)
+    assert waited < 0.3, f"waited {waited:.2f} s: the wait did not notice the sender had stopped"
+    assert mic.heard_s() == 1.0, "what the sender sent was all decoded before the turn ended"
+
+
+async def test_a_sender_whose_clock_stood_still_in_a_silence_is_followed_afresh() -> None:
+    """Chromium's timestamps stand still while it sends nothing: after 3 s of silence, the packets
+    of the next words are 3 s later than their timestamps say. The release after them waits for
+    none of the 3 s, nor for a sender that has stopped again."""
+    mic = Microphone(FakeTime(), lag_s=0.0)
+    mic.send(0.0, 1.0)
+    mic.send(4.0, 5.0, stood_still_s=3.0)
+    mic.heard = None
+    mic.time.run_until(105.2)
+    mic.heard = round(2.0 * 48000)  # the decoder's timestamps stood still too: 2 s of audio in all
+    assert abs(rtp_diff(mic.clock.position_now() or 0, round(2.2 * 48000)) / 48000) < 0.1, "the sender is where it stopped"
+    waited = await mic.release_at(5.25)
+    assert waited <= 0.02, f"waited {waited:.2f} s"
+
+
+async def test_audio_on_its_way_is_waited_for() -> None:
+    """On a loaded server, packets arrive on time but are decoded late: a release after the sender
+    went quiet still waits for the packets that came and were not yet decoded; and with a sender
+    that sends all the time (Firefox), it waits for the audio sent by the release, not for the
+    audio the sender goes on sending while it waits."""
+    mic = Microphone(FakeTime(), lag_s=0.8)
+    mic.send(0.0, 1.0)
+    waited = await mic.release_at(1.6)  # quiet for 0.5 s or more, yet 1 s of audio not yet decoded
+    assert 0.2 <= waited <= 0.35, waited
+    assert mic.heard_s() >= 1.0 - SLACK_S, "the audio that came is on the tape (but for the slack)"
+
+    mic = Microphone(FakeTime(), lag_s=0.5)
+    mic.send(0.0, 10.0)  # a sender that never stops
+    waited = await mic.release_at(2.0)
+    assert 0.4 <= waited <= 0.65, f"waited {waited:.2f} s"
+    assert mic.heard_s() >= 2.0 - 0.02 - 0.01 - SLACK_S, "the audio sent by the release is on the tape (but for the slack)"
 
 
 def rtp_frames(audio_48k: np.ndarray) -> list[av.AudioFrame]:
@@ -112,11 +232,11 @@ async def test_a_release_handled_before_its_audio_is_decoded_waits_for_it() -> N
     began = time.monotonic()
     await session.talk_end()
     waited = time.monotonic() - began
-    await wait_until(lambda: services.transcribed == 1 or page.of("notice"))
+    await wait_until(lambda: page.of("message") or page.of("notice"))
     assert not page.of("notice"), page.of("notice")
     assert waited > 0.5, waited
-    assert services.heard_s[0] >= len(question()) / 48000, (services.heard_s, len(question()) / 48000)
-    await wait_until(lambda: len(services.requests) == 1)
+    assert max(services.heard_s) >= len(question()) / 48000, (services.heard_s, len(question()) / 48000)
+    assert services.requests
     await session.close()
 
 
@@ -128,7 +248,7 @@ async def test_a_release_after_the_browser_stopped_sending_does_not_wait() -> No
     began = time.monotonic()
     await session.talk_end()
     assert time.monotonic() - began < 0.5, "only the 0.1 s tail, not the wait for audio that is not coming"
-    await wait_until(lambda: services.transcribed == 1)
+    await wait_until(lambda: services.transcribed >= 1)
     await session.close()
 
 
@@ -151,7 +271,7 @@ async def test_a_press_after_a_long_idle_whose_audio_comes_late_is_not_taken_for
     """While nobody listens no frame is decoded, so the last decoded frame is from long ago. The
     server's 0.1 s tick must not count all that time as silence on the new recording (which ran it
     past the recording limit before its first word arrived: "I didn't hear any speech")."""
-    services, session, page = answering(max_record_s=1.5)
+    _, session, page = answering(max_record_s=1.5)
     await asyncio.sleep(1.7)  # idle for longer than the recording limit
     await session.talk_start()
     await asyncio.sleep(0.3)  # the press's first frame is late: ticks come first
@@ -159,8 +279,8 @@ async def test_a_press_after_a_long_idle_whose_audio_comes_late_is_not_taken_for
     session.tick()
     await late_microphone(session, question()[: 48000 * 3 // 4], lag_s=0.0)
     await session.talk_end()
-    await wait_until(lambda: services.transcribed == 1 or page.of("notice"))
+    await wait_until(lambda: page.of("message") or page.of("notice"))
     assert not page.of("notice"), page.of("notice")
-    assert services.transcribed == 1
+    assert [m["role"] for m in page.of("message")][:1] == ["user"]
     assert not [r for r in page.of("recording") if r.get("reason")], "the recording did not reach its limit"
     await session.close()
