@@ -1,11 +1,18 @@
 """Voice-to-voice latency as a person hears it, in a real browser (headless Chromium).
 
 Starts the app on a local Ray (or uses --url), opens the page in headless Chromium driven by
-Playwright, and runs N push-to-talk turns: Space goes down, a question spoken by hibari plays into
-the page's microphone, Space comes up --release-after seconds after the question's last sample,
-and the page times the first sound of the answer. Prints, per turn, release -> first audio heard
-and the server's own stage times (the socket's `metrics` event), then their p50/p95 and the
-first-turn ratio (turn 1 over the median of the later turns).
+Playwright, and runs N turns. Push-to-talk: Space goes down, a question spoken by hibari (or
+espeak-ng, --voice) plays into the page's microphone, Space comes up --release-after seconds after
+the question's last word, and the page times the first sound of the answer. Hands-free (--mode
+hands-free): the question plays, and the first sound of the answer is timed from its last word.
+Prints, per turn, that time and the server's own stage times (the socket's `metrics` event), then
+their p50/p95 and the first-turn ratio (turn 1 over the median of the later turns). The browser
+runs on the same cores as the models, as on a laptop.
+
+The microphone (--mic): `gaps` sends nothing between words, as Chromium's WebAudio microphone,
+Opus DTX and some headsets do (each turn prints how many packets it sent between the last word
+and the release: 0); `continuous` keeps sending (an inaudible -80 dBFS floor, as a hardware
+microphone does); `noise` adds a fan-like brown noise at --noise-dbfs.
 
 How it measures, all on the page's performance.now() clock:
 - the microphone is a WebAudio MediaStreamAudioDestinationNode (an init script wraps
@@ -17,7 +24,9 @@ How it measures, all on the page's performance.now() clock:
   What it times is audio leaving WebRTC's jitter buffer; the speaker adds the AudioContext's
   outputLatency (printed) on top.
 
-Run it where loopback-only ICE works (as root):
+Any flag the benchmark does not know goes to the app it starts (`--llm-threads 1`,
+`--turn-end-of-turn silence`, ...), for before/after runs. Run it where loopback-only ICE works
+(as root):
     unshare --net bash -c 'ip link set lo up && .venv/bin/python benchmarks/browser_voice.py --turns 5'
 """
 
@@ -44,7 +53,7 @@ from parley.config import ParleyConfig  # noqa: E402
 from parley.metrics import STAGES  # noqa: E402
 from tests.browser_mic import INIT_JS, encode  # noqa: E402
 from tests.conftest import free_port  # noqa: E402
-from tests.speech import speak  # noqa: E402
+from tests.speech import speak, trim  # noqa: E402
 
 DEFAULT_QUESTION = "Which planet is closest to the sun?"
 QUESTIONS = [
@@ -78,6 +87,7 @@ class Turn:
     heard_ms: float | None = None
     stages: dict[str, float] = field(default_factory=dict)
     release_late_ms: float = 0.0
+    sent_between: int = 0
     ended_lag_ms: float = 0.0
     poll_lag_ms: float = 0.0
     floor: float = 0.0
@@ -86,28 +96,40 @@ class Turn:
     problem: str = ""
 
 
-def parse_args() -> argparse.Namespace:
+def parse_args() -> tuple[argparse.Namespace, list[str]]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--url", help="a running Parley (default: start one on a local Ray)")
     parser.add_argument("--turns", type=int, default=5, help="push-to-talk turns (1-50)")
     parser.add_argument("--question", default=DEFAULT_QUESTION, help="what to ask every turn")
     parser.add_argument("--vary", action="store_true", help="cycle through a few short questions instead")
-    parser.add_argument("--release-after", type=float, default=0.25, help="seconds from the question's end to releasing Space")
+    parser.add_argument("--mode", choices=("push-to-talk", "hands-free"), default="push-to-talk")
+    parser.add_argument(
+        "--mic", choices=("gaps", "continuous", "noise"), default="gaps", help="what the microphone sends between words"
+    )
+    parser.add_argument("--noise-dbfs", type=float, default=-38.0, help="--mic noise: the noise floor's level")
+    parser.add_argument("--voice", choices=("hibari", "espeak"), default="hibari", help="who speaks the questions")
+    parser.add_argument(
+        "--release-after", type=float, default=0.25, help="seconds from the question's last word to releasing Space"
+    )
     parser.add_argument("--threshold", type=float, default=0.01, help="peak level (0..1) that counts as heard")
     parser.add_argument("--time-limit", type=float, default=900, help="give up after this many seconds in all")
     parser.add_argument("--show-browser-log", action="store_true", help="print every console message of the page")
-    return parser.parse_args()
+    return parser.parse_known_args()
 
 
-def start_local_app() -> str:
-    """The app on a local Ray, loopback only, with the rate limit out of the way."""
+def start_local_app(flags: list[str]) -> str:
+    """The app on a local Ray, loopback only, with the rate limit out of the way; `flags` are
+    serve_app.py's own (`--llm-threads 1`, `--turn-end-of-turn silence`, ...), for before/after runs."""
+    from parley.config import parse_args as app_args
     from serve_app import start
 
+    config = app_args(flags)
     config = ParleyConfig.model_validate(
-        {
-            "server": {"port": free_port(), "ice_addresses": ["127.0.0.1"]},
-            "serve": {"include_dashboard": False},
-            "limits": {"turns_per_minute": 1000},
+        config.model_dump()
+        | {
+            "server": config.server.model_dump() | {"port": free_port(), "ice_addresses": ["127.0.0.1"]},
+            "serve": config.serve.model_dump() | {"include_dashboard": False},
+            "limits": config.limits.model_dump() | {"turns_per_minute": 1000},
         }
     )
     return start(config)
@@ -162,8 +184,11 @@ async def connected(page: Any, log: list[str], timeout_ms: int = 30000) -> None:
         raise SystemExit(f"browser_voice: the page did not connect in {timeout_ms / 1000:g} s ({status}); {trouble}") from None
 
 
-async def press_and_speak(page: Any, index: int, release_after_s: float) -> dict[str, float]:
-    """Space down, wait until the server records, say question `index`, release in the page."""
+async def press_and_speak(page: Any, index: int, release_after_s: float, hands_free: bool) -> dict[str, float]:
+    """Space down, wait until the server records, say question `index`, release in the page (or,
+    hands-free, just say it)."""
+    if hands_free:
+        return dict(await page.evaluate("([i]) => window.__bench.turn(i, 0, true)", [index]))
     await page.evaluate("document.activeElement && document.activeElement.blur()")
     recordings = await page.evaluate("window.__bench.recording.length")
     await page.keyboard.down("Space")
@@ -179,7 +204,7 @@ async def press_and_speak(page: Any, index: int, release_after_s: float) -> dict
     return timing
 
 
-async def one_turn(page: Any, question: str, index: int, release_after_s: float) -> Turn:
+async def one_turn(page: Any, question: str, index: int, release_after_s: float, hands_free: bool) -> Turn:
     """One spoken turn: what was heard when, and the server's stage times for it."""
     from playwright.async_api import TimeoutError as PlaywrightTimeout
 
@@ -187,11 +212,12 @@ async def one_turn(page: Any, question: str, index: int, release_after_s: float)
     seen = await page.evaluate("window.__bench.metrics.length")
     notices = await page.evaluate("window.__bench.notices.length")
     try:
-        timing = await press_and_speak(page, index, release_after_s)
+        timing = await press_and_speak(page, index, release_after_s, hands_free)
     except PlaywrightTimeout:
         turn.problem = "the server did not start recording within 5 s of Space going down"
         return turn
     turn.release_late_ms = timing["released"] - timing["target"]
+    turn.sent_between = int(timing["sentBetween"])
     turn.ended_lag_ms = timing["endedAt"] - timing["perfEnd"]
     turn.floor = timing["floor"]
     try:
@@ -233,8 +259,8 @@ def show_turn(i: int, turn: Turn) -> None:
     heard = f"{turn.heard_ms:7.0f} ms" if turn.heard_ms is not None else "   n/a"
     stages = " ".join(f"{k}={v:.0f}" for k, v in turn.stages.items())
     print(
-        f"turn {i}: release->first audio heard {heard} | server ms: {stages} | "
-        f"release {turn.release_late_ms:+.1f} ms late, heard seen {turn.poll_lag_ms:.0f} ms after onset",
+        f"turn {i}: first audio heard {heard} | server ms: {stages} | "
+        f"{turn.sent_between} packets sent after the last word, heard seen {turn.poll_lag_ms:.0f} ms after onset",
         flush=True,
     )
     print(f"        {turn.transcript.strip()!r} -> {turn.answer.strip()[:90]!r}", flush=True)
@@ -245,12 +271,12 @@ def percentiles(values: list[float]) -> str:
     return f"p50 {p50:7.0f} ms  p95 {p95:7.0f} ms  (n={len(values)}, min {min(values):.0f}, max {max(values):.0f})"
 
 
-def report(turns: list[Turn], output_latency_ms: float, log: list[str]) -> None:
+def report(turns: list[Turn], output_latency_ms: float, log: list[str], start: str) -> None:
     """p50/p95 of what was heard and of each server stage, the first-turn ratio, and page trouble."""
     heard = [t.heard_ms for t in turns if t.heard_ms is not None]
     print()
     if heard:
-        print(f"release -> first audio heard   {percentiles(heard)}")
+        print(f"{start} -> first audio heard   {percentiles(heard)}")
     for stage in STAGES:
         values = [t.stages[stage] for t in turns if stage in t.stages]
         if values:
@@ -274,31 +300,50 @@ def report(turns: list[Turn], output_latency_ms: float, log: list[str]) -> None:
         print(f"  {line[:300]}")
 
 
+def say(text: str, voice: str) -> np.ndarray:
+    """`text` spoken by hibari or espeak-ng at 48 kHz, its own silence trimmed (it ends with its last word)."""
+    if voice == "espeak":
+        from media.speech import espeak
+
+        return trim(espeak(text, rate=RATE))
+    return trim(speak(text, rate=RATE))
+
+
 async def run(url: str, questions: list[str], args: argparse.Namespace) -> None:
-    print(f"speaking {len(set(questions))} question(s) with hibari; opening {url} in headless Chromium", flush=True)
-    audio = {q: speak(q, rate=RATE) for q in dict.fromkeys(questions)}
+    hands_free = args.mode == "hands-free"
+    print(
+        f"{args.mode}, microphone {args.mic}: speaking {len(set(questions))} question(s) with {args.voice}; "
+        f"opening {url} in headless Chromium",
+        flush=True,
+    )
+    audio = {q: say(q, args.voice) for q in dict.fromkeys(questions)}
     order = list(audio)
     log: list[str] = []
     turns: list[Turn] = []
     async with opened(url, args.threshold, log, args.show_browser_log) as page:
         await page.evaluate("(list) => window.__bench.load(list)", [encode(audio[q]) for q in order])
+        kind = {"gaps": "none", "continuous": "dither", "noise": "brown"}[args.mic]
+        await page.evaluate("([k, db]) => window.__bench.setNoise(k, db)", [kind, -80.0 if kind == "dither" else args.noise_dbfs])
+        if hands_free:
+            await page.click("label[for=hands-free]")
+            await page.locator('#turn-state[data-state="listening"]').wait_for(timeout=5000)
         await wait_quiet(page)
         for i, question in enumerate(questions, 1):
-            turn = await one_turn(page, question, order.index(question), args.release_after)
+            turn = await one_turn(page, question, order.index(question), args.release_after, hands_free)
             turns.append(turn)
             show_turn(i, turn)
             await wait_quiet(page)
         output_latency_ms = float(await page.evaluate("window.__bench.ctx.outputLatency * 1000"))
-    report(turns, output_latency_ms, log)
+    report(turns, output_latency_ms, log, "end of question" if hands_free else "release")
 
 
 def main() -> None:
-    args = parse_args()
+    args, server_flags = parse_args()
     turns = max(1, min(args.turns, 50))
     pool = QUESTIONS if args.vary else [args.question]
     questions = [pool[i % len(pool)] for i in range(turns)]
     started = args.url is None
-    url = args.url or start_local_app()
+    url = args.url or start_local_app(server_flags)
     try:
         asyncio.run(asyncio.wait_for(run(url, questions, args), timeout=args.time_limit))
     finally:

@@ -1,13 +1,17 @@
-"""Speech made on demand by hibari's bundled voice: questions for the load client, the benchmarks
-and the tests.
+"""Speech made on demand by hibari's bundled voice (and, for a second voice, Debian's espeak-ng):
+questions for the load client, the benchmarks and the tests.
 
 Invariant: every array returned is 1-D float32 mono in [-1, 1] at the rate the caller names, and
-the same text always gives the same samples (a fixed seed).
+the same text always gives the same samples (a fixed seed; espeak-ng is deterministic).
 """
 
 from __future__ import annotations
 
 import functools
+import io
+import shutil
+import subprocess
+import wave
 
 import numpy as np
 import samplerate
@@ -43,3 +47,18 @@ def trim(audio: np.ndarray, floor: float = 0.01) -> np.ndarray:
     """Speech without the silence a TTS leaves before and after it (so its end is the last word's)."""
     loud = np.flatnonzero(np.abs(audio) > floor)
     return audio[loud[0] : loud[-1] + 1] if loud.size else audio[:0]
+
+
+def espeak(text: str, rate: int = 16000, voice: str = "en-us", peak: float = 0.7, speed: int = 165) -> np.ndarray:
+    """`text` spoken by espeak-ng (Debian's `espeak-ng`), float32 mono at `rate`, scaled to `peak`
+    like `speak`. `voice` is an espeak-ng voice (`en-us`, `en-gb+m3`, `en-us+f2`, ...); `speed` in
+    words a minute. FileNotFoundError if espeak-ng is not installed."""
+    binary = shutil.which("espeak-ng")
+    if binary is None:
+        raise FileNotFoundError("espeak-ng is not installed (apt install espeak-ng)")
+    out = subprocess.run([binary, "-v", voice, "-s", str(speed), "--stdout", text], capture_output=True, check=True, timeout=30)
+    with wave.open(io.BytesIO(out.stdout)) as w:
+        native = w.getframerate()
+        pcm = np.frombuffer(w.readframes(w.getnframes()), "<i2").astype(np.float32) / 32768.0
+    pcm = pcm * np.float32(peak / max(float(np.abs(pcm).max()), 1e-6))
+    return resample(pcm, native, rate)

@@ -21,7 +21,7 @@ INIT_JS = """
   const bench = (window.__bench = {
     ctx: null, mic: null, questions: [], metrics: [], recording: [], notices: [], hooked: null,
     watched: null, analyser: null, data: null, offsets: [], offset: 0,
-    threshold: 0.01, releasedAt: null, heard: null, heardPoll: null, lastLoud: 0, floor: 0,
+    threshold: 0.01, releasedAt: null, heard: null, heardPoll: null, lastLoud: 0, floor: 0, noise: null,
   });
 
   const audio = () => {
@@ -102,6 +102,43 @@ INIT_JS = """
     bench.heardPoll = now;
   }
 
+  /** The microphone's floor: "none" (nothing between words: Chromium then sends no packets), "dither"
+   * (white noise at `dbfs`, inaudible at -80: it keeps sending, as a hardware microphone does) or
+   * "brown" (a fan-like noise at `dbfs`). Made here, seeded, looping 10 s. */
+  bench.setNoise = (kind, dbfs = -80) => {
+    const ctx = audio();
+    bench.noise?.stop();
+    bench.noise = null;
+    if (kind === "none") return;
+    const length = ctx.sampleRate * 10;
+    const buffer = new AudioBuffer({ length, numberOfChannels: 1, sampleRate: ctx.sampleRate });
+    const data = new Float32Array(length);
+    let seed = 12345;
+    const uniform = () => ((seed = (seed * 1103515245 + 12345) % 2147483648) / 2147483648) * 2 - 1;
+    let level = 0;
+    for (let i = 0; i < length; i++) {
+      if (kind === "brown") level = 0.998 * level + 0.02 * uniform(); // leaky: it does not drift
+      data[i] = kind === "brown" ? level : uniform();
+    }
+    let power = 0;
+    for (let i = 0; i < length; i++) power += data[i] * data[i];
+    const gain = Math.pow(10, dbfs / 20) / Math.sqrt(power / length);
+    for (let i = 0; i < length; i++) data[i] *= gain;
+    buffer.copyToChannel(data, 0);
+    bench.noise = new AudioBufferSourceNode(ctx, { buffer, loop: true });
+    bench.noise.connect(bench.mic);
+    bench.noise.start();
+  };
+
+  /** Audio packets the page has sent so far (outbound-rtp). */
+  bench.packetsSent = async () => {
+    let sent = 0;
+    (await window.parley?.pc?.getStats())?.forEach((r) => {
+      if (r.type === "outbound-rtp" && r.kind === "audio") sent += r.packetsSent || 0;
+    });
+    return sent;
+  };
+
   bench.load = (encoded) => {
     bench.questions = encoded.map((b64) => new Float32Array(Uint8Array.from(atob(b64), (c) => c.charCodeAt(0)).buffer));
   };
@@ -123,18 +160,26 @@ INIT_JS = """
     return { ctxEnd, perfEnd: perfAt(ctxEnd), ended };
   };
 
-  /** Say question `index`, then release Space `releaseAfterMs` after its last sample. */
-  bench.turn = async (index, releaseAfterMs) => {
+  const until = (at) => new Promise((resolve) => setTimeout(resolve, Math.max(0, at - performance.now())));
+
+  /** Say question `index`, then release Space `releaseAfterMs` after its last sample; hands-free,
+   * release nothing: the first audio is timed from the question's last sample. Also counts the
+   * packets the microphone sent between the last sample and the release (none: it goes silent). */
+  bench.turn = async (index, releaseAfterMs, handsFree = false) => {
     bench.releasedAt = bench.heard = bench.heardPoll = null;
     bench.floor = 0;
     const spoken = await bench.say(bench.questions[index]);
+    await until(spoken.perfEnd + 20); // the last packet of speech leaves 20 ms after its audio
+    const sentAtEnd = await bench.packetsSent();
     const target = spoken.perfEnd + releaseAfterMs;
-    await new Promise((resolve) => setTimeout(resolve, Math.max(0, target - performance.now())));
-    const released = performance.now();
+    await until(target);
+    const released = handsFree ? spoken.perfEnd : performance.now();
+    const sentAtRelease = await bench.packetsSent();
     bench.releasedAt = released;
-    document.dispatchEvent(new KeyboardEvent("keyup", { code: "Space", key: " ", bubbles: true, cancelable: true }));
+    const keyup = { code: "Space", key: " ", bubbles: true, cancelable: true };
+    if (!handsFree) document.dispatchEvent(new KeyboardEvent("keyup", keyup));
     const endedAt = await Promise.race([spoken.ended, new Promise((resolve) => setTimeout(() => resolve(NaN), 5000))]);
-    return { target, released, perfEnd: spoken.perfEnd, endedAt, floor: bench.floor };
+    return { target, released, perfEnd: spoken.perfEnd, endedAt, floor: bench.floor, sentBetween: sentAtRelease - sentAtEnd };
   };
 })();
 """
