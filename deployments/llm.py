@@ -166,7 +166,11 @@ class LocalEngine:
         try:
             with no_amx_repacking(llama_cpp):
                 self.llama = llama_cpp.Llama(
-                    model_path=self.model_path, n_ctx=config.context_tokens, n_threads=config.threads, verbose=False
+                    model_path=self.model_path,
+                    n_ctx=config.context_tokens,
+                    n_threads=config.threads,
+                    n_threads_batch=config.threads,
+                    verbose=False,
                 )
         except (ValueError, OSError) as e:
             raise LLMError(f"could not load the local model {self.model_path}: {e}") from e

@@ -176,7 +176,13 @@ class LLMConfig(_Section):
     )
     model_path: str | None = Field(default=None, description="Any GGUF file for the local backend (overrides local_model).")
     context_tokens: int = Field(default=4096, description="Context window of the local model.")
-    threads: int = Field(default=2, description="CPU threads for the local model.")
+    threads: int = Field(
+        default=1,
+        ge=1,
+        description="CPU threads for the local model (prompt and generation). One by default: SmolLM2-135M generates "
+        "faster on one thread than on two on a 2-core host (its threads spend more time waiting for each other than "
+        "computing), more so with a browser on the same cores. Raise it for a bigger model on a bigger host.",
+    )
     base_url: str | None = Field(
         default=None, description="OpenAI-compatible base URL (https://api.openai.com/v1, http://vllm:8000/v1, ...)."
     )
@@ -268,7 +274,41 @@ class TurnConfig(_Section):
     hands_free: bool = Field(
         default=False, description="New sessions start hands-free (the server's VAD ends turns) instead of push-to-talk."
     )
-    end_silence_s: float = Field(default=0.6, gt=0, description="Hands-free: the silence after speech that ends the user's turn.")
+    end_of_turn: Literal["model", "silence"] = Field(
+        default="model",
+        description="Hands-free: how the end of a turn is decided. 'model': at each pause two small models judge the "
+        "speech so far: how finished its transcript reads (SmolLM2-135M) and, when that does not decide, how finished "
+        "it sounds (Smart Turn v3.2, from the pipecat-ai wheel). Reads finished ends the turn after quiet_s of silence, "
+        "sounds finished and may read finished after unsure_silence_s, anything else after max_silence_s. 'silence': "
+        "end_silence_s of silence alone. With neither model loadable, 'model' falls back to 'silence' (a log line, a "
+        "notice in the page).",
+    )
+    end_silence_s: float = Field(
+        default=0.6, gt=0, description="Hands-free, silence rule: the silence after speech that ends the user's turn."
+    )
+    quiet_s: float = Field(
+        default=0.2, gt=0, description="Hands-free, turn models: the silence that ends a turn they judged finished."
+    )
+    unsure_silence_s: float = Field(
+        default=0.8,
+        gt=0,
+        description="Hands-free, turn models: silence that ends a turn that sounds finished and may read finished.",
+    )
+    max_silence_s: float = Field(
+        default=2.0,
+        gt=0,
+        description="Hands-free, turn models: silence that ends a turn they judged unfinished (a thinking pause longer "
+        "than this is taken for the end).",
+    )
+    text_finished: float = Field(
+        default=0.5, gt=0, lt=1, description="Hands-free: a transcript this likely to be a whole message ends the turn at once."
+    )
+    text_maybe: float = Field(
+        default=0.15, gt=0, lt=1, description="Hands-free: a transcript at least this likely may be whole (see unsure_silence_s)."
+    )
+    sound_finished: float = Field(
+        default=0.5, gt=0, lt=1, description="Hands-free: speech at least this likely to sound finished (Smart Turn)."
+    )
     min_speech_s: float = Field(
         default=0.25, ge=0, description="Less speech than this in a turn (a cough, a click, a lone 'uh') is not a turn."
     )
@@ -313,6 +353,8 @@ class TurnConfig(_Section):
     def _thresholds(self) -> TurnConfig:
         if self.vad_end_threshold > self.vad_threshold:
             raise ValueError("vad_end_threshold must not be above vad_threshold")
+        if not self.quiet_s <= self.unsure_silence_s <= self.max_silence_s:
+            raise ValueError("quiet_s <= unsure_silence_s <= max_silence_s must hold")
         return self
 
 

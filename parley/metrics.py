@@ -6,9 +6,21 @@ Invariant: every stage time comes from one monotonic clock and is defined here:
 - llm_ttft: request -> first text delta.
 - first_sentence: request -> first sentence (or opening clause) handed to TTS.
 - tts_ttfb: sentence handed to TTS -> its first Opus packet (first sentence of the turn).
-- voice_to_voice: end of the user's turn -> first speech packet leaves the pacing track. The end
-  of the turn is the key release (push-to-talk), the end of speech (hands-free: the silence that
-  confirms the turn is part of this time), or the message being sent (typed).
+- voice_to_voice: where the user starts waiting -> first speech packet of the answer leaves the
+  pacing track. The user starts waiting at the release (push-to-talk: when the key's release event
+  reaches the server, so a wait for late microphone audio is inside), at the end of speech
+  (hands-free: when the last speech audio reached the server, so the end-of-turn delay is inside),
+  or when the typed message reaches the server.
+- end_of_turn (hands-free only): end of speech (as above) -> the end-of-turn decision (the turn
+  model's verdict, or the silence limit). In push-to-talk the user decides, so it is not measured.
+- turn_to_voice: the server learns the turn is over (the release event arrives, the end-of-turn
+  decision is made, or the typed message arrives) -> first speech packet of the answer leaves the
+  pacing track. It holds everything the server does after the turn: waiting for late audio, the
+  transcript and answer not yet ready, TTS. Push-to-talk and typed: equal to voice_to_voice.
+
+And one figure that is not a wait:
+- head_start: how long the work the turn used (transcript and answer, started at a pause in
+  speech) had been running when the turn ended; 0 when it started after. What speculation saved.
 
 Besides stage times, a Meter counts turns, errors by stage (asr, llm, tts), sessions and late
 audio packets. The ingress's Meter writes Ray Serve metrics; the base one records nothing.
@@ -21,7 +33,7 @@ from collections.abc import Callable
 
 from pydantic import BaseModel
 
-STAGES = ("asr", "llm_ttft", "first_sentence", "tts_ttfb", "voice_to_voice")
+STAGES = ("asr", "llm_ttft", "first_sentence", "tts_ttfb", "end_of_turn", "turn_to_voice", "voice_to_voice", "head_start")
 
 ERROR_STAGES = ("asr", "llm", "tts")
 
@@ -52,7 +64,10 @@ class TurnMetrics(BaseModel):
     llm_ttft: float | None = None
     first_sentence: float | None = None
     tts_ttfb: float | None = None
+    end_of_turn: float | None = None
+    turn_to_voice: float | None = None
     voice_to_voice: float | None = None
+    head_start: float | None = None
 
 
 class Stopwatch:

@@ -11,9 +11,10 @@ Invariants:
   utterance is open `fill_silence` lays down silence for time in which no frame came at all, so
   an utterance always ends even when its audio stops arriving.
 - An utterance lasts from its start (key down, or speech in hands-free, with `PREROLL_S` before
-  it) to its `end` event: the key coming up, `end_silence_s` of silence in hands-free, or the
-  recording limit. `pause`/`resume` mark the pauses inside it; `speech` fires once, when it has
-  had `barge_in_min_s` of speech. Nothing before the utterance is kept on the tape but the
+  it) to its `end` event: the key coming up, `end_silence_s` of silence in hands-free, the session
+  judging how much silence ends it at a pause (`limit_pause`), or the recording limit. `pause`/`resume`
+  mark the pauses inside it; `speech` fires
+  once, when it has had `barge_in_min_s` of speech. Nothing before the utterance is kept on the tape but the
   preroll, so memory is bounded by the recording limit.
 """
 
@@ -38,6 +39,11 @@ PREROLL_S = 0.3
 
 FILL_AFTER_S = 0.2
 """No frame for this long inside an utterance: the time since counts as silence."""
+
+FILL_STOPPED_S = 0.02
+"""Once the sender is known to have stopped sending (and every packet that came is on the tape),
+no frame for this long already counts as silence: a microphone that sends nothing while it is
+quiet must not delay the pause, and with it the early transcription, by `FILL_AFTER_S`."""
 
 TurnKind = Literal["start", "speech", "pause", "resume", "end"]
 
@@ -117,6 +123,11 @@ class Recorder:
         self.paused_at: int | None = None
         """Where the latest pause in the current utterance began; None while speech goes on."""
         self._speech_reported = False
+        self.end_silence_s = turn.end_silence_s
+        """Hands-free: silence that ends an utterance by itself (the session raises it when a turn
+        model decides sooner: then only a long silence ends a turn the model finds unfinished)."""
+        self._pause_limit: float | None = None
+        """The silence that ends the utterance at the current pause, as the session judged it."""
         self.heard_to: int | None = None
         """The timestamp just after the latest frame fed (its pts units; None if frames carry none)."""
         self.heard_rate = 0
@@ -177,11 +188,12 @@ class Recorder:
             return 0
         return pts - expected
 
-    def fill_silence(self) -> list[TurnEvent]:
+    def fill_silence(self, *, sender_stopped: bool = False) -> list[TurnEvent]:
         """While an utterance is open and no frame has come for a while, that time was silent:
-        lay it down, so the utterance can end. Returns the events that completes."""
+        lay it down, so the utterance can end. `sender_stopped`: the sender has stopped sending and
+        all it sent is on the tape, so the wait is shorter. Returns the events that completes."""
         quiet = self._clock() - self._wall_end
-        if self.utterance is None or not self.listening or quiet < FILL_AFTER_S:
+        if self.utterance is None or not self.listening or quiet < (FILL_STOPPED_S if sender_stopped else FILL_AFTER_S):
             return []
         samples = round(quiet * self._rate)
         if self._next_pts is not None:
@@ -244,6 +256,7 @@ class Recorder:
     def _on_speech(self, kind: str, sample: int) -> list[TurnEvent]:
         if kind == "pause":
             self.paused_at = sample
+            self._pause_limit = None
             return [TurnEvent("pause", sample)] if self.utterance is not None else []
         self.paused_at = None
         if self.utterance is None:
@@ -266,14 +279,23 @@ class Recorder:
         if (self._cursor - self.utterance) / RATE > self.max_record_s:
             limit = f"Recording stopped at the {self.max_record_s:g}-second limit."
             out.append(self._end(self._cursor, reason=limit))
-        elif (
-            self.hands_free
-            and not self._pressed
-            and self.paused_at is not None
-            and (self._cursor - self.paused_at) / RATE >= self.turn.end_silence_s
-        ):
-            out.append(self._end(self.paused_at))
+        elif self.hands_free and not self._pressed and self.paused_at is not None:
+            silent_s = (self._cursor - self.paused_at) / RATE
+            if silent_s >= (self.end_silence_s if self._pause_limit is None else self._pause_limit):
+                out.append(self._end(self.paused_at))
         return out
+
+    def limit_pause(self, paused_at: int, silence_s: float) -> TurnEvent | None:
+        """Hands-free: the session judged the pause that began at `paused_at`: `silence_s` of it
+        ends the utterance (there). Returns the end event if the pause has lasted that long
+        already; None if it has not (the recorder ends it when it does), or if speech came back
+        (or the utterance ended) since."""
+        if self.utterance is None or self._pressed or self.paused_at != paused_at:
+            return None
+        if (self._cursor - paused_at) / RATE >= silence_s:
+            return self._end(paused_at)
+        self._pause_limit = silence_s
+        return None
 
     def _end(self, sample: int, reason: str | None = None) -> TurnEvent:
         event = TurnEvent("end", sample, speech_s=self._detector.speech_s, reason=reason)

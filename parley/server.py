@@ -33,12 +33,13 @@ from parley.services import Services
 from parley.session import Session, SessionSettings
 from parley.store import ConversationStore, open_store
 from parley.tls import self_signed_pair
+from parley.turnmodel import TurnJudge, load_turn_judge
 from parley.web import STATIC, VENDOR, SocketServer, is_loopback, page_policy, same_origin
 
 log = logging.getLogger("parley.server")
 
 HOUSEKEEPING_S = 5.0
-TICK_S = 0.1
+TICK_S = 0.025
 _SESSION_ID = re.compile(r"^[A-Za-z0-9_-]{8,64}$")
 
 
@@ -65,6 +66,10 @@ class IngressServer:
         self._forgot = time.monotonic()
         self._lateness = [0] * (len(LATENESS_BOUNDS_MS) + 1)
         """Pacing of the peers already closed (live ones are read from their tracks)."""
+        self.turn_judge: TurnJudge | None = None
+        """Hands-free's end-of-turn judge, shared by this process's sessions (loaded by `start`)."""
+        self.turn_models_missing: dict[str, str] = {}
+        """The turn models that could not load, and why (the page says so)."""
         self.url = ""
         self.scheme = "http" if is_loopback(config.server.host) else "https"
         """What browsers speak to this server; it decides which Origin a socket.io handshake may carry."""
@@ -109,6 +114,8 @@ class IngressServer:
             ssl_context.load_cert_chain(cert, key)
         # aiohttp keeps a connection that sends nothing for an hour by default: half-open connections
         # would pile up. (A TLS handshake that never finishes is closed by asyncio after 60 s.)
+        if self.config.turn.end_of_turn == "model":
+            self.turn_judge, self.turn_models_missing = await asyncio.to_thread(load_turn_judge, self.config.turn)
         self._runner = web.AppRunner(self.app, access_log=None, keepalive_timeout=self.config.limits.idle_connection_s)
         await self._runner.setup()
         shared = self.config.serve.ingress_per_node > 1  # the node's other ingress processes bind it too
@@ -135,7 +142,7 @@ class IngressServer:
             await self._runner.cleanup()
 
     async def _tick(self) -> None:
-        """Every 0.1 s: sessions in the middle of an utterance check their audio has not stopped."""
+        """Every `TICK_S`: sessions in the middle of an utterance check their audio has not stopped."""
         while True:
             await asyncio.sleep(TICK_S)
             for session in self.sessions.values():
@@ -302,6 +309,7 @@ class IngressServer:
                 store=self.store,
                 user=user.account,
                 turn_times=self._turn_times.setdefault(user.account, deque()),
+                turn_judge=self.turn_judge,
             )
             self.sessions[session_id] = session
         elif not session.busy:
@@ -331,7 +339,7 @@ class IngressServer:
                     "max_record_s": self.config.limits.max_record_s,
                     "max_text_chars": self.config.limits.max_text_chars,
                 },
-                "turn": {"hands_free": session.hands_free, "end_silence_s": self.config.turn.end_silence_s},
+                "turn": self._turn_welcome(session),
                 "video": {"max_fps": self.config.server.video_max_fps, "max_width": self.config.server.video_max_width},
                 "llm": {
                     "backend": llm.backend,
@@ -342,6 +350,25 @@ class IngressServer:
             },
             to=sid,
         )
+
+    def _turn_welcome(self, session: Session) -> dict[str, Any]:
+        """What the page is told about turn-taking: the mode, how hands-free ends a turn, and what
+        is missing for it to do that as configured."""
+        turn, judge = self.config.turn, session.turn_judge
+        out: dict[str, Any] = {"hands_free": session.hands_free, "end_of_turn": "model" if judge else "silence"}
+        if judge is not None:
+            out |= {"turn_models": judge.name, "max_silence_s": turn.max_silence_s}
+        else:
+            out["end_silence_s"] = turn.end_silence_s
+        missing = "; ".join(f"{name}: {reason}" for name, reason in self.turn_models_missing.items())
+        if turn.end_of_turn == "model" and judge is None:
+            out["problem"] = (
+                f"Hands-free ends your turn after {turn.end_silence_s:g} s of silence alone, so a thinking pause may "
+                f"cut you off: its turn models could not load ({missing})."
+            )
+        elif turn.end_of_turn == "model" and missing:
+            out["problem"] = f"Hands-free judges the end of your turn with one model of two ({missing})."
+        return out
 
     async def _on_offer(self, sid: str, data: Any) -> None:
         session = self._session(sid)

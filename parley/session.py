@@ -24,7 +24,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Hashable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import av
@@ -32,14 +32,16 @@ import numpy as np
 
 from media.image import frame_to_data_url
 from media.track import PacingTrack
+from media.vad import RATE
 from parley.config import LimitsConfig, LLMConfig, ParleyConfig, TurnConfig
 from parley.conversation import Conversation, Entry, estimate_tokens
 from parley.metrics import STAGES, Meter, TurnMetrics
 from parley.recorder import Recorder, TurnEvent
 from parley.reply import Reply
-from parley.senderclock import SenderClock
+from parley.senderclock import SenderClock, rtp_diff
 from parley.services import Services
 from parley.store import ConversationStore
+from parley.turnmodel import SOUND_TAIL, TurnJudge
 from parley.utterance import Speculation, Utterance
 
 log = logging.getLogger("parley.session")
@@ -69,6 +71,21 @@ class SessionSettings:
         return cls(turn=config.turn, limits=config.limits, llm=config.llm, voice=config.tts.voice)
 
 
+@dataclass(frozen=True)
+class TurnTimes:
+    """When a turn ended, on the session's clock (the stage definitions are in parley.metrics)."""
+
+    anchor: float
+    """Where the user starts waiting: the end of speech (hands-free), the release or the send."""
+    decided: float
+    """When the server learned the turn is over: the release event arrived, the end-of-turn
+    decision was made (hands-free), or the message arrived."""
+    spoke_until: float | None = None
+    """Hands-free: when the last speech audio arrived (the end-of-turn delay counts from here)."""
+    head_start: float = 0.0
+    """How long the work the turn used (transcript and answer) had been running at `decided`."""
+
+
 class Session:
     """A conversation that a browser (re)attaches to by its session id."""
 
@@ -83,6 +100,7 @@ class Session:
         store: ConversationStore | None = None,
         user: str = "",
         turn_times: deque[float] | None = None,
+        turn_judge: TurnJudge | None = None,
     ) -> None:
         self.id = session_id
         self.user = user
@@ -92,6 +110,10 @@ class Session:
         self.conversation = Conversation(settings.llm, store=store, session_id=session_id)
         self.recorder = Recorder(settings.turn, max_record_s=settings.limits.max_record_s, clock=clock)
         self.recorder.gate = self._not_echo
+        self.turn_judge = turn_judge if settings.turn.end_of_turn == "model" else None
+        """Hands-free: judges at a pause how much silence ends the turn (None: `end_silence_s` does)."""
+        if self.turn_judge is not None:
+            self.recorder.end_silence_s = settings.turn.max_silence_s
         self.vision = settings.llm.vision
         self.track: PacingTrack | None = None
         """Where speech goes: the current peer connection's track; None while no media is connected."""
@@ -110,6 +132,8 @@ class Session:
         """The microphone audio kept (undecoded) while nobody listened, decoded: 48 kHz mono float."""
         self.sender_clock: SenderClock | None = None
         """Where the browser's microphone stream is now (RTP timestamps), from its packets' arrivals."""
+        self._arrived_at_press = 0
+        """The sender's timestamp where the audio that had arrived at the latest press ended."""
 
     # -- wiring -----------------------------------------------------------------------------
 
@@ -170,9 +194,19 @@ class Session:
             self._on_turn_event(event)
 
     def tick(self) -> None:
-        """Called often (every 0.1 s) by the server: an utterance whose audio stopped arriving still ends."""
-        for event in self.recorder.fill_silence():
+        """Called often (every `TICK_S`) by the server: an utterance whose audio stopped arriving
+        still pauses and ends."""
+        for event in self.recorder.fill_silence(sender_stopped=self._sender_stopped()):
             self._on_turn_event(event)
+
+    def _sender_stopped(self) -> bool:
+        """The browser has stopped sending microphone audio (a microphone that sends nothing while
+        quiet), and every packet it sent is on the tape: nothing more is on its way."""
+        clock, heard = self.sender_clock, self.recorder.heard_to
+        if clock is None or clock.sending() or self.recorder.heard_rate not in (0, clock.rate):
+            return False
+        arrived = clock.arrived_to()
+        return arrived is None or heard is None or rtp_diff(arrived, heard) <= 0
 
     def on_video_frame(self, frame: av.VideoFrame) -> None:
         self.latest_frame = frame
@@ -197,6 +231,8 @@ class Session:
         elif event.kind == "pause":
             if turn.speculate and self._utterance is not None:
                 self._speculate(self._utterance, event.sample)
+            if self.turn_judge is not None and self.recorder.hands_free and self._utterance is not None:
+                self._spawn(self._judge(event.sample))
         elif event.kind == "resume":
             self._set_state("hearing")
             if self._utterance is not None:
@@ -205,7 +241,47 @@ class Session:
                     self._spawn(self._utterance.speculation.cancel())
                     self._utterance.speculation = None
         elif event.kind == "end":
-            self._spawn(self._end_utterance(event, anchor=self.recorder.wall_time(event.sample)))
+            now = self._clock()
+            spoke_until = min(now, self.recorder.wall_time(event.sample))
+            self._spawn(self._end_utterance(event, TurnTimes(anchor=spoke_until, decided=now, spoke_until=spoke_until)))
+
+    async def _judge(self, paused_at: int) -> None:
+        """Hands-free: speech has paused. The turn judge reads the transcript made at this pause
+        (the speculation's) and, if that does not decide, hears the speech up to the pause; it says
+        how much silence ends the turn: `quiet_s` (it is over), a little more, or a lot (a thinking
+        pause). Speech coming back makes the verdict moot."""
+        judge, utterance, start = self.turn_judge, self._utterance, self.recorder.utterance
+        if judge is None or utterance is None or start is None:
+            return
+        end = paused_at + SOUND_TAIL
+        audio = self.recorder.audio(max(start, end - 8 * RATE), end)
+        transcript = None
+        speculation = utterance.speculation
+        if speculation is not None and speculation.until == paused_at:
+            try:
+                transcript = await asyncio.shield(speculation.transcript)
+            except asyncio.CancelledError:
+                if not speculation.transcript.cancelled():
+                    raise
+                return  # speech came back: this pause is over
+            except Exception:
+                transcript = None  # ASR failed: the turn itself will say so; judge by the sound
+        if self.recorder.paused_at != paused_at:
+            return
+        began = self._clock()
+        try:
+            verdict = await asyncio.to_thread(judge.judge, audio, transcript)
+        except Exception:
+            log.exception("session %s: the turn judge failed; the silence limit decides this turn", self.id[:8])
+            return
+        wait = max(self.settings.turn.quiet_s, verdict.wait_s)
+        event = self.recorder.limit_pause(paused_at, wait)
+        log.info(
+            "session %s: pause judged in %.0f ms (reads %s, sounds %s): over after %.1f s of silence",
+            self.id[:8], 1000 * (self._clock() - began), _p(verdict.text), _p(verdict.sound), wait,
+        )  # fmt: skip
+        if event is not None:
+            self._on_turn_event(event)
 
     # -- user actions -----------------------------------------------------------------------
 
@@ -224,22 +300,32 @@ class Session:
         await self._drop_utterance()
         if self.preroll_source is not None and not self.recorder.listening:
             self.recorder.preload(self.preroll_source(), 48000)
+        clock = self.sender_clock
+        self._arrived_at_press = (clock.arrived_to() if clock is not None else None) or 0
         event = self.recorder.press()
         self._begin_utterance(event.sample)
         await self.emit("recording", {"active": True})
 
     async def talk_end(self, reason: str | None = None) -> None:
-        """The talk key came up: what was said becomes a turn."""
+        """The talk key came up: what was said becomes a turn. The user waits from here: any wait
+        for late microphone audio is part of the turn's `turn_to_voice`."""
+        released = self._clock()
         press = self.recorder.presses
         clock = self.sender_clock
         if clock is not None and self.recorder.listening and self.recorder.heard_rate in (0, clock.rate):
-            await clock.catch_up(lambda: self.recorder.heard_to, limit_s=RELEASE_WAIT_S, who=f"session {self.id[:8]}")
+            await clock.catch_up(self._heard_to, limit_s=RELEASE_WAIT_S, who=f"session {self.id[:8]}")
         if self.recorder.presses != press:
             return  # pressed again while waiting: that press dropped this utterance
         event = self.recorder.release(tail_s=RELEASE_TAIL_S)
         if event is None:
             return
-        await self._end_utterance(event, anchor=self._clock())
+        await self._end_utterance(event, TurnTimes(anchor=released, decided=released))
+
+    def _heard_to(self) -> int:
+        """Where the microphone audio on the tape ends, in the sender's timestamps; before the first
+        frame since the press, where the audio that had arrived by the press ended."""
+        heard = self.recorder.heard_to
+        return self._arrived_at_press if heard is None else heard
 
     async def send_text(self, text: Any) -> bool:
         """A typed message goes through the same pipeline, without ASR; False if it was refused (the
@@ -266,11 +352,11 @@ class Session:
         if not self._allow_turn():
             await self.notice("Too many turns in a minute; wait a moment and try again.", "warn")
             return False
-        frame, anchor = self.latest_frame, self._clock()
+        frame, sent = self.latest_frame, self._clock()
 
         async def typed() -> None:
             user = Entry(role="user", text=text, image=await self._image(frame))
-            await self._answer(user, self._reply_to(user), anchor=anchor, asr_s=None)
+            await self._answer(user, self._reply_to(user), TurnTimes(anchor=sent, decided=sent), asr_s=None)
 
         self._start_turn(typed)
         return True
@@ -341,9 +427,10 @@ class Session:
             user = Entry(role="user", text=words, image=await self._image(utterance.frame))
             return words, self._reply_to(user)
 
-        utterance.speculation = Speculation(until=until, task=asyncio.get_running_loop().create_task(work()))
+        task = asyncio.get_running_loop().create_task(work())
+        utterance.speculation = Speculation(until=until, task=task, transcript=text, began=self._clock())
 
-    async def _end_utterance(self, event: TurnEvent, *, anchor: float) -> None:
+    async def _end_utterance(self, event: TurnEvent, times: TurnTimes) -> None:
         """The recorder says the utterance is over: it becomes a turn, or (too little speech) nothing."""
         utterance, self._utterance = self._utterance, None
         if not self.recorder.hands_free:
@@ -365,14 +452,15 @@ class Session:
             await asyncio.sleep(RELEASE_TAIL_S)  # speech went on to the release: take the audio still arriving
             event = TurnEvent("end", self.recorder.tape.end, speech_s=event.speech_s)
         await self.interrupt(keep_utterance=True)
-        self._start_turn(lambda: self._spoken_turn(utterance, event.sample, anchor))
+        self._start_turn(lambda: self._spoken_turn(utterance, event.sample, times))
 
-    async def _spoken_turn(self, utterance: Utterance, end: int, anchor: float) -> None:
+    async def _spoken_turn(self, utterance: Utterance, end: int, times: TurnTimes) -> None:
         self._set_state("thinking")
         speculation = utterance.speculation
         try:
             async with asyncio.timeout(self.settings.limits.turn_timeout_s):
                 if speculation is not None and speculation.until >= end:
+                    times = replace(times, head_start=max(0.0, times.decided - speculation.began))
                     words, reply = await speculation.task
                 else:
                     if speculation is not None:
@@ -400,7 +488,7 @@ class Session:
         user = Entry(role="user", text=words, image=await self._image(utterance.frame))
         if reply is None:
             reply = self._reply_to(user)
-        await self._answer(user, reply, anchor=anchor, asr_s=utterance.asr_s)
+        await self._answer(user, reply, times, asr_s=utterance.asr_s)
 
     # -- the answer ---------------------------------------------------------------------------
 
@@ -437,7 +525,7 @@ class Session:
 
         self._turn = asyncio.get_running_loop().create_task(run())
 
-    async def _answer(self, user: Entry, reply: Reply, *, anchor: float, asr_s: float | None) -> None:
+    async def _answer(self, user: Entry, reply: Reply, times: TurnTimes, *, asr_s: float | None) -> None:
         """Show the user's words, then make the reply live and see it through (or its interruption)."""
         self.conversation.add(user)
         await self.emit("message", user.public())
@@ -445,10 +533,15 @@ class Session:
         await self.emit("message", answer.public())
         metrics = reply.metrics
         metrics.asr = asr_s
+        metrics.head_start = times.head_start
+        if times.spoke_until is not None:
+            metrics.end_of_turn = times.decided - times.spoke_until
         track = self.track
 
         def first_audio() -> None:
-            metrics.voice_to_voice = self._clock() - anchor
+            now = self._clock()
+            metrics.voice_to_voice = now - times.anchor
+            metrics.turn_to_voice = now - times.decided
             self._set_state("speaking")
 
         def playing(tag: Hashable) -> None:
@@ -471,7 +564,8 @@ class Session:
         try:
             limit = self.settings.limits.turn_timeout_s
             try:
-                async with asyncio.timeout_at(asyncio.get_running_loop().time() + max(0.0, anchor + limit - self._clock())):
+                left = max(0.0, times.decided + limit - self._clock())
+                async with asyncio.timeout_at(asyncio.get_running_loop().time() + left):
                     await reply.text_finished()
             except TimeoutError:
                 raise TurnTimeout(f"The answer took longer than {limit:g} seconds and was stopped. Please try again.") from None
@@ -529,6 +623,10 @@ class Session:
 
 class TurnTimeout(RuntimeError):
     """A turn ran past limits.turn_timeout_s; the message is for the page."""
+
+
+def _p(probability: float | None) -> str:
+    return "-" if probability is None else f"{probability:.2f}"
 
 
 def _sentence(text: str) -> str:

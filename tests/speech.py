@@ -16,7 +16,7 @@ import numpy as np
 from media.speech import resample, speak, trim
 from parley.types import OpusPacket
 
-__all__ = ["decode_opus", "resample", "speak", "trim", "write_wav"]
+__all__ = ["decode_opus", "resample", "speak", "split_at", "trim", "write_wav"]
 
 
 def write_wav(path: str | Path, audio: np.ndarray, rate: int) -> Path:
@@ -45,3 +45,15 @@ def decode_opus(packets: Iterable[OpusPacket | bytes]) -> np.ndarray:
                 pcm = pcm / float(-np.iinfo(pcm.dtype).min)
             chunks.append(pcm.astype(np.float32))
     return np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
+
+
+def split_at(first: str, rest: str, rate: int = 48000) -> tuple[np.ndarray, int]:
+    """`first rest` spoken as one sentence (hibari, trimmed), and the sample where `first` ends in
+    it: the quietest 10 ms near where `first` alone would end. Cutting there keeps the intonation of
+    a sentence that goes on (speaking `first` alone would end it like a finished sentence)."""
+    full = trim(speak(f"{first} {rest}", rate=rate))
+    alone = len(trim(speak(first, rate=rate)))
+    hop = rate // 100
+    energy = np.convolve(full**2, np.ones(hop) / hop, mode="same")
+    lo, hi = max(hop, alone - round(0.3 * rate)), min(len(full) - hop, alone + round(0.1 * rate))
+    return full, lo + int(np.argmin(energy[lo:hi:hop])) * hop

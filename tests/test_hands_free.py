@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from tests.client import ParleyClient
-from tests.speech import speak, trim
+from tests.speech import speak, split_at, trim
 
 pytestmark = pytest.mark.serve
 
@@ -136,3 +136,18 @@ async def test_after_an_interruption_the_llm_is_told_only_the_words_that_were_he
     finally:
         await client.close()
         await ingress.stop()
+
+
+async def test_a_thinking_pause_in_the_middle_of_a_question_does_not_end_the_turn(client: ParleyClient) -> None:
+    """ "Please tell me which ocean is ... the biggest one.", with a 1 s pause where the sentence
+    plainly goes on: one user message, not a turn cut off at the pause (the silence rule's 0.6 s
+    did that) and another made of the rest."""
+    full, cut = split_at("Please tell me which ocean is", "the biggest one.")
+    await asyncio.sleep(0.3)
+    await client.say(np.concatenate([full[:cut], np.zeros(48000, np.float32), full[cut:]]))
+    user = await client.wait_for(lambda: client.messages("user"), timeout=30)
+    await client.wait_for(lambda: answers(client, "done"), timeout=60)
+    await asyncio.sleep(1.0)  # a second turn made of the rest would have come by now
+    users = client.messages("user")
+    assert len(users) == 1, users
+    assert "ocean" in user[0]["text"].lower() and "biggest" in user[0]["text"].lower(), user
