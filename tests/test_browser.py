@@ -360,3 +360,40 @@ async def test_hands_free_talking_over_the_answer_interrupts_it_and_keeps_what_w
     user = page.locator('#chat [data-role="user"] .text').nth(1)
     await user.wait_for(timeout=30000)
     assert "capital" in (await user.text_content() or "").lower()
+
+
+# -- a microphone that sends nothing while it is silent -------------------------------------------
+
+async def test_a_release_with_a_microphone_silent_between_words_is_answered_without_waiting_for_audio(
+    serve_app, fake_media
+) -> None:
+    """Chromium's WebAudio microphone sends no packet while it is silent (as Opus DTX and some
+    headsets do): the release, 0.25 s after the last word, must not wait for audio that is not
+    coming. The wait used to take its full 2 s (RELEASE_WAIT_S) on every turn, and showed in no stage."""
+    from parley.session import RELEASE_WAIT_S
+    from tests.browser_mic import INIT_JS, encode
+    from tests.speech import trim
+
+    _, y4m, _ = fake_media
+    args = [a for a in chromium_args(Path("unused.wav"), y4m) if not a.startswith("--use-file-for-fake-audio")]
+    async with opened(serve_app.url, args, init_script=INIT_JS) as page:
+        await page.evaluate("(list) => window.__bench.load(list)", [encode(trim(speak(QUESTION, rate=48000)))])
+        await page.wait_for_function("window.__bench.hooked", timeout=10000)
+        for _ in range(2):  # the second turn comes after a silence of several seconds
+            seen = await page.evaluate("window.__bench.metrics.length")
+            await page.evaluate("document.activeElement && document.activeElement.blur()")
+            recordings = await page.evaluate("window.__bench.recording.length")
+            await page.keyboard.down("Space")
+            await page.wait_for_function(
+                "(n) => window.__bench.recording.slice(n).some((r) => r.active)", arg=recordings, timeout=5000
+            )
+            timing = await page.evaluate("([i, ms]) => window.__bench.turn(i, ms)", [0, 250])
+            await page.keyboard.up("Space")
+            assert timing["sentBetween"] == 0, f"this microphone sent {timing['sentBetween']} packets in silence"
+            await page.wait_for_function("(m) => window.__bench.metrics.length > m", arg=seen, timeout=90000)
+            metrics = (await page.evaluate("window.__bench.metrics"))[seen]
+            assert metrics["turn_to_voice"] < RELEASE_WAIT_S, metrics
+            user = page.locator('#chat [data-role="user"] .text').last
+            assert "capital" in (await user.text_content() or "").lower()
+            line = await page.locator('#chat [data-role="assistant"] .metrics').last.text_content() or ""
+            assert "reply " in line and "voice " in line, line
