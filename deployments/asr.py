@@ -133,7 +133,16 @@ class FasterWhisperBackend:
         padded = np.zeros((len(clips), mels, window), np.float32)
         for row, f in enumerate(features):
             padded[row, :, : min(f.shape[1], window)] = f[:, :window]
-        options: dict[str, Any] = {"max_length": self.model.max_length, "suppress_tokens": suppress, **self.generate_kwargs}
+        # Whisper tiny loops now and then on noisy audio ("How many legs ... How many legs ..." to its
+        # 448-token limit: 1-2 s on 2 cores, and a wrong transcript). Speech carries at most a few
+        # tokens a second, so a clip's words never need more than its length allows.
+        longest_s = max(clip.size for clip in clips) / SAMPLE_RATE
+        cap = len(prompt) + round(MAX_TOKENS_PER_S * longest_s) + TOKEN_MARGIN
+        options: dict[str, Any] = {
+            "max_length": min(self.model.max_length, cap),
+            "suppress_tokens": suppress,
+            **self.generate_kwargs,
+        }
         results = self.model.model.generate(
             ctranslate2.StorageView.from_array(padded),
             [prompt] * len(clips),
@@ -152,6 +161,11 @@ class FasterWhisperBackend:
             out.append(Transcript(text=text, language=self.config.language, audio_s=clip.size / SAMPLE_RATE))
         return out
 
+
+MAX_TOKENS_PER_S = 8
+"""More tokens than speech can carry (English runs at ~3-5 tokens a second; fast speech ~6)."""
+TOKEN_MARGIN = 16
+"""Tokens allowed on top, for a short clip's punctuation and a word cut in two."""
 
 WINDOW_MAX_S = 30
 DEFAULT_WINDOW_S = 10.0

@@ -49,6 +49,25 @@ async def test_asr_hears_a_spoken_question(asr: ASR) -> None:
     assert transcript.audio_s == pytest.approx(2.0, abs=1.0)
 
 
+def test_a_short_clip_cannot_loop_to_the_decoders_limit() -> None:
+    """Whisper tiny sometimes repeats itself on noisy audio up to its 448-token limit (1-2 s here):
+    a clip is given no more tokens than its length can carry."""
+    from deployments.asr import FasterWhisperBackend
+
+    backend = FasterWhisperBackend(ASRConfig())
+    seen: list[int] = []
+    generate = backend.model.model.generate
+
+    def spy(*args: object, **options: object) -> object:
+        seen.append(int(options["max_length"]))  # type: ignore[call-overload]
+        return generate(*args, **options)
+
+    backend.model.model = type("Spy", (), {"generate": staticmethod(spy)})()  # type: ignore[assignment]
+    text = backend.transcribe_batch([speak("What is the capital of France?")])[0].text
+    assert "capital" in words(text), text
+    assert seen and seen[0] < 60, f"a 2 s clip may run to {seen[0]} tokens"
+
+
 @pytest.mark.parametrize(
     "audio",
     [np.zeros(16000, np.int16), np.zeros(16000, np.float64), np.zeros((2, 16000), np.float32), np.zeros(0, np.float32)],
