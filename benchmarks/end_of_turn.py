@@ -1,7 +1,7 @@
 """End of turn: how often a thinking pause is taken for the end, and how soon a finished question is.
 
 Makes spoken utterances at run time with the voices on this machine (hibari, and espeak-ng's
-en-us and en-gb voices): for each of 30+ questions, the question spoken straight through
+en-us and en-gb voices): for each of 40 questions (8 of them short: "What do bees make?"), the question spoken straight through
 ("complete"), and the same recording cut at an unfinished point ("Please tell me which ocean is
 ...") with a thinking pause of 0.5-1.5 s before the rest ("paused"). The cut is made inside the
 whole sentence's audio, at its quietest moment near the word boundary, so the words before the
@@ -18,7 +18,7 @@ complete utterances judged unfinished (they wait for `max_silence_s`), and the m
 from the end of a complete utterance's speech to the decision (the recorder's clock, plus the
 model's own time measured here). Also the model's cost per decision on this machine (one thread).
 
-    .venv/bin/python benchmarks/end_of_turn.py              # 30 questions x 3 voices x 2 = 180 utterances
+    .venv/bin/python benchmarks/end_of_turn.py              # 40 questions x 3 voices x 2 = 240 utterances
     .venv/bin/python benchmarks/end_of_turn.py --voices hibari --json eot.json
 """
 
@@ -90,6 +90,15 @@ QUESTIONS: list[tuple[str, str]] = [
     ("Who painted the", "Mona Lisa?"),
     ("When did the first", "computer get built?"),
     ("What makes the", "ocean salty?"),
+    # short questions, the kind a person asks most
+    ("What do", "bees make?"),
+    ("Name a color", "of the sky."),
+    ("How many legs does a", "dog have?"),
+    ("What is the capital", "of France?"),
+    ("Who wrote", "Romeo and Juliet?"),
+    ("What is two", "plus two?"),
+    ("Where do", "penguins live?"),
+    ("Why is the", "grass green?"),
 ]
 
 VOICES = {
@@ -261,7 +270,7 @@ class Rule:
             else:
                 settings = self.judge.settings
                 text = pause.text if "text" in self.uses else None
-                heard = text is None or settings.text_maybe <= text < settings.text_finished
+                heard = text is None or settings.text_unfinished <= text < settings.text_finished
                 sound = pause.sound if "sound" in self.uses and heard else None
                 ready = PAUSE_SEEN_S + (pause.asr_s + pause.text_s if text is not None else 0.0)
                 ready += pause.sound_s if sound is not None else 0.0

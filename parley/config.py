@@ -276,38 +276,41 @@ class TurnConfig(_Section):
     )
     end_of_turn: Literal["model", "silence"] = Field(
         default="model",
-        description="Hands-free: how the end of a turn is decided. 'model': at each pause two small models judge the "
-        "speech so far: how finished its transcript reads (SmolLM2-135M) and, when that does not decide, how finished "
-        "it sounds (Smart Turn v3.2, from the pipecat-ai wheel). Reads finished ends the turn after quiet_s of silence, "
-        "sounds finished and may read finished after unsure_silence_s, anything else after max_silence_s. 'silence': "
-        "end_silence_s of silence alone. With neither model loadable, 'model' falls back to 'silence' (a log line, a "
-        "notice in the page).",
+        description="Hands-free: how the end of a turn is decided. 'model': at each pause the turn judge reads the "
+        "transcript made there (SmolLM2-135M: how likely the message ends there) and, when that does not settle it, "
+        "hears the speech (Smart Turn v3.2, from the pipecat-ai wheel). Finished ends the turn after quiet_s of silence; "
+        "a thinking pause only after max_silence_s. 'silence': end_silence_s of silence alone. With neither model "
+        "loadable, 'model' falls back to 'silence' (a log line, a notice in the page).",
     )
     end_silence_s: float = Field(
         default=0.6, gt=0, description="Hands-free, silence rule: the silence after speech that ends the user's turn."
     )
     quiet_s: float = Field(
-        default=0.2, gt=0, description="Hands-free, turn models: the silence that ends a turn they judged finished."
+        default=0.2, gt=0, description="Hands-free, turn judge: the silence that ends a turn it judged finished."
     )
     unsure_silence_s: float = Field(
         default=0.8,
         gt=0,
-        description="Hands-free, turn models: silence that ends a turn that sounds finished and may read finished.",
+        description="Hands-free, turn judge without its sound model: the silence that ends a turn whose transcript "
+        "reads neither finished nor unfinished.",
     )
     max_silence_s: float = Field(
         default=2.0,
         gt=0,
-        description="Hands-free, turn models: silence that ends a turn they judged unfinished (a thinking pause longer "
+        description="Hands-free, turn judge: the silence that ends a turn it judged a thinking pause (a pause longer "
         "than this is taken for the end).",
     )
     text_finished: float = Field(
-        default=0.5, gt=0, lt=1, description="Hands-free: a transcript this likely to be a whole message ends the turn at once."
+        default=0.4, gt=0, lt=1, description="Hands-free: a transcript at least this likely to be a whole message is finished."
     )
-    text_maybe: float = Field(
-        default=0.15, gt=0, lt=1, description="Hands-free: a transcript at least this likely may be whole (see unsure_silence_s)."
+    text_unfinished: float = Field(
+        default=0.1, gt=0, lt=1, description="Hands-free: a transcript less likely than this to be whole is a thinking pause."
     )
     sound_finished: float = Field(
-        default=0.5, gt=0, lt=1, description="Hands-free: speech at least this likely to sound finished (Smart Turn)."
+        default=0.7,
+        gt=0,
+        lt=1,
+        description="Hands-free: between those, speech at least this likely to sound finished (Smart Turn) is finished.",
     )
     min_speech_s: float = Field(
         default=0.25, ge=0, description="Less speech than this in a turn (a cough, a click, a lone 'uh') is not a turn."
@@ -355,6 +358,8 @@ class TurnConfig(_Section):
             raise ValueError("vad_end_threshold must not be above vad_threshold")
         if not self.quiet_s <= self.unsure_silence_s <= self.max_silence_s:
             raise ValueError("quiet_s <= unsure_silence_s <= max_silence_s must hold")
+        if self.text_unfinished > self.text_finished:
+            raise ValueError("text_unfinished must not be above text_finished")
         return self
 
 

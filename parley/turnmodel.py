@@ -176,35 +176,39 @@ class Verdict:
 class JudgeSettings:
     """The rule's numbers (TurnConfig carries them; benchmarks/end_of_turn.py measured them)."""
 
-    unsure_silence_s: float = 0.8
     max_silence_s: float = 2.0
-    text_finished: float = 0.5
-    text_maybe: float = 0.15
-    sound_finished: float = 0.5
+    unsure_silence_s: float = 0.8
+    text_finished: float = 0.4
+    text_unfinished: float = 0.1
+    sound_finished: float = 0.7
 
     @classmethod
     def of(cls, turn: TurnConfig) -> JudgeSettings:
         return cls(
-            unsure_silence_s=turn.unsure_silence_s,
             max_silence_s=turn.max_silence_s,
+            unsure_silence_s=turn.unsure_silence_s,
             text_finished=turn.text_finished,
-            text_maybe=turn.text_maybe,
+            text_unfinished=turn.text_unfinished,
             sound_finished=turn.sound_finished,
         )
 
 
 class TurnJudge:
-    """Whether a turn that has gone quiet is over, from how it reads and how it sounds.
+    """Whether a turn that has paused is over, from how it reads and, if that does not settle it,
+    how it sounds. Its answer is a wait: 0 (over once `quiet_s` has passed) or `max_silence_s`
+    (a thinking pause; only a long silence ends it).
+
+    - It reads finished (text >= `text_finished`): over.
+    - It reads plainly unfinished (text < `text_unfinished`: "which ocean is", "what is the"): a
+      thinking pause.
+    - In between, the sound decides: finished (sound >= `sound_finished`) or a thinking pause.
 
     Each model alone is wrong too often at a thinking pause (benchmarks/end_of_turn.py): the sound
     model misses unfinished intonation in flat voices, and the text model is misled when the
-    transcript of the words so far happens to be a whole sentence ("What should I pack for it?").
-    So the answer is a wait, not a yes or no:
-    - it reads finished (text >= `text_finished`): the turn is over now;
-    - it sounds finished and may read finished (sound >= `sound_finished`, text >= `text_maybe`):
-      over after `unsure_silence_s` of silence;
-    - otherwise the speaker is taken to be thinking: over after `max_silence_s`.
-    A model that is missing (or a transcript that is) leaves the other to decide alone.
+    transcript of the words so far happens to be a whole sentence ("What should I pack for it?"),
+    and underrates short questions ("What do bees make" might go on "... of it"). Without the sound
+    model, the middle waits `unsure_silence_s`; without a transcript (or the text model), the sound
+    decides alone.
     """
 
     def __init__(self, sound: SoundModel | None, text: TextModel | None, settings: JudgeSettings | None = None) -> None:
@@ -217,24 +221,25 @@ class TurnJudge:
     def judge(self, audio: np.ndarray, transcript: str | None) -> Verdict:
         """`audio`: the utterance up to where its speech stopped (16 kHz float32 mono);
         `transcript`: its words, if known. The transcript is read first; the sound model runs only
-        when the reading does not decide (it reads neither finished nor unfinished), as it costs
-        more. Blocks (the models' time): call it off the event loop."""
+        when the reading does not decide, as it costs more. Blocks (the models' time): call it off
+        the event loop."""
         s = self.settings
         text = self.text.complete_probability(transcript) if self.text is not None and transcript else None
-        needs_sound = text is None or s.text_maybe <= text < s.text_finished
+        needs_sound = text is None or s.text_unfinished <= text < s.text_finished
         sound = self.sound.complete_probability(audio) if self.sound is not None and needs_sound else None
         return Verdict(wait_s=self.wait_s(sound, text), sound=sound, text=text)
 
     def wait_s(self, sound: float | None, text: float | None) -> float:
-        """The rule: how much silence ends the turn, given each model's probability (None: not asked)."""
+        """The rule: how much silence ends the turn (0: `quiet_s`), given each model's probability
+        of "finished" (None: not asked, or no such model)."""
         s = self.settings
-        if sound is None and text is None:
-            return s.max_silence_s
-        if (text >= s.text_finished) if text is not None else (sound is not None and sound >= s.sound_finished):
+        if text is not None and text >= s.text_finished:
             return 0.0
-        if (sound is None or sound >= s.sound_finished) and (text is None or text >= s.text_maybe):
-            return s.unsure_silence_s
-        return s.max_silence_s
+        if text is not None and text < s.text_unfinished:
+            return s.max_silence_s
+        if sound is None:
+            return s.max_silence_s if text is None else s.unsure_silence_s
+        return 0.0 if sound >= s.sound_finished else s.max_silence_s
 
 
 def text_model_path() -> Path:

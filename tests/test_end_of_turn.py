@@ -41,7 +41,7 @@ class Judged:
 
 def judge_of(sound: float | None, text: float | None) -> TurnJudge:
     return TurnJudge(
-        Judged(sound) if sound is not None else None,  # type: ignore[arg-type]
+        Judged(sound) if sound is not None else Judged(0.5) if text is None else None,  # type: ignore[arg-type]
         Judged(text) if text is not None else None,  # type: ignore[arg-type]
         JudgeSettings(),
     )
@@ -50,19 +50,35 @@ def judge_of(sound: float | None, text: float | None) -> TurnJudge:
 @pytest.mark.parametrize(
     ("sound", "text", "wait"),
     [
-        (0.9, 0.9, 0.0),  # reads finished, sounds finished: over now
+        (0.9, 0.9, 0.0),  # reads finished: over (after quiet_s)
         (0.1, 0.9, 0.0),  # reads finished: a flat voice does not hold it back
-        (0.9, 0.3, 0.8),  # sounds finished, may read finished: a little more silence
-        (0.9, 0.01, 2.0),  # reads unfinished ("which ocean is"): a thinking pause
-        (0.1, 0.3, 2.0),  # neither sounds nor reads finished
+        (0.9, 0.01, 2.0),  # reads plainly unfinished ("which ocean is"): a thinking pause, however it sounds
+        (0.9, 0.2, 0.0),  # reads either way ("What do bees make" may go on): sounds finished, so over
+        (0.3, 0.2, 2.0),  # reads either way and does not sound finished: a thinking pause
         (0.9, None, 0.0),  # no transcript: the sound decides
         (0.1, None, 2.0),
-        (None, 0.3, 0.8),  # no sound model: the text decides alone
+        (None, 0.2, 0.8),  # no sound model: the middle waits a little
+        (None, 0.05, 2.0),
     ],
 )
 def test_the_rule_turns_two_verdicts_into_a_wait(sound: float | None, text: float | None, wait: float) -> None:
-    judge = judge_of(0.5 if sound is None else sound, text) if sound is not None else judge_of(None, text)
+    judge = judge_of(sound, text) if sound is not None else judge_of(None, text)
     assert judge.wait_s(sound, text) == wait
+
+
+def test_the_sound_model_is_asked_only_when_the_reading_does_not_decide() -> None:
+    asked: list[object] = []
+
+    class Counted(Judged):
+        def complete_probability(self, audio: object) -> float:
+            asked.append(audio)
+            return self.probability
+
+    for text, wanted in ((0.9, 0), (0.01, 0), (0.2, 1)):
+        asked.clear()
+        judge = TurnJudge(Counted(0.9), Judged(text), JudgeSettings())  # type: ignore[arg-type]
+        judge.judge(np.zeros(16000, np.float32), "some words")
+        assert len(asked) == wanted, (text, asked)
 
 
 def test_a_judge_needs_a_model() -> None:
@@ -182,7 +198,9 @@ def test_the_real_models_tell_a_finished_question_from_a_thinking_pause() -> Non
     whole, part = Verdict(*verdicts["whole"]), Verdict(*verdicts["part"])
     assert whole.wait_s == 0.0, f"the whole question is over at once: {whole}"
     assert part.wait_s == TurnConfig().max_silence_s, f"the words before the pause are a thinking pause: {part}"
-    assert part.text is not None and whole.text is not None and part.text < 0.05 < 0.5 < whole.text
+    settings = JudgeSettings()
+    assert part.text is not None and whole.text is not None
+    assert part.text < settings.text_unfinished and whole.text >= settings.text_finished, (part, whole)
 
 
 async def test_with_no_turn_model_hands_free_falls_back_to_silence_and_the_page_is_told(
