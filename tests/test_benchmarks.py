@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 
@@ -42,6 +43,42 @@ def test_voice_to_voice_prints_the_first_turn_ratio(serve_app) -> None:
     assert "release -> first audio heard (client)" in done.stdout and "p95 ms" in done.stdout, done.stdout
     ratio = next(line for line in done.stdout.splitlines() if line.startswith("first turn after start:"))
     assert "first-turn ratio" in ratio, ratio
+
+
+def test_end_of_turn_smoke_run_reports_every_rule(tmp_path) -> None:
+    import json
+
+    out = tmp_path / "eot.json"
+    done = subprocess.run(
+        [sys.executable, "benchmarks/end_of_turn.py", "--voices", "hibari", "--questions", "2", "--json", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    rules = [r["rule"] for r in json.loads(out.read_text())["rules"]]
+    assert rules[0].startswith("silence") and any(r.startswith("Parley") for r in rules), rules
+    assert "per decision" in done.stdout, done.stdout
+
+
+@pytest.mark.serve
+@pytest.mark.browser
+@needs_loopback
+@pytest.mark.skipif(not shutil.which("chromium"), reason="Debian chromium is not installed")
+def test_browser_voice_runs_both_modes_with_a_microphone_silent_between_words(serve_app) -> None:
+    for mode in ("push-to-talk", "hands-free"):
+        done = subprocess.run(
+            [sys.executable, "benchmarks/browser_voice.py", "--url", serve_app.url, "--turns", "1", "--mode", mode],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        start = "release" if mode == "push-to-talk" else "end of question"
+        assert f"{start} -> first audio heard" in done.stdout, done.stdout
+        assert "0 packets sent after the last word" in done.stdout, done.stdout
 
 
 SOAK = ["--turn-every", "15", "--sample", "5", "--json"]
