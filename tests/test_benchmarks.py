@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -78,7 +79,8 @@ def test_browser_voice_runs_both_modes_with_a_microphone_silent_between_words(se
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
         start = "release" if mode == "push-to-talk" else "end of question"
         assert f"{start} -> first audio heard" in done.stdout, done.stdout
-        assert "0 packets sent after the last word" in done.stdout, done.stdout
+        sent = [int(m) for m in re.findall(r"(\d+) packets sent after the last word", done.stdout)]
+        assert sent and max(sent) <= 3, done.stdout  # a microphone that kept sending: ~11 in 0.23 s
 
 
 SOAK = ["--turn-every", "15", "--sample", "5", "--json"]

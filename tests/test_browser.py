@@ -389,7 +389,9 @@ async def test_a_release_with_a_microphone_silent_between_words_is_answered_with
             )
             timing = await page.evaluate("([i, ms]) => window.__bench.turn(i, ms)", [0, 250])
             await page.keyboard.up("Space")
-            assert timing["sentBetween"] == 0, f"this microphone sent {timing['sentBetween']} packets in silence"
+            # A microphone that kept sending would send ~11 packets in the 0.23 s measured; the
+            # last packet of the speech itself may leave just after the 20 ms allowed for it.
+            assert timing["sentBetween"] <= 3, f"this microphone sent {timing['sentBetween']} packets in silence"
             await page.wait_for_function("(m) => window.__bench.metrics.length > m", arg=seen, timeout=90000)
             metrics = (await page.evaluate("window.__bench.metrics"))[seen]
             assert metrics["turn_to_voice"] < RELEASE_WAIT_S, metrics
