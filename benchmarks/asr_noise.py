@@ -43,11 +43,8 @@ import json
 import re
 import shutil
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
-import wave
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -59,7 +56,7 @@ import numpy as np  # noqa: E402
 from deployments.asr import SAMPLE_RATE, FasterWhisperBackend  # noqa: E402
 from media.denoise import Denoiser, denoise  # noqa: E402
 from media.opus import RTP_CLOCK_HZ, OpusEncoder, decode_opus_frames  # noqa: E402
-from media.speech import resample, speak, trim  # noqa: E402
+from media.speech import brown_noise, espeak, resample, speak, trim  # noqa: E402
 from parley.config import ASRConfig  # noqa: E402
 from parley.local_models import LocalModelMissing  # noqa: E402
 
@@ -119,8 +116,6 @@ WARM_S = 2.0
 """Stream the warm suppressor hears before the clip."""
 CHUNK = SAMPLE_RATE // 50
 """20 ms: the microphone's packets, in which the suppressor is fed when its cost is timed."""
-BROWN_CORNER_HZ = 15.0
-"""Below this the brown noise stops rising (a leaky integrator, as tests/browser_mic.py's), so it does not drift."""
 OPUS_DELAY = 312
 """Samples at 48 kHz libopus's encoder delays its stream by (its lookahead; the decoder here does not skip them)."""
 CONDITIONS = {"clean": None, "-38 dBFS": -38.0, "-30 dBFS": -30.0}
@@ -205,29 +200,6 @@ def wer(pairs: list[tuple[str, str]]) -> float:
 # --- audio ---------------------------------------------------------------------------------------
 
 
-def espeak(text: str, voice: str, folder: Path) -> np.ndarray:
-    """`text` said by espeak-ng's `voice`, float32 mono at 16 kHz scaled to PEAK."""
-    path = folder / "espeak.wav"
-    subprocess.run(["espeak-ng", "-v", voice, "-w", str(path), text], check=True, capture_output=True)
-    with wave.open(str(path)) as w:
-        rate, pcm = w.getframerate(), np.frombuffer(w.readframes(w.getnframes()), "<i2")
-    audio = pcm.astype(np.float32) / 32768.0
-    audio *= np.float32(PEAK / max(float(np.abs(audio).max()), 1e-6))
-    return resample(audio, rate, SAMPLE_RATE)
-
-
-def brown_noise(samples: int, dbfs: float, seed: int | list[int]) -> np.ndarray:
-    """Brown noise: white noise integrated (1/f in amplitude) with a corner at BROWN_CORNER_HZ, at `dbfs` RMS."""
-    rng = np.random.default_rng(seed)
-    spectrum = np.fft.rfft(rng.standard_normal(samples))
-    f = np.fft.rfftfreq(samples, 1 / SAMPLE_RATE)
-    spectrum *= 1 / (BROWN_CORNER_HZ + 1j * f)  # a leaky integrator's response
-    spectrum[0] = 0
-    noise = np.fft.irfft(spectrum, samples)
-    noise *= 10 ** (dbfs / 20) / np.sqrt(np.mean(noise**2))
-    return noise.astype(np.float32)
-
-
 @dataclass
 class Clip:
     sentence: str
@@ -249,26 +221,25 @@ def opus_round_trip(audio: np.ndarray, bitrate: int) -> np.ndarray:
 
 def make_clips(sentences: list[str], voices: list[str], verbose: bool, opus_bitrate: int = 0) -> list[Clip]:
     clips = []
-    with tempfile.TemporaryDirectory() as folder:
-        for i, sentence in enumerate(sentences):
-            for voice in voices:
-                espeak_voice = VOICES[voice]
-                speech = trim(speak(sentence) if espeak_voice is None else espeak(sentence, espeak_voice, Path(folder)))
-                pad = np.zeros(round(PAD_S * SAMPLE_RATE), np.float32)
-                dry = np.concatenate([pad, speech, pad])
-                lead_n = round(WARM_S * SAMPLE_RATE)
-                for condition, dbfs in CONDITIONS.items():
-                    if dbfs is None:
-                        stream = np.zeros(lead_n + dry.size, np.float32)
-                    else:
-                        stream = brown_noise(lead_n + dry.size, dbfs, seed=[i, list(VOICES).index(voice), int(-dbfs)])
-                    stream[lead_n:] += dry
-                    if opus_bitrate:
-                        stream = opus_round_trip(stream, opus_bitrate)
-                    stream = np.clip(stream, -1, 1).astype(np.float32)
-                    clips.append(Clip(sentence, voice, condition, stream[lead_n:], stream[:lead_n]))
-            if verbose or (i + 1) % 10 == 0 or i + 1 == len(sentences):
-                print(f"  speech made: {i + 1}/{len(sentences)} sentences", flush=True)
+    for i, sentence in enumerate(sentences):
+        for voice in voices:
+            espeak_voice = VOICES[voice]
+            speech = trim(speak(sentence) if espeak_voice is None else espeak(sentence, SAMPLE_RATE, espeak_voice, PEAK))
+            pad = np.zeros(round(PAD_S * SAMPLE_RATE), np.float32)
+            dry = np.concatenate([pad, speech, pad])
+            lead_n = round(WARM_S * SAMPLE_RATE)
+            for condition, dbfs in CONDITIONS.items():
+                if dbfs is None:
+                    stream = np.zeros(lead_n + dry.size, np.float32)
+                else:
+                    stream = brown_noise(lead_n + dry.size, dbfs, seed=[i, list(VOICES).index(voice), int(-dbfs)])
+                stream[lead_n:] += dry
+                if opus_bitrate:
+                    stream = opus_round_trip(stream, opus_bitrate)
+                stream = np.clip(stream, -1, 1).astype(np.float32)
+                clips.append(Clip(sentence, voice, condition, stream[lead_n:], stream[:lead_n]))
+        if verbose or (i + 1) % 10 == 0 or i + 1 == len(sentences):
+            print(f"  speech made: {i + 1}/{len(sentences)} sentences", flush=True)
     return clips
 
 

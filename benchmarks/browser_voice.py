@@ -260,7 +260,8 @@ def show_turn(i: int, turn: Turn) -> None:
     stages = " ".join(f"{k}={v:.0f}" for k, v in turn.stages.items())
     print(
         f"turn {i}: first audio heard {heard} | server ms: {stages} | "
-        f"{turn.sent_between} packets sent after the last word, heard seen {turn.poll_lag_ms:.0f} ms after onset",
+        f"{turn.sent_between} packets sent after the last word, release {turn.release_late_ms:+.1f} ms late, "
+        f"heard seen {turn.poll_lag_ms:.0f} ms after onset",
         flush=True,
     )
     print(f"        {turn.transcript.strip()!r} -> {turn.answer.strip()[:90]!r}", flush=True)
@@ -305,7 +306,7 @@ def say(text: str, voice: str) -> np.ndarray:
     if voice == "espeak":
         from media.speech import espeak
 
-        return trim(espeak(text, rate=RATE))
+        return trim(espeak(text, rate=RATE, speed=165))
     return trim(speak(text, rate=RATE))
 
 

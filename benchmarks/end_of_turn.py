@@ -45,7 +45,6 @@ from parley.config import ASRConfig, TurnConfig  # noqa: E402
 from parley.recorder import Recorder  # noqa: E402
 from parley.turnmodel import (  # noqa: E402
     SOUND_TAIL,
-    JudgeSettings,
     ModelMissing,
     TurnJudge,
     load_sound_model,
@@ -103,7 +102,7 @@ QUESTIONS: list[tuple[str, str]] = [
 
 VOICES = {
     "hibari": lambda text: speak(text, rate=MIC_RATE),
-    "espeak-us": lambda text: espeak(text, rate=MIC_RATE, voice="en-us"),
+    "espeak-us": lambda text: espeak(text, rate=MIC_RATE, voice="en-us", speed=165),
     "espeak-gb": lambda text: espeak(text, rate=MIC_RATE, voice="en-gb+m3", speed=150),
 }
 
@@ -336,7 +335,7 @@ def main() -> None:
     if isinstance(sound, ModelMissing) or isinstance(text, ModelMissing):
         print(f"a turn model could not load ({sound}, {text}): only the silence rule is measured")
     else:
-        judge = TurnJudge(sound, text, JudgeSettings.of(TurnConfig()))
+        judge = TurnJudge(sound, text, TurnConfig())
     asr_config = ASRConfig(model=args.asr_model, language="en") if args.asr_model else ASRConfig()
     asr = FasterWhisperBackend(asr_config) if judge is not None else None
     began = time.monotonic()

@@ -101,7 +101,9 @@ class ServeMeter(Meter):
     def __init__(self) -> None:
         self._stages = {
             stage: serve.metrics.Histogram(
-                f"parley_{stage}_seconds", description=f"Per-turn {stage} latency (seconds).", boundaries=_BOUNDARIES
+                f"parley_{stage}_seconds",
+                description=f"Per-turn {stage} in seconds (defined in parley/metrics.py).",
+                boundaries=_BOUNDARIES,
             )
             for stage in STAGES
         }

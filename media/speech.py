@@ -1,5 +1,5 @@
-"""Speech made on demand by hibari's bundled voice (and, for a second voice, Debian's espeak-ng):
-questions for the load client, the benchmarks and the tests.
+"""Speech made on demand by hibari's bundled voice (and, for a second voice, Debian's espeak-ng),
+and a fan-like noise to put under it: questions for the load client, the benchmarks and the tests.
 
 Invariant: every array returned is 1-D float32 mono in [-1, 1] at the rate the caller names, and
 the same text always gives the same samples (a fixed seed; espeak-ng is deterministic).
@@ -49,16 +49,27 @@ def trim(audio: np.ndarray, floor: float = 0.01) -> np.ndarray:
     return audio[loud[0] : loud[-1] + 1] if loud.size else audio[:0]
 
 
-def espeak(text: str, rate: int = 16000, voice: str = "en-us", peak: float = 0.7, speed: int = 165) -> np.ndarray:
+def espeak(text: str, rate: int = 16000, voice: str = "en-us", peak: float = 0.7, speed: int | None = None) -> np.ndarray:
     """`text` spoken by espeak-ng (Debian's `espeak-ng`), float32 mono at `rate`, scaled to `peak`
     like `speak`. `voice` is an espeak-ng voice (`en-us`, `en-gb+m3`, `en-us+f2`, ...); `speed` in
-    words a minute. FileNotFoundError if espeak-ng is not installed."""
+    words a minute (None: espeak-ng's own, 175). FileNotFoundError if espeak-ng is not installed."""
     binary = shutil.which("espeak-ng")
     if binary is None:
         raise FileNotFoundError("espeak-ng is not installed (apt install espeak-ng)")
-    out = subprocess.run([binary, "-v", voice, "-s", str(speed), "--stdout", text], capture_output=True, check=True, timeout=30)
+    pace = ["-s", str(speed)] if speed is not None else []
+    out = subprocess.run([binary, "-v", voice, *pace, "--stdout", text], capture_output=True, check=True, timeout=30)
     with wave.open(io.BytesIO(out.stdout)) as w:
         native = w.getframerate()
         pcm = np.frombuffer(w.readframes(w.getnframes()), "<i2").astype(np.float32) / 32768.0
     pcm = pcm * np.float32(peak / max(float(np.abs(pcm).max()), 1e-6))
     return resample(pcm, native, rate)
+
+
+def brown_noise(samples: int, dbfs: float, seed: int | list[int] = 0, rate: int = 16000) -> np.ndarray:
+    """A fan-like noise floor: white noise through a leaky integrator (1/f in amplitude above a
+    15 Hz corner, so it does not drift), float32 at `dbfs` RMS; the same seed gives the same noise."""
+    spectrum = np.fft.rfft(np.random.default_rng(seed).standard_normal(samples))
+    spectrum *= 1 / (15.0 + 1j * np.fft.rfftfreq(samples, 1 / rate))
+    spectrum[0] = 0
+    noise = np.fft.irfft(spectrum, samples)
+    return (noise * 10 ** (dbfs / 20) / np.sqrt(np.mean(noise**2))).astype(np.float32)

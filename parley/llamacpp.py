@@ -1,5 +1,6 @@
-"""Loading llama.cpp (llama-cpp-python) safely on any x86-64 CPU: shared by the LLM deployment
-and the ingress's turn model.
+"""llama.cpp (llama-cpp-python) where Parley needs more than its public API: loading safely on any
+x86-64 CPU, and reading the logits of the last token evaluated. Shared by the LLM deployment and
+the ingress's turn model; written against llama-cpp-python 0.3.36 (pinned in requirements.txt).
 
 Invariant: a model loaded inside `no_amx_repacking` never uses llama.cpp's AMX weight repacking,
 which crashes on the first decode when a llama.cpp built with -march=native meets a CPU with AMX.
@@ -11,6 +12,8 @@ import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
+
+import numpy as np
 
 log = logging.getLogger("parley.llamacpp")
 
@@ -53,3 +56,16 @@ def no_amx_repacking(llama_cpp: Any) -> Iterator[None]:
         yield
     finally:
         low.llama_model_default_params = default
+
+
+def last_logits(llama: Any) -> np.ndarray:
+    """The logits after the last token `llama.eval` took: float32, one per vocabulary entry.
+
+    llama-cpp-python 0.3 keeps no logits unless the model was made with `logits_all`, which keeps a
+    vocabulary-sized row for every token of the context (100 MB for SmolLM2 at 512 tokens); llama.cpp
+    itself keeps the last row. The context handle that reaches it is private to llama-cpp-python,
+    hence this one place."""
+    import llama_cpp
+
+    pointer = llama_cpp.llama_get_logits_ith(llama._ctx.ctx, -1)
+    return np.ctypeslib.as_array(pointer, shape=(llama.n_vocab(),)).copy()

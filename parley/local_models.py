@@ -55,14 +55,20 @@ class LocalModel:
         return target
 
 
-def _package_file(module: str, rel: str, model: LocalModel | LocalWhisper) -> Path:
+def package_file(module: str, rel: str, *, label: str, install: str) -> Path:
+    """The file `rel` inside the installed package `module`, found without importing it. Raises
+    LocalModelMissing, naming `label` and the `install` command, when either is missing."""
     spec = importlib.util.find_spec(module)
     if spec is None or not spec.submodule_search_locations:
-        raise LocalModelMissing(f"the local model {model.label} is not installed: {model.install}")
+        raise LocalModelMissing(f"the local model {label} is not installed: {install}")
     path = Path(next(iter(spec.submodule_search_locations))) / rel
     if not path.is_file():
-        raise LocalModelMissing(f"the package {module} has no {rel}; reinstall it: {model.install}")
+        raise LocalModelMissing(f"the package {module} has no {rel}; reinstall it: {install}")
     return path
+
+
+def _package_file(module: str, rel: str, model: LocalModel | LocalWhisper) -> Path:
+    return package_file(module, rel, label=model.label, install=model.install)
 
 
 def _join(pieces: list[Path], target: Path, sha256: str | None) -> None:

@@ -11,8 +11,9 @@ Invariant: every stage time comes from one monotonic clock and is defined here:
   reaches the server, so a wait for late microphone audio is inside), at the end of speech
   (hands-free: when the last speech audio reached the server, so the end-of-turn delay is inside),
   or when the typed message reaches the server.
-- end_of_turn (hands-free only): end of speech (as above) -> the end-of-turn decision (the turn
-  model's verdict, or the silence limit). In push-to-talk the user decides, so it is not measured.
+- end_of_turn (hands-free only): end of speech (as above) -> the end-of-turn decision (the
+  silence the turn judge gave the pause has passed, or the silence limit). In push-to-talk the
+  user decides, so it is not measured.
 - turn_to_voice: the server learns the turn is over (the release event arrives, the end-of-turn
   decision is made, or the typed message arrives) -> first speech packet of the answer leaves the
   pacing track. It holds everything the server does after the turn: waiting for late audio, the

@@ -11,10 +11,10 @@ Invariants:
   utterance is open `fill_silence` lays down silence for time in which no frame came at all, so
   an utterance always ends even when its audio stops arriving.
 - An utterance lasts from its start (key down, or speech in hands-free, with `PREROLL_S` before
-  it) to its `end` event: the key coming up, `end_silence_s` of silence in hands-free, the session
-  judging how much silence ends it at a pause (`limit_pause`), or the recording limit. `pause`/`resume`
-  mark the pauses inside it; `speech` fires
-  once, when it has had `barge_in_min_s` of speech. Nothing before the utterance is kept on the tape but the
+  it) to its `end` event: the key coming up, `end_silence_s` of silence in hands-free (or, at a
+  pause the session judged, the silence it gave in `limit_pause`), or the recording limit.
+  `pause`/`resume` mark the pauses inside it; `speech` fires once, when it has had
+  `barge_in_min_s` of speech. Nothing before the utterance is kept on the tape but the
   preroll, so memory is bounded by the recording limit.
 """
 
@@ -188,12 +188,15 @@ class Recorder:
             return 0
         return pts - expected
 
-    def fill_silence(self, *, sender_stopped: bool = False) -> list[TurnEvent]:
+    def fill_silence(self, sender_stopped: Callable[[], bool] = lambda: False) -> list[TurnEvent]:
         """While an utterance is open and no frame has come for a while, that time was silent:
-        lay it down, so the utterance can end. `sender_stopped`: the sender has stopped sending and
-        all it sent is on the tape, so the wait is shorter. Returns the events that completes."""
+        lay it down, so the utterance can end. `sender_stopped()`: the sender has stopped sending
+        and all it sent is on the tape, so the wait is shorter (asked only when it matters).
+        Returns the events that completes."""
         quiet = self._clock() - self._wall_end
-        if self.utterance is None or not self.listening or quiet < (FILL_STOPPED_S if sender_stopped else FILL_AFTER_S):
+        if self.utterance is None or not self.listening or quiet < FILL_STOPPED_S:
+            return []
+        if quiet < FILL_AFTER_S and not sender_stopped():
             return []
         samples = round(quiet * self._rate)
         if self._next_pts is not None:

@@ -72,10 +72,8 @@ class MicrophoneBuffer(JitterBuffer):
 
     def add(self, packet: RtpPacket) -> tuple[bool, JitterFrame | None]:
         self.clock.observe(packet.timestamp)
-        if self._last_sequence is not None and (packet.sequence_number - self._last_sequence) % 65536 >= 32768:
+        if self._last_sequence is not None and not 0 < (packet.sequence_number - self._last_sequence) % 65536 < 32768:
             return False, None  # a duplicate, or older than what was handed on already
-        if packet.sequence_number == self._last_sequence:
-            return False, None
         self._last_sequence = packet.sequence_number
         # The receiver stores the depayloaded payload as packet._data, which aiortc's own buffer
         # reads the same way (aiortc 1.16, pinned in requirements.txt).

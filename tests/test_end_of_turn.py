@@ -20,9 +20,9 @@ from media.vad import RATE
 from parley.config import ParleyConfig, TurnConfig
 from parley.recorder import Recorder
 from parley.session import Session, SessionSettings
-from parley.turnmodel import JudgeSettings, ModelMissing, TurnJudge, Verdict
+from parley.turnmodel import ModelMissing, TurnJudge, Verdict
 from tests.speech import split_at
-from tests.test_session import Page, ScriptedServices, frames, pump, wait_until
+from tests.test_session import ScriptedServices, frames, make_session, pump, wait_until
 
 FIRST, REST = "Please tell me which ocean is", "the biggest one."
 
@@ -37,14 +37,6 @@ class Judged:
 
     def complete_probability(self, _: object) -> float:
         return self.probability
-
-
-def judge_of(sound: float | None, text: float | None) -> TurnJudge:
-    return TurnJudge(
-        Judged(sound) if sound is not None else Judged(0.5) if text is None else None,  # type: ignore[arg-type]
-        Judged(text) if text is not None else None,  # type: ignore[arg-type]
-        JudgeSettings(),
-    )
 
 
 @pytest.mark.parametrize(
@@ -62,7 +54,7 @@ def judge_of(sound: float | None, text: float | None) -> TurnJudge:
     ],
 )
 def test_the_rule_turns_two_verdicts_into_a_wait(sound: float | None, text: float | None, wait: float) -> None:
-    judge = judge_of(sound, text) if sound is not None else judge_of(None, text)
+    judge = TurnJudge(Judged(0.5), None)  # type: ignore[arg-type]  # the rule reads only the probabilities given
     assert judge.wait_s(sound, text) == wait
 
 
@@ -76,7 +68,7 @@ def test_the_sound_model_is_asked_only_when_the_reading_does_not_decide() -> Non
 
     for text, wanted in ((0.9, 0), (0.01, 0), (0.2, 1)):
         asked.clear()
-        judge = TurnJudge(Counted(0.9), Judged(text), JudgeSettings())  # type: ignore[arg-type]
+        judge = TurnJudge(Counted(0.9), Judged(text))  # type: ignore[arg-type]
         judge.judge(np.zeros(16000, np.float32), "some words")
         assert len(asked) == wanted, (text, asked)
 
@@ -125,7 +117,6 @@ async def test_a_thinking_pause_keeps_one_turn_and_a_finished_question_ends_soon
     question finished: the 1 s pause does not end the turn, and the end comes at quiet_s."""
     full, cut = said()
     services = ScriptedServices(["The Pacific."], transcript="unfinished")
-    config = ParleyConfig.model_validate({"turn": {"hands_free": True}})
 
     class ByLength:
         """Finished once it has heard more than the first part."""
@@ -136,20 +127,8 @@ async def test_a_thinking_pause_keeps_one_turn_and_a_finished_question_ends_soon
             return 0.9 if len(audio) > (cut / 3) + 0.5 * RATE else 0.05
 
     judge = TurnJudge(ByLength(), None)  # type: ignore[arg-type]
-    session = Session("e" * 12, SessionSettings.of(config), services, turn_judge=judge)
-    page = Page()
-    session.attach(page)
+    session, page, track = make_session(services, turn={"hands_free": True}, turn_judge=judge)
     stop = asyncio.Event()
-    from media.track import PacingTrack
-
-    now = [0.0]
-
-    async def instant(seconds: float) -> None:
-        now[0] += seconds
-        await asyncio.sleep(0)
-
-    track = PacingTrack(clock=lambda: now[0], sleep=instant)
-    session.set_track(track)
     pumping = asyncio.create_task(pump(track, stop))
     audio = np.concatenate([np.zeros(9600, np.float32), full[:cut], np.zeros(48000, np.float32), full[cut:]])
     for frame in frames(audio):
@@ -198,7 +177,7 @@ def test_the_real_models_tell_a_finished_question_from_a_thinking_pause() -> Non
     whole, part = Verdict(*verdicts["whole"]), Verdict(*verdicts["part"])
     assert whole.wait_s == 0.0, f"the whole question is over at once: {whole}"
     assert part.wait_s == TurnConfig().max_silence_s, f"the words before the pause are a thinking pause: {part}"
-    settings = JudgeSettings()
+    settings = TurnConfig()
     assert part.text is not None and whole.text is not None
     assert part.text < settings.text_unfinished and whole.text >= settings.text_finished, (part, whole)
 

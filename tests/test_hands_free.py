@@ -93,7 +93,7 @@ async def test_a_cough_is_not_a_turn(client: ParleyClient) -> None:
     t = np.arange(int(0.15 * 48000)) / 48000
     cough = (0.6 * rng.standard_normal(t.size) * np.exp(-t * 25)).astype(np.float32)
     await client.say(np.concatenate([cough, np.zeros(9600, np.float32), cough]))
-    await asyncio.sleep(2.0)  # longer than the end-of-turn silence: no turn may come of it
+    await asyncio.sleep(2.5)  # longer than the longest end-of-turn silence (max_silence_s, 2 s): no turn may come of it
     assert not client.messages("user") and not client.messages("assistant") and not client.of("notice")
 
 

@@ -6,20 +6,11 @@ import numpy as np
 import pytest
 
 from media.denoise import DELAY, Denoiser, denoise
-from media.speech import speak, trim
+from media.speech import brown_noise, speak, trim
 
 RATE = 16000
 LEAD_S = 1.5
 """Noise before the speech: the suppressor learns it in the first part, the rest is measured."""
-
-
-def brown_noise(samples: int, dbfs: float, seed: int = 0) -> np.ndarray:
-    """A fan-like floor: white noise through a leaky integrator (corner 15 Hz), at `dbfs` RMS."""
-    spectrum = np.fft.rfft(np.random.default_rng(seed).standard_normal(samples))
-    spectrum *= 1 / (15 + 1j * np.fft.rfftfreq(samples, 1 / RATE))
-    spectrum[0] = 0
-    noise = np.fft.irfft(spectrum, samples)
-    return (noise * 10 ** (dbfs / 20) / np.sqrt(np.mean(noise**2))).astype(np.float32)
 
 
 def db(audio: np.ndarray) -> float:

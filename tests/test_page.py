@@ -527,6 +527,6 @@ async def test_when_no_turn_model_loads_the_banner_says_a_thinking_pause_may_end
             text = await until(page, shown, 10000)
             assert "thinking pause" in text and "pipecat-ai" in text and "0.6 s of silence" in text, text
             await type_and_send(page, "Still there?")
-            await until(page, "document.querySelector('#chat [data-role=\"assistant\"][data-state=\"done\"]')", 30000)
+            await until(page, 'document.querySelector(\'#chat [data-role="assistant"][data-state="done"]\')', 30000)
     finally:
         await running.stop()

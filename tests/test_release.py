@@ -21,53 +21,6 @@ from tests.speech import speak, trim
 from tests.test_session import Page, ScriptedServices, frames, make_session, wait_until
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def test_rtp_diff_takes_the_nearest_step_across_the_wrap() -> None:
-    assert rtp_diff(10, WRAP - 950) == 960
-    assert rtp_diff(WRAP - 950, 10) == -960
-    assert rtp_diff(5000, 4040) == 960
-
-
-def test_the_position_follows_the_least_delayed_packets_through_jitter_and_a_wrap() -> None:
-    clock, rng = Clock(), random.Random(7)
-    sender = SenderClock(48000, clock)
-    start = WRAP - 48000 * 3  # wraps three seconds in
-    for i in range(500):  # ten seconds of 20 ms packets, 5 to 80 ms in transit
-        clock.now = 100.0 + i * 0.02 + 0.005 + rng.random() * 0.075
-        sender.observe((start + i * 960) % WRAP)
-    clock.now = 100.0 + 10.0 + 0.005  # a packet sent now would take at least 5 ms
-    position = sender.position_now()
-    assert position is not None
-    error_ms = rtp_diff(position, (start + 500 * 960) % WRAP) / 48
-    assert abs(error_ms) < 3, error_ms
-
-
-def test_a_sender_whose_clock_drifts_is_followed_and_a_new_stream_starts_afresh() -> None:
-    clock = Clock()
-    sender = SenderClock(48000, clock)
-    for i in range(6000):  # two minutes from a sender 100 ppm slow
-        clock.now = 100.0 + i * 0.02 * (1 + 1e-4) + 0.01
-        sender.observe(i * 960)
-    clock.now += 0.02 * (1 + 1e-4)
-    assert abs(rtp_diff(sender.position_now() or 0, 6000 * 960) / 48) < 5, "within 5 ms after 2 minutes of drift"
-
-    for i in range(10):  # renegotiated: a new random timestamp base
-        clock.now += 0.02
-        sender.observe(123_456_789 + i * 960)
-    clock.now += 0.02
-    assert abs(rtp_diff(sender.position_now() or 0, 123_456_789 + 10 * 960)) < 48 * 2
-
-
-# -- the release's wait under fake time: only audio on its way is waited for ---------------------
-
-
 class FakeTime:
     """A clock and a sleep: sleeping runs what was scheduled up to the end of the sleep, in order."""
 
@@ -93,6 +46,45 @@ class FakeTime:
     async def sleep(self, seconds: float) -> None:
         self.run_until(self.now + seconds)
         await asyncio.sleep(0)
+
+
+def test_rtp_diff_takes_the_nearest_step_across_the_wrap() -> None:
+    assert rtp_diff(10, WRAP - 950) == 960
+    assert rtp_diff(WRAP - 950, 10) == -960
+    assert rtp_diff(5000, 4040) == 960
+
+
+def test_the_position_follows_the_least_delayed_packets_through_jitter_and_a_wrap() -> None:
+    clock, rng = FakeTime(), random.Random(7)
+    sender = SenderClock(48000, clock)
+    start = WRAP - 48000 * 3  # wraps three seconds in
+    for i in range(500):  # ten seconds of 20 ms packets, 5 to 80 ms in transit
+        clock.now = 100.0 + i * 0.02 + 0.005 + rng.random() * 0.075
+        sender.observe((start + i * 960) % WRAP)
+    clock.now = 100.0 + 10.0 + 0.005  # a packet sent now would take at least 5 ms
+    position = sender.position_now()
+    assert position is not None
+    error_ms = rtp_diff(position, (start + 500 * 960) % WRAP) / 48
+    assert abs(error_ms) < 3, error_ms
+
+
+def test_a_sender_whose_clock_drifts_is_followed_and_a_new_stream_starts_afresh() -> None:
+    clock = FakeTime()
+    sender = SenderClock(48000, clock)
+    for i in range(6000):  # two minutes from a sender 100 ppm slow
+        clock.now = 100.0 + i * 0.02 * (1 + 1e-4) + 0.01
+        sender.observe(i * 960)
+    clock.now += 0.02 * (1 + 1e-4)
+    assert abs(rtp_diff(sender.position_now() or 0, 6000 * 960) / 48) < 5, "within 5 ms after 2 minutes of drift"
+
+    for i in range(10):  # renegotiated: a new random timestamp base
+        clock.now += 0.02
+        sender.observe(123_456_789 + i * 960)
+    clock.now += 0.02
+    assert abs(rtp_diff(sender.position_now() or 0, 123_456_789 + 10 * 960)) < 48 * 2
+
+
+# -- the release's wait under fake time: only audio on its way is waited for ---------------------
 
 
 class Microphone:

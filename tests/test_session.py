@@ -17,6 +17,7 @@ import pytest
 from media.track import PacingTrack
 from parley.config import ParleyConfig
 from parley.session import Session, SessionSettings
+from parley.turnmodel import TurnJudge
 from parley.types import ChatMessage, OpusPacket, Transcript
 from tests.speech import speak
 
@@ -113,10 +114,15 @@ async def answer_typed(session: Session, page: Page, track: PacingTrack, text: s
 
 
 def make_session(
-    services: ScriptedServices, *, llm: dict[str, Any] | None = None, turn: dict[str, Any] | None = None, **limits: Any
+    services: ScriptedServices,
+    *,
+    llm: dict[str, Any] | None = None,
+    turn: dict[str, Any] | None = None,
+    turn_judge: TurnJudge | None = None,
+    **limits: Any,
 ) -> tuple[Session, Page, PacingTrack]:
     config = ParleyConfig.model_validate({"limits": limits, "llm": llm or {}, "turn": turn or {}})
-    session = Session("s" * 12, SessionSettings.of(config), services)
+    session = Session("s" * 12, SessionSettings.of(config), services, turn_judge=turn_judge)
     page = Page()
     session.attach(page)
     now = [0.0]
