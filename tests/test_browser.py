@@ -390,9 +390,11 @@ async def test_a_release_with_a_microphone_silent_between_words_is_answered_with
             )
             timing = await page.evaluate("([i, ms]) => window.__bench.turn(i, ms)", [0, 250])
             await page.keyboard.up("Space")
-            # A microphone that kept sending would send ~11 packets in the 0.23 s measured; the
-            # last packet of the speech itself may leave just after the 20 ms allowed for it.
-            assert timing["sentBetween"] <= 3, f"this microphone sent {timing['sentBetween']} packets in silence"
+            # The test's premise, not the product: a microphone that kept sending would send ~11
+            # packets in the 0.23 s measured. The speech's own last packets may leave late on a busy
+            # host (4 once in CI, with WebAudio's output and the encoder behind), so the premise is
+            # only that it sends well under half of that.
+            assert timing["sentBetween"] <= 5, f"this microphone sent {timing['sentBetween']} packets in silence"
             await page.wait_for_function("(m) => window.__bench.metrics.length > m", arg=seen, timeout=90000)
             metrics = (await page.evaluate("window.__bench.metrics"))[seen]
             assert metrics["turn_to_voice"] < RELEASE_WAIT_S, metrics
