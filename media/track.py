@@ -6,9 +6,13 @@ keeps the clock (and the browser's jitter buffer) running. Packets are forwarded
 never re-encoded, and `clear()` drops every queued packet at once.
 
 The track is also the one place that knows what was actually played: per tag (a sentence of an
-answer) how many samples have left it and when (`on_tag` says when each one starts), and the
-level of what left it lately, which the session compares with the microphone to tell the
-assistant's own voice from the user's.
+answer) how many samples have left it and when (`on_tag` says when each one starts), every packet
+that left (`far`, the echo canceller's reference), and the level of what left it lately, which the
+session compares with the microphone to tell the assistant's own voice from the user's.
+
+`hold()` stops taking from the queue (silence goes out, nothing is dropped) and `resume()` goes on,
+from the start of the sentence that was playing: its packets that had left are queued again, and
+no longer count as played, so a sentence heard twice counts once.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from fractions import Fraction
 import av
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
+from media.echo import FarEnd
 from media.opus import RTP_CLOCK_HZ, SILENCE_PACKET
 from parley.types import OpusPacket
 
@@ -84,6 +89,11 @@ class PacingTrack(MediaStreamTrack):
         self._levels: deque[tuple[float, float]] = deque()
         """(clock time, RMS level) of each speech packet that left, oldest first."""
         self._queued_samples = 0
+        self._held = False
+        self._replay: list[tuple[OpusPacket, Hashable]] = []
+        """The packets of the sentence playing (its tag) that have left: `resume` plays them again."""
+        self.far = FarEnd()
+        """Every packet that left, on this track's timeline: what the echo canceller removes."""
         self._start: float | None = None
         self._pts = 0
         self._idle = True
@@ -129,9 +139,37 @@ class PacingTrack(MediaStreamTrack):
         dropped, self._queue = self._queue, deque()
         self._queued_samples = 0
         self._last_tag = None
+        self._held = False
+        self._replay = []
         self._idle = True
         self._drained.set()
         return len(dropped)
+
+    @property
+    def held(self) -> bool:
+        return self._held
+
+    def hold(self) -> None:
+        """Stop playing now (silence goes out); the queue is kept for `resume` or `clear`."""
+        self._held = True
+
+    def resume(self) -> None:
+        """Play on after `hold`, from the start of the sentence that was playing when it held."""
+        if not self._held:
+            return
+        self._held = False
+        if self._replay:
+            tag = self._replay[0][1]
+            again = sum(packet.samples for packet, _ in self._replay)
+            self._queue.extendleft(reversed(self._replay))
+            self._queued_samples += again
+            played = self._played.get(tag)
+            if played is not None:
+                played.samples = max(0, played.samples - again)
+            self._replay = []
+            self._last_tag = None  # the sentence starts (again): on_tag says so
+        if self._queue:
+            self._drained.clear()
 
     def played(self, tag: Hashable) -> Played:
         """How much audio queued with `tag` has left the track so far (zero if none)."""
@@ -179,7 +217,7 @@ class PacingTrack(MediaStreamTrack):
         return self._next_packet()
 
     def _next_packet(self) -> av.Packet:
-        if self._queue:
+        if self._queue and not self._held:
             item, tag = self._queue.popleft()
             self._queued_samples -= item.samples
             data, samples = item.data, item.samples
@@ -193,6 +231,7 @@ class PacingTrack(MediaStreamTrack):
         else:
             data, samples = SILENCE_PACKET, SILENCE_SAMPLES
             self._idle = True
+        self.far.sent(self._pts, samples, data)
         packet = av.Packet(data)
         packet.pts = packet.dts = self._pts
         packet.time_base = TIME_BASE
@@ -208,7 +247,9 @@ class PacingTrack(MediaStreamTrack):
             played.last_at = now
             if tag != self._last_tag:
                 self._last_tag = tag
+                self._replay = []
                 self._fire_tag(tag)
+            self._replay.append((packet, tag))
         self._levels.append((now, UNKNOWN_LEVEL if packet.level is None else packet.level))
         while self._levels and self._levels[0][0] < now - LEVEL_MEMORY_S:
             self._levels.popleft()

@@ -345,6 +345,17 @@ class TurnConfig(_Section):
         description="Hands-free: speech that interrupts an answer must last this long (its own echo is told apart by "
         "level, not by length: this only skips clicks).",
     )
+    echo_cancel: bool = Field(
+        default=True,
+        description="Remove Parley's own voice from the microphone on the server (WebRTC's AEC3, with what Parley "
+        "sent as the reference), before the VAD and the recording. Costs ~1 % of a core per session while Parley "
+        "speaks, nothing while it is quiet.",
+    )
+    backchannels: bool = Field(
+        default=True,
+        description="Hands-free: speech over an answer pauses it at once; a short acknowledgement ('mm-hmm', "
+        "'yeah', 'okay') or a cough resumes it from the sentence it was in, anything else interrupts it.",
+    )
     echo_margin_db: float = Field(
         default=15.0,
         description="While Parley speaks, the microphone counts as speech only if it is no more than this many dB below "

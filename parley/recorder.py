@@ -3,9 +3,11 @@
 Invariants:
 - Every decoded microphone frame passes through `feed`. While nobody listens (push-to-talk with
   the key up) only the last `PREROLL_S` of raw audio is kept and nothing else is computed.
-- While listening (the key is down, or hands-free), audio is resampled to 16 kHz onto the tape
-  and every 32 ms window goes through the VAD and the speech detector, at once, in order; the
-  events that come back carry positions on the tape (16 kHz samples since the recorder began).
+- While listening (the key is down, or hands-free), audio is resampled to 16 kHz, freed of the
+  assistant's own voice by the echo canceller (when there is one; it holds audio back by under
+  20 ms), and put on the tape; every 32 ms window goes through the VAD and the speech detector, at
+  once, in order; the events that come back carry positions on the tape (16 kHz samples since the
+  recorder began).
 - The tape follows the sender's clock, not the packets: a jump in the frames' timestamps (packets
   lost, or a sender that stops sending during silence) becomes silence on the tape, and while an
   utterance is open `fill_silence` lays down silence for time in which no frame came at all, so
@@ -31,6 +33,7 @@ import numpy as np
 import samplerate
 
 from media.audio import to_float_mono
+from media.echo import EchoCanceller
 from media.vad import RATE, WINDOW, SileroVAD, SpeechDetector, VADSettings, rms
 from parley.config import TurnConfig
 
@@ -89,8 +92,17 @@ class Tape:
 class Recorder:
     """The microphone of one session: push-to-talk (`press`/`release`) or hands-free."""
 
-    def __init__(self, turn: TurnConfig, *, max_record_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        turn: TurnConfig,
+        *,
+        max_record_s: float,
+        clock: Callable[[], float] = time.monotonic,
+        canceller: EchoCanceller | None = None,
+    ) -> None:
         self.turn = turn
+        self.canceller = canceller
+        """Removes the assistant's own voice from what is put on the tape (None: nothing removed)."""
         self.max_record_s = max_record_s
         self.hands_free = turn.hands_free
         self.tape = Tape()
@@ -174,9 +186,13 @@ class Recorder:
             self._keep_raw(mono)
             return []
         if gap:
-            self.tape.append(np.zeros(round(gap * RATE / self._rate), np.float32))
-        self.tape.append(self._resample(mono))
+            self._put(np.zeros(round(gap * RATE / self._rate), np.float32))
+        self._put(self._resample(mono))
         return self._analyse()
+
+    def _put(self, audio: np.ndarray) -> None:
+        """Microphone audio (16 kHz) onto the tape, through the echo canceller."""
+        self.tape.append(audio if self.canceller is None else self.canceller.process(audio))
 
     def _gap(self, frame: av.AudioFrame) -> int:
         """Samples missing before this frame, by its timestamp (0 if none, or if it cannot tell)."""
@@ -202,7 +218,7 @@ class Recorder:
         if self._next_pts is not None:
             self._next_pts += samples
         self._wall_end += samples / self._rate
-        self.tape.append(np.zeros(round(samples * RATE / self._rate), np.float32))
+        self._put(np.zeros(round(samples * RATE / self._rate), np.float32))
         return self._analyse()
 
     def _keep_raw(self, mono: np.ndarray) -> None:
@@ -234,10 +250,11 @@ class Recorder:
         self.heard_to = None
         self._wall_end = self._clock()  # silence is counted from here, not from the last frame decoded
         self._origin = self._cursor = self.tape.end
-        if self._raw:
-            self.tape.append(self._resample(np.concatenate(list(self._raw))))
-            self._raw.clear()
-            self._raw_samples = 0
+        preroll = self._resample(np.concatenate(list(self._raw))) if self._raw else np.zeros(0, np.float32)
+        self._raw.clear()
+        self._raw_samples = 0
+        # The preroll was heard before the canceller could follow: it goes on the tape as it is.
+        self.tape.append(preroll if self.canceller is None else self.canceller.restart(preroll))
         self._vad.reset()
         self._detector = SpeechDetector(self._settings)
 
@@ -299,6 +316,16 @@ class Recorder:
             return self._end(paused_at)
         self._pause_limit = silence_s
         return None
+
+    def drop_utterance(self) -> None:
+        """Forget the utterance going on, with no end event (hands-free: it was a backchannel); the
+        next speech starts a new one."""
+        if self._pressed:
+            return
+        self.utterance = None
+        self.paused_at = None
+        self._pause_limit = None
+        self._detector.reset()
 
     def _end(self, sample: int, reason: str | None = None) -> TurnEvent:
         event = TurnEvent("end", sample, speech_s=self._detector.speech_s, reason=reason)

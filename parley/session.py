@@ -8,8 +8,15 @@ Invariants:
   nothing of it is shown or spoken until the turn is confirmed: the key released (push-to-talk),
   or the silence the turn judge gave the pause (`end_silence_s` without a judge) in hands-free.
   Speech resuming cancels it.
-- The assistant's own voice coming back through the microphone is not the user: while it plays,
-  the microphone counts as speech only when it is louder than what was played, less a margin.
+- The assistant's own voice coming back through the microphone is not the user: the echo
+  canceller removes what the track sent from the microphone audio before anything hears it, and,
+  as a second line, while it plays the microphone counts as speech only when it is louder than
+  what was played, less a margin.
+- Hands-free, speech over an answer holds it at once (the track plays silence, nothing is lost).
+  The hold is settled exactly once: words that are no backchannel (read at any pause), or speech
+  longer than a backchannel, interrupt it, and the speech becomes the turn; an utterance that ends
+  as a backchannel (`parley.backchannel`) resumes the answer from the start of its sentence and is
+  no turn.
 - A session outlives its socket.io connection and its peer connection: a reconnecting browser
   gets the same history, and audio goes to whichever pacing track is current.
 - Nothing a user sends can raise out of here: bad input becomes a notice in the page and a log
@@ -31,9 +38,11 @@ from typing import Any, Literal
 import av
 import numpy as np
 
+from media.echo import EchoCanceller
 from media.image import frame_to_data_url
 from media.track import PacingTrack
 from media.vad import RATE
+from parley.backchannel import BACKCHANNEL_MAX_S, is_backchannel
 from parley.config import LimitsConfig, LLMConfig, ParleyConfig, TurnConfig
 from parley.conversation import Conversation, Entry, estimate_tokens
 from parley.metrics import STAGES, Meter, TurnMetrics
@@ -66,10 +75,24 @@ class SessionSettings:
     limits: LimitsConfig
     llm: LLMConfig
     voice: str | None = None
+    language: str | None = "en"
+    """The conversation's language (the ASR's), for telling backchannels."""
 
     @classmethod
     def of(cls, config: ParleyConfig) -> SessionSettings:
-        return cls(turn=config.turn, limits=config.limits, llm=config.llm, voice=config.tts.voice)
+        return cls(turn=config.turn, limits=config.limits, llm=config.llm, voice=config.tts.voice, language=config.asr.language)
+
+
+HOLD_LIMIT_S = 4.0
+"""A hold not settled by then (the transcript never came) becomes an interruption."""
+
+
+@dataclass
+class Hold:
+    """An answer held because the user spoke over it: settled once, as a backchannel or not."""
+
+    utterance: Utterance | None
+    since: float
 
 
 @dataclass(frozen=True)
@@ -112,8 +135,13 @@ class Session:
         self.settings = settings
         self.services = services
         self.conversation = Conversation(settings.llm, store=store, session_id=session_id)
-        self.recorder = Recorder(settings.turn, max_record_s=settings.limits.max_record_s, clock=clock)
+        canceller = EchoCanceller(lambda: None if self.track is None else self.track.far) if settings.turn.echo_cancel else None
+        self.recorder = Recorder(settings.turn, max_record_s=settings.limits.max_record_s, clock=clock, canceller=canceller)
         self.recorder.gate = self._not_echo
+        self._hold: Hold | None = None
+        """The answer held while the user speaks over it (hands-free), until that is settled."""
+        self._answering: Entry | None = None
+        """The answer being given now (its history entry)."""
         self.turn_judge = turn_judge if settings.turn.end_of_turn == "model" else None
         """Hands-free: judges at a pause how much silence ends the turn (None: `end_silence_s` does)."""
         if self.turn_judge is not None:
@@ -196,6 +224,9 @@ class Session:
         """Every decoded microphone frame passes here (cheap while nobody listens)."""
         for event in self.recorder.feed(frame):
             self._on_turn_event(event)
+        hold = self._hold
+        if hold is not None and self.recorder.speech_s > BACKCHANNEL_MAX_S:
+            self._spawn(self._settle(hold, backchannel=False, why=f"over {BACKCHANNEL_MAX_S:g} s of speech"))
 
     def tick(self) -> None:
         """Called often (every `TICK_S`) by the server: an utterance whose audio stopped arriving
@@ -230,8 +261,11 @@ class Session:
                 self._begin_utterance(event.sample)
         elif event.kind == "speech":
             if self.recorder.hands_free and turn.barge_in and self.busy:
-                log.info("session %s: barge-in", self.id[:8])
-                self._spawn(self.interrupt(keep_utterance=True))
+                if turn.backchannels:
+                    self._hold_answer()
+                else:
+                    log.info("session %s: barge-in", self.id[:8])
+                    self._spawn(self.interrupt(keep_utterance=True))
         elif event.kind == "pause":
             if turn.speculate and self._utterance is not None:
                 self._speculate(self._utterance, event.sample)
@@ -286,6 +320,52 @@ class Session:
         )  # fmt: skip
         if event is not None:
             self._on_turn_event(event)
+
+    # -- speech over an answer ---------------------------------------------------------------
+
+    def _hold_answer(self) -> None:
+        """The user speaks over the answer: stop its audio now, and weigh what they say."""
+        if self._hold is not None:
+            return
+        hold = self._hold = Hold(utterance=self._utterance, since=self._clock())
+        if self.track is not None:
+            self.track.hold()
+        log.info("session %s: speech over the answer; it holds", self.id[:8])
+        if self._answering is not None:
+            self._spawn(self.emit("state", {"id": self._answering.id, "state": "paused"}))
+
+        async def limit() -> None:
+            await asyncio.sleep(HOLD_LIMIT_S)
+            await self._settle(hold, backchannel=False, why=f"not settled within {HOLD_LIMIT_S:g} s")
+
+        self._spawn(limit())
+
+    async def _weigh(self, hold: Hold, words: str | None, speech_s: float) -> bool:
+        """Settle `hold` by what was said (None: the transcript failed); True if it was a backchannel."""
+        backchannel = words is not None and is_backchannel(words, speech_s, self.settings.language)
+        await self._settle(hold, backchannel, why=f"{speech_s:.2f} s reading {words!r}")
+        return backchannel
+
+    async def _settle(self, hold: Hold, backchannel: bool, why: str) -> None:
+        """Resume the held answer (a backchannel: no turn) or interrupt it (the speech is the turn)."""
+        if self._hold is not hold:
+            return  # settled already, or the answer ended
+        self._hold = None
+        if not backchannel:
+            log.info("session %s: barge-in (%s)", self.id[:8], why)
+            await self.interrupt(keep_utterance=True)
+            return
+        log.info("session %s: a backchannel (%s); the answer goes on", self.id[:8], why)
+        if hold.utterance is not None and self._utterance is hold.utterance:
+            self._utterance = None
+            self.recorder.drop_utterance()
+            await hold.utterance.drop()
+        if self.track is not None:
+            self.track.resume()
+        answer = self._answering
+        if answer is not None and self.busy:
+            await self.emit("state", {"id": answer.id, "state": answer.state})
+        self._set_state("speaking" if self.busy else self._resting())
 
     # -- user actions -----------------------------------------------------------------------
 
@@ -367,6 +447,7 @@ class Session:
 
     async def interrupt(self, *, keep_utterance: bool = False) -> None:
         """Stop the answer now: cancel the turn and drop queued speech."""
+        self._hold = None
         if self.track is not None:
             self.track.clear()
         turn, self._turn = self._turn, None
@@ -426,6 +507,13 @@ class Session:
 
         async def work() -> tuple[str, Reply | None]:
             words = await text
+            hold = self._hold
+            if hold is not None and hold.utterance is utterance:
+                # Words that are no backchannel interrupt at once; what may be one waits for the
+                # end of the utterance ("okay... so what about X" is no backchannel), unanswered.
+                if is_backchannel(words, self.recorder.speech_s, self.settings.language):
+                    return words, None
+                await self._settle(hold, backchannel=False, why=f"{self.recorder.speech_s:.2f} s reading {words!r}")
             if not words:
                 return words, None
             user = Entry(role="user", text=words, image=await self._image(utterance.frame))
@@ -441,12 +529,20 @@ class Session:
             await self.emit("recording", {"active": False, **({"reason": event.reason} if event.reason else {})})
         if utterance is None:
             return
+        hold = self._hold
+        if hold is not None and hold.utterance is utterance and event.speech_s >= self.settings.turn.min_speech_s:
+            if await self._weigh(hold, await self._words_or_none(utterance, event.sample), event.speech_s):
+                await utterance.drop()
+                return
         if event.speech_s < self.settings.turn.min_speech_s:
             await utterance.drop()
             log.info("session %s: %.2f s of speech is not a turn", self.id[:8], event.speech_s)
+            if hold is not None:
+                await self._settle(hold, backchannel=True, why=f"{event.speech_s:.2f} s of speech")
             if not self.recorder.hands_free:
                 await self.notice("I didn't hear any speech. Hold Space (or the talk button) while you speak.", "warn")
-            self._set_state(self._resting())
+            if not self.busy:
+                self._set_state(self._resting())
             return
         if not self._allow_turn():
             await utterance.drop()
@@ -457,6 +553,19 @@ class Session:
             event = TurnEvent("end", self.recorder.tape.end, speech_s=event.speech_s)
         await self.interrupt(keep_utterance=True)
         self._start_turn(lambda: self._spoken_turn(utterance, event.sample, times))
+
+    async def _words_or_none(self, utterance: Utterance, end: int) -> str | None:
+        """The transcript of the utterance up to `end` (the speculation's, if it reached there);
+        None if it could not be made."""
+        speculation = utterance.speculation
+        try:
+            if speculation is not None and speculation.until >= end:
+                return await asyncio.shield(speculation.transcript)
+            return await utterance.text_until(end)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            return None
 
     async def _spoken_turn(self, utterance: Utterance, end: int, times: TurnTimes) -> None:
         self._set_state("thinking")
@@ -534,6 +643,7 @@ class Session:
         self.conversation.add(user)
         await self.emit("message", user.public())
         answer = self.conversation.add(Entry(role="assistant", text="", state="streaming"))
+        self._answering = answer
         await self.emit("message", answer.public())
         metrics = reply.metrics
         metrics.asr = asr_s
@@ -593,6 +703,9 @@ class Session:
             await self.emit("state", {"id": answer.id, "state": "error", "error": _reason(exc)})
         finally:
             self._report(metrics)
+            if self._answering is answer:
+                self._answering = None
+                self._hold = None
             if track is not None and track.on_first_audio is first_audio:
                 track.on_first_audio = None
             if track is not None and track.on_tag is playing:

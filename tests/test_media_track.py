@@ -268,3 +268,36 @@ async def test_a_peer_connection_hears_the_queued_tone(monkeypatch: pytest.Monke
     finally:
         await client.close()
         await server.close()
+
+
+async def test_hold_sends_silence_and_resume_replays_the_sentence_from_its_start(track: PacingTrack) -> None:
+    """Held mid-sentence, the track sends silence and keeps its queue; resumed, it plays the
+    sentence again from its first packet, and the replayed part counts as played once."""
+    first, second = speech(3), speech(2)
+    for p in first:
+        track.put(p, tag="s0")
+    for p in second:
+        track.put(p, tag="s1")
+    tags: list[object] = []
+    track.on_tag = tags.append
+    sent = [bytes(await track.recv()) for _ in range(2)]  # two packets of s0 leave
+    track.hold()
+    held = [bytes(await track.recv()) for _ in range(3)]
+    assert held == [SILENCE] * 3 and track.queued_s > 0
+    assert track.played("s0").samples == 2 * 960
+    track.resume()
+    assert track.played("s0").samples == 0, "what is played again is not counted twice"
+    rest = [bytes(await track.recv()) for _ in range(5)]
+    assert sent + rest == [p.data for p in first[:2] + first + second]
+    assert track.played("s0").samples == 3 * 960 and track.played("s1").samples == 2 * 960
+    assert tags == ["s0", "s0", "s1"], "the sentence starts again, and says so"
+    assert bytes(await track.recv()) == SILENCE
+
+
+async def test_every_packet_that_leaves_is_the_echo_reference(track: PacingTrack) -> None:
+    for p in speech(2):
+        track.put(p)
+    for _ in range(4):
+        await track.recv()
+    assert track.far.end == 4 * 960 // 3  # 16 kHz samples of the track's timeline
+    assert track.far.sounding(0, 640) and track.far.read(0, 1280).shape == (1280,)
