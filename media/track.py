@@ -153,12 +153,13 @@ class PacingTrack(MediaStreamTrack):
         """Stop playing now (silence goes out); the queue is kept for `resume` or `clear`."""
         self._held = True
 
-    def resume(self) -> None:
-        """Play on after `hold`, from the start of the sentence that was playing when it held."""
+    def resume(self, *, rewind: bool = True) -> None:
+        """Play on after `hold`: from the start of the sentence that was playing when it held, or
+        (`rewind` False) from where it stopped."""
         if not self._held:
             return
         self._held = False
-        if self._replay:
+        if self._replay and rewind:
             tag = self._replay[0][1]
             again = sum(packet.samples for packet, _ in self._replay)
             self._queue.extendleft(reversed(self._replay))

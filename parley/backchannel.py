@@ -7,6 +7,9 @@ transcript is empty (a cough, a laugh, a breath: nothing Whisper makes words of)
 acknowledgement words in the conversation's language. Anything else ("wait", "stop", "no", a
 question) interrupts.
 
+Parley's own voice, when the echo canceller leaves some of it, is told apart the same way: speech
+whose words are mostly among the words spoken in the last `ECHO_MEMORY_S` resumes the answer too.
+
 Limits: a real answer made of the same words ("yeah" to a question Parley asked mid-answer) is
 taken as a backchannel, and the answer goes on; an acknowledgement the list lacks, or one the ASR
 mishears as another word, interrupts. Languages without a list treat only wordless sounds as
@@ -16,6 +19,9 @@ backchannels.
 from __future__ import annotations
 
 import re
+
+ECHO_MEMORY_S = 3.0
+"""Words spoken this long ago or less may be coming back through the microphone."""
 
 BACKCHANNEL_MAX_S = 1.2
 """Speech longer than this over an answer is never a backchannel: it interrupts at once."""
@@ -38,6 +44,14 @@ _WORD = re.compile(r"[\w'-]+")
 def words_of(text: str) -> list[str]:
     """The spoken words of a transcript, lower-case, without marks for sounds or punctuation."""
     return [w.strip("-'") for w in _WORD.findall(_NON_SPEECH.sub(" ", text).lower()) if w.strip("-'")]
+
+
+def is_own_words(transcript: str, spoken: str) -> bool:
+    """Whether speech heard over an answer is the answer itself coming back (an echo the canceller
+    left): at least half of its words are among the words just spoken."""
+    words = words_of(transcript)
+    said = set(words_of(spoken))
+    return bool(words) and sum(w in said for w in words) * 2 >= len(words)
 
 
 def is_backchannel(transcript: str, speech_s: float, language: str | None = "en") -> bool:

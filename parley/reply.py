@@ -165,6 +165,16 @@ class Reply:
             break
         return clean_for_speech(self.text[:cut]), clean_for_speech(self.text[cut:])
 
+    def spoken_since(self, since: float) -> str:
+        """What was spoken of the answer since clock time `since`: the sentences with audio that left
+        the track since then (what may come back through the microphone now)."""
+        track = self._track
+        if track is None:
+            return ""
+        return " ".join(
+            sentence.text for index, sentence in enumerate(self._sentences) if track.played((self.id, index)).last_at >= since
+        )
+
     def span(self, index: int) -> tuple[int, int]:
         """Where sentence `index` came from in the answer's text: (start, end)."""
         sentence = self._sentences[index]

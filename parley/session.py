@@ -42,7 +42,7 @@ from media.echo import EchoCanceller
 from media.image import frame_to_data_url
 from media.track import PacingTrack
 from media.vad import RATE
-from parley.backchannel import BACKCHANNEL_MAX_S, is_backchannel
+from parley.backchannel import BACKCHANNEL_MAX_S, ECHO_MEMORY_S, is_backchannel, is_own_words, words_of
 from parley.config import LimitsConfig, LLMConfig, ParleyConfig, TurnConfig
 from parley.conversation import Conversation, Entry, estimate_tokens
 from parley.metrics import STAGES, Meter, TurnMetrics
@@ -83,16 +83,23 @@ class SessionSettings:
         return cls(turn=config.turn, limits=config.limits, llm=config.llm, voice=config.tts.voice, language=config.asr.language)
 
 
+NO_WORDS_GRACE_S = 0.4
+"""A held answer whose speech so far has no words plays on once the pause has lasted this long
+more (a first syllable the ASR could not read yet, such as "wait", is followed by more speech)."""
+
 HOLD_LIMIT_S = 4.0
 """A hold not settled by then (the transcript never came) becomes an interruption."""
 
 
 @dataclass
 class Hold:
-    """An answer held because the user spoke over it: settled once, as a backchannel or not."""
+    """An answer held because the user spoke over it: settled once, when the utterance ends (or
+    sooner, when it is plainly an interruption)."""
 
     utterance: Utterance | None
     since: float
+    held: bool = True
+    """Whether its audio is stopped now (a pause with no words of the user's lets it play on)."""
 
 
 @dataclass(frozen=True)
@@ -142,6 +149,8 @@ class Session:
         """The answer held while the user speaks over it (hands-free), until that is settled."""
         self._answering: Entry | None = None
         """The answer being given now (its history entry)."""
+        self._reply: Reply | None = None
+        """And its reply."""
         self.turn_judge = turn_judge if settings.turn.end_of_turn == "model" else None
         """Hands-free: judges at a pause how much silence ends the turn (None: `end_silence_s` does)."""
         if self.turn_judge is not None:
@@ -226,7 +235,7 @@ class Session:
             self._on_turn_event(event)
         hold = self._hold
         if hold is not None and self.recorder.speech_s > BACKCHANNEL_MAX_S:
-            self._spawn(self._settle(hold, backchannel=False, why=f"over {BACKCHANNEL_MAX_S:g} s of speech"))
+            self._spawn(self._settle(hold, goes_on=False, why=f"over {BACKCHANNEL_MAX_S:g} s of speech"))
 
     def tick(self) -> None:
         """Called often (every `TICK_S`) by the server: an utterance whose audio stopped arriving
@@ -252,7 +261,10 @@ class Session:
         if track is None:
             return True
         played = track.recent_level(self.settings.turn.echo_window_s)
-        return played <= 0 or level >= played * 10 ** (-self.settings.turn.echo_margin_db / 20)
+        if played > 0 and level < played * 10 ** (-self.settings.turn.echo_margin_db / 20):
+            return False
+        canceller = self.recorder.canceller
+        return canceller is None or not canceller.echo_like()
 
     def _on_turn_event(self, event: TurnEvent) -> None:
         turn = self.settings.turn
@@ -272,6 +284,8 @@ class Session:
             if self.turn_judge is not None and self.recorder.hands_free and self._utterance is not None:
                 self._spawn(self._judge(event.sample))
         elif event.kind == "resume":
+            if self._hold is not None and self._hold.utterance is self._utterance:
+                self._hold_answer()  # speech again after a pause that let the answer play on
             self._set_state("hearing")
             if self._utterance is not None:
                 self._utterance.resumed(event.sample)  # first: a piece kept now survives the cancel
@@ -325,47 +339,109 @@ class Session:
 
     def _hold_answer(self) -> None:
         """The user speaks over the answer: stop its audio now, and weigh what they say."""
-        if self._hold is not None:
+        hold = self._hold
+        if hold is None:
+            hold = self._hold = Hold(utterance=self._utterance, since=self._clock())
+            self._spawn(self._hold_limit(hold))
+        elif hold.held:
             return
-        hold = self._hold = Hold(utterance=self._utterance, since=self._clock())
+        hold.held = True
         if self.track is not None:
             self.track.hold()
-        log.info("session %s: speech over the answer; it holds", self.id[:8])
+        canceller = self.recorder.canceller
+        echo = "" if canceller is None else f" (echo canceller: {_db(canceller.removed_db)} removed lately)"
+        log.info("session %s: speech over the answer; it holds%s", self.id[:8], echo)
         if self._answering is not None:
             self._spawn(self.emit("state", {"id": self._answering.id, "state": "paused"}))
 
-        async def limit() -> None:
-            await asyncio.sleep(HOLD_LIMIT_S)
-            await self._settle(hold, backchannel=False, why=f"not settled within {HOLD_LIMIT_S:g} s")
+    async def _hold_limit(self, hold: Hold) -> None:
+        """A hold still holding after HOLD_LIMIT_S (its transcript never came) interrupts."""
+        await asyncio.sleep(HOLD_LIMIT_S)
+        if hold.held:
+            await self._settle(hold, goes_on=False, why=f"not settled within {HOLD_LIMIT_S:g} s")
 
-        self._spawn(limit())
+    def _release_hold(self, hold: Hold, why: str) -> None:
+        """At a pause, what was heard was no speech of the user's (no words, or the answer's own):
+        play on from where it stopped, at once. The hold stays open until the utterance ends:
+        speech coming back holds again."""
+        if self._hold is not hold or not hold.held:
+            return
+        hold.held = False
+        if self.track is not None:
+            self.track.resume(rewind=False)
+        log.info("session %s: %s; the answer plays on", self.id[:8], why)
+        self._spawn(self._show_answer_state())
+
+    async def _show_answer_state(self) -> None:
+        answer = self._answering
+        if answer is not None and self.busy:
+            await self.emit("state", {"id": answer.id, "state": answer.state})
+        if self.busy:
+            self._set_state("speaking")
+
+    def _passes(self, words: str, speech_s: float) -> str | None:
+        """Why speech over the answer lets it go on ("a backchannel", "its own voice"), or None."""
+        if is_backchannel(words, speech_s, self.settings.language):
+            return "a backchannel" if words_of(words) else "no words"
+        reply = self._reply
+        if reply is not None and is_own_words(words, reply.spoken_since(self._clock() - ECHO_MEMORY_S)):
+            return "its own voice"
+        return None
+
+    async def _heard_at_pause(self, utterance: Utterance, words: str) -> bool:
+        """The transcript of a held utterance up to a pause: True if it can make no turn (yet).
+        Words that are no backchannel interrupt at once; no words, or the answer's own, play on
+        now; a backchannel waits for the end of the utterance ("okay... so what about X" is no
+        backchannel), unanswered."""
+        hold = self._hold
+        if hold is None or hold.utterance is not utterance:
+            return False
+        speech_s = self.recorder.speech_s
+        why = self._passes(words, speech_s)
+        if why is None:
+            await self._settle(hold, goes_on=False, why=f"{speech_s:.2f} s reading {words!r}")
+            return False
+        if why == "its own voice":
+            self._release_hold(hold, f"{why}: {speech_s:.2f} s reading {words!r}")
+        elif why == "no words":
+            # Maybe the first syllable of more ("wait, ... stop"): only a pause that goes on lets it play.
+            paused_at = self.recorder.paused_at
+
+            async def later() -> None:
+                await asyncio.sleep(NO_WORDS_GRACE_S)
+                if self.recorder.paused_at == paused_at and paused_at is not None:
+                    self._release_hold(hold, f"{why}: {speech_s:.2f} s reading {words!r}")
+
+            self._spawn(later())
+        return True
 
     async def _weigh(self, hold: Hold, words: str | None, speech_s: float) -> bool:
-        """Settle `hold` by what was said (None: the transcript failed); True if it was a backchannel."""
-        backchannel = words is not None and is_backchannel(words, speech_s, self.settings.language)
-        await self._settle(hold, backchannel, why=f"{speech_s:.2f} s reading {words!r}")
-        return backchannel
+        """The held utterance ended: settle by what was said (None: the transcript failed); True if
+        the answer goes on."""
+        why = None if words is None else self._passes(words, speech_s)
+        await self._settle(hold, why is not None, why=f"{why or 'speech'}: {speech_s:.2f} s reading {words!r}")
+        return why is not None
 
-    async def _settle(self, hold: Hold, backchannel: bool, why: str) -> None:
-        """Resume the held answer (a backchannel: no turn) or interrupt it (the speech is the turn)."""
+    async def _settle(self, hold: Hold, goes_on: bool, why: str) -> None:
+        """Resume the held answer (a backchannel, no words, its own voice: no turn; from the start of
+        its sentence if it was still holding) or interrupt it (the speech is the turn)."""
         if self._hold is not hold:
             return  # settled already, or the answer ended
         self._hold = None
-        if not backchannel:
+        if not goes_on:
             log.info("session %s: barge-in (%s)", self.id[:8], why)
             await self.interrupt(keep_utterance=True)
             return
-        log.info("session %s: a backchannel (%s); the answer goes on", self.id[:8], why)
+        log.info("session %s: %s; the answer goes on", self.id[:8], why)
         if hold.utterance is not None and self._utterance is hold.utterance:
             self._utterance = None
             self.recorder.drop_utterance()
             await hold.utterance.drop()
-        if self.track is not None:
-            self.track.resume()
-        answer = self._answering
-        if answer is not None and self.busy:
-            await self.emit("state", {"id": answer.id, "state": answer.state})
-        self._set_state("speaking" if self.busy else self._resting())
+        if hold.held and self.track is not None:
+            self.track.resume(rewind=True)
+        await self._show_answer_state()
+        if not self.busy:
+            self._set_state(self._resting())
 
     # -- user actions -----------------------------------------------------------------------
 
@@ -507,13 +583,8 @@ class Session:
 
         async def work() -> tuple[str, Reply | None]:
             words = await text
-            hold = self._hold
-            if hold is not None and hold.utterance is utterance:
-                # Words that are no backchannel interrupt at once; what may be one waits for the
-                # end of the utterance ("okay... so what about X" is no backchannel), unanswered.
-                if is_backchannel(words, self.recorder.speech_s, self.settings.language):
-                    return words, None
-                await self._settle(hold, backchannel=False, why=f"{self.recorder.speech_s:.2f} s reading {words!r}")
+            if await self._heard_at_pause(utterance, words):
+                return words, None
             if not words:
                 return words, None
             user = Entry(role="user", text=words, image=await self._image(utterance.frame))
@@ -530,15 +601,15 @@ class Session:
         if utterance is None:
             return
         hold = self._hold
-        if hold is not None and hold.utterance is utterance and event.speech_s >= self.settings.turn.min_speech_s:
+        if hold is not None and hold.utterance is utterance:
+            # Read even when the VAD let little of it count as speech: over Parley's own voice the
+            # gates keep much of the user's speech from counting, and "stop" stops it all the same.
             if await self._weigh(hold, await self._words_or_none(utterance, event.sample), event.speech_s):
                 await utterance.drop()
                 return
         if event.speech_s < self.settings.turn.min_speech_s:
             await utterance.drop()
             log.info("session %s: %.2f s of speech is not a turn", self.id[:8], event.speech_s)
-            if hold is not None:
-                await self._settle(hold, backchannel=True, why=f"{event.speech_s:.2f} s of speech")
             if not self.recorder.hands_free:
                 await self.notice("I didn't hear any speech. Hold Space (or the talk button) while you speak.", "warn")
             if not self.busy:
@@ -643,7 +714,7 @@ class Session:
         self.conversation.add(user)
         await self.emit("message", user.public())
         answer = self.conversation.add(Entry(role="assistant", text="", state="streaming"))
-        self._answering = answer
+        self._answering, self._reply = answer, reply
         await self.emit("message", answer.public())
         metrics = reply.metrics
         metrics.asr = asr_s
@@ -704,7 +775,7 @@ class Session:
         finally:
             self._report(metrics)
             if self._answering is answer:
-                self._answering = None
+                self._answering = self._reply = None
                 self._hold = None
             if track is not None and track.on_first_audio is first_audio:
                 track.on_first_audio = None
@@ -740,6 +811,10 @@ class Session:
 
 class TurnTimeout(RuntimeError):
     """A turn ran past limits.turn_timeout_s; the message is for the page."""
+
+
+def _db(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f} dB"
 
 
 def _p(probability: float | None) -> str:

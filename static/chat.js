@@ -4,7 +4,8 @@
 // with class "text", rebuilt from the message's source (kept in `sources`: Markdown for Parley's
 // answers, plain text for the user's) whenever that changes, so the screen always shows the whole
 // answer rendered, never fragments. An assistant
-// message always carries data-state (streaming, done, interrupted or error). The log itself is
+// message always carries data-state (streaming, done, paused, interrupted or error; paused: the
+// user spoke over it and it waits to hear whether that was a backchannel). The log itself is
 // not a live region: whole sentences and messages are announced through #announcer instead.
 
 import { isHtmlPage, plainText, renderMarkdown } from "./markdown.js";
@@ -43,7 +44,7 @@ export function onStreamingChange(fn) {
 
 /** True while any assistant message is still streaming. */
 export function isStreaming() {
-  return chat.querySelector('.msg[data-role="assistant"][data-state="streaming"]') !== null;
+  return chat.querySelector('.msg[data-role="assistant"]:is([data-state="streaming"], [data-state="paused"])') !== null;
 }
 
 /** True when the chat shows at least one message of the conversation. */
@@ -137,7 +138,9 @@ export function setState({ id, state, error, text, unspoken, cut }) {
   if (typeof unspoken === "string") showUnspoken(el, unspoken);
   showError(el, state, error);
   showCut(el, Boolean(cut));
-  if (state !== "streaming") {
+  if (state === "paused") {
+    if (spoken?.id === id) highlightSpoken(null);
+  } else if (state !== "streaming") {
     announce(id, true);
     if (state === "error") say(`Parley: ${error || "something went wrong while answering."}`);
     if (state === "interrupted") say("Parley was interrupted.");

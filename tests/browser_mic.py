@@ -4,7 +4,8 @@ Invariant: installed with `page.add_init_script(INIT_JS)` before the page loads,
 audio of getUserMedia with a WebAudio stream (the camera stays Chromium's fake device), so speech
 starts and ends at known times instead of looping a WAV at an unknown phase. It also times, on the
 page's own clock, the first sound of the answer after a release, and records the socket's metrics,
-recording and notice events. `window.__bench.say(Float32Array)` plays speech (48 kHz mono).
+recording, notice and state events. `window.__bench.say(Float32Array)` plays speech (48 kHz mono);
+`window.__bench.setEcho(db)` mixes what the page plays back into the microphone.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ INIT_JS = """
     ctx: null, mic: null, questions: [], metrics: [], recording: [], notices: [], hooked: null,
     watched: null, analyser: null, data: null, offsets: [], offset: 0,
     threshold: 0.01, releasedAt: null, heard: null, heardPoll: null, lastLoud: 0, floor: 0, noise: null,
+    echoGain: 0, echo: null, states: [],
   });
 
   const audio = () => {
@@ -61,6 +63,7 @@ INIT_JS = """
 
   function hook(socket) {
     bench.hooked = socket;
+    socket.on("state", (m) => bench.states.push({ id: String(m.id), state: m.state, at: performance.now() }));
     const at = (list) => (m) => list.push({ ...m, at: performance.now() });
     socket.on("metrics", at(bench.metrics));
     socket.on("recording", at(bench.recording));
@@ -78,6 +81,9 @@ INIT_JS = """
     bench.data = new Float32Array(bench.analyser.fftSize);
     const mute = new GainNode(ctx, { gain: 0 }); // keeps the analyser pulled; the <audio> element plays
     source.connect(bench.analyser).connect(mute).connect(ctx.destination);
+    // What the page plays, back into its own microphone (a loudspeaker beside it): `setEcho`.
+    bench.echo = new GainNode(ctx, { gain: bench.echoGain });
+    source.connect(bench.echo).connect(bench.mic);
     bench.watched = pc;
   }
 
@@ -137,6 +143,14 @@ INIT_JS = """
       if (r.type === "outbound-rtp" && r.kind === "audio") sent += r.packetsSent || 0;
     });
     return sent;
+  };
+
+  /** Parley's own voice back into the microphone at `db` relative to what the page plays (null: none),
+   * as a speakerphone with no echo cancelling of its own. */
+  bench.setEcho = (db) => {
+    audio();
+    bench.echoGain = db === null ? 0 : Math.pow(10, db / 20);
+    if (bench.echo) bench.echo.gain.value = bench.echoGain;
   };
 
   bench.load = (encoded) => {

@@ -362,6 +362,69 @@ async def test_hands_free_talking_over_the_answer_interrupts_it_and_keeps_what_w
     assert "capital" in (await user.text_content() or "").lower()
 
 
+# -- its own voice in the microphone, backchannels and a quick stop ------------------------------------
+
+STATES_OF_JS = "(id) => window.__bench.states.filter((s) => s.id === id).map((s) => s.state)"
+
+
+async def _story(page: Any) -> tuple[str, float]:
+    """Ask for a long story by typing; returns its message id once its voice is heard, and when."""
+    answers = page.locator('#chat [data-role="assistant"]')
+    before = await answers.count()
+    await page.fill("#text-input", STORY)
+    await page.press("#text-input", "Enter")
+    story = answers.nth(before)
+    await story.wait_for(timeout=30000)
+    await audio_heard(page, 60000)
+    return str(await story.get_attribute("data-id")), float(await page.evaluate("performance.now()"))
+
+
+async def test_hands_free_its_own_voice_back_at_minus_6_db_never_interrupts_it_and_wait_stop_does(talking_page) -> None:
+    """A speakerphone with no echo cancelling: what the page plays goes back into its microphone
+    at -6 dB. The server's echo canceller removes it: the answer plays to its end with no user
+    turn. Then "Wait, stop." at a normal level, over the same echo, interrupts the next one."""
+    from tests.browser_mic import encode
+    from tests.speech import trim
+
+    page = talking_page
+    await page.evaluate("(list) => window.__bench.load(list)", [encode(trim(speak("Wait, stop.", rate=48000)))])
+    await page.evaluate("window.__bench.setEcho(-6)")
+    story, _ = await _story(page)
+    await page.locator(f'#chat [data-id="{story}"][data-state="done"]').wait_for(timeout=120000)
+    await page.wait_for_function("(n) => window.__bench.metrics.length > n", arg=0, timeout=120000)  # spoken to its end
+    assert await page.locator('#chat [data-role="user"]').count() == 1
+    assert "interrupted" not in await page.evaluate(STATES_OF_JS, story)
+
+    second, _ = await _story(page)
+    await asyncio.sleep(1.0)
+    await page.evaluate(SAY_JS, 0)
+    await page.locator(f'#chat [data-id="{second}"][data-state="interrupted"]').wait_for(timeout=15000)
+
+
+async def test_hands_free_yeah_and_right_leave_the_answer_playing_with_no_turn(talking_page) -> None:
+    """Backchannels while it tells a story: it may pause for them, but it plays to its end and no
+    turn comes of them. ("Mm-hmm" and "okay" are left to the benchmark: Whisper tiny.en reads
+    hibari's as other words now and then, "Mama", "Good boy".)"""
+    from tests.browser_mic import encode
+    from tests.speech import trim
+
+    page = talking_page
+    await page.evaluate("(list) => window.__bench.load(list)", [encode(trim(speak(w, rate=48000))) for w in ("Yeah.", "Right.")])
+    story, _ = await _story(page)
+    for i in (0, 1):
+        await asyncio.sleep(1.5)
+        if await page.locator(f'#chat [data-id="{story}"][data-state="done"]').count() and await page.evaluate(
+            "window.__bench.metrics.length"
+        ):
+            break  # spoken to its end already
+        await page.evaluate(SAY_JS, i)
+    await page.wait_for_function("(n) => window.__bench.metrics.length > n", arg=0, timeout=120000)  # spoken to its end
+    await asyncio.sleep(1.0)  # a turn made of a backchannel would have come by now
+    assert await page.locator('#chat [data-role="user"]').count() == 1
+    states = await page.evaluate(STATES_OF_JS, story)
+    assert "interrupted" not in states and states[-1] == "done", states
+
+
 # -- a microphone that sends nothing while it is silent -------------------------------------------
 
 

@@ -89,12 +89,12 @@ async def test_its_own_voice_coming_back_at_minus_6_db_never_interrupts_it(clien
 
 
 async def test_backchannels_leave_the_answer_playing_and_are_no_turn(client: ParleyClient) -> None:
-    """ "Mm-hmm." and "Yeah." said while it tells a story: it may pause for them, but it goes on,
+    """ "Yeah." and "Right." said while it tells a story: it may pause for them, but it goes on,
     and the story ends done, its text once, with one user message in the chat."""
     began = time.monotonic()
     await client.sio.emit("text", {"text": STORY})
     await speaking(client, began)
-    for word in ("Mm-hmm.", "Yeah."):
+    for word in ("Yeah.", "Right."):
         await asyncio.sleep(1.5)
         if answers(client, "done") and client.of("metrics"):
             break  # the story was short: nothing left to speak over
