@@ -1,0 +1,259 @@
+"""Interruptions in a real browser: Parley's own voice in the microphone, backchannels, and how
+quickly "wait, stop" stops it (headless Chromium, hands-free, a WebAudio microphone).
+
+For each echo level (--echo, dB relative to what the page plays; "none" for no echo) a fresh page
+asks for a long story --trials times, and while each is spoken:
+- for the first 3 s only its own voice comes back: every hold ("paused") and interruption there is
+  a self-interruption;
+- "Mm-hmm." and "Yeah." are said (hibari's voice), 3 s apart: an answer they interrupt, or a user
+  turn made of one, is a backchannel wrongly taken for an interruption;
+- then "Wait, stop." at the same level as the questions: the barge-in delay is from its first
+  sample to the later of (the page showing the answer paused or interrupted) and (the last loud
+  sample of Parley's audio after that); a "Wait, stop." that has not interrupted within 5 s is a miss.
+Prints one table row per level, then the echo canceller's CPU cost per session (AEC3, decoding
+what was sent, the echo-likeness check) measured on this machine without a browser.
+
+Any flag the benchmark does not know goes to the app it starts (`--no-turn-echo-cancel`,
+`--no-turn-backchannels`, ...), for before/after runs. Run it where loopback-only ICE works (as root):
+    unshare --net bash -c 'ip link set lo up && .venv/bin/python benchmarks/interruption.py'
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.browser_voice import RATE, opened, start_local_app, wait_quiet  # noqa: E402
+from tests.browser_mic import encode  # noqa: E402
+from tests.speech import speak, trim  # noqa: E402
+
+STORY = "Tell me a long story about a dragon who learns to bake bread, with many details."
+BACKCHANNELS = ("Mm-hmm.", "Yeah.")
+STOP = "Wait, stop."
+
+ANSWER_JS = """(before) => {
+  const all = document.querySelectorAll('#chat [data-role="assistant"]');
+  return all.length > before ? all[before].dataset.id : null;
+}"""
+COUNT_JS = """(role) => document.querySelectorAll(`#chat [data-role="${role}"]`).length"""
+STATES_JS = "(id) => window.__bench.states.filter((s) => s.id === id)"
+
+
+@dataclass
+class Level:
+    name: str
+    trials: int = 0
+    self_holds: int = 0
+    self_interruptions: int = 0
+    backchannels: int = 0
+    backchannels_taken: int = 0
+    stops: int = 0
+    misses: int = 0
+    delays_ms: list[float] = field(default_factory=list)
+    stop_ms: list[float] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def parse_args() -> tuple[argparse.Namespace, list[str]]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--url", help="a running Parley (default: start one on a local Ray)")
+    parser.add_argument("--echo", default="none,-20,-10,-6,0", help="echo levels in dB, comma-separated ('none': no echo)")
+    parser.add_argument("--trials", type=int, default=2, help="stories per level (1-10)")
+    parser.add_argument("--time-limit", type=float, default=1500, help="give up after this many seconds in all")
+    parser.add_argument("--skip-cpu", action="store_true", help="do not measure the echo canceller's CPU cost")
+    return parser.parse_known_args()
+
+
+async def now(page: Any) -> float:
+    return float(await page.evaluate("performance.now()"))
+
+
+async def states(page: Any, answer: str) -> list[dict[str, Any]]:
+    return list(await page.evaluate(STATES_JS, answer))
+
+
+async def finished(page: Any, answer: str) -> bool:
+    """The answer has been spoken to its end (its metrics came) or stopped."""
+    return bool(
+        await page.evaluate(
+            """(id) => { const el = document.querySelector(`#chat [data-id="${CSS.escape(id)}"]`);
+              return !el || el.dataset.state === 'interrupted' || el.dataset.state === 'error' ||
+                (el.dataset.state === 'done' && !!el.querySelector('.metrics')); }""",
+            answer,
+        )
+    )
+
+
+async def say(page: Any, index: int, duration_s: float) -> float:
+    """Say phrase `index`; returns the page time of its first sample."""
+    spoken = await page.evaluate("(i) => window.__bench.say(window.__bench.questions[i]).then((s) => s.perfEnd)", index)
+    return float(spoken) - 1000 * duration_s
+
+
+async def story(page: Any, level: Level, durations: list[float]) -> None:
+    users_before = int(await page.evaluate(COUNT_JS, "user"))
+    before = int(await page.evaluate(COUNT_JS, "assistant"))
+    asked = await now(page)
+    await page.fill("#text-input", STORY)
+    await page.press("#text-input", "Enter")
+    await page.wait_for_function(ANSWER_JS, arg=before, timeout=60000)
+    answer = str(await page.evaluate(ANSWER_JS, before))
+    await page.wait_for_function("(t) => window.__bench.lastLoud > t", arg=asked, timeout=90000, polling=20)
+    level.trials += 1
+    # 1. its own voice only
+    await asyncio.sleep(3.0)
+    seen = await states(page, answer)
+    level.self_holds += sum(s["state"] == "paused" for s in seen)
+    if any(s["state"] == "interrupted" for s in seen):
+        level.self_interruptions += 1
+        level.notes.append("interrupted itself before anyone spoke")
+        await wait_quiet(page)
+        return
+    # 2. backchannels
+    users = int(await page.evaluate(COUNT_JS, "user"))
+    for i in range(len(BACKCHANNELS)):
+        if await finished(page, answer):
+            level.notes.append(f"the story ended before {BACKCHANNELS[i]!r}")
+            break
+        await say(page, i, durations[i])
+        level.backchannels += 1
+        await asyncio.sleep(3.0)
+        taken = any(s["state"] == "interrupted" for s in await states(page, answer))
+        new_users = int(await page.evaluate(COUNT_JS, "user")) - users
+        if taken or new_users:
+            level.backchannels_taken += 1
+            level.notes.append(f"{BACKCHANNELS[i]!r} " + ("interrupted it" if taken else "became a turn"))
+        if taken:
+            await wait_quiet(page)
+            return
+    # 3. "wait, stop"
+    if await finished(page, answer):
+        level.notes.append("the story ended before 'Wait, stop.'")
+        await wait_quiet(page)
+        return
+    onset = await say(page, len(BACKCHANNELS), durations[-1])
+    level.stops += 1
+    try:
+        await page.wait_for_function(
+            "([id, t]) => window.__bench.states.some((s) => s.id === id && s.at > t && s.state === 'interrupted')",
+            arg=[answer, onset],
+            timeout=5000,
+        )
+    except Exception:
+        level.misses += 1
+        level.notes.append("'Wait, stop.' did not interrupt within 5 s")
+        await wait_quiet(page)
+        return
+    shown = min(s["at"] for s in await states(page, answer) if s["at"] > onset and s["state"] in ("paused", "interrupted"))
+    # Parley's audio has stopped once it has been quiet for 150 ms (longer than a gap between words).
+    await page.wait_for_function(
+        "(t) => performance.now() > t && performance.now() - window.__bench.lastLoud > 150", arg=shown, timeout=10000, polling=10
+    )
+    last_loud = float(await page.evaluate("window.__bench.lastLoud"))
+    stopped = max(onset, last_loud)
+    level.delays_ms.append(max(shown, stopped) - onset)
+    level.stop_ms.append(stopped - onset)
+    await wait_quiet(page, timeout_ms=60000)
+    level.notes.append(f"users +{int(await page.evaluate(COUNT_JS, 'user')) - users_before}")
+
+
+def p50_p95(values: list[float]) -> str:
+    if not values:
+        return "-"
+    ordered = sorted(values)
+    p95 = ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
+    return f"{statistics.median(ordered):.0f} / {p95:.0f}"
+
+
+def cpu_cost() -> None:
+    """The echo canceller's cost per session on this machine: 20 s of an answer's echo, with and
+    without anything sent."""
+    from media.echo import EchoCanceller, FarEnd
+    from media.opus import SILENCE_PACKET, OpusEncoder, decode_opus_frames
+    from media.speech import resample
+
+    voice = speak("The capital of France is Paris. It has been the capital for a very long time. " * 3, rate=48000)
+    encoder = OpusEncoder(48000)
+    packets = [p.data for p in encoder.encode(voice) + encoder.flush()]
+    echo = 0.5 * resample(decode_opus_frames(packets), 48000, 16000)
+    mic = np.concatenate([np.zeros(1600, np.float32), echo])[: len(packets) * 320]
+    rows = []
+    for name, sending in (("answer playing", True), ("quiet", False)):
+        far = FarEnd()
+        canceller = EchoCanceller(lambda far=far: far)  # type: ignore[misc]
+        began = time.process_time()
+        for n in range(len(packets)):
+            far.sent(n * 960, 960, packets[n] if sending else SILENCE_PACKET)
+            canceller.process(mic[n * 320 : (n + 1) * 320] if sending else np.zeros(320, np.float32))
+            if n % 8 in (0, 2, 3, 5, 6):  # the recorder asks about each 32 ms window: 5 in 8 packets
+                canceller.echo_like()
+        spent = time.process_time() - began
+        rows.append((name, 100 * spent / (len(packets) * 0.02)))
+    print("\necho canceller CPU per session (AEC3, decoding what was sent, the echo-likeness check):")
+    for name, share in rows:
+        print(f"  {name:16} {share:.2f} % of one core")
+
+
+async def run(url: str, args: argparse.Namespace) -> list[Level]:
+    phrases = [trim(speak(text, rate=RATE)) for text in (*BACKCHANNELS, STOP)]
+    durations = [p.size / RATE for p in phrases]
+    levels: list[Level] = []
+    for name in [e.strip() for e in args.echo.split(",") if e.strip()]:
+        level = Level(name)
+        levels.append(level)
+        db = None if name == "none" else float(name)
+        log: list[str] = []
+        async with opened(url, 0.01, log, False) as page:
+            await page.evaluate("(list) => window.__bench.load(list)", [encode(p) for p in phrases])
+            await page.evaluate("(db) => window.__bench.setEcho(db)", db)
+            await page.click("label[for=hands-free]")
+            await page.locator('#turn-state[data-state="listening"]').wait_for(timeout=5000)
+            for _ in range(max(1, min(args.trials, 10))):
+                await story(page, level, durations)
+                await wait_quiet(page, timeout_ms=120000)
+        print(f"  echo {name}: {level.notes}", flush=True)
+    return levels
+
+
+def report(levels: list[Level]) -> None:
+    print("\n| echo | stories | self-holds | self-interruptions | backchannels taken | 'wait, stop' missed | barge-in ms p50 / p95 | audio stopped ms p50 / p95 |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    for lv in levels:
+        echo = "none" if lv.name == "none" else f"{lv.name} dB"
+        print(
+            f"| {echo} | {lv.trials} | {lv.self_holds} | {lv.self_interruptions} | {lv.backchannels_taken} of {lv.backchannels} "
+            f"| {lv.misses} of {lv.stops} | {p50_p95(lv.delays_ms)} | {p50_p95(lv.stop_ms)} |"
+        )
+
+
+def main() -> None:
+    args, server_flags = parse_args()
+    started = args.url is None
+    url = args.url or start_local_app(server_flags)
+    try:
+        levels = asyncio.run(asyncio.wait_for(run(url, args), timeout=args.time_limit))
+        report(levels)
+    finally:
+        if started:
+            import ray
+            from ray import serve
+
+            serve.shutdown()
+            ray.shutdown()
+    if not args.skip_cpu:
+        cpu_cost()
+
+
+if __name__ == "__main__":
+    main()
