@@ -101,7 +101,22 @@ async def say(page: Any, index: int, duration_s: float) -> float:
     return float(spoken) - 1000 * duration_s
 
 
+SETTLED_JS = """() => [...document.querySelectorAll('#chat [data-role="assistant"]')].every((el) =>
+  el.dataset.state === 'interrupted' || el.dataset.state === 'error' || (el.dataset.state === 'done' && !!el.querySelector('.metrics')))"""
+
+
+async def settle(page: Any) -> None:
+    """Until every answer is over and quiet, including the one to "Wait, stop." (a turn of its own,
+    which may start only after its end-of-turn wait of up to 2 s)."""
+    for _ in range(2):
+        await page.wait_for_function(SETTLED_JS, timeout=120000, polling=100)
+        await wait_quiet(page, timeout_ms=120000)
+        await asyncio.sleep(2.5)
+    await page.wait_for_function(SETTLED_JS, timeout=120000, polling=100)
+
+
 async def story(page: Any, level: Level, durations: list[float]) -> None:
+    await settle(page)
     users_before = int(await page.evaluate(COUNT_JS, "user"))
     before = int(await page.evaluate(COUNT_JS, "assistant"))
     asked = await now(page)
@@ -227,7 +242,9 @@ async def run(url: str, args: argparse.Namespace) -> list[Level]:
 
 
 def report(levels: list[Level]) -> None:
-    print("\n| echo | stories | self-holds | self-interruptions | backchannels taken | 'wait, stop' missed | barge-in ms p50 / p95 | audio stopped ms p50 / p95 |")
+    print(
+        "\n| echo | stories | self-holds | self-interruptions | backchannels taken | 'wait, stop' missed | barge-in ms p50 / p95 | audio stopped ms p50 / p95 |"
+    )
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for lv in levels:
         echo = "none" if lv.name == "none" else f"{lv.name} dB"

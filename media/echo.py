@@ -12,8 +12,12 @@ Invariants:
 - Each microphone frame is cancelled against the far-end frame that was sent when it arrived: the
   two streams advance in lock step, 10 ms for 10 ms, so the echo path (network, the browser's
   buffers, speaker and room) is a delay AEC3 estimates and tracks itself. The lock is re-set, a
-  step AEC3 re-learns, only when the streams drift apart by more than the slack allowed (a
-  microphone that was not listened to, a new track, clock drift over hours).
+  step AEC3 re-learns, when what is read would run past what was sent or fall `DRIFT_S` behind it
+  (a microphone that was not listened to, a new track), and moved on when the least lead seen
+  over `WATCH_S` exceeds `LEAD_S + SLACK_S` (the microphone audio was late when it was set).
+- `echo_like` says whether the latest microphone window (before cancelling) is the same waveform
+  as some stretch of what was sent within `SEARCH_S` before it: a second line for the moments
+  AEC3 is (re-)learning the path, which a browser's jitter buffer changes as it likes.
 - While nothing has been sent but silence for `TAIL_S`, frames pass through untouched and AEC3
   is not called: a quiet session costs nothing, and speech with no echo to remove is unchanged.
   Its state (the learnt echo path) is kept for the next answer.
@@ -51,6 +55,7 @@ SLACK_S = 0.04
 """Microphone audio arriving later than it did is only late: the lock moves to the least lead seen
 over a `WATCH_S` stretch only when that is more than LEAD_S + SLACK_S."""
 WATCH_S = 2.0
+"""How long the least lead is watched before the lock moves on to it."""
 DRIFT_S = 0.5
 """The lock is set again when the far end read is further than this behind what was sent."""
 LIKENESS_WINDOW = 512
