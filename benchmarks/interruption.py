@@ -102,7 +102,8 @@ async def say(page: Any, index: int, duration_s: float) -> float:
 
 
 SETTLED_JS = """() => [...document.querySelectorAll('#chat [data-role="assistant"]')].every((el) =>
-  el.dataset.state === 'interrupted' || el.dataset.state === 'error' || (el.dataset.state === 'done' && !!el.querySelector('.metrics')))"""
+  el.dataset.state === 'interrupted' || el.dataset.state === 'error' ||
+  (el.dataset.state === 'done' && !!el.querySelector('.metrics')))"""
 
 
 async def settle(page: Any) -> None:
@@ -243,7 +244,8 @@ async def run(url: str, args: argparse.Namespace) -> list[Level]:
 
 def report(levels: list[Level]) -> None:
     print(
-        "\n| echo | stories | self-holds | self-interruptions | backchannels taken | 'wait, stop' missed | barge-in ms p50 / p95 | audio stopped ms p50 / p95 |"
+        "\n| echo | stories | self-holds | self-interruptions | backchannels taken | 'wait, stop' missed "
+        "| barge-in ms p50 / p95 | audio stopped ms p50 / p95 |"
     )
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for lv in levels:
