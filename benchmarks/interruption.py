@@ -1,7 +1,8 @@
 """Interruptions in a real browser: Parley's own voice in the microphone, backchannels, and how
 quickly "wait, stop" stops it (headless Chromium, hands-free, a WebAudio microphone).
 
-For each echo level (--echo, dB relative to what the page plays; "none" for no echo) a fresh page
+For each echo level (--echo=none,-20,-6: dB relative to what the page plays; "none" for no echo;
+write it with "=", as the values start with a minus) a fresh page
 asks for a long story --trials times, and while each is spoken:
 - for the first 3 s only its own voice comes back: every hold ("paused") and interruption there is
   a self-interruption;

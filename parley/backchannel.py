@@ -28,7 +28,7 @@ BACKCHANNEL_MAX_S = 1.2
 
 ACKNOWLEDGEMENTS: dict[str, frozenset[str]] = {
     "en": frozenset(
-        "mm mmm mhm hm hmm mm-hmm mmhmm mm-hm uh-huh uh huh uhhuh aha ah oh ooh wow yeah yep yes yup ya "
+        "mm mmm mhm hm hmm mm-hmm mmhmm mm-hm uh-huh uh huh uhhuh um umm er erm aha ah oh ooh wow yeah yep yes yup ya "
         "okay ok kay right alright sure true cool nice great good fine i see got it exactly indeed".split()
     ),
     "de": frozenset("mhm hm hmm ja jaja genau okay ok gut klar stimmt aha ach so richtig".split()),

@@ -9,14 +9,38 @@ from parley.backchannel import BACKCHANNEL_MAX_S, is_backchannel, words_of
 
 @pytest.mark.parametrize(
     "text",
-    ["Mm-hmm.", "Yeah.", "Okay.", "Right, right.", "Uh-huh", "I see.", "", "[coughing]", "(laughs)", "*sigh*", "Yeah, okay."],
+    [
+        "Mm-hmm.",
+        "Yeah.",
+        "Okay.",
+        "Right, right.",
+        "Uh-huh",
+        "I see.",
+        "",
+        "[coughing]",
+        "(laughs)",
+        "*sigh*",
+        "Yeah, okay.",
+        "Um...",
+    ],
 )
 def test_acknowledgements_and_wordless_sounds_are_backchannels(text: str) -> None:
     assert is_backchannel(text, 0.6)
 
 
 @pytest.mark.parametrize(
-    "text", ["Wait.", "Stop.", "Wait, stop.", "No.", "What?", "Yeah, but why?", "Okay so what is the capital of France", "Hello."]
+    "text",
+    [
+        "Wait.",
+        "Stop.",
+        "Wait, stop.",
+        "No.",
+        "What?",
+        "Yeah, but why?",
+        "Okay so what is the capital of France",
+        "Hello.",
+        "Um, wait.",
+    ],
 )
 def test_anything_else_interrupts(text: str) -> None:
     assert not is_backchannel(text, 0.6)

@@ -80,7 +80,26 @@ def test_browser_voice_runs_both_modes_with_a_microphone_silent_between_words(se
         start = "release" if mode == "push-to-talk" else "end of question"
         assert f"{start} -> first audio heard" in done.stdout, done.stdout
         sent = [int(m) for m in re.findall(r"(\d+) packets sent after the last word", done.stdout)]
-        assert sent and max(sent) <= 3, done.stdout  # a microphone that kept sending: ~11 in 0.23 s
+        # a microphone that kept sending: ~11 in 0.23 s; the speech's last packets may leave late on a busy host
+        assert sent and max(sent) <= 5, done.stdout
+
+
+@pytest.mark.serve
+@pytest.mark.browser
+@needs_loopback
+@pytest.mark.skipif(not shutil.which("chromium"), reason="Debian chromium is not installed")
+def test_interruption_benchmark_prints_its_table_and_the_echo_cancellers_cost(serve_app) -> None:
+    done = subprocess.run(
+        [sys.executable, "benchmarks/interruption.py", "--url", serve_app.url, "--echo=-6", "--trials", "1"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    row = re.search(r"^\| -6 dB \| 1 \| \d+ \| \d+ \| \d+ of \d+ \| \d+ of \d+ \|.*\|$", done.stdout, re.M)
+    assert row, done.stdout
+    assert re.search(r"answer playing +\d+\.\d+ % of one core", done.stdout), done.stdout
 
 
 SOAK = ["--turn-every", "15", "--sample", "5", "--json"]
