@@ -12,7 +12,8 @@ asks for a long story --trials times, and while each is spoken:
   sample to the later of (the page showing the answer paused or interrupted) and (the last loud
   sample of Parley's audio after that); a "Wait, stop." that has not interrupted within 5 s is a miss.
 Prints one table row per level, then the echo canceller's CPU cost per session (AEC3, decoding
-what was sent, the echo-likeness check) measured on this machine without a browser.
+what was sent, the echo-likeness check) measured on this machine without a browser, and the word
+error rate of Whisper tiny.en on clean sentences with and without the canceller (no echo).
 
 Any flag the benchmark does not know goes to the app it starts (`--no-turn-echo-cancel`,
 `--no-turn-backchannels`, ...), for before/after runs. Run it where loopback-only ICE works (as root):
@@ -72,7 +73,9 @@ def parse_args() -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--echo", default="none,-20,-10,-6,0", help="echo levels in dB, comma-separated ('none': no echo)")
     parser.add_argument("--trials", type=int, default=2, help="stories per level (1-10)")
     parser.add_argument("--time-limit", type=float, default=1500, help="give up after this many seconds in all")
-    parser.add_argument("--skip-cpu", action="store_true", help="do not measure the echo canceller's CPU cost")
+    parser.add_argument(
+        "--skip-cpu", action="store_true", help="do not measure the echo canceller's CPU cost and its effect on transcripts"
+    )
     return parser.parse_known_args()
 
 
@@ -222,6 +225,42 @@ def cpu_cost() -> None:
         print(f"  {name:16} {share:.2f} % of one core")
 
 
+def transcripts_check(count: int = 20) -> None:
+    """With no echo, the canceller must not hurt what the ASR reads: sentences spoken by hibari and
+    espeak-ng (en-us) are transcribed as they are, and after the canceller while Parley is saying
+    something else (a headset: nothing comes back), which is when AEC3 runs on them."""
+    from benchmarks.asr_noise import SENTENCES, make_clips, wer
+    from deployments.asr import FasterWhisperBackend
+    from media.echo import DELAY, EchoCanceller, FarEnd
+    from media.opus import OpusEncoder
+    from parley.config import ASRConfig
+
+    clips = [c for c in make_clips(SENTENCES[:count], ["hibari", "espeak-us"], False) if c.condition == "clean"]
+    other = speak("Paris is the capital of France, and it has been for a very long time. " * 6, rate=48000)
+    encoder = OpusEncoder(48000)
+    far_packets = [p.data for p in encoder.encode(other) + encoder.flush()]
+    asr = FasterWhisperBackend(ASRConfig())
+    rows: dict[str, list[tuple[str, str]]] = {}
+    for clip in clips:
+        rows.setdefault("as spoken", []).append((clip.sentence, asr.transcribe(clip.audio).text))
+        for warm_s in (0.0, 3.0, 10.0):
+            far = FarEnd()
+            canceller = EchoCanceller(lambda far=far: far)  # type: ignore[misc]
+            lead = np.zeros(round(warm_s * 16000), np.float32)  # Parley talking, the user quiet
+            audio = np.concatenate([lead, clip.audio, np.zeros(DELAY + 320, np.float32)])
+            audio += np.random.default_rng(0).normal(0, 10 ** (-70 / 20), audio.size).astype(np.float32)  # a mic's floor
+            out = []
+            for n in range(audio.size // 320):
+                far.sent(n * 960, 960, far_packets[n % len(far_packets)])
+                out.append(canceller.process(audio[n * 320 : (n + 1) * 320]))
+            processed = np.concatenate(out)[DELAY + lead.size : DELAY + lead.size + clip.audio.size]
+            name = f"through the canceller, Parley talking for {warm_s:g} s before"
+            rows.setdefault(name, []).append((clip.sentence, asr.transcribe(processed).text))
+    print(f"\nno echo (a headset), {len(clips)} clips (hibari and espeak-ng), Whisper tiny.en word error rate:")
+    for name, pairs in rows.items():
+        print(f"  {name:58} {wer(pairs):.1f} %")
+
+
 async def run(url: str, args: argparse.Namespace) -> list[Level]:
     phrases = [trim(speak(text, rate=RATE)) for text in (*BACKCHANNELS, STOP)]
     durations = [p.size / RATE for p in phrases]
@@ -273,6 +312,7 @@ def main() -> None:
             ray.shutdown()
     if not args.skip_cpu:
         cpu_cost()
+        transcripts_check()
 
 
 if __name__ == "__main__":

@@ -15,6 +15,8 @@ Invariants:
   step AEC3 re-learns, when what is read would run past what was sent or fall `DRIFT_S` behind it
   (a microphone that was not listened to, a new track), and moved on when the least lead seen
   over `WATCH_S` exceeds `LEAD_S + SLACK_S` (the microphone audio was late when it was set).
+- While something was sent, a frame is cancelled only if its window is alike to what was sent
+  (`ECHO_PRESENT`): the user's voice with no echo in it goes on untouched, whatever AEC3 has learnt.
 - `echo_like` says whether the latest microphone window (before cancelling) is the same waveform
   as some stretch of what was sent within `SEARCH_S` before it: a second line for the moments
   AEC3 is (re-)learning the path, which a browser's jitter buffer changes as it likes.
@@ -62,6 +64,14 @@ LIKENESS_WINDOW = 512
 """Microphone samples `echo_like` compares (32 ms, one VAD window)."""
 SEARCH_S = 0.5
 """How far before a microphone window its echo's source is looked for, beyond the lock's lead."""
+ECHO_PRESENT = 0.75
+"""Below this likeness a microphone window holds no echo worth removing (speech alone measured 0.59
+at p95): AEC3 still learns from it, but what goes on is the window as it came. Fed speech while
+Parley talked into a headset (nothing comes back), AEC3 took it for echo until it had heard ~10 s
+of the answer: Whisper tiny.en's word error rate on 40 fresh clips went from 5.4 % to 85 %; with
+this, 4.2-6.9 %. Higher passes more echo that a room's reverberation makes less alike (a
+synthetic room with two reflections: 37 and 24 dB removed at 0.75; 0.8 left 21 dB), lower
+passes less of the user (0.7: 9.6-11.5 %)."""
 ECHO_LIKE = 0.85
 """A microphone window this alike to some stretch of what was sent (normalized cross-correlation)
 is that audio coming back. Measured through Chromium, loopback, Opus both ways and a jitter buffer
@@ -196,6 +206,8 @@ class EchoCanceller:
         """Microphone frames processed."""
         self.cancelled = 0
         """Of those, frames that went through AEC3 (the rest passed untouched)."""
+        self.passed = 0
+        """Of the frames that went through AEC3, those whose input went on instead (not echo)."""
         self.relocks = 0
         """How many times the lock between the streams was set again or moved after it was first set."""
         self._watch = (0, 10**9)
@@ -251,10 +263,16 @@ class EchoCanceller:
         reference = far.read(at, at + near.size)
         out = np.array(self._engine.process(near, reference), np.float32)
         self._energy = [0.98 * self._energy[0] + float(np.dot(near, near)), 0.98 * self._energy[1] + float(np.dot(out, out))]
+        raw = np.concatenate((self._line, near[:-DELAY]))  # the same samples as `out`, untouched
         if not self._engine_fresh:
             out[:DELAY] = self._line  # AEC3 still held the end of its last call, not these samples
             self._engine_fresh = True
         self._line = near[-DELAY:].copy()
+        if self._recent.size >= LIKENESS_WINDOW and self._measure() < ECHO_PRESENT:
+            # Not the echo: the user's voice or the room. AEC3 may still be learning that nothing
+            # comes back (it then takes the user for echo and suppresses them), so it goes as it is.
+            self.passed += frames
+            return raw
         return out
 
     def _locked(self, far: FarEnd, samples: int) -> int:
@@ -291,10 +309,16 @@ class EchoCanceller:
         far, end = lock
         if not far.sounding(end - LIKENESS_WINDOW, end):
             return False
+        return self._measure() >= ECHO_LIKE
+
+    def _measure(self) -> float:
+        """`likeness` of the latest microphone window to what was sent before it (measured once)."""
+        assert self._lock is not None
+        far, end = self._lock
         if self._likeness is None or self._likeness[0] != end:
             reference = far.read(end - LIKENESS_WINDOW - round(SEARCH_S * RATE), end)
             self._likeness = (end, likeness(self._recent, reference))
-        return self._likeness[1] >= ECHO_LIKE
+        return self._likeness[1]
 
     @property
     def removed_db(self) -> float | None:

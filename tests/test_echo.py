@@ -121,10 +121,29 @@ def test_switching_between_cancelling_and_passing_keeps_the_stream_whole() -> No
         out.append(canceller.process(mic[n * 320 : (n + 1) * 320]))
     cleaned = np.concatenate(out)[DELAY:]
     assert 0 < canceller.cancelled < canceller.frames
-    # From well after the first sound's tail up to where the second begins, the microphone comes
-    # out exactly as it went in: nothing lost or repeated at the first switch, and the samples
-    # AEC3 still held from before are not replayed at the second.
-    back_on = (len(packets) + 150) * 320
-    passed = slice((len(packets) + 60) * 320, back_on)
-    assert np.array_equal(cleaned[passed], mic[passed])
-    assert not np.array_equal(cleaned[back_on : back_on + 320], mic[back_on : back_on + 320])  # cancelling again
+    # No echo in this microphone: what AEC3 ran on went on as it came (nothing alike to what was
+    # sent), so the whole stream comes out exactly as it went in, DELAY late: nothing lost or
+    # repeated at either switch, and the samples AEC3 still held from before are not replayed.
+    assert canceller.cancelled - canceller.passed <= 3  # the first 32 ms cannot be compared yet
+    assert np.array_equal(cleaned[960:], mic[960 : cleaned.size])
+
+
+def test_the_users_voice_with_no_echo_goes_on_untouched_while_parley_talks() -> None:
+    """A headset: Parley talks, nothing comes back, the user speaks. AEC3, not yet sure that
+    nothing comes back, would take the user for echo; the canceller passes them on as they are."""
+    voice = speak("The capital of France is Paris. It has been the capital for a very long time.", rate=48000)
+    user = espeak("what is the capital of France", rate=RATE)
+    near = np.zeros(RATE + user.size, np.float32)
+    near[RATE:] = user
+    far = FarEnd()
+    canceller = EchoCanceller(lambda: far)
+    encoder = OpusEncoder(48000)
+    packets = [p.data for p in encoder.encode(voice) + encoder.flush()]
+    out = []
+    for n in range(near.size // 320):
+        far.sent(n * PACKET, PACKET, packets[n % len(packets)])
+        out.append(canceller.process(near[n * 320 : (n + 1) * 320]))
+    cleaned = np.concatenate(out)[DELAY:]
+    span = slice(RATE, cleaned.size)
+    assert canceller.cancelled > 0
+    assert _db(cleaned[span]) - _db(near[span]) > -1.0, "the user's voice kept its level"
