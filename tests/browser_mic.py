@@ -23,7 +23,7 @@ INIT_JS = """
     ctx: null, mic: null, questions: [], metrics: [], recording: [], notices: [], hooked: null,
     watched: null, analyser: null, data: null, offsets: [], offset: 0,
     threshold: 0.01, releasedAt: null, heard: null, heardPoll: null, lastLoud: 0, floor: 0, noise: null,
-    echoGain: 0, echo: null, states: [],
+    echoGain: 0, echo: null, echoSource: null, states: [],
   });
 
   const audio = () => {
@@ -81,9 +81,12 @@ INIT_JS = """
     bench.data = new Float32Array(bench.analyser.fftSize);
     const mute = new GainNode(ctx, { gain: 0 }); // keeps the analyser pulled; the <audio> element plays
     source.connect(bench.analyser).connect(mute).connect(ctx.destination);
-    // What the page plays, back into its own microphone (a loudspeaker beside it): `setEcho`.
-    bench.echo = new GainNode(ctx, { gain: bench.echoGain });
-    source.connect(bench.echo).connect(bench.mic);
+    // What the page plays, back into its own microphone (a loudspeaker beside it): `setEcho`. Only
+    // connected while there is echo: a connected input, even at gain 0, keeps the microphone sending.
+    bench.echoSource = source;
+    bench.echo?.disconnect();
+    bench.echo = null;
+    connectEcho();
     bench.watched = pc;
   }
 
@@ -150,8 +153,16 @@ INIT_JS = """
   bench.setEcho = (db) => {
     audio();
     bench.echoGain = db === null ? 0 : Math.pow(10, db / 20);
-    if (bench.echo) bench.echo.gain.value = bench.echoGain;
+    bench.echo?.disconnect();
+    bench.echo = null;
+    connectEcho();
   };
+
+  function connectEcho() {
+    if (!bench.echoSource || bench.echoGain <= 0) return;
+    bench.echo = new GainNode(bench.ctx, { gain: bench.echoGain });
+    bench.echoSource.connect(bench.echo).connect(bench.mic);
+  }
 
   bench.load = (encoded) => {
     bench.questions = encoded.map((b64) => new Float32Array(Uint8Array.from(atob(b64), (c) => c.charCodeAt(0)).buffer));
