@@ -138,7 +138,7 @@ async def story(page: Any, level: Level, durations: list[float]) -> None:
     if any(s["state"] == "interrupted" for s in seen):
         level.self_interruptions += 1
         level.notes.append("interrupted itself before anyone spoke")
-        await wait_quiet(page)
+        await settle(page)
         return
     # 2. backchannels
     users = int(await page.evaluate(COUNT_JS, "user"))
@@ -155,12 +155,12 @@ async def story(page: Any, level: Level, durations: list[float]) -> None:
             level.backchannels_taken += 1
             level.notes.append(f"{BACKCHANNELS[i]!r} " + ("interrupted it" if taken else "became a turn"))
         if taken:
-            await wait_quiet(page)
+            await settle(page)
             return
     # 3. "wait, stop"
     if await finished(page, answer):
         level.notes.append("the story ended before 'Wait, stop.'")
-        await wait_quiet(page)
+        await settle(page)
         return
     onset = await say(page, len(BACKCHANNELS), durations[-1])
     level.stops += 1
@@ -173,7 +173,7 @@ async def story(page: Any, level: Level, durations: list[float]) -> None:
     except Exception:
         level.misses += 1
         level.notes.append("'Wait, stop.' did not interrupt within 5 s")
-        await wait_quiet(page)
+        await settle(page)
         return
     shown = min(s["at"] for s in await states(page, answer) if s["at"] > onset and s["state"] in ("paused", "interrupted"))
     # Parley's audio has stopped once it has been quiet for 150 ms (longer than a gap between words).

@@ -15,8 +15,9 @@ Invariants:
   step AEC3 re-learns, when what is read would run past what was sent or fall `DRIFT_S` behind it
   (a microphone that was not listened to, a new track), and moved on when the least lead seen
   over `WATCH_S` exceeds `LEAD_S + SLACK_S` (the microphone audio was late when it was set).
-- While something was sent, a frame is cancelled only if its window is alike to what was sent
-  (`ECHO_PRESENT`): the user's voice with no echo in it goes on untouched, whatever AEC3 has learnt.
+- While AEC3 is still learning (its first `LEARNING_S` of audio sent), a frame is cancelled only if
+  its window is alike to what was sent (`ECHO_PRESENT`): the user's voice with no echo in it goes
+  on untouched, though AEC3 would take it for echo.
 - `echo_like` says whether the latest microphone window (before cancelling) is the same waveform
   as some stretch of what was sent within `SEARCH_S` before it: a second line for the moments
   AEC3 is (re-)learning the path, which a browser's jitter buffer changes as it likes.
@@ -72,6 +73,10 @@ of the answer: Whisper tiny.en's word error rate on 40 fresh clips went from 5.4
 this, 4.2-6.9 %. Higher passes more echo that a room's reverberation makes less alike (a
 synthetic room with two reflections: 37 and 24 dB removed at 0.75; 0.8 left 21 dB), lower
 passes less of the user (0.7: 9.6-11.5 %)."""
+LEARNING_S = 10.0
+"""For this much audio sent (counted while something was), AEC3 is learning the echo path and may
+take the user's voice for echo: only then does a frame not alike to what was sent go on untouched.
+After it, AEC3's output goes on (it removes echo that the user's voice, mixed in, makes less alike)."""
 ECHO_LIKE = 0.85
 """A microphone window this alike to some stretch of what was sent (normalized cross-correlation)
 is that audio coming back. Measured through Chromium, loopback, Opus both ways and a jitter buffer
@@ -268,7 +273,8 @@ class EchoCanceller:
             out[:DELAY] = self._line  # AEC3 still held the end of its last call, not these samples
             self._engine_fresh = True
         self._line = near[-DELAY:].copy()
-        if self._recent.size >= LIKENESS_WINDOW and self._measure() < ECHO_PRESENT:
+        learning = self.cancelled <= LEARNING_S * 100
+        if learning and self._recent.size >= LIKENESS_WINDOW and self._measure() < ECHO_PRESENT:
             # Not the echo: the user's voice or the room. AEC3 may still be learning that nothing
             # comes back (it then takes the user for echo and suppresses them), so it goes as it is.
             self.passed += frames
