@@ -327,6 +327,13 @@ class Session:
             log.exception("session %s: the turn judge failed; the silence limit decides this turn", self.id[:8])
             return
         wait = max(self.settings.turn.quiet_s, verdict.wait_s)
+        if (
+            self._hold is not None
+            and transcript is not None
+            and self._passes(transcript, self.recorder.speech_s) == "a backchannel"
+        ):
+            wait = self.settings.turn.quiet_s  # "Yes." over a held answer: resume soon, whatever it reads like
+
         event = self.recorder.limit_pause(paused_at, wait)
         log.info(
             "session %s: pause judged in %.0f ms (reads %s, sounds %s): over after %.1f s of silence",
