@@ -213,8 +213,6 @@ class EchoCanceller:
         """Of those, frames that went through AEC3 (the rest passed untouched)."""
         self.passed = 0
         """Of the frames that went through AEC3, those whose input went on instead (not echo)."""
-        self.relocks = 0
-        """How many times the lock between the streams was set again or moved after it was first set."""
         self._watch = (0, 10**9)
         """(microphone samples since the watch began, the least lead seen over them)."""
         self._recent = np.zeros(0, np.float32)
@@ -289,21 +287,16 @@ class EchoCanceller:
         lock = self._lock
         lead = None if lock is None or lock[0] is not far else far.end - lock[1]
         if lock is None or lead is None or not 0 <= lead < DRIFT_S * RATE:
-            if lock is not None:
-                self.relocks += 1
             self._watch = (0, 10**9)
             return max(0, far.end - round(LEAD_S * RATE))
         seen, least = self._watch
         seen, least = seen + samples, min(least, lead)
-        if seen >= WATCH_S * RATE:
-            seen, excess = 0, least - round(LEAD_S * RATE)
-            least = 10**9
-            if excess > SLACK_S * RATE:
-                self.relocks += 1
-                self._watch = (seen, least)
-                return lock[1] + excess
-        self._watch = (seen, least)
-        return lock[1]
+        if seen < WATCH_S * RATE:
+            self._watch = (seen, least)
+            return lock[1]
+        self._watch = (0, 10**9)
+        excess = least - round(LEAD_S * RATE)
+        return lock[1] + excess if excess > SLACK_S * RATE else lock[1]
 
     def echo_like(self) -> bool:
         """Whether the latest microphone window is what was sent coming back, whatever the canceller

@@ -145,10 +145,6 @@ class PacingTrack(MediaStreamTrack):
         self._drained.set()
         return len(dropped)
 
-    @property
-    def held(self) -> bool:
-        return self._held
-
     def hold(self) -> None:
         """Stop playing now (silence goes out); the queue is kept for `resume` or `clear`."""
         self._held = True

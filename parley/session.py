@@ -15,8 +15,10 @@ Invariants:
 - Hands-free, speech over an answer holds it at once (the track plays silence, nothing is lost).
   The hold is settled exactly once: words that are no backchannel (read at any pause), or speech
   longer than a backchannel, interrupt it, and the speech becomes the turn; an utterance that ends
-  as a backchannel (`parley.backchannel`) resumes the answer from the start of its sentence and is
-  no turn.
+  as a backchannel, or with no words, or with the answer's own words (`parley.backchannel`)
+  resumes the answer and is no turn. Until then, a pause whose speech had no words or the
+  answer's own words lets the answer play on where it stopped, and speech coming back holds it
+  again; a resume from a hold still holding starts the sentence over.
 - A session outlives its socket.io connection and its peer connection: a reconnecting browser
   gets the same history, and audio goes to whichever pacing track is current.
 - Nothing a user sends can raise out of here: bad input becomes a notice in the page and a log
@@ -97,7 +99,6 @@ class Hold:
     sooner, when it is plainly an interruption)."""
 
     utterance: Utterance | None
-    since: float
     held: bool = True
     """Whether its audio is stopped now (a pause with no words of the user's lets it play on)."""
 
@@ -333,7 +334,6 @@ class Session:
             and self._passes(transcript, self.recorder.speech_s) == "a backchannel"
         ):
             wait = self.settings.turn.quiet_s  # "Yes." over a held answer: resume soon, whatever it reads like
-
         event = self.recorder.limit_pause(paused_at, wait)
         log.info(
             "session %s: pause judged in %.0f ms (reads %s, sounds %s): over after %.1f s of silence",
@@ -348,7 +348,7 @@ class Session:
         """The user speaks over the answer: stop its audio now, and weigh what they say."""
         hold = self._hold
         if hold is None:
-            hold = self._hold = Hold(utterance=self._utterance, since=self._clock())
+            hold = self._hold = Hold(utterance=self._utterance)
             self._spawn(self._hold_limit(hold))
         elif hold.held:
             return
