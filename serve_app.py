@@ -26,8 +26,8 @@ from deployments.ingress import Ingress
 from deployments.llm import LLM
 from deployments.tts import TTS
 from parley.config import ParleyConfig, model_label, parse_args
-from parley.startup import StartupError, wait_until_running
-from parley.web import is_loopback
+from parley.ingress.web import is_loopback
+from parley.tools.startup import StartupError, wait_until_running
 
 ROOT = Path(__file__).resolve().parent
 
@@ -184,7 +184,7 @@ def main(argv: list[str] | None = None) -> None:
 
 def access_line(config: ParleyConfig, url: str) -> str:
     """Who can get in, said at start: an open server off loopback is a choice to make knowingly."""
-    from parley.auth import auth_mode, mint, signing_secret
+    from parley.ingress.auth import auth_mode, mint, signing_secret
 
     mode = auth_mode(config)
     where = f"{config.server.host}:{config.server.port}"
@@ -196,7 +196,7 @@ def access_line(config: ParleyConfig, url: str) -> str:
         proxies = ", ".join(config.auth.trusted_proxies)
         return f"parley: users are named by the {config.auth.proxy_user_header} header of your proxy ({proxies})."
     secret = signing_secret(config, create=False)
-    line = "parley: browsers need an invitation link: python -m parley.token --name NAME [--ttl 24h]"
+    line = "parley: browsers need an invitation link: python -m parley.tools.token --name NAME [--ttl 24h]"
     if secret is not None:
         line += f"\nparley: yours, for 24 h: {url.rstrip('/')}/#token={mint(secret, 'operator', 24 * 3600)}"
     return line

@@ -50,7 +50,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from parley.config import ParleyConfig  # noqa: E402
-from parley.metrics import STAGES  # noqa: E402
+from parley.engine.metrics import STAGES  # noqa: E402
 from tests.browser_mic import INIT_JS, encode  # noqa: E402
 from tests.conftest import free_port  # noqa: E402
 from tests.speech import speak, trim  # noqa: E402

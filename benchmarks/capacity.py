@@ -1,7 +1,7 @@
 """How many sessions one ingress process holds: CPU and memory per session, and when pacing breaks.
 
 Starts the app on a local Ray (embedded default), finds the ingress replica's process, and ramps
-sessions with the load client (`parley.load`): at each level, first every session idle (microphone
+sessions with the load client (`parley.tools.load`): at each level, first every session idle (microphone
 audio, and a 320x240 15 fps camera unless --no-video), then the same with a third of them talking
 (push-to-talk turns back to back). For each level it prints the ingress process's CPU (% of one
 core) per session and its memory per session, the gap p99 between audio packets arriving from the
@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT))
 
 from media.track import LATENESS_BOUNDS_MS  # noqa: E402
 from parley.config import parse_args  # noqa: E402
-from parley.load import LoadResult, percentile, run_load  # noqa: E402
+from parley.tools.load import LoadResult, percentile, run_load  # noqa: E402
 from tests.conftest import free_port  # noqa: E402
 
 GAP_LIMIT_MS = 30.0
@@ -84,7 +84,7 @@ def local_app(server_flags: list[str]) -> str:
 def _worker(url: str, sessions: int, talkers: int, seconds: float, video: bool, seed: int, first: int) -> dict[str, Any]:
     """One load process: `sessions` sessions, the first `talkers` of them in turns back to back; its
     callers are numbered from `first`, so no two processes' sessions share an address or a name."""
-    from parley.ice import configure_ice
+    from parley.ingress.ice import configure_ice
 
     configure_ice(["127.0.0.1"], None)
 

@@ -42,15 +42,15 @@ from deployments.asr import FasterWhisperBackend  # noqa: E402
 from media.speech import espeak, resample, speak, trim  # noqa: E402
 from media.vad import RATE  # noqa: E402
 from parley.config import ASRConfig, TurnConfig  # noqa: E402
-from parley.recorder import Recorder  # noqa: E402
-from parley.turnmodel import (  # noqa: E402
+from parley.engine.recorder import Recorder  # noqa: E402
+from parley.engine.turnmodel import (  # noqa: E402
     SOUND_TAIL,
     ModelMissing,
     TurnJudge,
     load_sound_model,
     load_text_model,
 )
-from parley.utterance import END_PAD_S  # noqa: E402
+from parley.engine.utterance import END_PAD_S  # noqa: E402
 
 MIC_RATE = 48000
 PAUSE_SEEN_S = 0.064

@@ -1,6 +1,6 @@
 """A bounded soak: many sessions for a long time; nothing dropped, nothing failed, memory flat.
 
-Runs the load client (`parley.load`) with --sessions sessions for --minutes minutes, each sending
+Runs the load client (`parley.tools.load`) with --sessions sessions for --minutes minutes, each sending
 microphone audio (and a camera unless --no-video) the whole time and a push-to-talk turn every
 ~--turn-every seconds. Every --sample seconds it prints the ingress processes' memory (RSS, read
 from /proc on this machine). At the end: sessions dropped, turns completed and failed, and the
@@ -33,13 +33,13 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.capacity import SECRET, ingress_processes  # noqa: E402
-from parley.load import percentile, run_load  # noqa: E402
+from parley.tools.load import percentile, run_load  # noqa: E402
 
 GROWTH_LIMIT = 0.10
 
 
 def _worker(url: str, sessions: int, turns: int, seconds: float, video: bool, turn_every_s: float, first: int) -> dict[str, Any]:
-    from parley.ice import configure_ice
+    from parley.ingress.ice import configure_ice
 
     configure_ice(["127.0.0.1"], None)
     result = asyncio.run(

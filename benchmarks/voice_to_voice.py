@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from parley.config import ParleyConfig  # noqa: E402
-from parley.ice import configure_ice  # noqa: E402
+from parley.ingress.ice import configure_ice  # noqa: E402
 from tests.client import ParleyClient  # noqa: E402
 from tests.conftest import free_port  # noqa: E402
 from tests.speech import speak, trim  # noqa: E402

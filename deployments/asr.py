@@ -22,9 +22,9 @@ import numpy as np
 
 from deployments.batching import Batcher
 from parley.config import ASRConfig
+from parley.engine.types import Transcript
 from parley.local_models import WHISPER_CATALOGUE
 from parley.logs import setup_logging, starting
-from parley.types import Transcript
 
 if TYPE_CHECKING:
     import torch

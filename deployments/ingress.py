@@ -16,13 +16,14 @@ from ray import serve
 from ray.exceptions import RayActorError, RayTaskError
 from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 
+from media.packet import OpusPacket
 from parley.config import ParleyConfig
+from parley.engine.metrics import STAGES, Meter
+from parley.engine.services import ServiceError
+from parley.engine.types import ChatMessage, Finish, Transcript
+from parley.ingress.server import IngressServer
+from parley.ingress.warmup import warm_up
 from parley.logs import setup_logging, starting
-from parley.metrics import STAGES, Meter
-from parley.server import IngressServer
-from parley.services import ServiceError
-from parley.types import ChatMessage, Finish, OpusPacket, Transcript
-from parley.warmup import warm_up
 
 log = logging.getLogger("parley.ingress")
 
@@ -102,7 +103,7 @@ class ServeMeter(Meter):
         self._stages = {
             stage: serve.metrics.Histogram(
                 f"parley_{stage}_seconds",
-                description=f"Per-turn {stage} in seconds (defined in parley/metrics.py).",
+                description=f"Per-turn {stage} in seconds (defined in parley/engine/metrics.py).",
                 boundaries=_BOUNDARIES,
             )
             for stage in STAGES

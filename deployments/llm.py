@@ -22,10 +22,10 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol, cast, overload
 
 from deployments.fair import Busy, FairQueue
 from parley.config import LLMConfig, openai_api_key
+from parley.engine.types import ChatMessage, Finish, ImagePart
 from parley.llamacpp import no_amx_repacking
 from parley.local_models import CATALOGUE, LocalModelMissing
 from parley.logs import setup_logging, starting
-from parley.types import ChatMessage, Finish, ImagePart
 
 if TYPE_CHECKING:
     from openai.types.chat import ChatCompletionMessageParam

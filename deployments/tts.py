@@ -22,9 +22,9 @@ import numpy as np
 from media.audio import trim_edges
 from media.ogg import OggOpusParser
 from media.opus import OpusEncoder, OpusLevelMeter
+from media.packet import OpusPacket
 from parley.config import TTSConfig, openai_api_key
 from parley.logs import setup_logging, starting
-from parley.types import OpusPacket
 
 if TYPE_CHECKING:
     import openai

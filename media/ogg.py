@@ -17,7 +17,7 @@ import struct
 from dataclasses import dataclass
 
 from media.opus import toc_duration_samples
-from parley.types import OpusPacket
+from media.packet import OpusPacket
 
 CAPTURE = b"OggS"
 HEADER_SIZE = 27

@@ -12,7 +12,7 @@ from collections import deque
 import av
 import numpy as np
 
-from parley.types import OpusPacket
+from media.packet import OpusPacket
 
 SILENCE_PACKET = bytes.fromhex("f8ff fe")
 """20 ms of silence in any Opus stream (TOC: CELT FB 20 ms, mono, one frame)."""

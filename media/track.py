@@ -31,7 +31,7 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from media.echo import FarEnd
 from media.opus import RTP_CLOCK_HZ, SILENCE_PACKET
-from parley.types import OpusPacket
+from media.packet import OpusPacket
 
 logger = logging.getLogger(__name__)
 

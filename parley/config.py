@@ -108,7 +108,7 @@ class AuthConfig(_Section):
     mode: Literal["auto", "token", "proxy", "open"] = Field(
         default="auto",
         description="auto: open on loopback, token anywhere else. token: browsers need an invitation link "
-        "(python -m parley.token). proxy: a trusted reverse proxy names the user in a header. open: anyone who "
+        "(python -m parley.tools.token). proxy: a trusted reverse proxy names the user in a header. open: anyone who "
         "reaches the port (its models and keys too).",
     )
     secret_env: str = Field(

@@ -26,7 +26,7 @@ def setup_logging(level: int = logging.INFO) -> None:
 @contextmanager
 def starting(logger: logging.Logger) -> Iterator[None]:
     """Around a deployment's constructor: a failure is logged with its traceback to stderr (so the
-    replica's own log file, which `parley.startup` points users at, holds it), then re-raised."""
+    replica's own log file, which `parley.tools.startup` points users at, holds it), then re-raised."""
     try:
         yield
     except BaseException:

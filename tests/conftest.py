@@ -17,7 +17,7 @@ sys.path.insert(0, str(ROOT))
 from parley.config import ParleyConfig  # noqa: E402
 
 if TYPE_CHECKING:
-    from parley.server import IngressServer
+    from parley.ingress.server import IngressServer
     from tests.fake_openai import FakeOpenAI
 
 
@@ -32,8 +32,8 @@ def local_ingress(config: ParleyConfig) -> IngressServer:
     from deployments.asr import ASR
     from deployments.llm import LLM
     from deployments.tts import TTS
-    from parley.server import IngressServer
-    from parley.services import LocalServices
+    from parley.engine.services import LocalServices
+    from parley.ingress.server import IngressServer
 
     return IngressServer(config, LocalServices(ASR(config.asr), LLM(config.llm), TTS(config.tts)))
 

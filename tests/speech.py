@@ -13,8 +13,8 @@ from pathlib import Path
 import av
 import numpy as np
 
+from media.packet import OpusPacket
 from media.speech import resample, speak, trim
-from parley.types import OpusPacket
 
 __all__ = ["decode_opus", "resample", "speak", "split_at", "trim", "write_wav"]
 

@@ -14,11 +14,11 @@ from typing import Any, cast
 import aiohttp
 import pytest
 
-from parley.auth import mint
 from parley.config import ParleyConfig
-from parley.conversation import Entry
-from parley.server import IngressServer
-from parley.services import Services
+from parley.engine.conversation import Entry
+from parley.engine.services import Services
+from parley.ingress.auth import mint
+from parley.ingress.server import IngressServer
 from tests.client import ParleyClient
 from tests.conftest import free_port
 
@@ -136,20 +136,20 @@ def test_the_operator_mints_an_invitation_link_the_server_accepts(tmp_path: Path
     import subprocess
     import sys
 
-    from parley.auth import check_token
+    from parley.ingress.auth import check_token
     from tests.conftest import ROOT
 
     env = {"PARLEY_AUTH_SECRET": SECRET, "PATH": "/usr/bin:/bin"}
     args = ["--name", "bob", "--ttl", "2h", "--url", "https://parley.example:8443/"]
     done = subprocess.run(
-        [sys.executable, "-m", "parley.token", *args], cwd=ROOT, capture_output=True, text=True, timeout=60, env=env
+        [sys.executable, "-m", "parley.tools.token", *args], cwd=ROOT, capture_output=True, text=True, timeout=60, env=env
     )
     assert done.returncode == 0, done.stderr
     link = done.stdout.strip()
     assert link.startswith("https://parley.example:8443/#token=")
     assert check_token(SECRET.encode(), link.split("#token=", 1)[1]) == "bob"
     missing = subprocess.run(
-        [sys.executable, "-m", "parley.token", "--name", "bob", "--server-state-dir", str(tmp_path / "none")],
+        [sys.executable, "-m", "parley.tools.token", "--name", "bob", "--server-state-dir", str(tmp_path / "none")],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -160,7 +160,7 @@ def test_the_operator_mints_an_invitation_link_the_server_accepts(tmp_path: Path
 
 
 def test_allowed_hosts_may_name_a_whole_domain() -> None:
-    from parley.auth import host_allowed, host_of
+    from parley.ingress.auth import host_allowed, host_of
 
     allowed = {"parley.example.com", "*.nodes.example.com"}
     assert host_allowed(host_of("node-1.nodes.example.com:8443"), allowed)

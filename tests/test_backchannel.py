@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from parley.backchannel import BACKCHANNEL_MAX_S, is_backchannel, words_of
+from parley.engine.backchannel import BACKCHANNEL_MAX_S, is_backchannel, words_of
 
 
 @pytest.mark.parametrize(

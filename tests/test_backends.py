@@ -13,7 +13,7 @@ from deployments.asr import ASR
 from deployments.llm import LLM, LLMError, LocalEngine
 from deployments.tts import TTS
 from parley.config import ASRConfig, LLMConfig, TTSConfig
-from parley.types import ChatMessage, Finish
+from parley.engine.types import ChatMessage, Finish
 from tests.speech import decode_opus, resample, speak
 
 QUESTION = [ChatMessage(role="user", content="What is the capital of France?")]

@@ -271,7 +271,7 @@ async def test_over_https_without_an_invitation_the_page_says_why_it_cannot_get_
 async def test_over_https_by_a_name_of_its_own_with_an_invitation_a_typed_and_a_spoken_turn_are_answered(
     https_app, fake_media
 ) -> None:
-    from parley.auth import mint, signing_secret
+    from parley.ingress.auth import mint, signing_secret
 
     url, config = https_app
     secret = signing_secret(config, create=False)
@@ -444,7 +444,7 @@ async def test_a_release_with_a_microphone_silent_between_words_is_answered_with
     """Chromium's WebAudio microphone sends no packet while it is silent (as Opus DTX and some
     headsets do): the release, 0.25 s after the last word, must not wait for audio that is not
     coming. The wait used to take its full 2 s (RELEASE_WAIT_S) on every turn, and showed in no stage."""
-    from parley.session import RELEASE_WAIT_S
+    from parley.engine.session import RELEASE_WAIT_S
     from tests.browser_mic import INIT_JS, encode
     from tests.speech import trim
 

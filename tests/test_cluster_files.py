@@ -20,8 +20,8 @@ import yaml
 from ray.serve.schema import ServeDeploySchema
 
 from parley.config import ParleyConfig
-from parley.ice import parse_port_range
-from parley.metrics import STAGES
+from parley.engine.metrics import STAGES
+from parley.ingress.ice import parse_port_range
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVE_CONFIGS = ["serve_config.yaml", "serve_cluster.yaml", "serve_cluster_llm.yaml"]
@@ -219,7 +219,7 @@ def test_the_cluster_has_gpus_for_the_llm_and_keeps_asr_off_them(cluster: dict[s
 async def test_parley_streams_from_the_llm_route_as_configured(llm_variant: dict[str, Any], fake, monkeypatch) -> None:
     """The Parley side of the connection, against a fake that speaks the OpenAI wire protocol."""
     from deployments.llm import LLM
-    from parley.types import ChatMessage, ImagePart, ImageURL, TextPart
+    from parley.engine.types import ChatMessage, ImagePart, ImageURL, TextPart
     from tests.fake_openai import API_KEY
 
     args = ParleyConfig.model_validate(llm_variant["applications"][0]["args"])

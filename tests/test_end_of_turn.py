@@ -1,6 +1,6 @@
 """Hands-free end of turn: a thinking pause is not taken for the end, a finished question ends soon.
 
-The rule (parley.turnmodel.TurnJudge) is tested on its own; the recorder and the session with a
+The rule (parley.engine.turnmodel.TurnJudge) is tested on its own; the recorder and the session with a
 scripted judge on hibari's speech (real VAD); the real models in a subprocess (native code: a
 crash there must not take the test run with it); and the fall-back when no model loads.
 """
@@ -18,9 +18,9 @@ import pytest
 
 from media.vad import RATE
 from parley.config import ParleyConfig, TurnConfig
-from parley.recorder import Recorder
-from parley.session import Session, SessionSettings
-from parley.turnmodel import ModelMissing, TurnJudge, Verdict
+from parley.engine.recorder import Recorder
+from parley.engine.session import Session, SessionSettings
+from parley.engine.turnmodel import ModelMissing, TurnJudge, Verdict
 from tests.speech import split_at
 from tests.test_session import ScriptedServices, frames, make_session, pump, wait_until
 
@@ -156,7 +156,7 @@ JUDGE_BOTH = """
 import json, sys
 import numpy as np
 sys.path.insert(0, ".")
-from parley.turnmodel import load_sound_model, load_text_model, TurnJudge, ModelMissing
+from parley.engine.turnmodel import load_sound_model, load_text_model, TurnJudge, ModelMissing
 from tests.test_end_of_turn import said, FIRST, REST
 from media.speech import resample
 sound, text = load_sound_model(), load_text_model()
@@ -185,7 +185,7 @@ def test_the_real_models_tell_a_finished_question_from_a_thinking_pause() -> Non
 async def test_with_no_turn_model_hands_free_falls_back_to_silence_and_the_page_is_told(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import parley.turnmodel as turnmodel
+    import parley.engine.turnmodel as turnmodel
     from tests.conftest import free_port, local_ingress
 
     monkeypatch.setattr(turnmodel, "load_sound_model", lambda: ModelMissing("the pipecat-ai package is not installed"))

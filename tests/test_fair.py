@@ -14,9 +14,10 @@ import pytest
 
 from deployments.fair import Busy, FairQueue
 from deployments.llm import LLM, LLMError
+from media.packet import OpusPacket
 from parley.config import LLMConfig, ParleyConfig
-from parley.server import IngressServer
-from parley.types import ChatMessage, OpusPacket, Transcript
+from parley.engine.types import ChatMessage, Transcript
+from parley.ingress.server import IngressServer
 from tests.client import ParleyClient
 from tests.conftest import free_port
 from tests.fake_openai import FakeOpenAI

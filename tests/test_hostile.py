@@ -14,8 +14,8 @@ import aiohttp
 import pytest
 
 from parley.config import ParleyConfig
-from parley.server import IngressServer
-from parley.services import Services
+from parley.engine.services import Services
+from parley.ingress.server import IngressServer
 from tests.client import ParleyClient
 from tests.conftest import free_port
 
@@ -110,10 +110,10 @@ async def test_a_dns_rebinding_page_is_refused(ingress: IngressServer) -> None:
 async def test_an_offer_whose_ice_never_connects_is_closed(ingress: IngressServer, monkeypatch: pytest.MonkeyPatch) -> None:
     from aiortc import RTCPeerConnection
 
-    import parley.rtc
+    import parley.ingress.rtc
 
-    monkeypatch.setattr(parley.rtc, "ICE_LIMIT_S", 0.5)
-    monkeypatch.setattr(parley.rtc.Peer.watch_connecting, "__defaults__", (0.5,))
+    monkeypatch.setattr(parley.ingress.rtc, "ICE_LIMIT_S", 0.5)
+    monkeypatch.setattr(parley.ingress.rtc.Peer.watch_connecting, "__defaults__", (0.5,))
     client = await connected(ingress.url)
     pc = RTCPeerConnection()
     try:

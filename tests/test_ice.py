@@ -11,10 +11,10 @@ import pytest
 from aiortc import RTCPeerConnection
 
 from parley.config import ParleyConfig
-from parley.ice import advertise_public, configure_ice, parse_port_range
-from parley.rtc import Peer
-from parley.services import Services
-from parley.session import Session, SessionSettings
+from parley.engine.services import Services
+from parley.engine.session import Session, SessionSettings
+from parley.ingress.ice import advertise_public, configure_ice, parse_port_range
+from parley.ingress.rtc import Peer
 
 PUBLIC = "203.0.113.7"  # TEST-NET-3: documentation only; nothing is ever sent to it here
 
@@ -88,7 +88,7 @@ def test_each_user_gets_short_lived_turn_credentials_of_their_own() -> None:
     import time
 
     from parley.config import IceServer
-    from parley.ice import turn_credentials
+    from parley.ingress.ice import turn_credentials
 
     servers = [
         IceServer(urls=["stun:stun.example.org:3478"]),

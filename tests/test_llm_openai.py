@@ -8,7 +8,7 @@ import pytest
 
 from deployments.llm import LLM, LLMError
 from parley.config import LLMConfig
-from parley.types import ChatMessage, Finish, ImagePart, ImageURL, TextPart
+from parley.engine.types import ChatMessage, Finish, ImagePart, ImageURL, TextPart
 from tests.conftest import free_port
 from tests.fake_openai import API_KEY, FakeOpenAI
 

@@ -1,4 +1,4 @@
-"""The load client operators point at a deployment (`python -m parley.load`), against the real app."""
+"""The load client operators point at a deployment (`python -m parley.tools.load`), against the real app."""
 
 from __future__ import annotations
 
@@ -15,7 +15,8 @@ KEYS = {"sessions", "connected", "turns_ok", "turns_failed", "first_audio_ms_p50
 
 
 def load(*args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "parley.load", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    command = [sys.executable, "-m", "parley.tools.load", *args]
+    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
 
 
 def test_it_refuses_a_host_that_is_not_loopback_without_the_flag() -> None:

@@ -11,7 +11,7 @@ import av
 import pytest
 
 from media.ogg import OggOpusParser, ogg_crc
-from parley.types import OpusPacket
+from media.packet import OpusPacket
 from tests.fake_openai import CHUNK_SIZES, ogg_opus
 from tests.speech import speak
 

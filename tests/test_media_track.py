@@ -12,8 +12,8 @@ import pytest
 from aiortc import RTCPeerConnection
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
+from media.packet import OpusPacket
 from media.track import PacingTrack
-from parley.types import OpusPacket
 
 SILENCE = b"\xf8\xff\xfe"
 

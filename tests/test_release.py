@@ -15,8 +15,8 @@ from typing import Any
 import av
 import numpy as np
 
-from parley.senderclock import SLACK_S, WRAP, SenderClock, rtp_diff
-from parley.session import Session
+from parley.engine.session import Session
+from parley.ingress.senderclock import SLACK_S, WRAP, SenderClock, rtp_diff
 from tests.speech import speak, trim
 from tests.test_session import Page, ScriptedServices, frames, make_session, wait_until
 

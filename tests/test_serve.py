@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 from ray import serve
 
-from parley.types import ChatMessage, OpusPacket
+from media.packet import OpusPacket
+from parley.engine.types import ChatMessage
 from tests.speech import decode_opus, resample, speak
 
 pytestmark = pytest.mark.serve
@@ -42,7 +43,7 @@ async def test_a_replica_error_reaches_the_session_as_its_own_message(serve_app,
     from deployments.ingress import HandleServices
     from deployments.llm import LLM
     from parley.config import LLMConfig
-    from parley.services import ServiceError
+    from parley.engine.services import ServiceError
     from tests.fake_openai import FakeOpenAI
 
     fake = await FakeOpenAI(fail=[401]).start()

@@ -8,8 +8,8 @@ from typing import Any, cast
 import aiohttp
 
 from parley.config import ParleyConfig
-from parley.server import IngressServer
-from parley.services import Services
+from parley.engine.services import Services
+from parley.ingress.server import IngressServer
 from tests.client import ParleyClient
 from tests.conftest import free_port
 
@@ -125,7 +125,7 @@ def test_the_self_signed_certificate_names_what_users_type_and_its_key_is_privat
 
     from cryptography import x509
 
-    from parley.tls import self_signed_pair
+    from parley.ingress.tls import self_signed_pair
 
     cert_path, key_path = self_signed_pair(tmp_path, "0.0.0.0")
     cert = x509.load_pem_x509_certificate(open(cert_path, "rb").read())

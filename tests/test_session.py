@@ -14,11 +14,12 @@ import av
 import numpy as np
 import pytest
 
+from media.packet import OpusPacket
 from media.track import PacingTrack
 from parley.config import ParleyConfig
-from parley.session import Session, SessionSettings
-from parley.turnmodel import TurnJudge
-from parley.types import ChatMessage, OpusPacket, Transcript
+from parley.engine.session import Session, SessionSettings
+from parley.engine.turnmodel import TurnJudge
+from parley.engine.types import ChatMessage, Transcript
 from tests.speech import speak
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from parley.startup import StartupError, StartupFailure, explain, replica_log, wait_until_running
+from parley.tools.startup import StartupError, StartupFailure, explain, replica_log, wait_until_running
 
 SERVE_PREFIX = (
     "The deployment failed to start 1 times in a row. This may be due to a problem with its constructor or initial "

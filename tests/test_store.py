@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from parley.config import ParleyConfig
-from parley.conversation import Entry
-from parley.session import Session, SessionSettings
-from parley.store import ConversationStore, RedisStore, SqliteStore, open_store
+from parley.engine.conversation import Entry
+from parley.engine.session import Session, SessionSettings
+from parley.ingress.store import ConversationStore, RedisStore, SqliteStore, open_store
 from tests.conftest import free_port
 from tests.test_session import ScriptedServices, wait_until
 

@@ -12,13 +12,14 @@ from typing import Any
 import numpy as np
 import pytest
 
+from media.packet import OpusPacket
 from media.track import PacingTrack, Played
 from media.vad import RATE, WINDOW, SileroVAD, SpeechDetector, rms
 from parley.config import TurnConfig
-from parley.recorder import Recorder
-from parley.reply import Reply
-from parley.types import OpusPacket, Transcript
-from parley.utterance import END_PAD_S, Utterance
+from parley.engine.recorder import Recorder
+from parley.engine.reply import Reply
+from parley.engine.types import Transcript
+from parley.engine.utterance import END_PAD_S, Utterance
 from tests.speech import speak, trim
 from tests.test_session import Page, ScriptedServices, frames, make_session, pump, wait_until
 
@@ -262,7 +263,7 @@ def test_the_microphone_is_kept_encoded_while_nobody_listens_and_its_preroll_dec
     from aiortc.rtp import RtpPacket
 
     from media.opus import OpusEncoder
-    from parley.rtc import PREROLL_FRAMES, MicrophoneBuffer
+    from parley.ingress.rtc import PREROLL_FRAMES, MicrophoneBuffer
 
     encoder = OpusEncoder(48000)
     packets = encoder.encode(trim(speak(QUESTION, rate=48000))[:48000])  # one second: 50 packets of 20 ms

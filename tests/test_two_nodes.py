@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from parley.ice import configure_ice
-from parley.tls import self_signed_pair
+from parley.ingress.ice import configure_ice
+from parley.ingress.tls import self_signed_pair
 from tests.client import ParleyClient
 from tests.conftest import loopback_only
 from tests.netns import HEAD_IP, NODE2_IP, TwoNodeCluster
@@ -48,7 +48,7 @@ class Deployed:
 
 def invitation() -> str:
     """An invitation both nodes accept: off loopback Parley asks for one."""
-    from parley.auth import mint
+    from parley.ingress.auth import mint
     from tests.netns import CLUSTER_SECRET
 
     return mint(CLUSTER_SECRET.encode(), "two-node-tester", 3600)

@@ -1,7 +1,7 @@
 """A Python stand-in for the browser: socket.io signalling plus an aiortc peer with a speaking mic
 (and, if asked, a camera).
 
-Used by the integration tests, the benchmarks and the load client (`python -m parley.load`). It
+Used by the integration tests, the benchmarks and the load client (`python -m parley.tools.load`). It
 speaks the same protocol as static/app.js, so what it proves about the server holds for the page too.
 """
 
@@ -20,7 +20,7 @@ import socketio
 from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
-from parley.ice import configure_ice
+from parley.ingress.ice import configure_ice
 
 RATE = 48000
 FRAME = 960

@@ -2,7 +2,7 @@
 
 Invariants:
 - Off loopback, a browser needs an invitation (a JWT signed with the operator's secret, minted by
-  `python -m parley.token`) or, behind a trusted reverse proxy, a header naming the user; loopback
+  `python -m parley.tools.token`) or, behind a trusted reverse proxy, a header naming the user; loopback
   runs may stay open, and the startup line says which it is.
 - Conversations are named by the server and bound to the user: the page proves it holds one with a
   session key (an HMAC of the user and the session id) that only the server can make. An id alone
@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from parley.config import AuthConfig, ParleyConfig
-from parley.web import is_loopback
+from parley.ingress.web import is_loopback
 
 AUDIENCE = "parley"
 ANONYMOUS = "anonymous"
@@ -145,7 +145,7 @@ def allowed_hosts(config: ParleyConfig) -> set[str]:
     machine's own (its host names, every interface address, loopback) and its public address."""
     if config.server.allowed_hosts:
         return {h.lower().strip("[]") for h in config.server.allowed_hosts}
-    from parley.tls import subject_names
+    from parley.ingress.tls import subject_names
 
     names = {str(n.value).lower() for n in subject_names(config.server.host)}
     if config.server.public_address:

@@ -16,7 +16,7 @@ import socketio
 
 log = logging.getLogger("parley.web")
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 STATIC = ROOT / "static"
 VENDOR = {
     "socket.io.min.js": ROOT / "node_modules/socket.io-client/dist/socket.io.min.js",

@@ -15,7 +15,7 @@ Invariants:
 - Hands-free, speech over an answer holds it at once (the track plays silence, nothing is lost).
   The hold is settled exactly once: words that are no backchannel (read at any pause), or speech
   longer than a backchannel, interrupt it, and the speech becomes the turn; an utterance that ends
-  as a backchannel, or with no words, or with the answer's own words (`parley.backchannel`)
+  as a backchannel, or with no words, or with the answer's own words (`parley.engine.backchannel`)
   resumes the answer and is no turn. Until then, a pause whose speech had no words or the
   answer's own words lets the answer play on where it stopped, and speech coming back holds it
   again; a resume from a hold still holding starts the sentence over.
@@ -44,17 +44,16 @@ from media.echo import EchoCanceller
 from media.image import frame_to_data_url
 from media.track import PacingTrack
 from media.vad import RATE
-from parley.backchannel import BACKCHANNEL_MAX_S, ECHO_MEMORY_S, is_backchannel, is_own_words, words_of
 from parley.config import LimitsConfig, LLMConfig, ParleyConfig, TurnConfig
-from parley.conversation import Conversation, Entry, estimate_tokens
-from parley.metrics import STAGES, Meter, TurnMetrics
-from parley.recorder import Recorder, TurnEvent
-from parley.reply import Reply
-from parley.senderclock import SenderClock, rtp_diff
-from parley.services import Services
-from parley.store import ConversationStore
-from parley.turnmodel import SOUND_TAIL, TurnJudge
-from parley.utterance import Speculation, Utterance
+from parley.engine.backchannel import BACKCHANNEL_MAX_S, ECHO_MEMORY_S, is_backchannel, is_own_words, words_of
+from parley.engine.conversation import Conversation, ConversationStore, Entry, estimate_tokens
+from parley.engine.metrics import STAGES, Meter, TurnMetrics
+from parley.engine.recorder import Recorder, TurnEvent
+from parley.engine.reply import Reply
+from parley.engine.services import Services
+from parley.engine.turnmodel import SOUND_TAIL, TurnJudge
+from parley.engine.utterance import Speculation, Utterance
+from parley.ingress.senderclock import SenderClock, rtp_diff
 
 log = logging.getLogger("parley.session")
 
@@ -105,7 +104,7 @@ class Hold:
 
 @dataclass(frozen=True)
 class TurnTimes:
-    """When a turn ended, on the session's clock (the stage definitions are in parley.metrics)."""
+    """When a turn ended, on the session's clock (the stage definitions are in parley.engine.metrics)."""
 
     decided: float
     """When the server learned the turn is over: the release event arrived, the end-of-turn

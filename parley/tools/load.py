@@ -1,4 +1,4 @@
-"""`python -m parley.load`: synthetic users against a Parley deployment, to learn what it holds.
+"""`python -m parley.tools.load`: synthetic users against a Parley deployment, to learn what it holds.
 
 Each session connects as a browser would (socket.io, then WebRTC through aiortc), sends microphone
 audio all the time (silence between questions) and, with --video, a camera; it runs push-to-talk
@@ -32,7 +32,7 @@ from urllib.parse import urlparse
 import numpy as np
 
 from media.speech import speak, trim
-from parley.client import Camera, ParleyClient
+from parley.tools.client import Camera, ParleyClient
 
 QUESTIONS = [
     "What is the capital of France?",
@@ -108,7 +108,7 @@ def callers(url: str, sessions: int, secret: bytes | None) -> list[Caller]:
     """One caller per session. On loopback each comes from an address of its own (127.0.0.2, ...), as
     users on different machines would, so per-address limits see N users, not one; with the server's
     secret each gets an invitation of its own (load-0, load-1, ...)."""
-    from parley.auth import mint
+    from parley.ingress.auth import mint
 
     spread = loopback(url) and urlparse(url).hostname in ("127.0.0.1", "localhost")
     return [
@@ -254,7 +254,7 @@ def table(result: LoadResult) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m parley.load", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m parley.tools.load", description=__doc__.split("\n\n")[0])
     parser.add_argument("--url", required=True, help="the page's URL, e.g. http://127.0.0.1:8080/")
     parser.add_argument("--sessions", type=int, default=3, help=f"concurrent sessions (at most {MAX_SESSIONS})")
     parser.add_argument("--turns", type=int, default=2, help=f"push-to-talk turns per session (at most {MAX_TURNS})")

@@ -24,12 +24,13 @@ from collections.abc import Callable, Coroutine, Hashable
 from dataclasses import dataclass
 from typing import Any
 
+from media.packet import OpusPacket
 from media.speakable import Speakable
 from media.text import SentenceSplitter, clean_for_speech
 from media.track import PacingTrack
-from parley.metrics import Stopwatch, TurnMetrics
-from parley.services import Services
-from parley.types import ChatMessage, Finish, OpusPacket
+from parley.engine.metrics import Stopwatch, TurnMetrics
+from parley.engine.services import Services
+from parley.engine.types import ChatMessage, Finish
 
 log = logging.getLogger("parley.reply")
 

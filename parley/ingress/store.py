@@ -16,7 +16,6 @@ Invariants:
 
 from __future__ import annotations
 
-import abc
 import json
 import logging
 import queue
@@ -25,7 +24,7 @@ import threading
 import time
 from pathlib import Path
 
-from parley.conversation import Entry, MessageState
+from parley.engine.conversation import ConversationStore, Entry, MessageState
 
 log = logging.getLogger("parley.store")
 
@@ -44,28 +43,6 @@ CREATE TABLE IF NOT EXISTS messages (
 CREATE INDEX IF NOT EXISTS messages_by_session ON messages (session, seq);
 """
 
-
-class ConversationStore(abc.ABC):
-    """Messages by session id."""
-
-    @abc.abstractmethod
-    def save(self, session: str, seq: int, entry: Entry) -> None:
-        """Insert or update one message (its place in the conversation is `seq`)."""
-
-    @abc.abstractmethod
-    def load(self, session: str) -> list[Entry]:
-        """The session's messages in order (none if it is unknown); `streaming` ones come back as `error`."""
-
-    @abc.abstractmethod
-    def forget(self, session: str) -> None:
-        """Delete one conversation (the user asked for a new one)."""
-
-    @abc.abstractmethod
-    def forget_older_than(self, seconds: float) -> int:
-        """Delete the conversations untouched for `seconds`; returns how many messages went."""
-
-    def close(self) -> None:  # noqa: B027 - a store may hold nothing to close
-        """Release connections and files."""
 
 
 def _cut(state: str) -> MessageState:

@@ -19,8 +19,8 @@ import numpy as np
 from media.audio import normalize
 from media.image import frame_to_data_url
 from media.text import SentenceSplitter
-from parley.services import Services
-from parley.types import ChatMessage
+from parley.engine.services import Services
+from parley.engine.types import ChatMessage
 
 log = logging.getLogger("parley.warmup")
 

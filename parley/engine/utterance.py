@@ -23,8 +23,8 @@ import av
 import numpy as np
 
 from media.vad import RATE
-from parley.reply import Reply
-from parley.types import Transcript
+from parley.engine.reply import Reply
+from parley.engine.types import Transcript
 
 END_PAD_S = 0.2
 """Audio kept after the end of speech: the VAD's pause starts at the first quiet window, and soft

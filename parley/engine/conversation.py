@@ -7,15 +7,13 @@ in the page and never sent to the LLM. The prompt is built here and nowhere else
 
 from __future__ import annotations
 
+import abc
 import uuid
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from parley.config import LLMConfig
-from parley.types import ChatMessage, ImagePart, ImageURL, TextPart
-
-if TYPE_CHECKING:
-    from parley.store import ConversationStore
+from parley.engine.types import ChatMessage, ImagePart, ImageURL, TextPart
 
 MessageState = Literal["streaming", "done", "interrupted", "error"]
 
@@ -41,6 +39,32 @@ class Entry:
         if self.cut:
             data["cut"] = True
         return data
+
+
+class ConversationStore(abc.ABC):
+    """Where conversations outlive the process: messages by session id.
+
+    The engine owns this interface; `parley.ingress.store` has the SQLite and Redis implementations.
+    """
+
+    @abc.abstractmethod
+    def save(self, session: str, seq: int, entry: Entry) -> None:
+        """Insert or update one message (its place in the conversation is `seq`)."""
+
+    @abc.abstractmethod
+    def load(self, session: str) -> list[Entry]:
+        """The session's messages in order (none if it is unknown); `streaming` ones come back as `error`."""
+
+    @abc.abstractmethod
+    def forget(self, session: str) -> None:
+        """Delete one conversation (the user asked for a new one)."""
+
+    @abc.abstractmethod
+    def forget_older_than(self, seconds: float) -> int:
+        """Delete the conversations untouched for `seconds`; returns how many messages went."""
+
+    def close(self) -> None:  # noqa: B027 - a store may hold nothing to close
+        """Release connections and files."""
 
 
 class Conversation:

@@ -13,7 +13,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from parley.types import ChatMessage, Finish, OpusPacket, Transcript
+from media.packet import OpusPacket
+from parley.engine.types import ChatMessage, Finish, Transcript
 
 
 class ServiceError(RuntimeError):

@@ -3,7 +3,7 @@
 Invariants:
 - Every microphone and camera frame the browser sends is consumed as it arrives (so aiortc's
   buffers never fill) and handed to the session; nothing here blocks on a model.
-- Which addresses and ports media uses is set once per process (parley.ice); a node behind 1:1
+- Which addresses and ports media uses is set once per process (parley.ingress.ice); a node behind 1:1
   NAT gets its public address written into the answer's host candidates.
 """
 
@@ -24,9 +24,9 @@ from aiortc.rtp import RtpPacket
 from media.opus import decode_opus_frames
 from media.track import PacingTrack
 from parley.config import IceServer
-from parley.ice import advertise_public
-from parley.senderclock import SenderClock
-from parley.session import Session
+from parley.engine.session import Session
+from parley.ingress.ice import advertise_public
+from parley.ingress.senderclock import SenderClock
 
 log = logging.getLogger("parley.rtc")
 

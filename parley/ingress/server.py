@@ -24,17 +24,17 @@ import socketio
 from aiohttp import web
 
 from media.track import LATENESS_BOUNDS_MS
-from parley.auth import Gate, Refused, User, allowed_hosts, host_allowed, host_of
 from parley.config import IceServer, ParleyConfig, model_label, model_quality
-from parley.ice import configure_ice, parse_port_range, turn_credentials
-from parley.metrics import Meter
-from parley.rtc import Peer, SdpError
-from parley.services import Services
-from parley.session import Session, SessionSettings
-from parley.store import ConversationStore, open_store
-from parley.tls import self_signed_pair
-from parley.turnmodel import TurnJudge, load_turn_judge
-from parley.web import STATIC, VENDOR, SocketServer, is_loopback, page_policy, same_origin
+from parley.engine.metrics import Meter
+from parley.engine.services import Services
+from parley.engine.session import Session, SessionSettings
+from parley.engine.turnmodel import TurnJudge, load_turn_judge
+from parley.ingress.auth import Gate, Refused, User, allowed_hosts, host_allowed, host_of
+from parley.ingress.ice import configure_ice, parse_port_range, turn_credentials
+from parley.ingress.rtc import Peer, SdpError
+from parley.ingress.store import ConversationStore, open_store
+from parley.ingress.tls import self_signed_pair
+from parley.ingress.web import STATIC, VENDOR, SocketServer, is_loopback, page_policy, same_origin
 
 log = logging.getLogger("parley.server")
 

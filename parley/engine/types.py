@@ -62,14 +62,6 @@ class ChatMessage(BaseModel):
         return {"role": self.role, "content": [p.model_dump() for p in self.content]}
 
 
-class OpusPacket(BaseModel):
-    """One Opus packet ready for RTP: its bytes and its length in 48 kHz samples."""
-
-    data: bytes
-    samples: int = Field(default=960, description="Duration in samples of the 48 kHz RTP clock (960 = 20 ms).")
-    level: float | None = Field(default=None, description="RMS level of the audio it carries (0..1), when the producer knows it.")
-
-
 class Finish(BaseModel):
     """Why the LLM stopped, sent after its last delta when the caller asks (`stream_reply(..., finish=True)`)."""
 

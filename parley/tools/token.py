@@ -1,4 +1,4 @@
-"""`python -m parley.token --name NAME --ttl 24h`: an invitation link for one person.
+"""`python -m parley.tools.token --name NAME --ttl 24h`: an invitation link for one person.
 
 It prints a URL whose fragment holds a JWT signed with the server's secret ($PARLEY_AUTH_SECRET, or
 the one the server made in its state directory); the page keeps the token and forgets the URL.
@@ -11,8 +11,8 @@ import argparse
 import re
 import sys
 
-from parley.auth import mint, signing_secret
 from parley.config import parse_args
+from parley.ingress.auth import mint, signing_secret
 
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd]?)$")
 
@@ -27,7 +27,7 @@ def seconds(text: str) -> float:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m parley.token", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m parley.tools.token", description=__doc__.split("\n\n")[0])
     parser.add_argument("--name", required=True, help="who the invitation is for (shown in logs, limits per user)")
     parser.add_argument("--ttl", type=seconds, default=seconds("24h"), help="how long it is valid (24h, 7d, 15m)")
     parser.add_argument("--url", default=None, help="the server's page (default: from the config's host and port)")
