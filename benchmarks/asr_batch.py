@@ -38,7 +38,7 @@ import transformers  # noqa: E402
 from deployments.asr import SAMPLE_RATE, FasterWhisperBackend, TransformersWhisperBackend  # noqa: E402
 from parley.config import ASRConfig  # noqa: E402
 from parley.engine.types import Transcript  # noqa: E402
-from tests.whisper_tiny import LARGE_V3, TINY, random_whisper  # noqa: E402
+from tests.support.whisper_tiny import LARGE_V3, TINY, random_whisper  # noqa: E402
 
 MODELS = {"large-v3": LARGE_V3, "large-v3-turbo": {**LARGE_V3, "decoder_layers": 4}}
 ENGINES = ("transformers", "transformers-10s", "ctranslate2")

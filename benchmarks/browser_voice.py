@@ -51,9 +51,9 @@ sys.path.insert(0, str(ROOT))
 
 from parley.config import ParleyConfig  # noqa: E402
 from parley.engine.metrics import STAGES  # noqa: E402
-from tests.browser_mic import INIT_JS, encode  # noqa: E402
-from tests.conftest import free_port  # noqa: E402
-from tests.speech import speak, trim  # noqa: E402
+from tests.support.browser_mic import INIT_JS, encode  # noqa: E402
+from tests.support.network import free_port  # noqa: E402
+from tests.support.speech import speak, trim  # noqa: E402
 
 DEFAULT_QUESTION = "Which planet is closest to the sun?"
 QUESTIONS = [

@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 from media.track import LATENESS_BOUNDS_MS  # noqa: E402
 from parley.config import parse_args  # noqa: E402
 from parley.tools.load import LoadResult, percentile, run_load  # noqa: E402
-from tests.conftest import free_port  # noqa: E402
+from tests.support.network import free_port  # noqa: E402
 
 GAP_LIMIT_MS = 30.0
 # The server's invitation secret, where it asks for invitations (--url at a server on a network):

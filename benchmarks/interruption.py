@@ -37,8 +37,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.browser_voice import RATE, opened, start_local_app, wait_quiet  # noqa: E402
-from tests.browser_mic import encode  # noqa: E402
-from tests.speech import speak, trim  # noqa: E402
+from tests.support.browser_mic import encode  # noqa: E402
+from tests.support.speech import speak, trim  # noqa: E402
 
 STORY = "Tell me a long story about a dragon who learns to bake bread, with many details."
 BACKCHANNELS = ("Mm-hmm.", "Yeah.")

@@ -38,9 +38,9 @@ sys.path.insert(0, str(ROOT))
 
 from parley.config import ParleyConfig  # noqa: E402
 from parley.ingress.ice import configure_ice  # noqa: E402
-from tests.client import ParleyClient  # noqa: E402
-from tests.conftest import free_port  # noqa: E402
-from tests.speech import speak, trim  # noqa: E402
+from tests.support.client import ParleyClient  # noqa: E402
+from tests.support.network import free_port  # noqa: E402
+from tests.support.speech import speak, trim  # noqa: E402
 
 QUESTIONS = [
     "What is the capital of France?",

@@ -1,9 +1,11 @@
-"""Shared fixtures: one local Ray with the Parley Serve app for the whole test session."""
+"""Shared fixtures: one local Ray with the Parley Serve app for the whole test session.
+
+Only fixtures live here; the helpers they and the tests share are in tests/support/.
+"""
 
 from __future__ import annotations
 
 import socket
-import sys
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,36 +13,11 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from parley.config import ParleyConfig  # noqa: E402
+from parley.config import ParleyConfig
+from tests.support.network import free_port
 
 if TYPE_CHECKING:
-    from parley.ingress.server import IngressServer
-    from tests.fake_openai import FakeOpenAI
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def local_ingress(config: ParleyConfig) -> IngressServer:
-    """An ingress served in this process, its deployments as plain objects beside it (no Ray)."""
-    from deployments.asr import ASR
-    from deployments.llm import LLM
-    from deployments.tts import TTS
-    from parley.engine.services import LocalServices
-    from parley.ingress.server import IngressServer
-
-    return IngressServer(config, LocalServices(ASR(config.asr), LLM(config.llm), TTS(config.tts)))
-
-
-def loopback_only() -> bool:
-    """True inside a network namespace whose only interface is lo (scripts/test.sh makes one)."""
-    return {name for _, name in socket.if_nameindex()} == {"lo"}
+    from tests.support.fake_openai import FakeOpenAI
 
 
 @dataclass
@@ -52,7 +29,7 @@ class RunningApp:
 @pytest.fixture
 async def fake(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[FakeOpenAI]:
     """A loopback OpenAI-compatible server; its key is in $PARLEY_TEST_KEY."""
-    from tests.fake_openai import API_KEY, FakeOpenAI
+    from tests.support.fake_openai import API_KEY, FakeOpenAI
 
     monkeypatch.setenv("PARLEY_TEST_KEY", API_KEY)
     server = await FakeOpenAI().start()
@@ -88,7 +65,7 @@ def serve_app() -> Iterator[RunningApp]:
 @pytest.fixture(scope="session")
 def tiny_whisper_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random Whisper saved as a transformers folder (built here, nothing downloaded)."""
-    from tests.whisper_tiny import save_random_whisper
+    from tests.support.whisper_tiny import save_random_whisper
 
     return save_random_whisper(tmp_path_factory.mktemp("whisper-tiny-session"))
 

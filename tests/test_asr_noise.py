@@ -10,7 +10,7 @@ import pytest
 
 from benchmarks.asr_noise import SAMPLE_RATE, edit_distance, normalise, wer
 from media.speech import brown_noise
-from tests.conftest import ROOT
+from tests.support import ROOT
 
 
 def test_words_are_normalised_before_counting() -> None:

@@ -18,7 +18,7 @@ import torch
 
 from deployments.asr import ASR, TransformersWhisperBackend
 from parley.config import ASRConfig
-from tests.whisper_tiny import LARGE_V3, save_random_whisper
+from tests.support.whisper_tiny import LARGE_V3, save_random_whisper
 
 RATE = 16000
 

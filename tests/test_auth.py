@@ -19,8 +19,8 @@ from parley.engine.conversation import Entry
 from parley.engine.services import Services
 from parley.ingress.auth import mint
 from parley.ingress.server import IngressServer
-from tests.client import ParleyClient
-from tests.conftest import free_port
+from tests.support.client import ParleyClient
+from tests.support.network import free_port
 
 SECRET = "a-test-secret-that-is-long-enough-for-hs256"
 
@@ -137,7 +137,7 @@ def test_the_operator_mints_an_invitation_link_the_server_accepts(tmp_path: Path
     import sys
 
     from parley.ingress.auth import check_token
-    from tests.conftest import ROOT
+    from tests.support import ROOT
 
     env = {"PARLEY_AUTH_SECRET": SECRET, "PATH": "/usr/bin:/bin"}
     args = ["--name", "bob", "--ttl", "2h", "--url", "https://parley.example:8443/"]

@@ -27,7 +27,8 @@ from ray import serve
 
 from parley.config import ParleyConfig
 from serve_app import asr_deployment
-from tests.speech import speak
+from tests.support import ROOT
+from tests.support.speech import speak
 
 pytestmark = pytest.mark.serve
 
@@ -38,7 +39,6 @@ CALLERS = 6
 MAX_CALLS = 400
 LOAD_LIMIT_S = 20.0
 SCALE_DOWN_LIMIT_S = 25.0
-ROOT = Path(__file__).resolve().parent.parent
 FAKE_CLUSTER_LIMIT_S = 120
 
 

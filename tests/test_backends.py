@@ -14,7 +14,7 @@ from deployments.llm import LLM, LLMError, LocalEngine
 from deployments.tts import TTS
 from parley.config import ASRConfig, LLMConfig, TTSConfig
 from parley.engine.types import ChatMessage, Finish
-from tests.speech import decode_opus, resample, speak
+from tests.support.speech import decode_opus, resample, speak
 
 QUESTION = [ChatMessage(role="user", content="What is the capital of France?")]
 STORY = [ChatMessage(role="user", content="Tell me a long story about a dragon and a knight.")]

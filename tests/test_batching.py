@@ -11,7 +11,7 @@ import pytest
 from deployments.asr import ASR, FasterWhisperBackend
 from deployments.batching import Batcher
 from parley.config import ASRConfig
-from tests.speech import speak, trim
+from tests.support.speech import speak, trim
 
 
 class Engine:

@@ -9,7 +9,8 @@ import sys
 
 import pytest
 
-from tests.conftest import ROOT, loopback_only
+from tests.support import ROOT
+from tests.support.network import loopback_only
 
 needs_loopback = pytest.mark.skipif(
     not loopback_only(), reason="needs a loopback-only network namespace (run scripts/test.sh as root)"

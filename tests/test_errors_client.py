@@ -11,9 +11,10 @@ from collections.abc import AsyncIterator
 import pytest
 
 from parley.config import ParleyConfig
-from tests.client import ParleyClient
-from tests.conftest import free_port, local_ingress
-from tests.fake_openai import FakeOpenAI
+from tests.support.client import ParleyClient
+from tests.support.fake_openai import FakeOpenAI
+from tests.support.ingress import local_ingress
+from tests.support.network import free_port
 
 
 @pytest.fixture

@@ -18,9 +18,9 @@ from media.packet import OpusPacket
 from parley.config import LLMConfig, ParleyConfig
 from parley.engine.types import ChatMessage, Transcript
 from parley.ingress.server import IngressServer
-from tests.client import ParleyClient
-from tests.conftest import free_port
-from tests.fake_openai import FakeOpenAI
+from tests.support.client import ParleyClient
+from tests.support.fake_openai import FakeOpenAI
+from tests.support.network import free_port
 
 QUESTION = [ChatMessage(role="user", content="What is the capital of France?")]
 MODEL_S = 0.6  # each answer: 6 deltas, 0.1 s apart

@@ -16,9 +16,9 @@ import pytest
 import ray
 from ray.serve.context import _get_global_client
 
-from tests.client import ParleyClient
-from tests.conftest import loopback_only
-from tests.speech import speak
+from tests.support.client import ParleyClient
+from tests.support.network import loopback_only
+from tests.support.speech import speak
 
 pytestmark = pytest.mark.serve
 

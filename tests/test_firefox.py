@@ -3,7 +3,7 @@
 One page for the module, as a new user would use it: it says Ready, then answers a typed question,
 a question spoken while Space is held, and (hands-free ticked) a question just spoken; every answer
 arrives as text in the chat and as audio the page received, and the page raises nothing. The
-microphone is tests/browser_mic.py's, which plays hibari's speech when the test says so; Firefox's
+microphone is tests/support/browser_mic.py's, which plays hibari's speech when the test says so; Firefox's
 sound goes to a PulseAudio null sink of the test's own (without an output device its AudioContext
 stays suspended). Runs only in a network namespace whose only interface is loopback (scripts/test.sh
 makes one), so every packet of the call stays on 127.0.0.1.
@@ -16,8 +16,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from tests.conftest import loopback_only
-from tests.firefox_driver import Firefox, firefox, missing, pulse_server
+from tests.support.firefox_driver import Firefox, firefox, missing, pulse_server
+from tests.support.network import loopback_only
 
 pytestmark = [
     pytest.mark.browser,
@@ -67,8 +67,8 @@ SAY_JS = "(i) => window.__bench.say(window.__bench.questions[i]).then((s) => s.e
 @pytest.fixture(scope="module")
 async def page(serve_app, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Firefox]:
     """The page in Firefox with the test microphone (silent until SAY_JS), connected and Ready."""
-    from tests.browser_mic import INIT_JS, encode
-    from tests.speech import speak, trim
+    from tests.support.browser_mic import INIT_JS, encode
+    from tests.support.speech import speak, trim
 
     folder = tmp_path_factory.mktemp("firefox")
     with pulse_server(folder / "pulse") as sound:

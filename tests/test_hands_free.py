@@ -13,8 +13,8 @@ from collections.abc import AsyncIterator
 import numpy as np
 import pytest
 
-from tests.client import ParleyClient
-from tests.speech import speak, split_at, trim
+from tests.support.client import ParleyClient
+from tests.support.speech import speak, split_at, trim
 
 pytestmark = pytest.mark.serve
 
@@ -119,7 +119,8 @@ async def test_a_cough_is_not_a_turn(client: ParleyClient) -> None:
 
 async def test_after_an_interruption_the_llm_is_told_only_the_words_that_were_heard(fake) -> None:
     from parley.config import ParleyConfig
-    from tests.conftest import free_port, local_ingress
+    from tests.support.ingress import local_ingress
+    from tests.support.network import free_port
 
     fake.reply = [
         "Dragons love warm ovens. ",

@@ -16,8 +16,8 @@ import pytest
 from parley.config import ParleyConfig
 from parley.engine.services import Services
 from parley.ingress.server import IngressServer
-from tests.client import ParleyClient
-from tests.conftest import free_port
+from tests.support.client import ParleyClient
+from tests.support.network import free_port
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.support import ROOT
 
 FORBIDDEN = {
     r"%zmm\d": "AVX-512 (512-bit registers)",

@@ -9,8 +9,8 @@ import pytest
 from deployments.llm import LLM, LLMError
 from parley.config import LLMConfig
 from parley.engine.types import ChatMessage, Finish, ImagePart, ImageURL, TextPart
-from tests.conftest import free_port
-from tests.fake_openai import API_KEY, FakeOpenAI
+from tests.support.fake_openai import API_KEY, FakeOpenAI
+from tests.support.network import free_port
 
 QUESTION = [ChatMessage(role="user", content="What is the capital of France?")]
 

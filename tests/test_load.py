@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, loopback_only
+from tests.support import ROOT
+from tests.support.network import loopback_only
 
 KEYS = {"sessions", "connected", "turns_ok", "turns_failed", "first_audio_ms_p50", "first_audio_ms_p95", "gap_ms_p99"}
 

@@ -12,8 +12,8 @@ import pytest
 
 from media.ogg import OggOpusParser, ogg_crc
 from media.packet import OpusPacket
-from tests.fake_openai import CHUNK_SIZES, ogg_opus
-from tests.speech import speak
+from tests.support.fake_openai import CHUNK_SIZES, ogg_opus
+from tests.support.speech import speak
 
 TEXT = "The quick brown fox jumps over the lazy dog."
 SERIAL = 0x5EED

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from media.opus import RTP_CLOCK_HZ, SILENCE_PACKET, OpusEncoder, toc_duration_samples
-from tests.speech import decode_opus, resample
+from tests.support.speech import decode_opus, resample
 
 
 def sweep(rate: int, seconds: float = 1.0) -> np.ndarray:

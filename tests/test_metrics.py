@@ -13,9 +13,9 @@ import aiohttp
 import pytest
 
 from parley.engine.metrics import STAGES
-from tests.client import ParleyClient
-from tests.conftest import free_port
-from tests.speech import speak
+from tests.support.client import ParleyClient
+from tests.support.network import free_port
+from tests.support.speech import speak
 
 pytestmark = pytest.mark.serve
 

@@ -13,9 +13,9 @@ import pytest
 import ray
 from ray import serve
 
-from tests.client import ParleyClient
-from tests.conftest import free_port, loopback_only
-from tests.speech import speak, trim
+from tests.support.client import ParleyClient
+from tests.support.network import free_port, loopback_only
+from tests.support.speech import speak, trim
 
 pytestmark = [
     pytest.mark.serve,

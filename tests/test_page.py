@@ -25,8 +25,10 @@ from playwright.async_api import expect
 
 from parley.config import ParleyConfig
 from parley.ingress.server import IngressServer
-from tests.conftest import free_port, local_ingress, loopback_only
-from tests.fake_openai import FakeOpenAI
+from tests.support import ROOT
+from tests.support.fake_openai import FakeOpenAI
+from tests.support.ingress import local_ingress
+from tests.support.network import free_port, loopback_only
 from tests.test_browser import chromium_args, write_question_wav, write_y4m
 
 pytestmark = [
@@ -35,7 +37,6 @@ pytestmark = [
     pytest.mark.skipif(not loopback_only(), reason="needs a loopback-only network namespace (run scripts/test.sh as root)"),
 ]
 
-ROOT = Path(__file__).resolve().parent.parent
 SHOTS = ROOT / "test-output" / "page"
 AXE = ROOT / "node_modules" / "axe-core" / "axe.min.js"
 DESKTOP = {"width": 1280, "height": 800}
@@ -89,9 +90,14 @@ class Server:
             self.process = None
 
     async def spawn(self) -> None:
-        """The same server in a process of its own (tests.page_server), for kill()."""
+        """The same server in a process of its own (tests.support.page_server), for kill()."""
         self.process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "tests.page_server", self.config().model_dump_json(), cwd=ROOT, stdout=asyncio.subprocess.PIPE
+            sys.executable,
+            "-m",
+            "tests.support.page_server",
+            self.config().model_dump_json(),
+            cwd=ROOT,
+            stdout=asyncio.subprocess.PIPE,
         )
         assert self.process.stdout is not None
         line = await asyncio.wait_for(self.process.stdout.readline(), 60)

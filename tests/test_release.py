@@ -17,7 +17,7 @@ import numpy as np
 
 from parley.engine.session import Session
 from parley.ingress.senderclock import SLACK_S, WRAP, SenderClock, rtp_diff
-from tests.speech import speak, trim
+from tests.support.speech import speak, trim
 from tests.test_session import Page, ScriptedServices, frames, make_session, wait_until
 
 

@@ -7,7 +7,7 @@ from ray import serve
 
 from media.packet import OpusPacket
 from parley.engine.types import ChatMessage
-from tests.speech import decode_opus, resample, speak
+from tests.support.speech import decode_opus, resample, speak
 
 pytestmark = pytest.mark.serve
 
@@ -44,7 +44,7 @@ async def test_a_replica_error_reaches_the_session_as_its_own_message(serve_app,
     from deployments.llm import LLM
     from parley.config import LLMConfig
     from parley.engine.services import ServiceError
-    from tests.fake_openai import FakeOpenAI
+    from tests.support.fake_openai import FakeOpenAI
 
     fake = await FakeOpenAI(fail=[401]).start()
     try:

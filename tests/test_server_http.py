@@ -10,8 +10,8 @@ import aiohttp
 from parley.config import ParleyConfig
 from parley.engine.services import Services
 from parley.ingress.server import IngressServer
-from tests.client import ParleyClient
-from tests.conftest import free_port
+from tests.support.client import ParleyClient
+from tests.support.network import free_port
 
 NO_MODELS = cast(Services, None)  # these tests never start a turn
 

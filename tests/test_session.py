@@ -20,7 +20,7 @@ from parley.config import ParleyConfig
 from parley.engine.session import Session, SessionSettings
 from parley.engine.turnmodel import TurnJudge
 from parley.engine.types import ChatMessage, Transcript
-from tests.speech import speak
+from tests.support.speech import speak
 
 
 class ScriptedServices:

@@ -15,9 +15,9 @@ from media.ogg import OggOpusParser
 from media.opus import toc_duration_samples
 from media.track import PacingTrack
 from parley.config import ASRConfig, TTSConfig
-from tests.conftest import free_port
-from tests.fake_openai import API_KEY, FakeOpenAI, ogg_opus
-from tests.speech import decode_opus, resample
+from tests.support.fake_openai import API_KEY, FakeOpenAI, ogg_opus
+from tests.support.network import free_port
+from tests.support.speech import decode_opus, resample
 from tests.test_media_track import FakeTime
 
 SENTENCE = "The quick brown fox jumps over the lazy dog."

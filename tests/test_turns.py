@@ -20,7 +20,7 @@ from parley.engine.recorder import Recorder
 from parley.engine.reply import Reply
 from parley.engine.types import Transcript
 from parley.engine.utterance import END_PAD_S, Utterance
-from tests.speech import speak, trim
+from tests.support.speech import speak, trim
 from tests.test_session import Page, ScriptedServices, frames, make_session, pump, wait_until
 
 QUESTION = "What is the capital of France?"

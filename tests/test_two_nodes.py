@@ -1,7 +1,7 @@
 """A two-node Ray cluster on this machine serves a client through each node's ingress.
 
 Node 1 runs in the test's own (loopback-only) namespace on one end of a veth pair, node 2 in a
-network namespace of its own on the other end (tests/netns.py), so each node's ingress binds the
+network namespace of its own on the other end (tests/support/netns.py), so each node's ingress binds the
 same server port on its own address. The app is deployed from a separate driver process, so this
 test neither needs nor disturbs the session's own Ray (the `serve_app` fixture).
 """
@@ -22,9 +22,9 @@ import pytest
 
 from parley.ingress.ice import configure_ice
 from parley.ingress.tls import self_signed_pair
-from tests.client import ParleyClient
-from tests.conftest import loopback_only
-from tests.netns import HEAD_IP, NODE2_IP, TwoNodeCluster
+from tests.support.client import ParleyClient
+from tests.support.netns import HEAD_IP, NODE2_IP, TwoNodeCluster
+from tests.support.network import loopback_only
 
 pytestmark = [
     pytest.mark.serve,
@@ -49,7 +49,7 @@ class Deployed:
 def invitation() -> str:
     """An invitation both nodes accept: off loopback Parley asks for one."""
     from parley.ingress.auth import mint
-    from tests.netns import CLUSTER_SECRET
+    from tests.support.netns import CLUSTER_SECRET
 
     return mint(CLUSTER_SECRET.encode(), "two-node-tester", 3600)
 

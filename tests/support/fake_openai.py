@@ -20,8 +20,8 @@ import av
 import numpy as np
 from aiohttp import web
 
-from tests.conftest import free_port
-from tests.speech import speak
+from tests.support.network import free_port
+from tests.support.speech import speak
 
 API_KEY = "sk-test-parley"
 CHUNK_SIZES = (7, 333, 1001, 64, 2049, 5, 700)

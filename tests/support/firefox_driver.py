@@ -1,4 +1,4 @@
-"""Debian's Firefox ESR for tests: a sound server for it, and one page driven by tests/firefox_driver.mjs.
+"""Debian's Firefox ESR for tests: a sound server for it, and one page driven by firefox_driver.mjs (beside this file).
 
 Invariant: `pulse_server` yields a running PulseAudio with only a null sink (nothing reaches a
 real device) and stops it on exit; `firefox` yields a `Firefox` whose page has a fresh profile,
@@ -20,8 +20,9 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-DRIVER = ROOT / "tests" / "firefox_driver.mjs"
+from tests.support import ROOT
+
+DRIVER = Path(__file__).resolve().with_name("firefox_driver.mjs")
 FIREFOX = "/usr/bin/firefox-esr"
 
 
@@ -85,7 +86,7 @@ class DriverError(AssertionError):
 
 
 class Firefox:
-    """One Firefox page; every method is one request to tests/firefox_driver.mjs."""
+    """One Firefox page; every method is one request to firefox_driver.mjs."""
 
     def __init__(self, process: asyncio.subprocess.Process, log: Path) -> None:
         self.process = process

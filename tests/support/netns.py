@@ -12,9 +12,9 @@ by the namespace they live in, or by the temp dir only this cluster uses, never 
 temp dir names carry the owner's pid, so a run killed before its cleanup is cleaned up by the
 next one (`reap_stale`).
 
-`python tests/netns.py deploy ADDRESS CONFIG_JSON` deploys the app on the cluster at ADDRESS in a
+`python -m tests.support.netns deploy ADDRESS CONFIG_JSON` deploys the app on the cluster at ADDRESS in a
 fresh driver process (the caller's own Ray state stays untouched) and prints one JSON line: the
-URL, the ingress replicas' node IPs and the deploy time. `python tests/netns.py shutdown ADDRESS` shuts Serve down there.
+URL, the ingress replicas' node IPs and the deploy time. `python -m tests.support.netns shutdown ADDRESS` shuts Serve down there.
 """
 
 from __future__ import annotations
@@ -32,7 +32,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.support import ROOT
+from tests.support.network import free_port
+
 HEAD_IP = "10.213.0.1"
 NODE2_IP = "10.213.0.2"
 PREFIX = 24
@@ -71,12 +73,6 @@ def reachable(host: str) -> bool:
             time.sleep(0.2)
             return False
         return True
-
-
-def free_port(host: str) -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
 
 
 NETNS_PREFIX = "parley-n2-"
@@ -221,9 +217,9 @@ class TwoNodeCluster:
         raise RuntimeError(f"found no TCP port free on both nodes in {tries} tries")
 
     def driver(self, *args: str, timeout: float) -> str:
-        """Run `python tests/netns.py ARGS` (a separate Ray driver); returns its last stdout line."""
+        """Run `python -m tests.support.netns ARGS` (a separate Ray driver); returns its last stdout line."""
         proc = subprocess.run(
-            [sys.executable, __file__, *args],
+            [sys.executable, "-m", "tests.support.netns", *args],
             capture_output=True,
             text=True,
             timeout=timeout,

@@ -1,6 +1,6 @@
 """One ingress process for the page tests, to be killed with SIGKILL like a crashed server.
 
-    python -m tests.page_server CONFIG_JSON
+    python -m tests.support.page_server CONFIG_JSON
 
 CONFIG_JSON is a ParleyConfig as JSON (the LLM and speech pointed at the test's fake OpenAI). It
 prints "serving" once the port is open, then serves until killed.
@@ -12,7 +12,7 @@ import asyncio
 import sys
 
 from parley.config import ParleyConfig
-from tests.conftest import local_ingress
+from tests.support.ingress import local_ingress
 
 
 async def main(config: ParleyConfig) -> None:

@@ -1,4 +1,4 @@
-// Drives one page of Debian's Firefox ESR over WebDriver BiDi (puppeteer-core), for tests/firefox_driver.py.
+// Drives one page of Debian's Firefox ESR over WebDriver BiDi (puppeteer-core), for tests/support/firefox_driver.py.
 //
 // Invariant: one browser, one page, for the life of this process. Requests come on stdin, one JSON
 // object a line: {"id": n, "op": ..., ...}; each gets exactly one answer line on stdout,
@@ -7,7 +7,7 @@
 // then {"event": "pageerror" | "console", ...} as the page emits them. When stdin closes (the test
 // ended or died), Firefox is closed and this process exits: nothing outlives the test.
 //
-// Usage: node tests/firefox_driver.mjs '{"executablePath": "/usr/bin/firefox-esr", "profile": "/tmp/p"}'
+// Usage: node tests/support/firefox_driver.mjs '{"executablePath": "/usr/bin/firefox-esr", "profile": "/tmp/p"}'
 // Firefox inherits this process's environment (PULSE_SERVER names its sound server).
 
 import { createInterface } from "node:readline";

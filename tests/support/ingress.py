@@ -1,0 +1,20 @@
+"""An ingress in the test's own process, with no Ray."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from parley.config import ParleyConfig
+    from parley.ingress.server import IngressServer
+
+
+def local_ingress(config: ParleyConfig) -> IngressServer:
+    """An ingress served in this process, its deployments as plain objects beside it (no Ray)."""
+    from deployments.asr import ASR
+    from deployments.llm import LLM
+    from deployments.tts import TTS
+    from parley.engine.services import LocalServices
+    from parley.ingress.server import IngressServer
+
+    return IngressServer(config, LocalServices(ASR(config.asr), LLM(config.llm), TTS(config.tts)))
