@@ -197,7 +197,7 @@ async def test_with_no_turn_model_hands_free_falls_back_to_silence_and_the_page_
     try:
         assert server.turn_judge is None
         session = Session("f" * 12, SessionSettings.of(config), ScriptedServices(["Ok."]), turn_judge=server.turn_judge)
-        welcome = server._turn_welcome(session)
+        welcome = server.signalling.turn_welcome(session).model_dump(exclude_unset=True)
         assert welcome["end_of_turn"] == "silence" and welcome["end_silence_s"] == 0.6
         assert "0.6 s of silence" in welcome["problem"] and "pipecat-ai" in welcome["problem"], welcome
         assert session.recorder.end_silence_s == 0.6 and session.turn_judge is None

@@ -14,47 +14,19 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from media.packet import OpusPacket
 from media.track import PacingTrack
+from tests.support.clock import FakeClock
 
 SILENCE = b"\xf8\xff\xfe"
 
 
-class FakeTime:
-    """A clock that only moves when the track sleeps (or the test says so)."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-        self.sleeps: list[float] = []
-
-    def clock(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
-
-
-class GatedTime(FakeTime):
-    """Like FakeTime, but each sleep waits until the test opens the gate, to act mid-wait."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.sleeping = asyncio.Event()
-        self.gate = asyncio.Event()
-
-    async def sleep(self, seconds: float) -> None:
-        self.sleeping.set()
-        await self.gate.wait()
-        await super().sleep(seconds)
+@pytest.fixture
+def fake() -> FakeClock:
+    return FakeClock(1000.0)
 
 
 @pytest.fixture
-def fake() -> FakeTime:
-    return FakeTime()
-
-
-@pytest.fixture
-def track(fake: FakeTime) -> PacingTrack:
-    return PacingTrack(clock=fake.clock, sleep=fake.sleep)
+def track(fake: FakeClock) -> PacingTrack:
+    return PacingTrack(clock=fake, sleep=fake.sleep)
 
 
 def speech(n: int, samples: int = 960) -> list[OpusPacket]:
@@ -62,7 +34,7 @@ def speech(n: int, samples: int = 960) -> list[OpusPacket]:
     return [OpusPacket(data=bytes([0xFC, i]), samples=samples) for i in range(n)]
 
 
-async def test_idle_track_sends_20ms_silence_packets_on_the_48khz_clock(track: PacingTrack, fake: FakeTime) -> None:
+async def test_idle_track_sends_20ms_silence_packets_on_the_48khz_clock(track: PacingTrack, fake: FakeClock) -> None:
     packets = [await track.recv() for _ in range(5)]
 
     assert [p.pts for p in packets] == [0, 960, 1920, 2880, 3840]
@@ -73,10 +45,10 @@ async def test_idle_track_sends_20ms_silence_packets_on_the_48khz_clock(track: P
     assert track.packets_sent == 5 and track.late_packets == 0
 
 
-async def test_queued_packets_go_out_in_order_unchanged_with_their_own_durations(track: PacingTrack, fake: FakeTime) -> None:
+async def test_queued_packets_go_out_in_order_unchanged_with_their_own_durations(track: PacingTrack, fake: FakeClock) -> None:
     long_one = OpusPacket(data=b"\xfc\x40", samples=1920)  # 40 ms
     for p in [*speech(2), long_one, *speech(1)]:
-        track.put(p)
+        track.capture(p)
     assert track.queued_s == pytest.approx(0.1)
 
     packets = [await track.recv() for _ in range(5)]
@@ -89,22 +61,22 @@ async def test_queued_packets_go_out_in_order_unchanged_with_their_own_durations
 
 async def test_clear_drops_queued_audio_at_once(track: PacingTrack) -> None:
     for p in speech(5):
-        track.put(p)
+        track.capture(p)
     assert bytes(await track.recv()) == b"\xfc\x00"
 
     assert track.clear() == 4
 
     assert track.queued_s == 0
     assert bytes(await track.recv()) == SILENCE
-    await asyncio.wait_for(track.drained(), 1)
+    await asyncio.wait_for(track.wait_for_playout(), 1)
 
 
 async def test_clear_while_recv_waits_wins_and_audio_put_meanwhile_goes_out_in_that_slot() -> None:
-    gated = GatedTime()
-    track = PacingTrack(clock=gated.clock, sleep=gated.sleep)
-    track.put(speech(1)[0])
+    gated = FakeClock(1000.0, gated=True)
+    track = PacingTrack(clock=gated, sleep=gated.sleep)
+    track.capture(speech(1)[0])
     assert bytes(await track.recv()) == b"\xfc\x00"  # the first packet needs no wait
-    track.put(speech(2)[1])
+    track.capture(speech(2)[1])
 
     pending = asyncio.create_task(track.recv())
     await gated.sleeping.wait()
@@ -116,28 +88,29 @@ async def test_clear_while_recv_waits_wins_and_audio_put_meanwhile_goes_out_in_t
     gated.sleeping.clear()
     pending = asyncio.create_task(track.recv())
     await gated.sleeping.wait()
-    track.put(speech(1)[0])
+    track.capture(speech(1)[0])
     gated.gate.set()
     assert bytes(await pending) == b"\xfc\x00"
 
 
 async def test_on_first_audio_fires_once_per_burst_when_speech_leaves(track: PacingTrack) -> None:
     calls: list[int] = []
-    track.on_first_audio = lambda: calls.append(track.packets_sent)
+    watch = track.watch(on_first_audio=lambda: calls.append(track.packets_sent))
     await track.recv()  # silence: not speech
     assert calls == []
 
     for p in speech(3):
-        track.put(p)
+        track.capture(p)
     for _ in range(4):
         await track.recv()
     assert calls == [1]  # fired as the first speech packet left, not when it was queued
-    assert track.on_first_audio is None
+    assert watch.on_first_audio is None, "once per watch"
+    watch.close()
 
-    track.on_first_audio = lambda: calls.append(track.packets_sent)
-    track.put(OpusPacket(data=SILENCE))  # a TTS engine's leading silence is not the first audio
+    track.watch(on_first_audio=lambda: calls.append(track.packets_sent))
+    track.capture(OpusPacket(data=SILENCE))  # a TTS engine's leading silence is not the first audio
     for p in speech(2):
-        track.put(p)
+        track.capture(p)
     for _ in range(3):
         await track.recv()
     assert calls == [1, 6]
@@ -147,18 +120,18 @@ async def test_a_failing_on_first_audio_callback_does_not_stop_the_audio(track: 
     def broken() -> None:
         raise RuntimeError("metrics down")
 
-    track.on_first_audio = broken
-    track.put(speech(1)[0])
+    track.watch(on_first_audio=broken)
+    track.capture(speech(1)[0])
 
     assert bytes(await track.recv()) == b"\xfc\x00"
     assert bytes(await track.recv()) == SILENCE
 
 
 async def test_drained_resolves_once_the_last_packet_has_left(track: PacingTrack) -> None:
-    await asyncio.wait_for(track.drained(), 1)  # nothing queued: already drained
+    await asyncio.wait_for(track.wait_for_playout(), 1)  # nothing queued: already drained
     for p in speech(3):
-        track.put(p)
-    waiter = asyncio.create_task(track.drained())
+        track.capture(p)
+    waiter = asyncio.create_task(track.wait_for_playout())
 
     await track.recv()
     await track.recv()
@@ -169,7 +142,7 @@ async def test_drained_resolves_once_the_last_packet_has_left(track: PacingTrack
     await asyncio.wait_for(waiter, 1)
 
 
-async def test_a_stall_is_caught_up_and_a_long_stall_resynchronises(track: PacingTrack, fake: FakeTime) -> None:
+async def test_a_stall_is_caught_up_and_a_long_stall_resynchronises(track: PacingTrack, fake: FakeClock) -> None:
     for _ in range(3):
         await track.recv()
     fake.now += 0.11  # the loop was busy: the next 5 packets are 90..10 ms overdue
@@ -188,8 +161,8 @@ async def test_a_stall_is_caught_up_and_a_long_stall_resynchronises(track: Pacin
 
 
 async def test_a_stopped_track_raises(track: PacingTrack) -> None:
-    track.put(speech(1)[0])
-    waiter = asyncio.create_task(track.drained())
+    track.capture(speech(1)[0])
+    waiter = asyncio.create_task(track.wait_for_playout())
 
     track.stop()
 
@@ -197,13 +170,13 @@ async def test_a_stopped_track_raises(track: PacingTrack) -> None:
     with pytest.raises(MediaStreamError):
         await track.recv()
     await asyncio.wait_for(waiter, 1)  # nobody waits forever on a track that will never send
-    track.put(speech(1)[0])
+    track.capture(speech(1)[0])
     assert track.queued_s == 0
 
 
 async def test_stopping_while_recv_waits_raises() -> None:
-    gated = GatedTime()
-    track = PacingTrack(clock=gated.clock, sleep=gated.sleep)
+    gated = FakeClock(1000.0, gated=True)
+    track = PacingTrack(clock=gated, sleep=gated.sleep)
     await track.recv()
     pending = asyncio.create_task(track.recv())
     await gated.sleeping.wait()
@@ -217,7 +190,7 @@ async def test_stopping_while_recv_waits_raises() -> None:
 
 async def test_a_packet_without_duration_is_refused(track: PacingTrack) -> None:
     with pytest.raises(ValueError, match="samples"):
-        track.put(OpusPacket(data=b"\xfc\x00", samples=0))
+        track.capture(OpusPacket(data=b"\xfc\x00", samples=0))
 
 
 def tone_packets(seconds: float = 0.6, hz: float = 440.0) -> list[OpusPacket]:
@@ -253,9 +226,9 @@ async def test_a_peer_connection_hears_the_queued_tone(monkeypatch: pytest.Monke
             heard = await remote
 
             first_audio = asyncio.Event()
-            track.on_first_audio = first_audio.set
+            track.watch(on_first_audio=first_audio.set)
             for packet in tone_packets():
-                track.put(packet)
+                track.capture(packet)
 
             loudest = 0.0
             while loudest < 3000:  # the tone's RMS is ~7000; decoded silence is 0
@@ -263,7 +236,7 @@ async def test_a_peer_connection_hears_the_queued_tone(monkeypatch: pytest.Monke
                 assert isinstance(frame, av.AudioFrame)
                 loudest = max(loudest, float(np.sqrt(np.mean(frame.to_ndarray().astype(np.float64) ** 2))))
             await first_audio.wait()
-            await track.drained()
+            await track.wait_for_playout()
         assert track.packets_sent > 30
     finally:
         await client.close()
@@ -275,11 +248,11 @@ async def test_hold_sends_silence_and_resume_replays_the_sentence_from_its_start
     sentence again from its first packet, and the replayed part counts as played once."""
     first, second = speech(3), speech(2)
     for p in first:
-        track.put(p, tag="s0")
+        track.capture(p, tag="s0")
     for p in second:
-        track.put(p, tag="s1")
+        track.capture(p, tag="s1")
     tags: list[object] = []
-    track.on_tag = tags.append
+    track.watch(on_tag=tags.append)
     sent = [bytes(await track.recv()) for _ in range(2)]  # two packets of s0 leave
     track.hold()
     held = [bytes(await track.recv()) for _ in range(3)]
@@ -296,7 +269,7 @@ async def test_hold_sends_silence_and_resume_replays_the_sentence_from_its_start
 
 async def test_every_packet_that_leaves_is_the_echo_reference(track: PacingTrack) -> None:
     for p in speech(2):
-        track.put(p)
+        track.capture(p)
     for _ in range(4):
         await track.recv()
     assert track.far.end == 4 * 960 // 3  # 16 kHz samples of the track's timeline

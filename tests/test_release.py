@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import heapq
 import random
 import time
 from fractions import Fraction
@@ -17,35 +16,9 @@ import numpy as np
 
 from parley.engine.session import Session
 from parley.ingress.senderclock import SLACK_S, WRAP, SenderClock, rtp_diff
+from tests.support.clock import FakeClock
 from tests.support.speech import speak, trim
 from tests.test_session import Page, ScriptedServices, frames, make_session, wait_until
-
-
-class FakeTime:
-    """A clock and a sleep: sleeping runs what was scheduled up to the end of the sleep, in order."""
-
-    def __init__(self) -> None:
-        self.now = 100.0
-        self._due: list[tuple[float, int, Any]] = []
-        self._count = 0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def at(self, when: float, action: Any) -> None:
-        heapq.heappush(self._due, (when, self._count, action))
-        self._count += 1
-
-    def run_until(self, when: float) -> None:
-        while self._due and self._due[0][0] <= when:
-            at, _, action = heapq.heappop(self._due)
-            self.now = max(self.now, at)
-            action()
-        self.now = max(self.now, when)
-
-    async def sleep(self, seconds: float) -> None:
-        self.run_until(self.now + seconds)
-        await asyncio.sleep(0)
 
 
 def test_rtp_diff_takes_the_nearest_step_across_the_wrap() -> None:
@@ -55,7 +28,7 @@ def test_rtp_diff_takes_the_nearest_step_across_the_wrap() -> None:
 
 
 def test_the_position_follows_the_least_delayed_packets_through_jitter_and_a_wrap() -> None:
-    clock, rng = FakeTime(), random.Random(7)
+    clock, rng = FakeClock(100.0), random.Random(7)
     sender = SenderClock(48000, clock)
     start = WRAP - 48000 * 3  # wraps three seconds in
     for i in range(500):  # ten seconds of 20 ms packets, 5 to 80 ms in transit
@@ -69,7 +42,7 @@ def test_the_position_follows_the_least_delayed_packets_through_jitter_and_a_wra
 
 
 def test_a_sender_whose_clock_drifts_is_followed_and_a_new_stream_starts_afresh() -> None:
-    clock = FakeTime()
+    clock = FakeClock(100.0)
     sender = SenderClock(48000, clock)
     for i in range(6000):  # two minutes from a sender 100 ppm slow
         clock.now = 100.0 + i * 0.02 * (1 + 1e-4) + 0.01
@@ -94,7 +67,7 @@ class Microphone:
     later and reaches the recorder `lag_s` after that; `heard` is where the decoded audio ends
     (RTP ticks from the first packet), as the recorder reports it."""
 
-    def __init__(self, time: FakeTime, *, lag_s: float, seed: int = 3) -> None:
+    def __init__(self, time: FakeClock, *, lag_s: float, seed: int = 3) -> None:
         self.time, self.lag_s, self.rng = time, lag_s, random.Random(seed)
         self.first = WRAP - 960 * 30  # the timestamps wrap on the way
         self.clock = SenderClock(48000, time, origin=self.first, sleep=time.sleep)
@@ -124,7 +97,7 @@ class Microphone:
 async def test_a_release_after_the_sender_went_quiet_does_not_wait() -> None:
     """Chromium's WebAudio microphone sends nothing while it is silent: speech ended (and the
     packets with it) 0.28 s before the release, and no audio is on its way."""
-    mic = Microphone(FakeTime(), lag_s=0.0)
+    mic = Microphone(FakeClock(100.0), lag_s=0.0)
     mic.send(0.0, 1.0)
     waited = await mic.release_at(1.28)
     assert waited <= 0.02, f"waited {waited:.2f} s for audio that was never sent"
@@ -134,7 +107,7 @@ async def test_a_release_after_the_sender_went_quiet_does_not_wait() -> None:
 async def test_a_sender_that_stops_during_the_wait_ends_it() -> None:
     """The sender still counts as sending when the key comes up (its last packet is not yet
     overdue), then stops: the wait ends once what it did send is decoded."""
-    mic = Microphone(FakeTime(), lag_s=0.05)
+    mic = Microphone(FakeClock(100.0), lag_s=0.05)
     mic.send(0.0, 1.0)
     mic.time.run_until(101.12)
     assert mic.clock.sending(), "the sender had not gone quiet yet when the key came up"
@@ -147,7 +120,7 @@ async def test_a_sender_whose_clock_stood_still_in_a_silence_is_followed_afresh(
     """Chromium's timestamps stand still while it sends nothing: after 3 s of silence, the packets
     of the next words are 3 s later than their timestamps say. The release after them waits for
     none of the 3 s, nor for a sender that has stopped again."""
-    mic = Microphone(FakeTime(), lag_s=0.0)
+    mic = Microphone(FakeClock(100.0), lag_s=0.0)
     mic.send(0.0, 1.0)
     mic.send(4.0, 5.0, stood_still_s=3.0)
     mic.heard = None
@@ -163,13 +136,13 @@ async def test_audio_on_its_way_is_waited_for() -> None:
     went quiet still waits for the packets that came and were not yet decoded; and with a sender
     that sends all the time (Firefox), it waits for the audio sent by the release, not for the
     audio the sender goes on sending while it waits."""
-    mic = Microphone(FakeTime(), lag_s=0.8)
+    mic = Microphone(FakeClock(100.0), lag_s=0.8)
     mic.send(0.0, 1.0)
     waited = await mic.release_at(1.6)  # quiet for 0.5 s or more, yet 1 s of audio not yet decoded
     assert 0.2 <= waited <= 0.35, waited
     assert mic.heard_s() >= 1.0 - SLACK_S, "the audio that came is on the tape (but for the slack)"
 
-    mic = Microphone(FakeTime(), lag_s=0.5)
+    mic = Microphone(FakeClock(100.0), lag_s=0.5)
     mic.send(0.0, 10.0)  # a sender that never stops
     waited = await mic.release_at(2.0)
     assert 0.4 <= waited <= 0.65, f"waited {waited:.2f} s"
@@ -190,7 +163,7 @@ async def late_microphone(session: Session, audio_48k: np.ndarray, lag_s: float)
     an ingress whose event loop is starved. Returns once every packet has arrived."""
     first = WRAP - 960 * 20  # the packets' timestamps wrap on the way
     clock = SenderClock(48000, origin=first)
-    session.sender_clock = clock
+    session.connect_microphone(clock)
     pending = rtp_frames(audio_48k)
     began = time.monotonic()
 

@@ -1,14 +1,19 @@
-"""scripts/run.sh on a host where a stage cannot start: two plain lines and a non-zero exit.
+"""scripts/run.sh and serve_app.py's console.
 
-A real start: the script, serve_app.py and a local Ray of its own (in a temp dir of its own, so
-the test session's Ray is untouched), with the LLM pointed at a file that does not exist.
+- On a host where a stage cannot start: two plain lines and a non-zero exit. A real start: the
+  script, serve_app.py and a local Ray of its own (in a temp dir of its own, so the test session's
+  Ray is untouched), with the LLM pointed at a file that does not exist.
+- A quiet console: of what Ray forwards from the workers only Parley's own lines are printed, and
+  `--verbose` (listed by --help) prints everything. No Ray is started for these.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,8 +22,6 @@ import pytest
 
 from tests.support import ROOT
 from tests.support.network import free_port
-
-pytestmark = pytest.mark.serve
 
 
 @pytest.fixture
@@ -29,6 +32,7 @@ def ray_tmp() -> Iterator[str]:
     shutil.rmtree(folder, ignore_errors=True)
 
 
+@pytest.mark.serve
 def test_run_sh_names_the_stage_and_the_reason_when_the_llm_model_is_missing(ray_tmp: str, tmp_path: Path) -> None:
     missing = tmp_path / "no-such-model.gguf"
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
@@ -55,3 +59,36 @@ def test_run_sh_names_the_stage_and_the_reason_when_the_llm_model_is_missing(ray
     log = lines[1].removeprefix("parley: details in ")
     assert Path(log).is_file() and str(missing) in Path(log).read_text(errors="replace"), "the log named has the details"
     assert "Parley is ready" not in done.stdout
+
+
+def test_serve_app_help_lists_verbose() -> None:
+    done = subprocess.run(
+        [sys.executable, "serve_app.py", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "--verbose" in done.stdout and "Ray's log files" in " ".join(done.stdout.split())
+
+
+def test_the_quiet_console_prints_only_parleys_lines_of_what_the_workers_write() -> None:
+    from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
+
+    import serve_app
+    from parley.logs import setup_logging
+
+    setup_logging()
+    formatter = logging.getLogger("parley").handlers[0].formatter
+    assert formatter is not None
+    record = logging.LogRecord("parley.server", logging.INFO, __file__, 1, "Parley is serving http://127.0.0.1:8080/", None, None)
+    parley_line = formatter.format(record)
+    access_line = "INFO 2026-12-06 20:29:58,549 parley_ASR 7hizqn50 4deb380e -- CALL transcribe OK 143.0ms"
+    printed: list[dict[str, object]] = []
+    assert not dispatcher.handlers, "no Ray in this process: nothing else prints worker logs"
+    dispatcher.add_handler("ray_print_logs", printed.append)
+    try:
+        serve_app._print_only_parley_lines()
+        dispatcher.emit({"pid": 7, "is_err": True, "lines": [access_line, parley_line, "Traceback (most recent call last):"]})
+        dispatcher.emit({"pid": 8, "is_err": False, "lines": [access_line]})
+        dispatcher.emit({"pid": "raylet", "is_err": True, "lines": ["Ray killed this worker: the node ran low on memory."]})
+    finally:
+        dispatcher.remove_handler("ray_print_logs")
+    assert [batch["lines"] for batch in printed] == [[parley_line], ["Ray killed this worker: the node ran low on memory."]]

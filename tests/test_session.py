@@ -20,6 +20,7 @@ from parley.config import ParleyConfig
 from parley.engine.session import Session, SessionSettings
 from parley.engine.turnmodel import TurnJudge
 from parley.engine.types import ChatMessage, Transcript
+from tests.support.clock import FakeClock
 from tests.support.speech import speak
 
 
@@ -126,14 +127,9 @@ def make_session(
     session = Session("s" * 12, SessionSettings.of(config), services, turn_judge=turn_judge)
     page = Page()
     session.attach(page)
-    now = [0.0]
-
-    async def instant(seconds: float) -> None:
-        now[0] += seconds
-        await asyncio.sleep(0)
-
-    track = PacingTrack(clock=lambda: now[0], sleep=instant)
-    session.set_track(track)
+    clock = FakeClock()
+    track = PacingTrack(clock=clock, sleep=clock.sleep)
+    session.connect_output(track)
     return session, page, track
 
 

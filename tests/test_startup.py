@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from parley.tools.startup import StartupError, StartupFailure, explain, replica_log, wait_until_running
+from tests.support.clock import FakeClock
 
 SERVE_PREFIX = (
     "The deployment failed to start 1 times in a row. This may be due to a problem with its constructor or initial "
@@ -150,7 +151,7 @@ class Serve:
 
     script: list[dict[str, App]]
     polls: int = 0
-    clock: float = 0.0
+    clock: FakeClock = field(default_factory=FakeClock)
     printed: list[str] = field(default_factory=list)
 
     def status(self) -> object:
@@ -159,7 +160,7 @@ class Serve:
         return type("S", (), {"applications": snapshot})()
 
     def sleep(self, seconds: float) -> None:
-        self.clock += seconds
+        self.clock.advance(seconds)
 
 
 def deploying(**deps: Dep) -> dict[str, App]:
@@ -174,7 +175,7 @@ def wait(serve: Serve, logs_dir: str | None = None, *, local: bool = True) -> No
         local=local,
         capacity=lambda: {"CPU": 2.0, "memory": 1e10},
         progress=serve.printed.append,
-        clock=lambda: serve.clock,
+        clock=serve.clock,
         sleep=serve.sleep,
         poll_s=1.0,
     )

@@ -15,10 +15,10 @@ from media.ogg import OggOpusParser
 from media.opus import toc_duration_samples
 from media.track import PacingTrack
 from parley.config import ASRConfig, TTSConfig
+from tests.support.clock import FakeClock
 from tests.support.fake_openai import API_KEY, FakeOpenAI, ogg_opus
 from tests.support.network import free_port
 from tests.support.speech import decode_opus, resample
-from tests.test_media_track import FakeTime
 
 SENTENCE = "The quick brown fox jumps over the lazy dog."
 
@@ -101,10 +101,10 @@ async def test_closing_the_stream_early_closes_the_connection(fake: FakeOpenAI, 
 
 async def test_the_pacing_track_sends_the_packets_unchanged_on_their_own_clock(fake: FakeOpenAI) -> None:
     packets = [p async for p in openai_tts(fake).synthesize(SENTENCE)]
-    clock = FakeTime()
-    track = PacingTrack(clock=clock.clock, sleep=clock.sleep)
+    clock = FakeClock(1000.0)
+    track = PacingTrack(clock=clock, sleep=clock.sleep)
     for packet in packets:
-        track.put(packet)
+        track.capture(packet)
 
     sent = [await track.recv() for _ in packets]
 

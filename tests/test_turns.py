@@ -20,6 +20,7 @@ from parley.engine.recorder import Recorder
 from parley.engine.reply import Reply
 from parley.engine.types import Transcript
 from parley.engine.utterance import END_PAD_S, Utterance
+from tests.support.clock import FakeClock
 from tests.support.speech import speak, trim
 from tests.test_session import Page, ScriptedServices, frames, make_session, pump, wait_until
 
@@ -187,22 +188,10 @@ async def test_nothing_speculative_is_shown_or_spoken_before_the_turn_ends() -> 
 # -- what was heard ------------------------------------------------------------------------------
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def fake_timed_track() -> tuple[Clock, PacingTrack]:
+def fake_timed_track() -> tuple[FakeClock, PacingTrack]:
     """A track on a fake clock: waiting for a packet's time moves the clock there at once."""
-    clock = Clock()
-
-    async def advance(seconds: float) -> None:
-        clock.now += seconds
-
-    return clock, PacingTrack(clock=clock, sleep=advance)
+    clock = FakeClock()
+    return clock, PacingTrack(clock=clock, sleep=clock.sleep)
 
 
 async def test_heard_words_follow_the_audio_the_track_played() -> None:
@@ -232,8 +221,8 @@ async def test_heard_words_follow_the_audio_the_track_played() -> None:
 
 async def test_the_track_counts_played_audio_per_tag_and_remembers_its_level() -> None:
     _, track = fake_timed_track()
-    track.put(OpusPacket(data=b"\xfc\x01", samples=960, level=0.2), tag="a")
-    track.put(OpusPacket(data=b"\xfc\x02", samples=960), tag="b")
+    track.capture(OpusPacket(data=b"\xfc\x01", samples=960, level=0.2), tag="a")
+    track.capture(OpusPacket(data=b"\xfc\x02", samples=960), tag="b")
     await track.recv()
     assert track.played("a").samples == 960 and track.played("b") == Played()
     assert track.recent_level(1.0) == pytest.approx(0.2)
