@@ -505,14 +505,15 @@ def parse_args(argv: list[str] | None = None) -> ParleyConfig:
         flags = [*_SHORTCUTS.get(dotted, []), "--" + dotted.replace(".", "-").replace("_", "-")]
         origin = get_origin(field.annotation)
         is_list = origin is list or any(get_origin(a) is list for a in get_args(field.annotation))
+        described = (field.description or "").replace("%", "%%")  # argparse %-formats help ("99 %" broke --help)
         if dotted == "server.ice_servers":
             parser.add_argument(*flags, dest=dotted, action="append", metavar="URL", help="STUN/TURN URL; repeat for more.")
         elif is_list:
-            parser.add_argument(*flags, dest=dotted, action="append", help=field.description)
+            parser.add_argument(*flags, dest=dotted, action="append", help=described)
         elif field.annotation is bool:
-            parser.add_argument(*flags, dest=dotted, action=argparse.BooleanOptionalAction, default=None, help=field.description)
+            parser.add_argument(*flags, dest=dotted, action=argparse.BooleanOptionalAction, default=None, help=described)
         else:
-            parser.add_argument(*flags, dest=dotted, help=field.description)
+            parser.add_argument(*flags, dest=dotted, help=described)
     ns = parser.parse_args(argv)
     data: dict[str, Any] = {}
     if ns.config:
