@@ -6,7 +6,7 @@ keeps the clock (and the browser's jitter buffer) running. Packets are forwarded
 never re-encoded, and `clear()` drops every queued packet at once.
 
 The track is also the one place that knows what was actually played: per tag (a sentence of an
-answer) how many samples have left it and when (`on_tag` says when each one starts), every packet
+answer) how many samples have left it and when (a `watch` says when each one starts), every packet
 that left (`far`, the echo canceller's reference), and the level of what left it lately, which the
 session compares with the microphone to tell the assistant's own voice from the user's.
 
@@ -68,7 +68,7 @@ class Played:
 class PacingTrack(MediaStreamTrack):
     """An audio track that plays queued Opus packets in real time, and silence in between.
 
-    Producers `put()` packets as fast as they like; aiortc's sender pulls them with `recv()`,
+    Producers `capture()` packets as fast as they like; aiortc's sender pulls them with `recv()`,
     which sleeps until each one is due. The clock and the sleep are injectable so tests run
     faster than real time.
     """
@@ -99,10 +99,8 @@ class PacingTrack(MediaStreamTrack):
         self._idle = True
         self._drained = asyncio.Event()
         self._drained.set()
-        self.on_first_audio: Callable[[], None] | None = None
-        """Called once (then reset to None) when the first packet after silence leaves `recv()`."""
-        self.on_tag: Callable[[Hashable], None] | None = None
-        """Called with a tag when its first packet leaves `recv()` (a sentence starts playing)."""
+        self._watches: list[Watch] = []
+        """Who is told when audio starts and when each tag starts playing (`watch`)."""
         self._last_tag: Hashable | None = None
         self.packets_sent = 0
         """Packets returned by `recv()`, silence included."""
@@ -117,7 +115,7 @@ class PacingTrack(MediaStreamTrack):
         """Seconds of audio waiting to be sent."""
         return self._queued_samples / RTP_CLOCK_HZ
 
-    def put(self, packet: OpusPacket, tag: Hashable | None = None) -> None:
+    def capture(self, packet: OpusPacket, tag: Hashable | None = None) -> None:
         """Queue one packet to be sent after everything already queued. Ignored once stopped.
 
         A `tag` (e.g. one sentence of an answer) makes `played(tag)` count it once it has left.
@@ -134,7 +132,7 @@ class PacingTrack(MediaStreamTrack):
         """Drop every queued packet now (interruption); return how many were dropped.
 
         The queue object is replaced, not emptied, so nothing holding the old one can refill the
-        new turn. Producers must still be cancelled first: a late `put()` lands in the new queue.
+        new turn. Producers must still be cancelled first: a late `capture()` lands in the new queue.
         """
         dropped, self._queue = self._queue, deque()
         self._queued_samples = 0
@@ -181,12 +179,12 @@ class PacingTrack(MediaStreamTrack):
         since = self._clock() - window_s
         return max((level for at, level in self._levels if at >= since), default=0.0)
 
-    async def drained(self) -> None:
+    async def wait_for_playout(self) -> None:
         """Wait until the queue is empty and the last queued packet has left `recv()`."""
         await self._drained.wait()
 
     def stop(self) -> None:
-        """End the track: queued audio is dropped, `drained()` returns and `recv()` raises."""
+        """End the track: queued audio is dropped, `wait_for_playout()` returns and `recv()` raises."""
         super().stop()
         self.clear()
 
@@ -251,21 +249,54 @@ class PacingTrack(MediaStreamTrack):
         while self._levels and self._levels[0][0] < now - LEVEL_MEMORY_S:
             self._levels.popleft()
 
+    def watch(
+        self, *, on_first_audio: Callable[[], None] | None = None, on_tag: Callable[[Hashable], None] | None = None
+    ) -> Watch:
+        """Be told, until the returned watch is closed: once, when the first audio packet leaves
+        `recv()` from now on (`on_first_audio`); and with its tag, whenever a tagged packet that
+        starts a sentence leaves (`on_tag`). Several watches may be open at once; a failing
+        callback is logged and never stops the audio."""
+        watch = Watch(self, on_first_audio, on_tag)
+        self._watches.append(watch)
+        return watch
+
     def _fire_tag(self, tag: Hashable) -> None:
-        callback = self.on_tag
-        if callback is None:
-            return
-        try:
-            callback(tag)
-        except Exception:
-            logger.exception("on_tag callback failed")
+        for watch in list(self._watches):
+            if watch.on_tag is not None:
+                _call(watch.on_tag, tag)
 
     def _fire_first_audio(self) -> None:
-        callback, self.on_first_audio = self.on_first_audio, None
-        if callback is None:
-            return
-        try:
-            callback()
-        except Exception:
-            # A metrics callback must never stop the audio.
-            logger.exception("on_first_audio callback failed")
+        for watch in list(self._watches):
+            callback, watch.on_first_audio = watch.on_first_audio, None
+            if callback is not None:
+                _call(callback)
+
+
+class Watch:
+    """A listener on a track's playout (`PacingTrack.watch`); a context manager that closes it."""
+
+    def __init__(
+        self, track: PacingTrack, on_first_audio: Callable[[], None] | None, on_tag: Callable[[Hashable], None] | None
+    ) -> None:
+        self._track = track
+        self.on_first_audio = on_first_audio
+        """Reset to None once it has been called."""
+        self.on_tag = on_tag
+
+    def close(self) -> None:
+        if self in self._track._watches:
+            self._track._watches.remove(self)
+
+    def __enter__(self) -> Watch:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _call(callback: Callable[..., None], *args: Hashable) -> None:
+    try:
+        callback(*args)
+    except Exception:
+        # A metrics or page callback must never stop the audio.
+        logger.exception("a playout callback failed")

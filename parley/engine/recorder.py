@@ -99,6 +99,7 @@ class Recorder:
         max_record_s: float,
         clock: Callable[[], float] = time.monotonic,
         canceller: EchoCanceller | None = None,
+        gate: Callable[[float], bool] | None = None,
     ) -> None:
         self.turn = turn
         self.canceller = canceller
@@ -106,7 +107,7 @@ class Recorder:
         self.max_record_s = max_record_s
         self.hands_free = turn.hands_free
         self.tape = Tape()
-        self.gate: Callable[[float], bool] = lambda level: True
+        self.gate: Callable[[float], bool] = gate or (lambda level: True)
         """Per window: may a window this loud count as speech? (The session rejects its own echo.)"""
         self._clock = clock
         self._vad = SileroVAD()

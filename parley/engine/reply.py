@@ -6,7 +6,7 @@ Invariants:
   text goes to the page and packets to the track as they come.
 - What is spoken is the answer's Markdown made plain (media/speakable.py): no markup, no code.
   Each sentence knows the span of the answer's text it was made from.
-- Sentence i's packets enter the track tagged (reply id, i), so `heard()` can say from what the
+- Sentence i's packets enter the track tagged `SentenceTag(reply id, i)`, so `heard()` can say from what the
   track really played which words the user heard: whole sentences, then the start of the one
   being played, in proportion to its audio played, cut in the answer's own text.
 - `stop()` cancels the LLM stream and the TTS call at once (the caller clears the track).
@@ -20,15 +20,15 @@ import contextlib
 import logging
 import re
 import time
-from collections.abc import Callable, Coroutine, Hashable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
 from media.packet import OpusPacket
 from media.speakable import Speakable
 from media.text import SentenceSplitter, clean_for_speech
-from media.track import PacingTrack
 from parley.engine.metrics import Stopwatch, TurnMetrics
+from parley.engine.ports import SentenceTag, SpeechOutput
 from parley.engine.services import Services
 from parley.engine.types import ChatMessage, Finish
 
@@ -83,8 +83,8 @@ class Reply:
         """('delta', text) for the page, then None at the end of the text."""
         self._publish_fn: Publish | None = None
         self._notices: set[asyncio.Task[None]] = set()
-        self._held: list[tuple[OpusPacket, Hashable]] = []
-        self._track: PacingTrack | None = None
+        self._held: list[tuple[OpusPacket, SentenceTag]] = []
+        self._track: SpeechOutput | None = None
         self._live = False
         self._work: asyncio.Task[None] | None = None
         self._publisher: asyncio.Task[None] | None = None
@@ -97,7 +97,7 @@ class Reply:
         self._work = asyncio.get_running_loop().create_task(self._run())
         return self
 
-    def commit(self, track: PacingTrack | None, publish: Publish) -> None:
+    def commit(self, track: SpeechOutput | None, publish: Publish) -> None:
         """Go live: what waited goes out now, in order, and everything after as it comes.
 
         `publish(kind, text)` shows text in the page (kind 'delta' or 'tts_error'); `track` plays
@@ -106,7 +106,7 @@ class Reply:
         self._track = track
         if track is not None:
             for packet, tag in self._held:
-                track.put(packet, tag)
+                track.capture(packet, tag)
         self._held.clear()
         self._live = True
         self._publish_fn = publish
@@ -128,7 +128,7 @@ class Reply:
         assert self._work is not None
         await self._work
         if self._track is not None:
-            await self._track.drained()
+            await self._track.wait_for_playout()
 
     async def stop(self) -> None:
         """Cancel the LLM and TTS work and the publishing, now."""
@@ -141,7 +141,7 @@ class Reply:
                     await task
         if self._track is not None:
             for index in range(len(self._sentences)):
-                self._track.forget((self.id, index))
+                self._track.forget(SentenceTag(self.id, index))
 
     # -- what was heard -----------------------------------------------------------------------
 
@@ -157,7 +157,7 @@ class Reply:
             return clean_for_speech(self.text), ""
         cut = 0
         for index, sentence in enumerate(self._sentences):
-            heard = track.played((self.id, index)).samples
+            heard = track.played(SentenceTag(self.id, index)).samples
             if sentence.complete and sentence.samples and heard >= sentence.samples:
                 cut = sentence.end
                 continue
@@ -172,9 +172,8 @@ class Reply:
         track = self._track
         if track is None:
             return ""
-        return " ".join(
-            sentence.text for index, sentence in enumerate(self._sentences) if track.played((self.id, index)).last_at >= since
-        )
+        spoken = [s for i, s in enumerate(self._sentences) if track.played(SentenceTag(self.id, i)).last_at >= since]
+        return " ".join(sentence.text for sentence in spoken)
 
     def span(self, index: int) -> tuple[int, int]:
         """Where sentence `index` came from in the answer's text: (start, end)."""
@@ -242,7 +241,7 @@ class Reply:
                     if self.metrics.tts_ttfb is None:
                         self.metrics.tts_ttfb = handed.elapsed()
                     sentence.samples += packet.samples
-                    self._out(packet, (self.id, index))
+                    self._out(packet, SentenceTag(self.id, index))
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # the text stays; this sentence just goes unspoken
@@ -259,20 +258,24 @@ class Reply:
         self._notices.add(task)
         task.add_done_callback(self._notices.discard)
 
-    def _out(self, packet: OpusPacket, tag: Hashable) -> None:
+    def _out(self, packet: OpusPacket, tag: SentenceTag) -> None:
         if not self._live:
             self._held.append((packet, tag))
         elif self._track is not None:
-            self._track.put(packet, tag)
+            self._track.capture(packet, tag)
 
     async def _publish(self, publish: Publish) -> None:
         """Hand the page what the reply has, in order: waiting deltas merged into one event."""
-        while (item := await self._outbox.get()) is not None:
+        ahead: list[tuple[str, str] | None] = []
+        """An item taken while merging deltas that is no delta: it goes next."""
+        while (item := ahead.pop() if ahead else await self._outbox.get()) is not None:
             kind, text = item
-            if kind == "delta":
-                while not self._outbox.empty() and (peek := self._outbox._queue[0]) is not None and peek[0] == "delta":  # type: ignore[attr-defined]
-                    text += peek[1]
-                    self._outbox.get_nowait()
+            while kind == "delta" and not ahead and not self._outbox.empty():
+                more = self._outbox.get_nowait()
+                if more is not None and more[0] == "delta":
+                    text += more[1]
+                else:
+                    ahead.append(more)
             await publish(kind, text)
 
 

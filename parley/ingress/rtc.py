@@ -98,10 +98,9 @@ def listen_to_microphone(receiver: RTCRtpReceiver, session: Session) -> None:
     if not hasattr(receiver, name):
         log.warning("aiortc's receiver has no %s: microphone audio is decoded all the time, 80 ms late", name)
         return
-    buffer = MicrophoneBuffer(lambda: session.recorder.listening)
+    buffer = MicrophoneBuffer(lambda: session.listening)
     setattr(receiver, name, buffer)
-    session.preroll_source = buffer.preroll
-    session.sender_clock = buffer.clock
+    session.connect_microphone(buffer.clock, buffer.preroll)
 
 
 class SdpError(ValueError):
@@ -133,7 +132,7 @@ class Peer:
         if not any(t.kind == "audio" for t in self.pc.getTransceivers()):
             raise SdpError("the offer has no audio section")
         self.pc.addTrack(self.track)  # reuses the offer's audio transceiver: sendrecv
-        self.session.set_track(self.track)
+        self.session.connect_output(self.track)
         await self.pc.setLocalDescription(await self.pc.createAnswer())
         answer = self.pc.localDescription
         if self.public_address:
@@ -182,7 +181,6 @@ class Peer:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._readers.clear()
-        if self.session.track is self.track:
-            self.session.set_track(None)
+        self.session.disconnect_output(self.track)
         self.track.stop()
         await self.pc.close()

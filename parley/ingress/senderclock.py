@@ -39,11 +39,12 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 
+from parley.engine.ports import WRAP, rtp_diff
+
 log = logging.getLogger("parley.senderclock")
 
 WINDOW_S = 30.0
 JUMP_S = 10.0
-WRAP = 1 << 32
 
 SLACK_S = 0.04
 """Audio this close to now is not waited for."""
@@ -72,10 +73,6 @@ GUARD_S = 0.03
 MAX_MARGIN_S = 0.5
 """However late packets have been, a sender this long overdue has stopped."""
 
-
-def rtp_diff(a: int, b: int) -> int:
-    """a - b for 32-bit RTP timestamps, as the nearest signed step (wraps handled)."""
-    return (a - b + (WRAP >> 1)) % WRAP - (WRAP >> 1)
 
 
 class SenderClock:

@@ -14,6 +14,8 @@ from typing import Any
 
 import socketio
 
+from parley.protocol import Notice
+
 log = logging.getLogger("parley.web")
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -104,7 +106,7 @@ class SocketServer(socketio.AsyncServer):
             )
             log.warning("closing %s: %s", sid or eio_sid, reason)
             if sid:
-                await self.emit("notice", {"level": "error", "text": reason}, to=sid)
+                await self.emit(Notice.event, Notice(level="error", text=reason).payload(), to=sid)
                 await self.disconnect(sid)
             return
         await super()._handle_eio_message(eio_sid, data)

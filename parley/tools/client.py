@@ -21,6 +21,7 @@ from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from parley.ingress.ice import configure_ice
+from parley.protocol import OUTBOUND, Hello, Inbound, Offer, TalkEnd, TalkStart
 
 RATE = 48000
 FRAME = 960
@@ -155,21 +156,12 @@ class ParleyClient:
         self.pc: RTCPeerConnection | None = None
         self._changed = asyncio.Event()
         self._readers: list[asyncio.Task[None]] = []
-        for name in (
-            "welcome",
-            "answer",
-            "message",
-            "delta",
-            "state",
-            "notice",
-            "recording",
-            "metrics",
-            "rejected",
-            "turn",
-            "speaking",
-        ):
+        for name in OUTBOUND:  # every event the server sends, recorded as it came
             self.sio.on(name, self._recorder(name))
         self.sio.on("connect_error", self._recorder("connect_error"))
+
+    async def _send(self, event: Inbound) -> None:
+        await self.sio.emit(event.event, event.payload())
 
     def _recorder(self, name: str) -> Callable[[dict[str, Any]], Any]:
         async def record(data: dict[str, Any]) -> None:
@@ -227,8 +219,7 @@ class ParleyClient:
             reason = said[-1].get("message") if said and isinstance(said[-1], dict) else (said[-1] if said else None)
             self.refused = str(reason or exc)
             return {"reason": self.refused}
-        hello = {"session_id": self.session_id, "session_key": self.session_key, "vision": True, "hands_free": self.hands_free}
-        await self.sio.emit("hello", hello)
+        await self._send(Hello(session_id=self.session_id, session_key=self.session_key, vision=True, hands_free=self.hands_free))
         welcome: dict[str, Any] = await self.wait_for(lambda: (self.of("welcome") or self.of("rejected") or [{}])[-1])
         if "session_id" in welcome:
             self.session_id = welcome["session_id"]
@@ -248,7 +239,7 @@ class ParleyClient:
         self.pc.on("track", lambda track: self._readers.append(asyncio.get_running_loop().create_task(self._listen(track))))
         await self.pc.setLocalDescription(await self.pc.createOffer())
         answers = len(self.of("answer"))
-        await self.sio.emit("offer", {"sdp": self.pc.localDescription.sdp, "type": "offer"})
+        await self._send(Offer(sdp=self.pc.localDescription.sdp, type="offer"))
         answer = await self.wait_for(lambda: self.of("answer")[answers:] and self.of("answer")[-1])
         await self.pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type=answer["type"]))
         pc = self.pc
@@ -271,12 +262,12 @@ class ParleyClient:
     async def push_to_talk(self, audio_48k: np.ndarray, *, hold_after_s: float = 0.3) -> float:
         """Hold talk, say the audio, release `hold_after_s` after its last sample; returns the
         monotonic time of the release."""
-        await self.sio.emit("talk_start", {})
+        await self._send(TalkStart())
         await asyncio.sleep(0.05)
         ends = self.mic.say(audio_48k)
         await asyncio.sleep(max(0.0, ends - time.monotonic()) + hold_after_s)
         released = time.monotonic()
-        await self.sio.emit("talk_end", {})
+        await self._send(TalkEnd())
         return released
 
     async def say(self, audio_48k: np.ndarray) -> float:

@@ -1,0 +1,175 @@
+"""Speech over an answer (hands-free): hold the answer at once, then settle what the speech was.
+
+Invariants:
+- A hold is settled exactly once. Words that are no backchannel (read at any pause), or more than
+  `BACKCHANNEL_MAX_S` of speech, interrupt the answer, and the speech becomes the turn. An
+  utterance that ends as a backchannel, or with no words, or with the answer's own words
+  (`parley.engine.backchannel`) resumes the answer and is no turn.
+- Until then, a pause whose speech had no words or the answer's own words lets the answer play on
+  where it stopped, and speech coming back holds it again; a resume from a hold still holding
+  starts the sentence over (the output replays it and counts it once).
+- A hold not settled within `HOLD_LIMIT_S` (its transcript never came) is an interruption.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from parley.engine.backchannel import BACKCHANNEL_MAX_S, ECHO_MEMORY_S, is_backchannel, is_own_words, words_of
+from parley.engine.utterance import Utterance
+from parley.protocol import State
+
+if TYPE_CHECKING:
+    from parley.engine.session import Session
+
+log = logging.getLogger("parley.session")
+
+NO_WORDS_GRACE_S = 0.4
+"""A held answer whose speech so far has no words plays on once the pause has lasted this long
+more (a first syllable the ASR could not read yet, such as "wait", is followed by more speech)."""
+
+HOLD_LIMIT_S = 4.0
+"""A hold not settled by then (the transcript never came) becomes an interruption."""
+
+
+@dataclass
+class Hold:
+    """An answer held because the user spoke over it: settled once, when the utterance ends (or
+    sooner, when it is plainly an interruption)."""
+
+    utterance: Utterance | None
+    held: bool = True
+    """Whether its audio is stopped now (a pause with no words of the user's lets it play on)."""
+
+
+class Overlap:
+    """One session's speech over its answer: at most one open `Hold`, and how it is settled."""
+
+    def __init__(self, session: Session) -> None:
+        self._session = session
+        self.hold: Hold | None = None
+        """The answer held while the user speaks over it, until that is settled."""
+
+    def forget(self) -> None:
+        """The answer ended or was interrupted: nothing is held any more."""
+        self.hold = None
+
+    def holds(self, utterance: Utterance | None) -> bool:
+        """Whether this utterance is speech over a held answer."""
+        return self.hold is not None and self.hold.utterance is utterance
+
+    def start(self, utterance: Utterance | None) -> None:
+        """The user speaks over the answer: stop its audio now, and weigh what they say."""
+        s = self._session
+        hold = self.hold
+        if hold is None:
+            hold = self.hold = Hold(utterance=utterance)
+            s.spawn(self._limit(hold))
+        elif hold.held:
+            return
+        hold.held = True
+        if s.output is not None:
+            s.output.hold()
+        canceller = s.recorder.canceller
+        echo = "" if canceller is None else f" (echo canceller: {_db(canceller.removed_db)} removed lately)"
+        log.info("session %s: speech over the answer; it holds%s", s.id[:8], echo)
+        answer = s.answering
+        if answer is not None:
+            s.spawn(s.emit(State(id=answer.entry.id, state="paused")))
+
+    def too_long(self, speech_s: float) -> None:
+        """Called with the utterance's speech so far: past a backchannel's length it interrupts."""
+        if self.hold is not None and speech_s > BACKCHANNEL_MAX_S:
+            self._session.spawn(self.settle(self.hold, goes_on=False, why=f"over {BACKCHANNEL_MAX_S:g} s of speech"))
+
+    def passes(self, words: str, speech_s: float) -> str | None:
+        """Why speech over the answer lets it go on ("a backchannel", "its own voice"), or None."""
+        s = self._session
+        if is_backchannel(words, speech_s, s.settings.language):
+            return "a backchannel" if words_of(words) else "no words"
+        answer = s.answering
+        if answer is not None and is_own_words(words, answer.reply.spoken_since(s.clock() - ECHO_MEMORY_S)):
+            return "its own voice"
+        return None
+
+    async def heard_at_pause(self, utterance: Utterance, words: str) -> bool:
+        """The transcript of a held utterance up to a pause: True if it can make no turn (yet).
+        Words that are no backchannel interrupt at once; no words, or the answer's own, play on
+        now; a backchannel waits for the end of the utterance ("okay... so what about X" is no
+        backchannel), unanswered."""
+        hold, recorder = self.hold, self._session.recorder
+        if hold is None or hold.utterance is not utterance:
+            return False
+        speech_s = recorder.speech_s
+        why = self.passes(words, speech_s)
+        if why is None:
+            await self.settle(hold, goes_on=False, why=f"{speech_s:.2f} s reading {words!r}")
+            return False
+        if why == "its own voice":
+            self._release(hold, f"{why}: {speech_s:.2f} s reading {words!r}")
+        elif why == "no words":
+            # Maybe the first syllable of more ("wait, ... stop"): only a pause that goes on lets it play.
+            paused_at = recorder.paused_at
+
+            async def later() -> None:
+                await asyncio.sleep(NO_WORDS_GRACE_S)
+                if recorder.paused_at == paused_at and paused_at is not None:
+                    self._release(hold, f"{why}: {speech_s:.2f} s reading {words!r}")
+
+            self._session.spawn(later())
+        return True
+
+    async def weigh(self, words: str | None, speech_s: float) -> bool:
+        """The held utterance ended: settle by what was said (None: the transcript failed); True if
+        the answer goes on."""
+        hold = self.hold
+        if hold is None:
+            return False
+        why = None if words is None else self.passes(words, speech_s)
+        await self.settle(hold, why is not None, why=f"{why or 'speech'}: {speech_s:.2f} s reading {words!r}")
+        return why is not None
+
+    async def settle(self, hold: Hold, goes_on: bool, why: str) -> None:
+        """Resume the held answer (a backchannel, no words, its own voice: no turn; from the start of
+        its sentence if it was still holding) or interrupt it (the speech is the turn)."""
+        s = self._session
+        if self.hold is not hold:
+            return  # settled already, or the answer ended
+        self.hold = None
+        if not goes_on:
+            log.info("session %s: barge-in (%s)", s.id[:8], why)
+            await s.interrupt(keep_utterance=True)
+            return
+        log.info("session %s: %s; the answer goes on", s.id[:8], why)
+        if hold.utterance is not None:
+            await s.drop_utterance(hold.utterance)
+        if hold.held and s.output is not None:
+            s.output.resume(rewind=True)
+        await s.show_answer_state()
+        s.rest_if_idle()
+
+    async def _limit(self, hold: Hold) -> None:
+        """A hold still holding after HOLD_LIMIT_S (its transcript never came) interrupts."""
+        await asyncio.sleep(HOLD_LIMIT_S)
+        if hold.held:
+            await self.settle(hold, goes_on=False, why=f"not settled within {HOLD_LIMIT_S:g} s")
+
+    def _release(self, hold: Hold, why: str) -> None:
+        """At a pause, what was heard was no speech of the user's (no words, or the answer's own):
+        play on from where it stopped, at once. The hold stays open until the utterance ends:
+        speech coming back holds again."""
+        s = self._session
+        if self.hold is not hold or not hold.held:
+            return
+        hold.held = False
+        if s.output is not None:
+            s.output.resume(rewind=False)
+        log.info("session %s: %s; the answer plays on", s.id[:8], why)
+        s.spawn(s.show_answer_state())
+
+
+def _db(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f} dB"

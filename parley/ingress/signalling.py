@@ -1,0 +1,363 @@
+"""The conversation protocol's handlers: who connects, which session each socket holds, and what
+each page event asks of its session (the events are `parley.protocol`'s).
+
+Invariants:
+- Every payload is parsed by its protocol model before use; a bad one gets a notice, never an
+  exception that could drop the connection or the server.
+- A session is driven only through its public methods; the turn state is the session's to say.
+- One socket holds at most one session; one session is held by at most one socket (the same
+  browser reconnecting takes it over). Limits: sessions per user, sessions per server.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import uuid
+from typing import Any
+
+import socketio
+from pydantic import ValidationError
+
+from media.track import LATENESS_BOUNDS_MS
+from parley.config import IceServer, ParleyConfig, model_label, model_quality
+from parley.engine.budget import TurnBudgets
+from parley.engine.conversation import ConversationStore
+from parley.engine.metrics import Meter
+from parley.engine.services import Services
+from parley.engine.session import Session, SessionSettings
+from parley.engine.turnmodel import TurnJudge
+from parley.ingress.auth import Gate, Refused, User
+from parley.ingress.ice import turn_credentials
+from parley.ingress.rtc import Peer, SdpError
+from parley.protocol import (
+    INBOUND,
+    Ack,
+    Answer,
+    Hello,
+    Inbound,
+    Message,
+    ModelInfo,
+    Notice,
+    Offer,
+    Outbound,
+    Rejected,
+    Text,
+    TurnInfo,
+    TurnLimits,
+    VideoLimits,
+    Welcome,
+)
+
+log = logging.getLogger("parley.server")
+
+_SESSION_ID = re.compile(r"^[A-Za-z0-9_-]{8,64}$")
+
+
+class Signalling:
+    """socket.io events to and from the pages, and the sessions and peers they hold."""
+
+    def __init__(
+        self,
+        config: ParleyConfig,
+        services: Services,
+        sio: socketio.AsyncServer,
+        *,
+        meter: Meter,
+        store: ConversationStore | None,
+        process: str,
+    ) -> None:
+        self.config = config
+        self.services = services
+        self.sio = sio
+        self.meter = meter
+        self.store = store
+        self.process = process
+        self.sessions: dict[str, Session] = {}
+        self.peers: dict[str, Peer] = {}
+        self.gate = Gate(config)
+        """Who is connecting: an invitation, a trusted proxy's header, or anyone (loopback)."""
+        self.budgets = TurnBudgets(config.limits.turns_per_minute)
+        """Each account's turns this minute (limits.turns_per_minute is per user)."""
+        self.turn_judge: TurnJudge | None = None
+        """Hands-free's end-of-turn judge, shared by this process's sessions (set when loaded)."""
+        self.turn_models_missing: dict[str, str] = {}
+        """The turn models that could not load, and why (the page says so)."""
+        self.closed_lateness = [0] * (len(LATENESS_BOUNDS_MS) + 1)
+        """Pacing of the peers already closed (live ones are read from their tracks)."""
+        self._sid_session: dict[str, str] = {}
+        self._users: dict[str, User] = {}
+        for event, model in INBOUND.items():
+            sio.on(event, self._guard(model, getattr(self, f"_on_{event}")))
+        sio.on("connect", self._on_connect)
+        sio.on("disconnect", self._on_disconnect)
+
+    # -- what the server asks ------------------------------------------------------------------
+
+    @property
+    def attached(self) -> int:
+        """Sessions that a socket holds now."""
+        return len(set(self._sid_session.values()))
+
+    def detached(self) -> list[Session]:
+        """Sessions no socket holds now."""
+        live = set(self._sid_session.values())
+        return [session for sid, session in self.sessions.items() if sid not in live]
+
+    async def expire(self, session: Session) -> None:
+        """Forget a session (its browser has been gone too long)."""
+        if self.sessions.get(session.id) is session:
+            del self.sessions[session.id]
+        await session.close()
+        self.budgets.keep_only(s.user for s in self.sessions.values())
+
+    async def close(self) -> None:
+        for sid in list(self.peers):
+            await self._close_peer(sid)
+        for session in self.sessions.values():
+            await session.close()
+
+    # -- plumbing -----------------------------------------------------------------------------
+
+    def _guard(self, model: type[Inbound], handler: Any) -> Any:
+        """A handler that gets its event's parsed payload and whose failures become notices; what it
+        returns is the event's acknowledgement (socket.io sends it back when the page asked for one)."""
+        event = model.event
+
+        async def guarded(sid: str, *args: Any) -> Any:
+            if len(args) > 1:  # every event of the protocol carries one payload (or none)
+                await self._notice(sid, f"'{event}' takes one payload; {len(args)} were sent.", "error")
+                return Ack(ok=False).model_dump()
+            data = args[0] if args else None
+            try:
+                payload = model.model_validate({} if data is None else data)
+            except ValidationError as exc:
+                log.info("malformed %s from %s: %s", event, sid, exc.errors()[0]["msg"] if exc.errors() else exc)
+                await self._notice(sid, f"The '{event}' message was malformed.", "error")
+                return Ack(ok=False).model_dump()
+            try:
+                result = await handler(sid, payload)
+            except Exception:
+                log.exception("handling %s from %s failed", event, sid)
+                await self._notice(sid, f"The server could not handle '{event}'. Please try again.", "error")
+                return Ack(ok=False).model_dump()
+            return result.model_dump() if isinstance(result, Ack) else result
+
+        return guarded
+
+    async def _send(self, sid: str, event: Outbound) -> None:
+        await self.sio.emit(event.event, event.payload(), to=sid)
+
+    async def _notice(self, sid: str, text: str, level: str = "error") -> None:
+        await self._send(sid, Notice(level=level, text=text))  # type: ignore[arg-type]
+
+    def _session(self, sid: str) -> Session | None:
+        session_id = self._sid_session.get(sid)
+        return self.sessions.get(session_id) if session_id else None
+
+    async def _require(self, sid: str) -> Session | None:
+        session = self._session(sid)
+        if session is None:
+            await self._notice(sid, "This connection has no session yet; reload the page.")
+        return session
+
+    # -- connecting ---------------------------------------------------------------------------
+
+    async def _on_connect(self, sid: str, environ: dict[str, Any], auth: Any = None) -> None:
+        """Who is this? Refused here, a browser learns why (socket.io's connect_error) and gets nowhere."""
+        try:
+            user = self.gate.user(environ, auth)
+        except Refused as exc:
+            log.info("refused a connection: %s", exc)
+            raise socketio.exceptions.ConnectionRefusedError(str(exc)) from None
+        same_address = sum(1 for u in self._users.values() if u.address == user.address)
+        if same_address >= self.config.limits.sockets_per_address:
+            log.warning("refused %s: %d connections from that address already", user.address, same_address)
+            raise socketio.exceptions.ConnectionRefusedError(
+                "Too many connections from your network address. Close some Parley tabs and try again."
+            )
+        self._users[sid] = user
+
+    async def _on_hello(self, sid: str, hello: Hello) -> None:
+        user = self._users.get(sid)
+        if user is None:
+            await self._notice(sid, "This connection was not let in; reload the page.")
+            return
+        wanted = hello.session_id
+        held = wanted is not None and _SESSION_ID.match(wanted) and self.gate.holds(user, wanted, hello.session_key)
+        session_id = wanted if held and wanted is not None else uuid.uuid4().hex  # an id alone opens nothing
+        current = self._sid_session.get(sid)
+        if current is not None and current != session_id:
+            await self._notice(sid, "This connection already holds a conversation; open a new one for another.")
+            return
+        if refusal := self._refusal(sid, user, session_id):
+            await self._send(sid, refusal)
+            return
+        for other, sess in list(self._sid_session.items()):  # the same browser on a new socket
+            if sess == session_id and other != sid:
+                await self._close_peer(other)
+                del self._sid_session[other]
+                await self.sio.disconnect(other)
+        session = self.sessions.get(session_id)
+        if session is None:
+            session = Session(
+                session_id,
+                SessionSettings.of(self.config),
+                self.services,
+                meter=self.meter,
+                store=self.store,
+                user=user.account,
+                budget=self.budgets.of(user.account),
+                turn_judge=self.turn_judge,
+            )
+            self.sessions[session_id] = session
+        else:
+            session.reload()  # another ingress process of this node may have added to it
+        if hello.vision is not None:
+            session.set_vision(hello.vision)
+        if hello.hands_free is not None:
+            await session.set_hands_free(hello.hands_free)
+        self._sid_session[sid] = session_id
+        self.meter.sessions(self.attached)
+
+        async def emit(event: str, payload: dict[str, Any]) -> None:
+            await self.sio.emit(event, payload, to=sid)
+
+        session.attach(emit)
+        await self._send(sid, self._welcome(session, user))
+        await session.announce()
+
+    def _refusal(self, sid: str, user: User, session_id: str) -> Rejected | None:
+        """Why this user cannot hold one more session here (None: they can)."""
+        mine = {
+            s
+            for k, s in self._sid_session.items()
+            if k != sid and (known := self._users.get(k)) is not None and known.account == user.account
+        }
+        if session_id not in mine and len(mine) >= self.config.limits.sessions_per_user:
+            reason = f"You already have {len(mine)} conversations open here. Close one and try again."
+            return Rejected(reason=reason, code="too_many")
+        attached = {s for k, s in self._sid_session.items() if k != sid}
+        if session_id not in attached and len(attached) >= self.config.server.max_sessions:
+            log.warning("rejecting %s: %d sessions already", sid, len(attached))
+            reason = f"This server is full ({self.config.server.max_sessions} conversations). Try again soon."
+            return Rejected(reason=reason, code="full")
+        return None
+
+    def _welcome(self, session: Session, user: User) -> Welcome:
+        cfg, llm = self.config, self.config.llm
+        return Welcome(
+            session_id=session.id,
+            session_key=self.gate.session_key(user, session.id),
+            user=user.name,
+            ingress=self.process,
+            history=[Message(**e.public()) for e in session.history],
+            ice_servers=[s.model_dump(exclude_none=True) for s in self._ice_servers(user.name)],
+            limits=TurnLimits(max_record_s=cfg.limits.max_record_s, max_text_chars=cfg.limits.max_text_chars),
+            turn=self.turn_welcome(session),
+            video=VideoLimits(max_fps=cfg.server.video_max_fps, max_width=cfg.server.video_max_width),
+            llm=ModelInfo(backend=llm.backend, model=model_label(llm), quality=model_quality(llm), vision=session.vision),
+        )
+
+    def turn_welcome(self, session: Session) -> TurnInfo:
+        """What the page is told about turn-taking: the mode, how hands-free ends a turn, and what
+        is missing for it to do that as configured."""
+        turn, judge = self.config.turn, session.turn_judge
+        info = TurnInfo(hands_free=session.hands_free, end_of_turn="model" if judge else "silence")
+        if judge is not None:
+            info.turn_models, info.max_silence_s = judge.name, turn.max_silence_s
+        else:
+            info.end_silence_s = turn.end_silence_s
+        missing = "; ".join(f"{name}: {reason}" for name, reason in self.turn_models_missing.items())
+        if turn.end_of_turn == "model" and judge is None:
+            info.problem = (
+                f"Hands-free ends your turn after {turn.end_silence_s:g} s of silence alone, so a thinking pause may "
+                f"cut you off: its turn models could not load ({missing})."
+            )
+        elif turn.end_of_turn == "model" and missing:
+            info.problem = f"Hands-free judges the end of your turn with one model of two ({missing})."
+        return info
+
+    async def _on_disconnect(self, sid: str, *args: Any) -> None:
+        self._users.pop(sid, None)
+        await self._close_peer(sid)
+        session_id = self._sid_session.pop(sid, None)
+        self.meter.sessions(self.attached)
+        session = self.sessions.get(session_id) if session_id else None
+        if session is not None and session_id not in self._sid_session.values():
+            session.attach(None)
+            await session.interrupt()
+
+    # -- media --------------------------------------------------------------------------------
+
+    async def _on_offer(self, sid: str, offer: Offer) -> None:
+        session = self._session(sid)
+        if session is None:
+            await self._notice(sid, "Say hello before sending an offer.")
+            return
+        if not offer.sdp.strip():
+            await self._notice(sid, "The WebRTC offer was malformed.")
+            return
+        await self._close_peer(sid)
+        peer = Peer(session, self._ice_servers("parley-server"), self.config.server.public_address)
+        self.peers[sid] = peer
+        try:
+            answer = await peer.answer(offer.sdp, offer.type)
+        except SdpError as exc:
+            await self._close_peer(sid)
+            log.warning("session %s: bad offer: %s", session.id[:8], exc)
+            await self._notice(sid, f"Could not start audio/video: {exc}.")
+            return
+        peer.watch_connecting()
+        await self._send(sid, Answer(sdp=answer.sdp, type=answer.type))
+
+    def _ice_servers(self, user: str) -> list[IceServer]:
+        """The STUN/TURN servers for one user: TURN credentials of their own, short-lived (if a secret is set)."""
+        cfg = self.config.server
+        return turn_credentials(cfg.ice_servers, os.environ.get(cfg.turn_secret_env), user, cfg.turn_ttl_s)
+
+    async def _close_peer(self, sid: str) -> None:
+        peer = self.peers.pop(sid, None)
+        if peer is not None:
+            self.closed_lateness = [a + b for a, b in zip(self.closed_lateness, peer.track.lateness, strict=True)]
+            await peer.close()
+
+    # -- the user's actions -------------------------------------------------------------------
+
+    async def _on_talk_start(self, sid: str, _: Inbound) -> None:
+        if session := await self._require(sid):
+            if sid not in self.peers:
+                await self._notice(sid, "The microphone is not connected yet; wait a moment and try again.", "warn")
+                return
+            await session.talk_start()
+
+    async def _on_talk_end(self, sid: str, _: Inbound) -> None:
+        if session := await self._require(sid):
+            await session.talk_end()
+
+    async def _on_text(self, sid: str, message: Text) -> Ack:
+        """Acknowledged with ok: true once the session has taken the message as a turn (the page keeps
+        it in its box until then); a refused one was explained in a notice."""
+        if session := await self._require(sid):
+            return Ack(ok=await session.send_text(message.text))
+        return Ack(ok=False)
+
+    async def _on_new_conversation(self, sid: str, _: Inbound) -> Ack:
+        """The user starts over: the session forgets its history (in the store too); acknowledged."""
+        if session := await self._require(sid):
+            await session.forget()
+            return Ack(ok=True)
+        return Ack(ok=False)
+
+    async def _on_stop(self, sid: str, _: Inbound) -> None:
+        if session := await self._require(sid):
+            await session.interrupt()
+
+    async def _on_hands_free(self, sid: str, switch: Any) -> None:
+        if session := await self._require(sid):
+            await session.set_hands_free(switch.enabled)
+
+    async def _on_vision(self, sid: str, switch: Any) -> None:
+        if session := await self._require(sid):
+            session.set_vision(switch.enabled)

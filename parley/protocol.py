@@ -1,0 +1,291 @@
+"""The page's wire protocol: every socket.io event between a browser and an ingress, and its payload.
+
+One model per event. The server parses what a page sends with the `Inbound` models and the session
+and the server emit only `Outbound` ones; the Python client (`parley.tools.client`) speaks the same.
+The page's side is `static/protocol.js`, a JSDoc mirror of this file, and `tests/test_protocol.py`
+checks that the two name the same events and fields.
+
+Invariants:
+- Each event carries one JSON object (socket.io's payload), whose fields are the model's.
+- An inbound payload is checked strictly (no coercion: `"true"` is not a boolean). A wrong-typed
+  optional field of `hello` or `text` reads as absent, as it always has: a stale page still gets a
+  session, a non-text message gets the session's own "that was not text".
+- An outbound payload holds the fields that were set: a field left unset is absent (the page tells
+  "not said" from null: `metrics` sends null for a stage that did not happen).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidatorFunctionWrapHandler, WrapValidator
+
+
+def _absent_if_wrong(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+    try:
+        return handler(value)
+    except ValidationError:
+        return None
+
+
+def lenient(kind: Any) -> Any:
+    """An optional field that reads as absent (None) when the page sent the wrong type."""
+    return Annotated[kind | None, WrapValidator(_absent_if_wrong)]
+
+
+class Event(BaseModel):
+    """One socket.io event: its name is `event`, its payload the model's fields."""
+
+    event: ClassVar[str]
+
+    def payload(self) -> dict[str, Any]:
+        return self.model_dump(exclude_unset=True)
+
+
+# -- page → server --------------------------------------------------------------------------------
+
+
+class Inbound(Event):
+    model_config = ConfigDict(strict=True, extra="ignore", frozen=True)
+
+
+class Hello(Inbound):
+    """The page's first word on each connection: which conversation it had, and its switches."""
+
+    event = "hello"
+    session_id: lenient(str) = None  # type: ignore[valid-type]
+    session_key: lenient(str) = None  # type: ignore[valid-type]
+    """The proof, from an earlier welcome, that this user holds `session_id`."""
+    vision: lenient(bool) = None  # type: ignore[valid-type]
+    hands_free: lenient(bool) = None  # type: ignore[valid-type]
+
+
+class Offer(Inbound):
+    """The browser's WebRTC offer (microphone and camera or screen, sendrecv audio)."""
+
+    event = "offer"
+    sdp: str
+    type: str
+
+
+class TalkStart(Inbound):
+    """Push-to-talk: the key went down."""
+
+    event = "talk_start"
+
+
+class TalkEnd(Inbound):
+    """Push-to-talk: the key came up."""
+
+    event = "talk_end"
+
+
+class Text(Inbound):
+    """A typed message (acknowledged with `Ack`)."""
+
+    event = "text"
+    text: lenient(str) = None  # type: ignore[valid-type]
+
+
+class Stop(Inbound):
+    """The Stop button: interrupt the answer."""
+
+    event = "stop"
+
+
+class Vision(Inbound):
+    """Send camera frames to the model, or not."""
+
+    event = "vision"
+    enabled: bool
+
+
+class HandsFree(Inbound):
+    """Switch between push-to-talk and hands-free."""
+
+    event = "hands_free"
+    enabled: bool
+
+
+class NewConversation(Inbound):
+    """Forget this conversation and start over (acknowledged with `Ack`)."""
+
+    event = "new_conversation"
+
+
+INBOUND: dict[str, type[Inbound]] = {
+    m.event: m for m in (Hello, Offer, TalkStart, TalkEnd, Text, Stop, Vision, HandsFree, NewConversation)
+}
+
+
+class Ack(BaseModel):
+    """The acknowledgement of `text` and `new_conversation`: whether the server took it."""
+
+    ok: bool
+
+
+# -- server → page --------------------------------------------------------------------------------
+
+
+class Outbound(Event):
+    model_config = ConfigDict(extra="forbid")
+
+
+MessageState = Literal["streaming", "done", "interrupted", "error"]
+
+
+class Message(Outbound):
+    """A message enters the conversation (the user's words, or an answer starting to stream)."""
+
+    event = "message"
+    id: str
+    role: Literal["user", "assistant"]
+    text: str
+    state: MessageState
+    unspoken: str = Field(default="", description="An interrupted answer's words the user never heard.")
+    cut: bool = Field(default=False, description="The model stopped at its length limit.")
+
+
+class TurnLimits(BaseModel):
+    max_record_s: float
+    max_text_chars: int
+
+
+class TurnInfo(BaseModel):
+    """How turns are taken here, and what keeps hands-free from doing it as configured."""
+
+    model_config = ConfigDict(extra="forbid")
+    hands_free: bool
+    end_of_turn: Literal["model", "silence"]
+    turn_models: str | None = None
+    max_silence_s: float | None = None
+    end_silence_s: float | None = None
+    problem: str | None = None
+
+
+class VideoLimits(BaseModel):
+    max_fps: float
+    max_width: int
+
+
+class ModelInfo(BaseModel):
+    backend: str
+    model: str
+    quality: str | None = None
+    vision: bool
+
+
+class Welcome(Outbound):
+    """The server took the hello: the session, its history and what the page must know."""
+
+    event = "welcome"
+    session_id: str
+    session_key: str | None
+    user: str
+    ingress: str
+    history: list[Message]
+    ice_servers: list[dict[str, Any]]
+    limits: TurnLimits
+    turn: TurnInfo
+    video: VideoLimits
+    llm: ModelInfo
+
+    def payload(self) -> dict[str, Any]:
+        data = self.model_dump(exclude_unset=True)
+        data["turn"] = self.turn.model_dump(exclude_unset=True)
+        data["history"] = [m.payload() for m in self.history]
+        return data
+
+
+class Rejected(Outbound):
+    """The server cannot take this session (full, or too many for this user); the page retries later."""
+
+    event = "rejected"
+    reason: str
+    code: Literal["full", "too_many"]
+
+
+class Answer(Outbound):
+    """The server's WebRTC answer."""
+
+    event = "answer"
+    sdp: str
+    type: str
+
+
+class Delta(Outbound):
+    """More words of a streaming answer."""
+
+    event = "delta"
+    id: str
+    text: str
+
+
+class State(Outbound):
+    """An answer's state changed; an interrupted one says what was heard (`text`) and what not."""
+
+    event = "state"
+    id: str
+    state: Literal["streaming", "paused", "done", "interrupted", "error"]
+    cut: bool | None = None
+    error: str | None = None
+    text: str | None = None
+    unspoken: str | None = None
+
+
+class Metrics(Outbound):
+    """A finished turn's stage times in seconds (null: the stage did not happen). Defined in
+    `parley.engine.metrics`."""
+
+    event = "metrics"
+    id: str
+    asr: float | None = None
+    llm_ttft: float | None = None
+    first_sentence: float | None = None
+    tts_ttfb: float | None = None
+    end_of_turn: float | None = None
+    turn_to_voice: float | None = None
+    voice_to_voice: float | None = None
+    head_start: float | None = None
+
+
+class Speaking(Outbound):
+    """Which sentence of an answer is being heard now (`sentence` null: the answer's audio ended);
+    `start`/`end` are its character span in the answer's text."""
+
+    event = "speaking"
+    id: str
+    sentence: int | None
+    start: int | None = None
+    end: int | None = None
+
+
+class Notice(Outbound):
+    """Something the user should know: a refusal, a failure, a hint."""
+
+    event = "notice"
+    level: Literal["info", "warn", "error"]
+    text: str
+
+
+TurnState = Literal["idle", "listening", "hearing", "thinking", "speaking"]
+
+
+class Turn(Outbound):
+    """What the conversation is doing now. Emitted by the session alone."""
+
+    event = "turn"
+    state: TurnState
+
+
+class Recording(Outbound):
+    """Push-to-talk: recording started or stopped (`reason`: why it stopped, if not the release)."""
+
+    event = "recording"
+    active: bool
+    reason: str | None = None
+
+
+OUTBOUND: dict[str, type[Outbound]] = {
+    m.event: m for m in (Welcome, Rejected, Answer, Message, Delta, State, Metrics, Speaking, Notice, Turn, Recording)
+}
