@@ -1,7 +1,12 @@
 """Parley's Ray Serve application: `build_app` for Serve configs, `python serve_app.py` to run it.
 
-Invariant: the builder only wires deployments together from the typed config; models load in
-the replicas, never here.
+Invariants:
+- the builder only wires deployments together from the typed config; models load in the
+  replicas, never here.
+- `python serve_app.py` prints Parley's own lines (its start-up, the `parley.*` loggers of every
+  replica, why a stage could not start); Ray's own output (Serve's access logs and controller,
+  worker stdout/stderr, tracebacks) stays in Ray's log files, whose folder the start-up names.
+  `--verbose` prints everything, as Ray does by default.
 """
 
 from __future__ import annotations
@@ -9,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import signal
 import sys
 import threading
@@ -100,8 +106,18 @@ def _deployment(cls: type, **options: Any) -> Deployment:
     return serve.deployment(**options)(cls)
 
 
-def start(config: ParleyConfig, *, name: str = "parley", progress: Callable[[str], None] = lambda _: None) -> str:
+def start(
+    config: ParleyConfig,
+    *,
+    name: str = "parley",
+    progress: Callable[[str], None] = lambda _: None,
+    quiet: bool = False,
+) -> str:
     """Start (or join) Ray, deploy the app and return the URL browsers open.
+
+    `quiet` (the console of `python serve_app.py` without --verbose): of the workers' output only
+    Parley's own log lines are printed, and Ray's driver logs only warnings; the rest is in Ray's
+    log files, which a progress line names.
 
     Raises StartupError, naming the stage and the reason, when a deployment cannot start.
     """
@@ -109,15 +125,25 @@ def start(config: ParleyConfig, *, name: str = "parley", progress: Callable[[str
 
     runtime_env = {"env_vars": {"PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}}
     if not ray.is_initialized():
+        console: dict[str, Any] = {}
+        if quiet:
+            # without the hook that filters forwarded lines, forward none: they are in the files anyway
+            console = {"logging_level": logging.WARNING, "log_to_driver": _stdstream_dispatcher() is not None}
+            logging.getLogger("ray._private.authentication.authentication_token_setup").addFilter(_not_token_auth_on)
         if config.serve.address:
-            ray.init(address=config.serve.address, runtime_env=runtime_env)
+            context = ray.init(address=config.serve.address, runtime_env=runtime_env, **console)
         else:
-            ray.init(
+            context = ray.init(
                 address="local",
                 include_dashboard=config.serve.include_dashboard,
                 runtime_env=runtime_env,
                 _metrics_export_port=config.serve.metrics_export_port,
+                **console,
             )
+        if quiet:
+            _print_only_parley_lines()
+            logging.getLogger("ray.serve").setLevel(logging.WARNING)  # "Started Serve", its router: driver chatter
+            progress(_where_ray_logs(context.dashboard_url))
     serve.start(proxy_location="Disabled")
     # Not serve.run: it blocks until the app runs or fails and says only "Failed to update the
     # deployments". Deploying without waiting lets wait_until_running report each stage as it
@@ -134,6 +160,55 @@ def start(config: ParleyConfig, *, name: str = "parley", progress: Callable[[str
     )
     url: str = serve.get_app_handle(name).url.remote().result()
     return url
+
+
+_PARLEY_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} parley(\.\w+)* [A-Z]+ ")
+"""A line of Parley's own loggers in a replica (`parley.logs` formats them so)."""
+
+
+def _not_token_auth_on(record: logging.LogRecord) -> bool:
+    """Ray's notice, at every local start, that its token authentication is on (the default, and
+    nothing to do). Its warning that authentication is *off* still prints."""
+    return not record.getMessage().startswith("Token authentication is enabled")
+
+
+def _stdstream_dispatcher() -> Any:
+    """Ray's hook through which the driver prints what workers write (Ray 2.60; None if it moved)."""
+    try:
+        from ray._private.ray_logging import global_worker_stdstream_dispatcher
+    except ImportError:
+        return None
+    return global_worker_stdstream_dispatcher if hasattr(global_worker_stdstream_dispatcher, "handlers") else None
+
+
+def _print_only_parley_lines() -> None:
+    """Of the worker output Ray forwards to this console, print only Parley's log lines, and the
+    raylet's and autoscaler's notices (a worker killed for memory, a request that cannot be placed).
+    Serve's access logs, its controller's lines, print() output and tracebacks stay in the files."""
+    dispatcher = _stdstream_dispatcher()
+    printers = [handler for label, handler in list(getattr(dispatcher, "handlers", [])) if label == "ray_print_logs"]
+    if not printers:
+        return
+    print_lines = printers[0]
+
+    def only_parley(batch: dict[str, Any]) -> None:
+        lines = batch.get("lines") or []
+        if batch.get("pid") not in ("raylet", "autoscaler"):
+            lines = [line for line in lines if _PARLEY_LINE.match(line)]
+        if lines:
+            print_lines({**batch, "lines": lines})
+
+    dispatcher.remove_handler("ray_print_logs")
+    dispatcher.add_handler("ray_print_logs", only_parley)
+
+
+def _where_ray_logs(dashboard_url: str | None) -> str:
+    """The start-up line that says where the output no longer printed is."""
+    logs = _local_logs_dir() or "this node's Ray session folder (/tmp/ray/session_latest/logs)"
+    line = f"parley: Ray's logs (Serve's access logs, replica output, tracebacks): {logs} (--verbose prints them here too)"
+    if dashboard_url:
+        line += f"\nparley: Ray dashboard: http://{dashboard_url.removeprefix('http://')}"
+    return line
 
 
 def _local_logs_dir() -> str | None:
@@ -157,7 +232,7 @@ def main(argv: list[str] | None = None) -> None:
     done = threading.Event()
     threading.Thread(target=_progress, args=(done,), daemon=True).start()
     try:
-        url = start(config, progress=lambda line: print(line, flush=True))
+        url = start(config, progress=lambda line: print(line, flush=True), quiet=not config.serve.verbose)
     except StartupError as exc:
         done.set()
         _shutdown(graceful=bool(config.serve.address))

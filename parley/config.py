@@ -455,6 +455,11 @@ class ServeConfig(_Section):
     startup_timeout_s: float = Field(
         default=900.0, gt=0, description="`python serve_app.py` gives up when the app is not running after this long."
     )
+    verbose: bool = Field(
+        default=False,
+        description="`python serve_app.py` prints Ray's own output too (Serve's access logs, worker output, tracebacks). "
+        "Default: only Parley's lines; the rest is in Ray's log files, whose folder the start-up names.",
+    )
 
     @model_validator(mode="after")
     def _asr_replica_bounds(self) -> ServeConfig:
@@ -494,7 +499,12 @@ def _leaf_fields(model: type[BaseModel], prefix: str = "") -> list[tuple[str, An
     return out
 
 
-_SHORTCUTS = {"server.host": ["--host"], "server.port": ["--port"], "server.ice_addresses": ["--ice-address"]}
+_SHORTCUTS = {
+    "server.host": ["--host"],
+    "server.port": ["--port"],
+    "server.ice_addresses": ["--ice-address"],
+    "serve.verbose": ["--verbose"],
+}
 
 
 def parse_args(argv: list[str] | None = None) -> ParleyConfig:
