@@ -21,8 +21,8 @@ from parley.config import ParleyConfig, TurnConfig
 from parley.engine.recorder import Recorder
 from parley.engine.session import Session, SessionSettings
 from parley.engine.turnmodel import ModelMissing, TurnJudge, Verdict
+from tests.support.fake_services import ScriptedServices, frames, make_session, pump, wait_until
 from tests.support.speech import split_at
-from tests.test_session import ScriptedServices, frames, make_session, pump, wait_until
 
 FIRST, REST = "Please tell me which ocean is", "the biggest one."
 
@@ -157,13 +157,14 @@ import json, sys
 import numpy as np
 sys.path.insert(0, ".")
 from parley.engine.turnmodel import load_sound_model, load_text_model, TurnJudge, ModelMissing
-from tests.test_end_of_turn import said, FIRST, REST
+from tests.support.speech import split_at
 from media.speech import resample
+FIRST, REST = sys.argv[1:3]
 sound, text = load_sound_model(), load_text_model()
 assert not isinstance(sound, ModelMissing), sound
 assert not isinstance(text, ModelMissing), text
 judge = TurnJudge(sound, text)
-full, cut = said()
+full, cut = split_at(FIRST, REST)  # as said() makes it
 whole = judge.judge(resample(full, 48000, 16000), FIRST + " " + REST)
 part = judge.judge(resample(full[:cut], 48000, 16000), FIRST)
 print(json.dumps({"whole": [whole.wait_s, whole.sound, whole.text], "part": [part.wait_s, part.sound, part.text]}))
@@ -171,7 +172,7 @@ print(json.dumps({"whole": [whole.wait_s, whole.sound, whole.text], "part": [par
 
 
 def test_the_real_models_tell_a_finished_question_from_a_thinking_pause() -> None:
-    done = subprocess.run([sys.executable, "-c", JUDGE_BOTH], capture_output=True, text=True, timeout=120)
+    done = subprocess.run([sys.executable, "-c", JUDGE_BOTH, FIRST, REST], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]
     verdicts = json.loads(done.stdout.strip().splitlines()[-1])
     whole, part = Verdict(*verdicts["whole"]), Verdict(*verdicts["part"])

@@ -17,8 +17,8 @@ import numpy as np
 from parley.engine.session import Session
 from parley.ingress.senderclock import SLACK_S, WRAP, SenderClock, rtp_diff
 from tests.support.clock import FakeClock
+from tests.support.fake_services import Page, ScriptedServices, frames, make_session, wait_until
 from tests.support.speech import speak, trim
-from tests.test_session import Page, ScriptedServices, frames, make_session, wait_until
 
 
 def test_rtp_diff_takes_the_nearest_step_across_the_wrap() -> None:

@@ -7,101 +7,16 @@ the tests assert what the page would see, in order, without depending on model s
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from typing import Any
 
 import av
 import numpy as np
 import pytest
 
-from media.packet import OpusPacket
 from media.track import PacingTrack
-from parley.config import ParleyConfig
-from parley.engine.session import Session, SessionSettings
-from parley.engine.turnmodel import TurnJudge
-from parley.engine.types import ChatMessage, Transcript
-from tests.support.clock import FakeClock
+from parley.engine.session import Session
+from tests.support.fake_services import Page, ScriptedServices, frames, make_session, pump, wait_until
 from tests.support.speech import speak
-
-
-class ScriptedServices:
-    """Services that answer from a script: words with delays, packets per sentence."""
-
-    def __init__(
-        self, reply: list[str], *, delta_delay: float = 0.0, transcript: str = "hello there", fail_after: int | None = None
-    ):
-        self.reply = reply
-        self.delta_delay = delta_delay
-        self.transcript = transcript
-        self.fail_after = fail_after
-        self.requests: list[list[ChatMessage]] = []
-        self.spoken: list[str] = []
-        self.transcribed = 0
-        self.heard_s: list[float] = []
-        """The length of each recording transcribed."""
-        self.closed_early = False
-        self.cancelled = 0
-        """LLM streams closed before their end."""
-        self.packets = 3
-        """Packets of 20 ms per spoken sentence."""
-
-    async def transcribe(self, audio: np.ndarray) -> Transcript:
-        self.transcribed += 1
-        self.heard_s.append(len(audio) / 16000)
-        return Transcript(text=self.transcript, audio_s=len(audio) / 16000)
-
-    async def stream_reply(self, messages: list[ChatMessage], *, user: str = "") -> AsyncIterator[str]:
-        self.requests.append(messages)
-        finished = False
-        try:
-            for i, delta in enumerate(self.reply):
-                if self.fail_after is not None and i == self.fail_after:
-                    raise RuntimeError("backend went away")
-                await asyncio.sleep(self.delta_delay)
-                yield delta
-            finished = True
-        finally:
-            self.closed_early = not finished
-            self.cancelled += not finished
-
-    async def synthesize(self, text: str, voice: str | None = None) -> AsyncIterator[OpusPacket]:
-        self.spoken.append(text)
-        for _ in range(self.packets):
-            yield OpusPacket(data=b"\xfc\x01\x02", samples=960)
-
-
-class Page:
-    """Collects what the session emits, as the page would receive it."""
-
-    def __init__(self) -> None:
-        self.events: list[tuple[str, dict[str, Any]]] = []
-
-    async def __call__(self, event: str, data: dict[str, Any]) -> None:
-        self.events.append((event, data))
-
-    def of(self, name: str) -> list[dict[str, Any]]:
-        return [d for n, d in self.events if n == name]
-
-
-def frames(audio_48k: np.ndarray, *, stereo: bool = True) -> list[av.AudioFrame]:
-    """Float audio at 48 kHz as the 20 ms s16 frames aiortc decodes from a browser."""
-    pcm = (np.clip(audio_48k, -1, 1) * 32767).astype(np.int16)
-    pcm = np.concatenate([pcm, np.zeros(-len(pcm) % 960, np.int16)])
-    out = []
-    for i in range(0, len(pcm), 960):
-        chunk = pcm[i : i + 960]
-        data = np.repeat(chunk, 2) if stereo else chunk
-        frame = av.AudioFrame.from_ndarray(data.reshape(1, -1), format="s16", layout="stereo" if stereo else "mono")
-        frame.sample_rate = 48000
-        out.append(frame)
-    return out
-
-
-async def pump(track: PacingTrack, stop: asyncio.Event) -> None:
-    """Stands in for aiortc's sender: pulls packets as fast as the (instant) clock allows."""
-    while not stop.is_set():
-        await track.recv()
-        await asyncio.sleep(0)
 
 
 async def answer_typed(session: Session, page: Page, track: PacingTrack, text: str) -> bool:
@@ -113,30 +28,6 @@ async def answer_typed(session: Session, page: Page, track: PacingTrack, text: s
     stop.set()
     await pumping
     return taken
-
-
-def make_session(
-    services: ScriptedServices,
-    *,
-    llm: dict[str, Any] | None = None,
-    turn: dict[str, Any] | None = None,
-    turn_judge: TurnJudge | None = None,
-    **limits: Any,
-) -> tuple[Session, Page, PacingTrack]:
-    config = ParleyConfig.model_validate({"limits": limits, "llm": llm or {}, "turn": turn or {}})
-    session = Session("s" * 12, SessionSettings.of(config), services, turn_judge=turn_judge)
-    page = Page()
-    session.attach(page)
-    clock = FakeClock()
-    track = PacingTrack(clock=clock, sleep=clock.sleep)
-    session.connect_output(track)
-    return session, page, track
-
-
-async def wait_until(predicate: Any, timeout: float = 5.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not predicate():
-            await asyncio.sleep(0.005)
 
 
 async def test_text_turn_streams_text_and_speaks_each_sentence_in_order() -> None:

@@ -14,8 +14,8 @@ from parley.config import ParleyConfig
 from parley.engine.conversation import Entry
 from parley.engine.session import Session, SessionSettings
 from parley.ingress.store import ConversationStore, RedisStore, SqliteStore, open_store
+from tests.support.fake_services import ScriptedServices, wait_until
 from tests.support.network import free_port
-from tests.test_session import ScriptedServices, wait_until
 
 WEEK = 7 * 24 * 3600.0
 

@@ -21,8 +21,8 @@ from parley.engine.reply import Reply
 from parley.engine.types import Transcript
 from parley.engine.utterance import END_PAD_S, Utterance
 from tests.support.clock import FakeClock
+from tests.support.fake_services import Page, ScriptedServices, frames, make_session, pump, wait_until
 from tests.support.speech import speak, trim
-from tests.test_session import Page, ScriptedServices, frames, make_session, pump, wait_until
 
 QUESTION = "What is the capital of France?"
 
