@@ -49,7 +49,8 @@ AUTOSCALING_LOOK_BACK_S = 2.0
 
 
 def build_app(args: ParleyConfig | dict[str, Any]) -> Application:
-    """The Serve application: ASR, LLM and TTS deployments behind one ingress per node."""
+    """The Serve application: ASR, LLM and TTS deployments behind `ingress_per_node` ingress processes on
+    each of `ingress_replicas` nodes."""
     config = args if isinstance(args, ParleyConfig) else ParleyConfig.model_validate(args)
     res = config.serve
     llm = _deployment(LLM, name="LLM", ray_actor_options={"num_cpus": res.llm_cpus}, **_common(config))

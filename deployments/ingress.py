@@ -1,4 +1,5 @@
-"""The ingress deployment: one per node, serving browsers itself and calling the models by handle.
+"""The ingress deployment: `serve.ingress_per_node` processes on each node (sharing its port with
+SO_REUSEPORT), each serving browsers itself and calling the models by handle.
 
 Invariant: all model work goes through async DeploymentHandles; streaming calls are consumed
 as they arrive and cancelled when the consumer stops (barge-in, disconnect).
@@ -134,7 +135,8 @@ class ServeMeter(Meter):
 
 
 class Ingress:
-    """Serve deployment: runs the aiohttp/socket.io/aiortc server for this node."""
+    """Serve deployment: runs one of this node's aiohttp/socket.io/aiortc servers (one replica of
+    `ingress_per_node` on the node)."""
 
     async def __init__(  # type: ignore[misc]  # Serve (like Ray actors) allows an async constructor
         self, config: ParleyConfig | dict[str, Any], asr: DeploymentHandle, llm: DeploymentHandle, tts: DeploymentHandle

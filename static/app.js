@@ -209,7 +209,7 @@ function onWelcome(w) {
     ui.handsFree.checked = w.turn.hands_free;
     layout.showMode();
   }
-  showTurnState(ui.handsFree.checked ? "listening" : "idle");
+  // The turn state is the session's to say: it sends one right after this welcome.
 
   const llm = w.llm || {};
   // The banner says what limits this server's answers: a small local model, a missing turn model.

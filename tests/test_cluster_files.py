@@ -114,7 +114,8 @@ def test_cluster_has_room_for_the_serve_app(cluster: dict[str, Any], app_args: P
     types = cluster["available_node_types"]
     head = types[cluster["head_node_type"]]
     workers = [t for name, t in types.items() if name != cluster["head_node_type"]]
-    # One ingress per node: as many as the nodes that are always up (head + min_workers).
+    # Ingress nodes: as many as the nodes that are always up (head + min_workers), each running
+    # ingress_per_node ingress processes.
     assert serve.ingress_replicas == 1 + sum(t.get("min_workers", 0) for t in workers)
     assert serve.ingress_cpus * serve.ingress_per_node <= head["resources"]["CPU"]
     # Every ASR replica the autoscaler may ask for fits on a GPU that the cluster may start.

@@ -15,7 +15,7 @@ import pytest
 from media.packet import OpusPacket
 from media.track import PacingTrack, Played
 from media.vad import RATE, WINDOW, SileroVAD, SpeechDetector, rms
-from parley.config import TurnConfig
+from parley.config import ParleyConfig, TurnConfig
 from parley.engine.recorder import Recorder
 from parley.engine.reply import Reply
 from parley.engine.types import Transcript
@@ -271,3 +271,21 @@ def test_the_microphone_is_kept_encoded_while_nobody_listens_and_its_preroll_dec
     listening = True
     assert all(buffer.add(rtp(i))[1] is not None for i in range(30, 40)), "while listening, every packet is a frame at once"
     assert buffer.add(rtp(35))[1] is None and buffer.add(rtp(39))[1] is None, "a reordered or repeated packet is dropped"
+
+
+def test_the_receiver_takes_the_microphone_buffer() -> None:
+    """aiortc has no setting for its receiver's jitter buffer, so `listen_to_microphone` replaces a
+    private attribute (aiortc is pinned in requirements.txt). If an upgrade renames it, this fails
+    here instead of the server quietly decoding every packet 80 ms late."""
+    from aiortc import RTCCertificate, RTCDtlsTransport, RTCRtpReceiver
+    from aiortc.rtcicetransport import RTCIceGatherer, RTCIceTransport
+
+    from parley.engine.session import Session, SessionSettings
+    from parley.ingress.rtc import MicrophoneBuffer, listen_to_microphone
+
+    transport = RTCDtlsTransport(RTCIceTransport(RTCIceGatherer()), [RTCCertificate.generateCertificate()])
+    receiver = RTCRtpReceiver("audio", transport)
+    session = Session("m" * 12, SessionSettings.of(ParleyConfig()), ScriptedServices(["Ok."]))
+    listen_to_microphone(receiver, session)
+    assert isinstance(getattr(receiver, "_RTCRtpReceiver__jitter_buffer", None), MicrophoneBuffer)
+    assert session.listener.sender_clock is not None and session.listener.preroll is not None

@@ -1,6 +1,7 @@
 """Where this node's WebRTC media can be reached: ICE host addresses, UDP ports, public address.
 
-Invariant: these are process-wide settings of the ingress (one per node). aioice offers no
+Invariant: these are process-wide settings of each ingress process (a node runs
+`serve.ingress_per_node` of them, all with the same settings). aioice offers no
 options for them, so `configure_ice` replaces the two module-level names its candidate gathering
 looks up (`get_host_addresses` and `asyncio`), and `advertise_public` rewrites the host
 candidates in an SDP answer for a node behind 1:1 NAT.
