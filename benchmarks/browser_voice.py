@@ -137,7 +137,7 @@ def start_local_app(flags: list[str]) -> str:
 
 def browser_args(folder: Path) -> list[str]:
     """tests/test_browser.py's Chromium flags, less the fake audio file (the init script is the mic)."""
-    from tests.test_browser import chromium_args, write_y4m
+    from tests.support.chromium import chromium_args, write_y4m
 
     y4m = folder / "camera.y4m"
     write_y4m(y4m)

@@ -8,15 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-import wave
 from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 
+from tests.support.chromium import QUESTION, launched, opened, write_fake_media
 from tests.support.network import loopback_only
 from tests.support.speech import speak
 
@@ -27,92 +25,22 @@ pytestmark = [
     pytest.mark.skipif(not loopback_only(), reason="needs a loopback-only network namespace (run scripts/test.sh as root)"),
 ]
 
-QUESTION = "What is the capital of France?"
-SILENCE_S = 1.5
-
-
-def write_question_wav(path: Path) -> float:
-    """The question then silence, 16-bit 48 kHz; Chromium loops it. Returns the loop period."""
-    audio = np.concatenate([speak(QUESTION, rate=48000), np.zeros(int(48000 * SILENCE_S), dtype=np.float32)])
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(48000)
-        w.writeframes((np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes())
-    return len(audio) / 48000
-
-
-def write_y4m(path: Path, width: int = 320, height: int = 240, frames: int = 15) -> None:
-    """A small colour-bar video for the fake camera."""
-    with path.open("wb") as f:
-        f.write(f"YUV4MPEG2 W{width} H{height} F15:1 Ip A1:1 C420jpeg\n".encode())
-        y = np.zeros((height, width), np.uint8)
-        for i, level in enumerate((235, 160, 90, 16)):
-            y[:, i * width // 4 : (i + 1) * width // 4] = level
-        u = np.full((height // 2, width // 2), 90, np.uint8)
-        v = np.full((height // 2, width // 2), 200, np.uint8)
-        for _ in range(frames):
-            f.write(b"FRAME\n" + y.tobytes() + u.tobytes() + v.tobytes())
-
 
 @pytest.fixture(scope="module")
 def fake_media(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, float]:
-    folder = tmp_path_factory.mktemp("media")
-    period = write_question_wav(folder / "question.wav")
-    write_y4m(folder / "camera.y4m")
-    return folder / "question.wav", folder / "camera.y4m", period
-
-
-def chromium_args(wav: Path, y4m: Path, *extra: str) -> list[str]:
-    """Headless Chromium with a fake microphone and camera playing these files, on loopback only."""
-    return [
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--use-fake-ui-for-media-stream",
-        "--use-fake-device-for-media-stream",
-        f"--use-file-for-fake-audio-capture={wav}",
-        f"--use-file-for-fake-video-capture={y4m}",
-        "--autoplay-policy=no-user-gesture-required",
-        "--allow-loopback-in-peer-connection",
-        *extra,
-    ]
+    return write_fake_media(tmp_path_factory.mktemp("media"))
 
 
 CONNECTED = "window.parley && window.parley.pc && window.parley.status === 'ready'"
 """The page says Ready: welcomed, WebRTC connected and Parley's audio arriving (talking is allowed)."""
 
 
-@asynccontextmanager
-async def opened(url: str, args: list[str], *, init_script: str | None = None) -> AsyncIterator[Any]:
-    """The page at `url`, its WebRTC connected; fails the test if the page raised."""
-    from playwright.async_api import async_playwright
-
-    async with async_playwright() as p:
-        browser = await p.chromium.launch(executable_path=shutil.which("chromium"), args=args)
-        # Playwright's wait_for_function evaluates its predicate with eval, which the page's
-        # Content-Security-Policy forbids; these tests are about voice, tests/test_page.py keeps the policy on.
-        page = await browser.new_page(bypass_csp=True)
-        errors: list[str] = []
-        page.on("pageerror", lambda exc: errors.append(str(exc)))
-        if init_script:
-            await page.add_init_script(init_script)
-        await page.goto(url)
-        await page.wait_for_function(CONNECTED, timeout=30000)
-        yield page
-        await browser.close()
-        assert not errors, f"the page raised: {errors}"
-
-
 @pytest.fixture
 async def page(serve_app, fake_media) -> AsyncIterator[object]:
     wav, y4m, _ = fake_media
-    async with opened(serve_app.url, chromium_args(wav, y4m)) as page:
+    # Playwright's wait_for_function evaluates its predicate with eval, which the page's
+    # Content-Security-Policy forbids; these tests are about voice, tests/test_page.py keeps the policy on.
+    async with launched(wav, y4m) as chromium, opened(chromium, serve_app.url, ready=CONNECTED, bypass_csp=True) as page:
         yield page
 
 
@@ -254,18 +182,14 @@ HTTPS_ARGS = ("--ignore-certificate-errors", "--host-resolver-rules=MAP parley.t
 
 
 async def test_over_https_without_an_invitation_the_page_says_why_it_cannot_get_in(https_app, fake_media) -> None:
-    from playwright.async_api import async_playwright
-
     url, _ = https_app
     wav, y4m, _ = fake_media
-    async with async_playwright() as p:
-        browser = await p.chromium.launch(executable_path=shutil.which("chromium"), args=chromium_args(wav, y4m, *HTTPS_ARGS))
-        page = await browser.new_page(bypass_csp=True)
+    async with launched(wav, y4m, *HTTPS_ARGS) as chromium:
+        page = await chromium.new_page(bypass_csp=True)
         await page.goto(url)
         refusal = page.locator("#rejected")
         await refusal.wait_for(timeout=20000)
         assert "invitation link" in (await refusal.text_content() or "")
-        await browser.close()
 
 
 async def test_over_https_by_a_name_of_its_own_with_an_invitation_a_typed_and_a_spoken_turn_are_answered(
@@ -277,8 +201,10 @@ async def test_over_https_by_a_name_of_its_own_with_an_invitation_a_typed_and_a_
     secret = signing_secret(config, create=False)
     assert secret, "the ingress made its secret in its state directory"
     wav, y4m, period = fake_media
-    args = chromium_args(wav, y4m, *HTTPS_ARGS)
-    async with opened(f"{url}#token={mint(secret, 'tester', 3600)}", args) as page:
+    async with (
+        launched(wav, y4m, *HTTPS_ARGS) as chromium,
+        opened(chromium, f"{url}#token={mint(secret, 'tester', 3600)}", ready=CONNECTED, bypass_csp=True) as page,
+    ):
         assert await page.evaluate("location.protocol") == "https:"
         assert "token" not in await page.evaluate("location.href"), "the invitation left the address bar"
         await page.fill("#text-input", "What is the capital of Italy?")
@@ -308,8 +234,10 @@ async def talking_page(serve_app, fake_media) -> AsyncIterator[Any]:
     from tests.support.speech import trim
 
     _, y4m, _ = fake_media
-    args = [a for a in chromium_args(Path("unused.wav"), y4m) if not a.startswith("--use-file-for-fake-audio")]
-    async with opened(serve_app.url, args, init_script=INIT_JS) as page:
+    async with (
+        launched(None, y4m) as chromium,
+        opened(chromium, serve_app.url, ready=CONNECTED, init_script=INIT_JS, bypass_csp=True) as page,
+    ):
         await page.evaluate("(list) => window.__bench.load(list)", [encode(trim(speak(QUESTION, rate=48000)))])
         await page.click("label[for=hands-free]")
         assert await page.is_checked("#hands-free")
@@ -449,8 +377,10 @@ async def test_a_release_with_a_microphone_silent_between_words_is_answered_with
     from tests.support.speech import trim
 
     _, y4m, _ = fake_media
-    args = [a for a in chromium_args(Path("unused.wav"), y4m) if not a.startswith("--use-file-for-fake-audio")]
-    async with opened(serve_app.url, args, init_script=INIT_JS) as page:
+    async with (
+        launched(None, y4m) as chromium,
+        opened(chromium, serve_app.url, ready=CONNECTED, init_script=INIT_JS, bypass_csp=True) as page,
+    ):
         await page.evaluate("(list) => window.__bench.load(list)", [encode(trim(speak(QUESTION, rate=48000)))])
         await page.wait_for_function("window.__bench.hooked", timeout=10000)
         for _ in range(2):  # the second turn comes after a silence of several seconds

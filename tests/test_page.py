@@ -15,7 +15,6 @@ import json
 import shutil
 import sys
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,10 +25,10 @@ from playwright.async_api import expect
 from parley.config import ParleyConfig
 from parley.ingress.server import IngressServer
 from tests.support import ROOT
+from tests.support.chromium import READY, launched, opened, until, write_fake_media
 from tests.support.fake_openai import FakeOpenAI
 from tests.support.ingress import local_ingress
 from tests.support.network import free_port, loopback_only
-from tests.test_browser import chromium_args, write_question_wav, write_y4m
 
 pytestmark = [
     pytest.mark.browser,
@@ -42,7 +41,6 @@ AXE = ROOT / "node_modules" / "axe-core" / "axe.min.js"
 DESKTOP = {"width": 1280, "height": 800}
 PHONE = {"width": 390, "height": 844}
 SMALL_PHONE = {"width": 320, "height": 568}
-READY = "document.querySelector('#status').dataset.state === 'ready'"
 CODE_ANSWER = ["Here is the fix:\n\n", "```python\nprint('hello')\n", "```\n\n", "Run it with **python** now."]
 
 
@@ -115,10 +113,8 @@ class Server:
 
 @pytest.fixture(scope="module")
 def media(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    folder = tmp_path_factory.mktemp("page-media")
-    write_question_wav(folder / "question.wav")
-    write_y4m(folder / "camera.y4m")
-    return folder / "question.wav", folder / "camera.y4m"
+    wav, y4m, _ = write_fake_media(tmp_path_factory.mktemp("page-media"))
+    return wav, y4m
 
 
 @pytest.fixture
@@ -127,53 +123,6 @@ async def server(fake: FakeOpenAI, tmp_path: Path) -> AsyncIterator[Server]:
     await running.start()
     yield running
     await running.stop()
-
-
-@asynccontextmanager
-async def browser(media: tuple[Path, Path], *, prompts: bool = False) -> AsyncIterator[Any]:
-    """Chromium with the fake devices; `prompts`: permission prompts are real (headless denies them)."""
-    from playwright.async_api import async_playwright
-
-    args = [a for a in chromium_args(*media) if not (prompts and a == "--use-fake-ui-for-media-stream")]
-    async with async_playwright() as p:
-        chromium = await p.chromium.launch(executable_path=shutil.which("chromium"), args=args)
-        try:
-            yield chromium
-        finally:
-            await chromium.close()
-
-
-@asynccontextmanager
-async def opened(chromium: Any, url: str, *, init_script: str | None = None, **context: Any) -> AsyncIterator[Any]:
-    """A fresh browser profile on the page, status Ready; fails the test if the page raised."""
-    ctx = await chromium.new_context(**context)
-    if init_script:
-        await ctx.add_init_script(init_script)
-    await ctx.grant_permissions(["clipboard-read", "clipboard-write", "microphone", "camera"], origin=url.rstrip("/"))
-    page = await ctx.new_page()
-    errors: list[str] = []
-    page.on("pageerror", lambda exc: errors.append(str(exc)))
-    page.on("dialog", lambda dialog: asyncio.ensure_future(dialog.accept()))
-    await page.goto(url)
-    await until(page, READY, 30000)
-    try:
-        yield page
-    finally:
-        await ctx.close()
-    assert not errors, f"the page raised: {errors}"
-
-
-async def until(page: Any, js: str, timeout_ms: int = 30000) -> Any:
-    """Poll `js` in the page until it is truthy (Playwright's wait_for_function uses eval, which the
-    page's Content-Security-Policy rightly forbids; evaluate() is not subject to it)."""
-    deadline = asyncio.get_running_loop().time() + timeout_ms / 1000
-    while True:
-        value = await page.evaluate(js)
-        if value:
-            return value
-        if asyncio.get_running_loop().time() > deadline:
-            raise TimeoutError(f"not true within {timeout_ms} ms: {js}")
-        await asyncio.sleep(0.05)
 
 
 async def type_and_send(page: Any, text: str) -> None:
@@ -206,7 +155,7 @@ async def test_an_answer_with_code_is_rendered_copyable_highlighted_as_spoken_an
     server: Server, fake: FakeOpenAI, media: tuple[Path, Path]
 ) -> None:
     fake.reply = CODE_ANSWER
-    async with browser(media) as chromium, opened(chromium, server.url, viewport=DESKTOP) as page:
+    async with launched(*media) as chromium, opened(chromium, server.url, viewport=DESKTOP) as page:
         await type_and_send(page, "How do I print hello?")
         # The sentence being spoken is marked while it plays (from the server's playout).
         await until(page, "!!document.querySelector('#chat .msg.playing .spoken')", 30000)
@@ -248,7 +197,7 @@ PAGE = [
 async def test_nothing_in_an_answer_runs_script_or_loads_remote_content_and_a_page_previews_sandboxed(
     server: Server, fake: FakeOpenAI, media: tuple[Path, Path]
 ) -> None:
-    async with browser(media) as chromium, opened(chromium, server.url, viewport=DESKTOP) as page:
+    async with launched(*media) as chromium, opened(chromium, server.url, viewport=DESKTOP) as page:
         # Chromium reports a request the Content-Security-Policy blocked as a request that failed
         # with "csp": that one never left. Anything else to another address is a load.
         elsewhere: list[str] = []
@@ -294,7 +243,7 @@ async def test_killing_the_server_shows_media_lost_keeps_typed_text_and_announce
     await server.spawn()
     try:
         async with (
-            browser(media) as chromium,
+            launched(*media) as chromium,
             opened(chromium, server.url, viewport=PHONE, has_touch=True, is_mobile=True) as page,
         ):
             await type_and_send(page, "Hello there.")
@@ -332,7 +281,7 @@ async def test_killing_the_server_shows_media_lost_keeps_typed_text_and_announce
 async def test_a_new_conversation_empties_what_the_llm_receives_next_and_the_transcript_downloads(
     server: Server, fake: FakeOpenAI, media: tuple[Path, Path], tmp_path: Path
 ) -> None:
-    async with browser(media) as chromium, opened(chromium, server.url, viewport=DESKTOP, accept_downloads=True) as page:
+    async with launched(*media) as chromium, opened(chromium, server.url, viewport=DESKTOP, accept_downloads=True) as page:
         await type_and_send(page, "Remember the word pineapple.")
         await answered(page, 1)
         await page.wait_for_selector("#chat .msg[data-role=assistant] .metrics")  # heard to the end
@@ -359,7 +308,7 @@ async def test_a_new_conversation_empties_what_the_llm_receives_next_and_the_tra
 async def test_devices_are_listed_mute_silences_the_microphone_and_camera_off_stops_its_track(
     server: Server, media: tuple[Path, Path]
 ) -> None:
-    async with browser(media) as chromium, opened(chromium, server.url, viewport=DESKTOP) as page:
+    async with launched(*media) as chromium, opened(chromium, server.url, viewport=DESKTOP) as page:
         await page.click(".devices summary")
         mics = await page.locator("#mic-select option").all_inner_texts()
         cameras = await page.locator("#camera-select option").all_inner_texts()
@@ -401,7 +350,7 @@ async def test_devices_are_listed_mute_silences_the_microphone_and_camera_off_st
 
 
 async def test_keyboard_and_screen_readers(server: Server, fake: FakeOpenAI, media: tuple[Path, Path]) -> None:
-    async with browser(media) as chromium, opened(chromium, server.url, viewport=DESKTOP) as page:
+    async with launched(*media) as chromium, opened(chromium, server.url, viewport=DESKTOP) as page:
         # Space on a focused button presses that button; elsewhere it talks.
         await page.focus("#mute")
         await page.keyboard.press("Space")
@@ -439,7 +388,7 @@ async def test_axe_finds_nothing_serious_in_light_dark_and_phone_and_the_chat_ge
     fake.reply = CODE_ANSWER
     found: dict[str, list[dict[str, Any]]] = {}
     heights: dict[str, float] = {}
-    async with browser(media) as chromium:
+    async with launched(*media) as chromium:
         for scheme in ("light", "dark"):
             for name, viewport in (("desktop", DESKTOP), ("phone", PHONE), ("small-phone", SMALL_PHONE)):
                 phone = name != "desktop"
@@ -483,14 +432,14 @@ async def test_a_remembered_device_that_is_gone_falls_back_to_the_default_with_a
         "try { localStorage.setItem('parley.mic', 'unplugged-mic');"
         " localStorage.setItem('parley.camera', 'unplugged-cam'); } catch {}"
     )
-    async with browser(media) as chromium, opened(chromium, server.url, viewport=DESKTOP, init_script=gone) as page:
+    async with launched(*media) as chromium, opened(chromium, server.url, viewport=DESKTOP, init_script=gone) as page:
         await expect(page.locator("#notices")).to_contain_text("not found")
         assert await page.evaluate("window.parley.local.mic.readyState") == "live"
         assert await page.evaluate("window.parley.local.camera.readyState") == "live"
 
 
 async def test_a_page_whose_libraries_do_not_load_says_so(server: Server, media: tuple[Path, Path]) -> None:
-    async with browser(media) as chromium:
+    async with launched(*media) as chromium:
         page = await chromium.new_page()
         await page.route("**/vendor/purify.js", lambda route: route.abort())
         await page.goto(server.url)
@@ -501,7 +450,7 @@ async def test_a_page_whose_libraries_do_not_load_says_so(server: Server, media:
 async def test_a_denied_microphone_says_so_at_once_and_typing_still_works(
     server: Server, fake: FakeOpenAI, media: tuple[Path, Path]
 ) -> None:
-    async with browser(media, prompts=True) as chromium:
+    async with launched(*media, prompts=True) as chromium:
         page = await chromium.new_page(viewport=DESKTOP)
         errors: list[str] = []
         page.on("pageerror", lambda exc: errors.append(str(exc)))
@@ -528,7 +477,7 @@ async def test_when_no_turn_model_loads_the_banner_says_a_thinking_pause_may_end
     running = Server(fake, free_port(), "memory", tmp_path / "state")
     await running.start()
     try:
-        async with browser(media) as chromium, opened(chromium, running.url) as page:
+        async with launched(*media) as chromium, opened(chromium, running.url) as page:
             shown = "!document.getElementById('banner').hidden && document.getElementById('banner-text').textContent"
             text = await until(page, shown, 10000)
             assert "thinking pause" in text and "pipecat-ai" in text and "0.6 s of silence" in text, text
