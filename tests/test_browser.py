@@ -372,7 +372,7 @@ async def test_a_release_with_a_microphone_silent_between_words_is_answered_with
     """Chromium's WebAudio microphone sends no packet while it is silent (as Opus DTX and some
     headsets do): the release, 0.25 s after the last word, must not wait for audio that is not
     coming. The wait used to take its full 2 s (RELEASE_WAIT_S) on every turn, and showed in no stage."""
-    from parley.engine.session import RELEASE_WAIT_S
+    from parley.engine.listening import RELEASE_WAIT_S
     from tests.support.browser_mic import INIT_JS, encode
     from tests.support.speech import trim
 
