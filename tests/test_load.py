@@ -44,4 +44,8 @@ def test_three_sessions_two_turns_each_all_complete(serve_app, tmp_path: Path) -
     assert numbers["dropped"] == 0
     assert 0 < numbers["first_audio_ms_p50"] <= numbers["first_audio_ms_p95"] < 30_000
     assert 15 <= numbers["gap_ms_p50"] <= 25, "packets come every 20 ms"
-    assert 0 < numbers["gap_ms_p99"] < 1000 and 0 <= numbers["gaps_over_40ms_share"] <= 1
+    assert 0 < numbers["gap_ms_p99"] < 1000
+    # p99 is the gap 99 % of the gaps stay within: it is over 40 ms exactly when over 1 % of the gaps
+    # are (both numbers are rounded, so at 40 ms and 1 % themselves either may hold)
+    p99, share = numbers["gap_ms_p99"], numbers["gaps_over_40ms_share"]
+    assert (p99 >= 40 or share <= 0.01) and (p99 <= 40 or share >= 0.01), (p99, share)
