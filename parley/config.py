@@ -84,7 +84,7 @@ class ServerConfig(_Section):
         default=40,
         ge=1,
         description="Concurrent browser sessions one ingress process accepts. One core paced 40 audio+video sessions, "
-        "a third of them talking, with 99 % of audio packets under 5 ms late (benchmarks/capacity.py, README).",
+        "a third of them talking, with 99 % of audio packets under 5 ms late (benchmarks/capacity.py, docs/benchmarks.md).",
     )
     allowed_hosts: list[str] = Field(
         default_factory=list,
@@ -174,7 +174,7 @@ class LLMConfig(_Section):
         default=DEFAULT_LOCAL_MODEL,
         description="The local backend's model, from a package that ships it: "
         + "; ".join(f"{m.name} ({m.label}, quiz {m.quiz})" for m in CATALOGUE.values())
-        + ". README says how to install each.",
+        + ". docs/models.md says how to install each.",
     )
     model_path: str | None = Field(default=None, description="Any GGUF file for the local backend (overrides local_model).")
     context_tokens: int = Field(default=4096, description="Context window of the local model.")

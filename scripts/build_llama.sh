@@ -7,7 +7,7 @@
 # machine dies with SIGILL on an AVX2-only one. GGML_NATIVE=OFF compiles for x86-64 with AVX,
 # AVX2, FMA, F16C and BMI2 (llama.cpp's defaults when not native) and no AVX-512 and no AMX, so
 # the same wheel runs on every x86-64 CPU with AVX2 (Intel Haswell / AMD Zen and newer). On
-# aarch64 it is the generic armv8 build. The cost on this 2-core AVX-512 machine is in README.
+# aarch64 it is the generic armv8 build. The cost on this 2-core AVX-512 machine is in docs/models.md.
 #
 # The wheel is kept in ~/.cache/parley/wheels (PARLEY_WHEELHOUSE), in a folder named after the
 # version and these flags, so a new venv installs it in seconds and a flag change rebuilds. pip's
