@@ -25,13 +25,13 @@ class FakeClock:
         """Async sleeps wait for it (set from the start unless gated)."""
         if not gated:
             self.gate.set()
-        self._due: list[tuple[float, int, Callable[[], object]]] = []
+        self._due: list[tuple[float, int, Callable[..., object]]] = []
         self._count = 0
 
     def __call__(self) -> float:
         return self.now
 
-    def at(self, when: float, action: Callable[[], object]) -> None:
+    def at(self, when: float, action: Callable[..., object]) -> None:
         """Run `action` when the clock reaches `when` (actions due at the same time run in the order given)."""
         heapq.heappush(self._due, (when, self._count, action))
         self._count += 1
