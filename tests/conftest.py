@@ -18,6 +18,7 @@ from tests.support.network import free_port
 
 if TYPE_CHECKING:
     from tests.support.fake_openai import FakeOpenAI
+    from tests.support.page import Server
 
 
 @dataclass
@@ -100,3 +101,23 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     finally:
         server.terminate()
         server.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def media(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """The page tests' fake microphone (a spoken question) and camera files, for Chromium."""
+    from tests.support.chromium import write_fake_media
+
+    wav, y4m, _ = write_fake_media(tmp_path_factory.mktemp("page-media"))
+    return wav, y4m
+
+
+@pytest.fixture
+async def server(fake: FakeOpenAI, tmp_path: Path) -> AsyncIterator[Server]:
+    """The page tests' ingress, in this process, on the OpenAI backend pointed at `fake`."""
+    from tests.support.page import Server
+
+    running = Server(fake, free_port(), "memory", tmp_path / "state")
+    await running.start()
+    yield running
+    await running.stop()
