@@ -2,8 +2,8 @@
 
 The engine never imports a web server, socket.io, aiortc or Ray. A transport (the ingress's WebRTC
 peer, or a test) gives a session:
-- microphone audio and camera frames, through the session's own `on_audio_frame`/`on_video_frame`
-  (the microphone sink), and a `SenderClock` that says where the browser's microphone stream is;
+- microphone audio and camera frames, through the session's `MediaSink` side (`on_audio_frame`,
+  `on_video_frame`), and a `SenderClock` that says where the browser's microphone stream is;
 - a `SpeechOutput` where answers are spoken (LiveKit's `AudioOutput` is the model): packets are
   `capture`d in order, `clear` drops what is queued, `wait_for_playout` waits until the last one left,
   and a `watch` says when audio starts and when each sentence (`SentenceTag`) starts playing;
@@ -19,6 +19,9 @@ from collections.abc import Awaitable, Callable, Hashable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, Protocol
+
+import av
+import numpy as np
 
 from media.echo import FarEnd
 from media.packet import OpusPacket
@@ -100,3 +103,29 @@ class SenderClock(Protocol):
 
     async def catch_up(self, heard_to: Callable[[], int | None], *, limit_s: float, who: str = "") -> float:
         """Wait (at most `limit_s`) until what was heard reaches what the sender had sent by now."""
+
+
+class MediaSink(Protocol):
+    """What a peer connection sees of its session: where media goes in and speech comes out.
+    `parley.engine.session.Session` is one."""
+
+    id: str
+
+    @property
+    def listening(self) -> bool:
+        """Whether microphone audio is wanted now (push-to-talk between turns: it is not)."""
+
+    def on_audio_frame(self, frame: av.AudioFrame) -> None:
+        """Every decoded microphone frame."""
+
+    def on_video_frame(self, frame: av.VideoFrame) -> None:
+        """Every decoded camera or screen frame."""
+
+    def connect_microphone(self, clock: SenderClock, preroll: Callable[[], np.ndarray] | None = None) -> None:
+        """The microphone's sender clock, and the audio it kept while nobody listened."""
+
+    def connect_output(self, output: SpeechOutput) -> None:
+        """Speak through this output from now on."""
+
+    def disconnect_output(self, output: SpeechOutput) -> None:
+        """That output is gone."""

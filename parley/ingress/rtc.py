@@ -24,7 +24,7 @@ from aiortc.rtp import RtpPacket
 from media.opus import decode_opus_frames
 from media.track import PacingTrack
 from parley.config import IceServer
-from parley.engine.session import Session
+from parley.engine.ports import MediaSink
 from parley.ingress.ice import advertise_public
 from parley.ingress.senderclock import SenderClock
 
@@ -91,7 +91,7 @@ class MicrophoneBuffer(JitterBuffer):
         return decode_opus_frames([f.data for f in frames])
 
 
-def listen_to_microphone(receiver: RTCRtpReceiver, session: Session) -> None:
+def listen_to_microphone(receiver: RTCRtpReceiver, session: MediaSink) -> None:
     """Give the receiver a `MicrophoneBuffer` gated by the session's recorder. (aiortc 1.16 has no
     setting for its jitter buffer; it is replaced on the receiver.)"""
     name = "_RTCRtpReceiver__jitter_buffer"
@@ -110,7 +110,7 @@ class SdpError(ValueError):
 class Peer:
     """One RTCPeerConnection between a browser and its session."""
 
-    def __init__(self, session: Session, ice_servers: Sequence[IceServer], public_address: str | None = None) -> None:
+    def __init__(self, session: MediaSink, ice_servers: Sequence[IceServer], public_address: str | None = None) -> None:
         self.session = session
         self.public_address = public_address
         self.pc = RTCPeerConnection(rtc_configuration(ice_servers))
