@@ -10,8 +10,8 @@ Invariants:
 - An inbound payload is checked strictly (no coercion: `"true"` is not a boolean). A wrong-typed
   optional field of `hello` or `text` reads as absent, as it always has: a stale page still gets a
   session, a non-text message gets the session's own "that was not text".
-- An outbound payload holds the fields that were set: a field left unset is absent (the page tells
-  "not said" from null: `metrics` sends null for a stage that did not happen).
+- An outbound payload holds the fields that were set, in nested models too: a field left unset is
+  absent (the page tells "not said" from null: `metrics` sends null for a stage that did not happen).
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ from __future__ import annotations
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidatorFunctionWrapHandler, WrapValidator
+
+from parley.engine.metrics import TurnMetrics
 
 
 def _absent_if_wrong(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
@@ -28,9 +30,10 @@ def _absent_if_wrong(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
         return None
 
 
-def lenient(kind: Any) -> Any:
-    """An optional field that reads as absent (None) when the page sent the wrong type."""
-    return Annotated[kind | None, WrapValidator(_absent_if_wrong)]
+_Lenient = WrapValidator(_absent_if_wrong)
+"""An optional field that reads as absent (None) when the page sent the wrong type."""
+LenientStr = Annotated[str | None, _Lenient]
+LenientBool = Annotated[bool | None, _Lenient]
 
 
 class Event(BaseModel):
@@ -53,11 +56,11 @@ class Hello(Inbound):
     """The page's first word on each connection: which conversation it had, and its switches."""
 
     event = "hello"
-    session_id: lenient(str) = None  # type: ignore[valid-type]
-    session_key: lenient(str) = None  # type: ignore[valid-type]
+    session_id: LenientStr = None
+    session_key: LenientStr = None
     """The proof, from an earlier welcome, that this user holds `session_id`."""
-    vision: lenient(bool) = None  # type: ignore[valid-type]
-    hands_free: lenient(bool) = None  # type: ignore[valid-type]
+    vision: LenientBool = None
+    hands_free: LenientBool = None
 
 
 class Offer(Inbound):
@@ -84,7 +87,7 @@ class Text(Inbound):
     """A typed message (acknowledged with `Ack`)."""
 
     event = "text"
-    text: lenient(str) = None  # type: ignore[valid-type]
+    text: LenientStr = None
 
 
 class Stop(Inbound):
@@ -190,12 +193,6 @@ class Welcome(Outbound):
     video: VideoLimits
     llm: ModelInfo
 
-    def payload(self) -> dict[str, Any]:
-        data = self.model_dump(exclude_unset=True)
-        data["turn"] = self.turn.model_dump(exclude_unset=True)
-        data["history"] = [m.payload() for m in self.history]
-        return data
-
 
 class Rejected(Outbound):
     """The server cannot take this session (full, or too many for this user); the page retries later."""
@@ -233,20 +230,12 @@ class State(Outbound):
     unspoken: str | None = None
 
 
-class Metrics(Outbound):
-    """A finished turn's stage times in seconds (null: the stage did not happen). Defined in
-    `parley.engine.metrics`."""
+class Metrics(Outbound, TurnMetrics):
+    """A finished turn's stage times in seconds (null: the stage did not happen): the fields of
+    `parley.engine.metrics.TurnMetrics`, where each stage is defined, and the answer's id."""
 
     event = "metrics"
     id: str
-    asr: float | None = None
-    llm_ttft: float | None = None
-    first_sentence: float | None = None
-    tts_ttfb: float | None = None
-    end_of_turn: float | None = None
-    turn_to_voice: float | None = None
-    voice_to_voice: float | None = None
-    head_start: float | None = None
 
 
 class Speaking(Outbound):

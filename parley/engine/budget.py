@@ -53,6 +53,3 @@ class TurnBudgets:
         keep = set(accounts)
         for account in [a for a in self._by_user if a not in keep]:
             del self._by_user[account]
-
-    def __len__(self) -> int:
-        return len(self._by_user)

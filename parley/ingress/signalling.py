@@ -15,7 +15,7 @@ import logging
 import os
 import re
 import uuid
-from typing import Any
+from typing import Any, Literal
 
 import socketio
 from pydantic import ValidationError
@@ -35,6 +35,7 @@ from parley.protocol import (
     INBOUND,
     Ack,
     Answer,
+    HandsFree,
     Hello,
     Inbound,
     Message,
@@ -47,6 +48,7 @@ from parley.protocol import (
     TurnInfo,
     TurnLimits,
     VideoLimits,
+    Vision,
     Welcome,
 )
 
@@ -149,8 +151,8 @@ class Signalling:
     async def _send(self, sid: str, event: Outbound) -> None:
         await self.sio.emit(event.event, event.payload(), to=sid)
 
-    async def _notice(self, sid: str, text: str, level: str = "error") -> None:
-        await self._send(sid, Notice(level=level, text=text))  # type: ignore[arg-type]
+    async def _notice(self, sid: str, text: str, level: Literal["info", "warn", "error"] = "error") -> None:
+        await self._send(sid, Notice(level=level, text=text))
 
     def _session(self, sid: str) -> Session | None:
         session_id = self._sid_session.get(sid)
@@ -354,10 +356,10 @@ class Signalling:
         if session := await self._require(sid):
             await session.interrupt()
 
-    async def _on_hands_free(self, sid: str, switch: Any) -> None:
+    async def _on_hands_free(self, sid: str, switch: HandsFree) -> None:
         if session := await self._require(sid):
             await session.set_hands_free(switch.enabled)
 
-    async def _on_vision(self, sid: str, switch: Any) -> None:
+    async def _on_vision(self, sid: str, switch: Vision) -> None:
         if session := await self._require(sid):
             session.set_vision(switch.enabled)
