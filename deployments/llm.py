@@ -22,9 +22,10 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol, cast, overload
 
 from deployments.fair import Busy, FairQueue
 from parley.config import LLMConfig, openai_api_key
+from parley.engine.conversation import system_prompt
 from parley.engine.types import ChatMessage, Finish, ImagePart
 from parley.llamacpp import no_amx_repacking
-from parley.local_models import CATALOGUE, LocalModelMissing
+from parley.local_models import CATALOGUE, LocalModelMissing, host_cores
 from parley.logs import setup_logging, starting
 
 if TYPE_CHECKING:
@@ -146,7 +147,7 @@ def local_model_path(config: LLMConfig) -> str:
             raise LLMError(f"could not load the local model {config.model_path}: no such file")
         return config.model_path
     try:
-        return str(CATALOGUE[config.local_model].path())
+        return str(CATALOGUE[config.resolved()[0]].path())
     except LocalModelMissing as e:
         raise LLMError(str(e)) from e
 
@@ -162,14 +163,20 @@ class LocalEngine:
 
         self.config = config
         self.model_path = local_model_path(config)
-        log.info("loading %s (llama.cpp, %d threads, context %d)", self.model_path, config.threads, config.context_tokens)
+        threads = config.resolved()[1]
+        chosen = (
+            f" (auto: the best installed for {host_cores()} cores)"
+            if config.local_model == "auto" and not config.model_path
+            else ""
+        )
+        log.info("loading %s%s (llama.cpp, %d threads, context %d)", self.model_path, chosen, threads, config.context_tokens)
         try:
             with no_amx_repacking(llama_cpp):
                 self.llama = llama_cpp.Llama(
                     model_path=self.model_path,
                     n_ctx=config.context_tokens,
-                    n_threads=config.threads,
-                    n_threads_batch=config.threads,
+                    n_threads=threads,
+                    n_threads_batch=threads,
                     verbose=False,
                 )
         except (ValueError, OSError) as e:
@@ -177,7 +184,8 @@ class LocalEngine:
         self.lock = asyncio.Lock()
         # One token with the system prompt: the first turn then finds it in llama.cpp's prefix
         # cache (~50 ms to first token instead of ~200 ms on 2 cores).
-        warm = [{"role": "system", "content": config.system_prompt}, {"role": "user", "content": "Hello."}]
+        # The embedded default's sessions get the scene-note system prompt (parley.engine.conversation).
+        warm = [{"role": "system", "content": system_prompt(config.system_prompt, "note")}, {"role": "user", "content": "Hello."}]
         self.llama.create_chat_completion(messages=warm, max_tokens=1)  # type: ignore[arg-type]
 
     async def stream(self, messages: list[ChatMessage]) -> AsyncGenerator[str | Finish, None]:

