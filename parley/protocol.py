@@ -21,6 +21,7 @@ from typing import Annotated, Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidatorFunctionWrapHandler, WrapValidator
 
 from parley.engine.metrics import TurnMetrics
+from parley.engine.types import Sight, VideoSource
 
 
 def _absent_if_wrong(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
@@ -34,6 +35,7 @@ _Lenient = WrapValidator(_absent_if_wrong)
 """An optional field that reads as absent (None) when the page sent the wrong type."""
 LenientStr = Annotated[str | None, _Lenient]
 LenientBool = Annotated[bool | None, _Lenient]
+LenientSource = Annotated[VideoSource | None, _Lenient]
 
 
 class Event(BaseModel):
@@ -60,6 +62,8 @@ class Hello(Inbound):
     session_key: LenientStr = None
     """The proof, from an earlier welcome, that this user holds `session_id`."""
     vision: LenientBool = None
+    source: LenientSource = None
+    """What the video track carries: the camera or a shared screen."""
     hands_free: LenientBool = None
 
 
@@ -97,10 +101,11 @@ class Stop(Inbound):
 
 
 class Vision(Inbound):
-    """Send camera frames to the model, or not."""
+    """Let the model know what the camera shows, or not; and what the video track carries now."""
 
     event = "vision"
     enabled: bool
+    source: VideoSource | None = None
 
 
 class HandsFree(Inbound):
@@ -147,6 +152,7 @@ class Message(Outbound):
     state: MessageState
     unspoken: str = Field(default="", description="An interrupted answer's words the user never heard.")
     cut: bool = Field(default=False, description="The model stopped at its length limit.")
+    scene: str | None = Field(default=None, description="User: the scene note the model got with these words.")
 
 
 class TurnLimits(BaseModel):
@@ -176,6 +182,11 @@ class ModelInfo(BaseModel):
     model: str
     quality: str | None = None
     vision: bool
+    """The user's switch: the model is told what the camera shows."""
+    sight: Sight = "image"
+    """How: the frame itself, a scene note from offline detectors, or not at all."""
+    sight_problem: str | None = None
+    """What the banner says about it (it cannot see, or sees only through detectors); None: nothing."""
 
 
 class Welcome(Outbound):

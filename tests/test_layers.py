@@ -17,7 +17,16 @@ from pathlib import Path
 from tests.support import ROOT
 
 TRANSPORT = {"aiohttp", "socketio", "engineio", "aiortc", "ray"}
-RUNTIME = ["media", "deployments", "parley/engine", "parley/ingress", "parley/config.py", "parley/logs.py", "parley/protocol.py"]
+RUNTIME = [
+    "media",
+    "deployments",
+    "parley/engine",
+    "parley/ingress",
+    "parley/vision",
+    "parley/config.py",
+    "parley/logs.py",
+    "parley/protocol.py",
+]
 
 
 def imports_of(path: Path) -> set[str]:

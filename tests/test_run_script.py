@@ -62,9 +62,7 @@ def test_run_sh_names_the_stage_and_the_reason_when_the_llm_model_is_missing(ray
 
 
 def test_serve_app_help_lists_verbose() -> None:
-    done = subprocess.run(
-        [sys.executable, "serve_app.py", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120
-    )
+    done = subprocess.run([sys.executable, "serve_app.py", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "--verbose" in done.stdout and "Ray's log files" in " ".join(done.stdout.split())
 

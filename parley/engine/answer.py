@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from parley.engine.conversation import Entry
-from parley.engine.metrics import STAGES, TurnMetrics
+from parley.engine.metrics import TurnMetrics
 from parley.engine.ports import SentenceTag
 from parley.engine.reply import Reply
 from parley.protocol import Delta, Message, Metrics, Speaking, State
@@ -66,6 +66,7 @@ class Answering:
         self.metrics: TurnMetrics = reply.metrics
         self.metrics.asr = asr_s
         self.metrics.head_start = times.head_start
+        self.metrics.vision_wait = user.scene_wait_s
         if times.spoke_until is not None:
             self.metrics.end_of_turn = times.decided - times.spoke_until
         self._output = session.output
@@ -155,7 +156,7 @@ class Answering:
         await self.reply.stop()
 
     def _report(self) -> None:
-        for stage in STAGES:
+        for stage in TurnMetrics.model_fields:
             value = getattr(self.metrics, stage)
             if value is not None:
                 self._session.meter.stage(stage, value)
@@ -168,5 +169,3 @@ def sentence(text: str) -> str:
 def reason(exc: BaseException | str) -> str:
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     return text[:200]
-
-

@@ -13,9 +13,39 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from parley.config import LLMConfig
-from parley.engine.types import ChatMessage, ImagePart, ImageURL, TextPart
+from parley.engine.types import ChatMessage, ImagePart, ImageURL, Sight, TextPart
 
 MessageState = Literal["streaming", "done", "interrupted", "error"]
+
+SIGHT_PROMPTS: dict[Sight, str] = {
+    "image": "You can see the user: their message may come with a picture from their camera or shared screen.",
+    "note": "You cannot see images. A user message may begin with a camera or screen note in square brackets from "
+    "Parley's detectors: it is all you know of what the camera or screen shows. Say only what the note says and never "
+    "invent other details.",
+    "blind": "You cannot see the user's camera or screen. If asked what you see, say you cannot see it.",
+}
+"""The sentence added to the system prompt: what the model can know of the camera (`parley.config.sight`)."""
+
+
+def system_prompt(base: str, sight: Sight) -> str:
+    """The system prompt for a model that sees in the way `sight` says."""
+    return f"{base} {SIGHT_PROMPTS[sight]}".strip()
+
+
+def with_scene(text: str, scene: str | None, blind: str | None = None, source: str = "camera") -> str:
+    """A user's words with the scene note in front, as a text-only model reads them (`scene` "": the
+    detectors found nothing; `blind`: why there is no note).
+
+    The note is a first-person sentence the model can repeat: a small model answers "what do you
+    see?" by copying it far more often than it puts a list of detections into words (benchmarks/llm_quiz.py)."""
+    where, label = ("screen", "Screen") if source == "screen" else ("camera", "Camera")
+    if blind:
+        return f"[{label} note: I cannot see your {where} now ({blind}).]\n{text}"
+    if scene is None:
+        return text
+    if not scene:
+        return f"[{label} note: I see nothing I recognise.]\n{text}"
+    return f"[{label} note: I see {scene}.]\n{text}"
 
 
 @dataclass
@@ -26,6 +56,14 @@ class Entry:
     text: str
     state: MessageState = "done"
     image: str | None = None
+    scene: str | None = None
+    """User: the scene note made from the turn's frame ("" when it found nothing; None when none was made)."""
+    blind: str | None = None
+    """User, with a text-only model that sees through scene notes: why this turn has none (not stored)."""
+    source: str = "camera"
+    """User: what the frame showed, "camera" or "screen"."""
+    scene_wait_s: float | None = None
+    """User: how long the turn waited for its scene note once its words were ready (not stored)."""
     unspoken: str = ""
     """Assistant: the words of the answer the user never heard (after an interruption)."""
     cut: bool = False
@@ -38,6 +76,8 @@ class Entry:
             data["unspoken"] = self.unspoken
         if self.cut:
             data["cut"] = True
+        if self.scene:
+            data["scene"] = self.scene
         return data
 
 
@@ -107,17 +147,24 @@ class Conversation:
             seq = next((i for i, e in enumerate(self.entries) if e is entry), len(self.entries))
             self._store.save(self._session, seq, entry)
 
-    def messages(self, *, vision: bool, then: Entry | None = None) -> list[ChatMessage]:
+    def messages(self, *, sight: Sight, then: Entry | None = None) -> list[ChatMessage]:
         """The prompt: the system prompt, then the recent history, then `then` (a user turn not yet
-        in the history: a speculative one is only added once its turn is confirmed)."""
+        in the history: a speculative one is only added once its turn is confirmed).
+
+        `sight` "image": the newest `keep_images` user frames go as image parts. "note": the newest
+        user turn's scene note goes in front of its words (older notes describe frames no longer
+        shown). "blind": words only."""
         history = [e for e in self._answered() if e.text.strip()] + ([then] if then and then.text.strip() else [])
         entries = _within_budget(history[-self.llm.history_messages :], self.prompt_budget_tokens())
         keep = self.llm.keep_images
         user_images = [e.id for e in entries if e.role == "user" and e.image]
         with_image = set(user_images[len(user_images) - keep :]) if keep else set()
-        messages = [ChatMessage(role="system", content=self.llm.system_prompt)]
+        messages = [ChatMessage(role="system", content=system_prompt(self.llm.system_prompt, sight))]
+        newest_user = next((e.id for e in reversed(entries) if e.role == "user"), None)
         for entry in entries:
-            if entry.id in with_image and entry.image and vision:
+            if sight == "note" and entry.id == newest_user:
+                messages.append(ChatMessage(role="user", content=with_scene(entry.text, entry.scene, entry.blind, entry.source)))
+            elif entry.id in with_image and entry.image and sight == "image":
                 parts: list[TextPart | ImagePart] = [
                     TextPart(text=entry.text),
                     ImagePart(image_url=ImageURL(url=entry.image, detail=self.llm.image_detail)),
@@ -129,7 +176,8 @@ class Conversation:
 
     def prompt_budget_tokens(self) -> int:
         """Tokens the history may take: the model's context less the answer and the system prompt."""
-        return max(256, self.llm.context_tokens - self.llm.max_tokens - estimate_tokens(self.llm.system_prompt) - 64)
+        prompt = system_prompt(self.llm.system_prompt, "note")  # the longest
+        return max(256, self.llm.context_tokens - self.llm.max_tokens - estimate_tokens(prompt) - 96)
 
     def _answered(self) -> list[Entry]:
         """The history without the turns the model failed to answer at all: a message that made

@@ -30,7 +30,6 @@ import numpy as np
 
 from media.vad import RATE
 from parley.engine.answer import TurnTimes, reason, sentence
-from parley.engine.conversation import Entry
 from parley.engine.ports import SenderClock, rtp_diff
 from parley.engine.recorder import TurnEvent
 from parley.engine.reply import Reply
@@ -215,9 +214,11 @@ class Listener:
         s = self._session
         if self.utterance is not None:
             s.spawn(self.utterance.drop())
+        frame = s.latest_frame
         self.utterance = Utterance(
             start=start,
-            frame=s.latest_frame,
+            frame=frame,
+            scene=s.look(frame),
             transcribe=s.services.transcribe,
             audio=s.recorder.audio,
             segment_s=s.settings.turn.segment_s,
@@ -248,7 +249,7 @@ class Listener:
                 return words, None
             if not words:
                 return words, None
-            user = Entry(role="user", text=words, image=await s.image(utterance.frame))
+            user = await s.user_entry(words, utterance.frame, utterance.scene)
             return words, s.reply_to(user)
 
         task = asyncio.get_running_loop().create_task(work())
@@ -331,7 +332,7 @@ class Listener:
                 await s.notice("I couldn't make out any words in that recording.", "warn")
             s.set_state(s.resting())
             return
-        user = Entry(role="user", text=words, image=await s.image(utterance.frame))
+        user = await s.user_entry(words, utterance.frame, utterance.scene)
         if reply is None:
             reply = s.reply_to(user)
         await s.answer(user, reply, times, asr_s=utterance.asr_s)

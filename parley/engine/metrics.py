@@ -19,6 +19,11 @@ Invariant: every stage time comes from one monotonic clock and is defined here:
   pacing track. It holds everything the server does after the turn: waiting for late audio, the
   transcript and answer not yet ready, TTS. Push-to-talk and typed: equal to voice_to_voice.
 
+- vision (a text-only model with the vision deployment): the user started talking (the frame was
+  taken) -> its scene note came back. It runs while the user speaks, off the critical path.
+- vision_wait: how long the user's turn, its words ready, still waited for the scene note (0 when the
+  note was there first). What the note added to the answer's latency where the turn was built.
+
 And one figure that is not a wait:
 - head_start: how long the work the turn used (transcript and answer, started at a pause in
   speech) had been running when the turn ended; 0 when it started after. What speculation saved.
@@ -34,7 +39,18 @@ from collections.abc import Callable
 
 from pydantic import BaseModel
 
-STAGES = ("asr", "llm_ttft", "first_sentence", "tts_ttfb", "end_of_turn", "turn_to_voice", "voice_to_voice", "head_start")
+STAGES = (
+    "asr",
+    "llm_ttft",
+    "first_sentence",
+    "tts_ttfb",
+    "end_of_turn",
+    "turn_to_voice",
+    "voice_to_voice",
+    "head_start",
+    "vision",
+    "vision_wait",
+)
 
 ERROR_STAGES = ("asr", "llm", "tts")
 
@@ -69,6 +85,7 @@ class TurnMetrics(BaseModel):
     turn_to_voice: float | None = None
     voice_to_voice: float | None = None
     head_start: float | None = None
+    vision_wait: float | None = None
 
 
 class Stopwatch:

@@ -14,7 +14,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from media.packet import OpusPacket
-from parley.engine.types import ChatMessage, Finish, Transcript
+from parley.engine.types import ChatMessage, Finish, SceneNote, Transcript, VideoSource, VisionInfo
 
 
 class ServiceError(RuntimeError):
@@ -30,12 +30,23 @@ class Services(Protocol):
 
     def synthesize(self, text: str, voice: str | None = None) -> AsyncIterator[OpusPacket]: ...
 
+    async def describe(self, jpeg: bytes, source: VideoSource = "camera") -> SceneNote:
+        """The scene note of one frame (for a text-only model); ServiceError when there is no vision service."""
+        ...
+
+    async def vision_info(self) -> VisionInfo | None:
+        """What the vision service finds and costs; None when there is none."""
+        ...
+
+
+NO_VISION = "Parley has no vision service here, so it cannot see the camera."
+
 
 class LocalServices:
     """Services backed by deployment objects living in this process (no Ray)."""
 
-    def __init__(self, asr: Any, llm: Any, tts: Any) -> None:
-        self._asr, self._llm, self._tts = asr, llm, tts
+    def __init__(self, asr: Any, llm: Any, tts: Any, vision: Any = None) -> None:
+        self._asr, self._llm, self._tts, self._vision = asr, llm, tts, vision
 
     async def transcribe(self, audio: np.ndarray) -> Transcript:
         result: Transcript = await self._asr.transcribe(audio)
@@ -46,3 +57,15 @@ class LocalServices:
 
     def synthesize(self, text: str, voice: str | None = None) -> AsyncIterator[OpusPacket]:
         return self._tts.synthesize(text, voice)  # type: ignore[no-any-return]
+
+    async def describe(self, jpeg: bytes, source: VideoSource = "camera") -> SceneNote:
+        if self._vision is None:
+            raise ServiceError(NO_VISION)
+        note: SceneNote = await self._vision.describe(jpeg, source)
+        return note
+
+    async def vision_info(self) -> VisionInfo | None:
+        if self._vision is None:
+            return None
+        info: VisionInfo = await self._vision.info()
+        return info

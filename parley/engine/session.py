@@ -33,8 +33,8 @@ import av
 import numpy as np
 
 from media.echo import EchoCanceller
-from media.image import frame_to_data_url
-from parley.config import LimitsConfig, LLMConfig, ParleyConfig, TurnConfig
+from media.image import frame_to_data_url, frame_to_jpeg
+from parley.config import LimitsConfig, LLMConfig, ParleyConfig, TurnConfig, sight
 from parley.engine.answer import Answering, TurnTimes
 from parley.engine.budget import TurnBudget
 from parley.engine.conversation import Conversation, ConversationStore, Entry, estimate_tokens
@@ -46,6 +46,7 @@ from parley.engine.recorder import Recorder
 from parley.engine.reply import Reply
 from parley.engine.services import Services
 from parley.engine.turnmodel import TurnJudge
+from parley.engine.types import FRAME_SIDE, SceneNote, Sight, VideoSource
 from parley.engine.utterance import Utterance
 from parley.protocol import Notice, Outbound, State, Turn, TurnState
 
@@ -62,10 +63,22 @@ class SessionSettings:
     voice: str | None = None
     language: str | None = "en"
     """The conversation's language (the ASR's), for telling backchannels."""
+    sight: Sight = "blind"
+    """How the model learns what the camera shows (`parley.config.sight`; "blind" where the vision service is missing)."""
+    scene_wait_s: float = 1.5
+    """How long a turn whose words are ready may still wait for its scene note."""
 
     @classmethod
     def of(cls, config: ParleyConfig) -> SessionSettings:
-        return cls(turn=config.turn, limits=config.limits, llm=config.llm, voice=config.tts.voice, language=config.asr.language)
+        return cls(
+            turn=config.turn,
+            limits=config.limits,
+            llm=config.llm,
+            voice=config.tts.voice,
+            language=config.asr.language,
+            sight=sight(config),
+            scene_wait_s=config.vision.wait_s,
+        )
 
 
 class Session:
@@ -105,7 +118,10 @@ class Session:
         """Hands-free: judges at a pause how much silence ends the turn (None: `end_silence_s` does)."""
         if self.turn_judge is not None:
             self.recorder.end_silence_s = settings.turn.max_silence_s
-        self.vision = settings.llm.vision
+        self.vision = settings.sight != "blind"
+        """The user lets the model know what the camera shows (the page's switch)."""
+        self.source: VideoSource = "camera"
+        """What the video track carries now: the camera or a shared screen."""
         self.latest_frame: av.VideoFrame | None = None
         self.last_seen = clock()
         self.answering: Answering | None = None
@@ -226,9 +242,12 @@ class Session:
         self.recorder.set_hands_free(on)
         self.rest_if_idle()
 
-    def set_vision(self, on: bool) -> None:
-        """Send camera frames to the model with each turn, or not."""
-        self.vision = on
+    def set_vision(self, on: bool, source: VideoSource | None = None) -> None:
+        """Let the model know what the camera shows with each turn, or not; `source`: the video
+        track now carries the camera or a shared screen."""
+        self.vision = on and self.settings.sight != "blind"
+        if source is not None:
+            self.source = source
 
     async def talk_start(self) -> None:
         """The talk key went down: interrupt any answer and start recording."""
@@ -253,9 +272,10 @@ class Session:
             await self.notice("Too many turns in a minute; wait a moment and try again.", "warn")
             return False
         frame, sent = self.latest_frame, self.clock()
+        scene = self.look(frame)
 
         async def typed() -> None:
-            user = Entry(role="user", text=text, image=await self.image(frame))
+            user = await self.user_entry(text, frame, scene)
             await self.answer(user, self.reply_to(user), TurnTimes(decided=sent), asr_s=None)
 
         self.start_turn(typed)
@@ -309,7 +329,8 @@ class Session:
     # -- turns and answers ----------------------------------------------------------------------
 
     def reply_to(self, user: Entry) -> Reply:
-        messages = self.conversation.messages(vision=self.vision, then=user)
+        sight = self.settings.sight if self.vision or self.settings.sight == "note" else "blind"
+        messages = self.conversation.messages(sight=sight, then=user)
         return Reply(
             uuid.uuid4().hex[:12],
             messages,
@@ -321,9 +342,71 @@ class Session:
         ).start()
 
     async def image(self, frame: av.VideoFrame | None) -> str | None:
-        if frame is None or not self.vision:
+        if frame is None or not self.vision or self.settings.sight != "image":
             return None
         return await asyncio.to_thread(frame_to_data_url, frame)
+
+    def look(self, frame: av.VideoFrame | None) -> asyncio.Task[SceneNote | None] | None:
+        """Start making the scene note of `frame` (a text-only model's eyes), or None where no note
+        is wanted. Called when the user starts talking, so the note is made while they speak."""
+        if frame is None or not self.vision or self.settings.sight != "note":
+            return None
+        source = self.source
+        began = self.clock()
+
+        async def describe() -> SceneNote | None:
+            try:
+                jpeg = await asyncio.to_thread(frame_to_jpeg, frame, max_side=FRAME_SIDE[source])
+                note = await self.services.describe(jpeg, source)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("session %s: no scene note for this turn: %s", self.id[:8], exc)
+                return None
+            took = self.clock() - began
+            self.meter.stage("vision", took)
+            log.info(
+                "session %s: %s note of a %dx%d frame in %.0f ms: %s",
+                self.id[:8],
+                source,
+                frame.width,
+                frame.height,
+                1000 * took,
+                note.text or "(nothing found)",
+            )
+            return note
+
+        return asyncio.get_running_loop().create_task(describe())
+
+    async def user_entry(self, words: str, frame: av.VideoFrame | None, scene: asyncio.Task[SceneNote | None] | None) -> Entry:
+        """The user's turn as the history keeps it: the words, the frame (a vision model) or its
+        scene note (a text-only one). A note still being made is waited for at most `scene_wait_s`;
+        the wait is the turn's `vision_wait` (what the note added to the critical path)."""
+        note: SceneNote | None = None
+        waited: float | None = None
+        blind: str | None = None
+        if self.settings.sight == "note" and scene is None:
+            blind = "the user switched vision off" if not self.vision else "no picture is coming from the browser"
+        if scene is not None:
+            began = self.clock()
+            try:
+                note = await asyncio.wait_for(asyncio.shield(scene), self.settings.scene_wait_s)
+            except TimeoutError:
+                log.warning(
+                    "session %s: the scene note took over %.1f s; this turn goes without", self.id[:8], self.settings.scene_wait_s
+                )
+            waited = self.clock() - began  # the turn reports it (TurnMetrics.vision_wait)
+            if note is None:
+                blind = "its detectors could not look this time"
+        return Entry(
+            role="user",
+            text=words,
+            image=await self.image(frame),
+            scene=None if note is None else note.text,
+            blind=blind,
+            source=self.source if note is None else note.source,
+            scene_wait_s=waited,
+        )
 
     def start_turn(self, work: Callable[[], Awaitable[None]]) -> None:
         async def run() -> None:

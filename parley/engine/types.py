@@ -71,3 +71,31 @@ class Finish(BaseModel):
     def cut(self) -> bool:
         """True when the answer was cut by the length limit, not finished."""
         return self.reason == "length"
+
+
+Sight = Literal["image", "note", "blind"]
+"""How the language model learns what the camera shows: the frame itself (a vision LLM), a scene note
+the vision deployment writes from it (a text-only LLM), or not at all."""
+
+VideoSource = Literal["camera", "screen"]
+
+FRAME_SIDE: dict[VideoSource, int] = {"camera": 640, "screen": 1280}
+"""The longest side a frame is scaled to for a scene note: the detectors work at 640 or below; a shared
+screen's text must stay readable."""
+
+
+class SceneNote(BaseModel):
+    """What the vision deployment found in one frame, as the language model reads it."""
+
+    text: str = Field(description='The note, e.g. "1 person (face, smiling); a dog; a bicycle". Empty: nothing found.')
+    source: VideoSource = "camera"
+    ms: dict[str, float] = Field(default_factory=dict, description="Milliseconds each detector took on this frame.")
+
+
+class VisionInfo(BaseModel):
+    """What a vision replica can find, what it lacks, and what it costs."""
+
+    finds: list[str] = Field(description='What its loaded detectors find, in words ("faces", "objects", "text").')
+    missing: dict[str, str] = Field(default_factory=dict, description="Detector -> why it is not loaded (how to install).")
+    memory_mb: float = Field(default=0.0, description="Resident memory its models added at load.")
+    ms_per_frame: dict[str, float] = Field(default_factory=dict, description="Each detector's time on a 640x480 frame.")

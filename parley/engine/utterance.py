@@ -24,7 +24,7 @@ import numpy as np
 
 from media.vad import RATE
 from parley.engine.reply import Reply
-from parley.engine.types import Transcript
+from parley.engine.types import SceneNote, Transcript
 
 END_PAD_S = 0.2
 """Audio kept after the end of speech: the VAD's pause starts at the first quiet window, and soft
@@ -67,6 +67,8 @@ class Utterance:
     audio: Callable[[int, int], np.ndarray]
     segment_s: float
     clock: Callable[[], float] = time.monotonic
+    scene: asyncio.Task[SceneNote | None] | None = None
+    """The scene note of `frame`, being made while the user speaks (None: no note is wanted)."""
     speculation: Speculation | None = None
     asr_s: float | None = None
     """How long the latest ASR call took (the turn's `asr` stage when its text is used)."""
@@ -123,3 +125,5 @@ class Utterance:
             self.speculation = None
         for task in self._kept:
             task.cancel()
+        if self.scene is not None:
+            self.scene.cancel()

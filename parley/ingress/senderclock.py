@@ -74,7 +74,6 @@ MAX_MARGIN_S = 0.5
 """However late packets have been, a sender this long overdue has stopped."""
 
 
-
 class SenderClock:
     """The sender's RTP clock as seen from here (one stream, `rate` ticks a second)."""
 

@@ -106,6 +106,7 @@ class IngressServer:
                 cert, key = self_signed_pair(Path(cfg.self_signed_dir).expanduser(), cfg.host)
             ssl_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
             ssl_context.load_cert_chain(cert, key)
+        await self.signalling.learn_sight()
         if self.config.turn.end_of_turn == "model":
             judge, missing = await asyncio.to_thread(load_turn_judge, self.config.turn)
             self.signalling.turn_judge, self.signalling.turn_models_missing = judge, missing

@@ -15,6 +15,7 @@ import logging
 import os
 import re
 import uuid
+from dataclasses import replace
 from typing import Any, Literal
 
 import socketio
@@ -86,6 +87,10 @@ class Signalling:
         """Hands-free's end-of-turn judge, shared by this process's sessions (set when loaded)."""
         self.turn_models_missing: dict[str, str] = {}
         """The turn models that could not load, and why (the page says so)."""
+        self.settings = SessionSettings.of(config)
+        """What each new session is told; `learn_sight` corrects its sight once the vision service has answered."""
+        self.sight_problem: str | None = None
+        """Why the model cannot see (or sees less than configured), for the page's banner; None: nothing to say."""
         self.closed_lateness = [0] * (len(LATENESS_BOUNDS_MS) + 1)
         """Pacing of the peers already closed (live ones are read from their tracks)."""
         self._sid_session: dict[str, str] = {}
@@ -205,7 +210,7 @@ class Signalling:
         if session is None:
             session = Session(
                 session_id,
-                SessionSettings.of(self.config),
+                self.settings,
                 self.services,
                 meter=self.meter,
                 store=self.store,
@@ -216,8 +221,8 @@ class Signalling:
             self.sessions[session_id] = session
         else:
             session.reload()  # another ingress process of this node may have added to it
-        if hello.vision is not None:
-            session.set_vision(hello.vision)
+        if hello.vision is not None or hello.source is not None:
+            session.set_vision(session.vision if hello.vision is None else hello.vision, hello.source)
         if hello.hands_free is not None:
             await session.set_hands_free(hello.hands_free)
         self._sid_session[sid] = session_id
@@ -259,8 +264,45 @@ class Signalling:
             limits=TurnLimits(max_record_s=cfg.limits.max_record_s, max_text_chars=cfg.limits.max_text_chars),
             turn=self.turn_welcome(session),
             video=VideoLimits(max_fps=cfg.server.video_max_fps, max_width=cfg.server.video_max_width),
-            llm=ModelInfo(backend=llm.backend, model=model_label(llm), quality=model_quality(llm), vision=session.vision),
+            llm=ModelInfo(
+                backend=llm.backend,
+                model=model_label(llm),
+                quality=model_quality(llm),
+                vision=session.vision,
+                sight=session.settings.sight,
+                sight_problem=self.sight_problem,
+            ),
         )
+
+    async def learn_sight(self) -> None:
+        """Ask the vision service what it can find (a text-only model's eyes): with none, or none of
+        its detectors loaded, sessions are blind and the banner says why; with some missing, it says which."""
+        configured = self.settings.sight
+        if configured == "blind":
+            if self.config.llm.backend == "local" or not self.config.llm.vision:
+                self.sight_problem = "Parley cannot see your camera or screen: vision is switched off in its configuration."
+            return
+        if configured == "image":
+            return
+        try:
+            info = await self.services.vision_info()
+        except Exception as exc:
+            log.warning("the vision service did not answer (%s): sessions cannot see", exc)
+            info = None
+        if info is None or not info.finds:
+            why = "; ".join(info.missing.values()) if info is not None and info.missing else "the vision service is missing"
+            log.warning("no scene notes: %s", why)
+            self.settings = replace(self.settings, sight="blind")
+            self.sight_problem = f"Parley cannot see your camera or screen: its vision models are not installed ({why})."
+            return
+        finds = ", ".join(info.finds)
+        lacks = f" It cannot find {', '.join(info.missing)}: not installed." if info.missing else ""
+        self.sight_problem = (
+            f"The embedded model cannot see pictures: small offline detectors tell it what they find in your camera "
+            f"or screen when you start talking ({finds}), and nothing more.{lacks}"
+        )
+        costs = ", ".join(f"{k} {v:.0f} ms" for k, v in info.ms_per_frame.items())
+        log.info("scene notes: %s; the vision models take %.0f MB, per frame %s", finds, info.memory_mb, costs or "-")
 
     def turn_welcome(self, session: Session) -> TurnInfo:
         """What the page is told about turn-taking: the mode, how hands-free ends a turn, and what
@@ -362,4 +404,4 @@ class Signalling:
 
     async def _on_vision(self, sid: str, switch: Vision) -> None:
         if session := await self._require(sid):
-            session.set_vision(switch.enabled)
+            session.set_vision(switch.enabled, switch.source)

@@ -44,7 +44,6 @@ CREATE INDEX IF NOT EXISTS messages_by_session ON messages (session, seq);
 """
 
 
-
 def _cut(state: str) -> MessageState:
     """An answer still streaming when its process stopped was cut there: it failed."""
     return "error" if state == "streaming" else state  # type: ignore[return-value]

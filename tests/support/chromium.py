@@ -27,9 +27,9 @@ READY = "document.querySelector('#status').dataset.state === 'ready'"
 """The status the page shows once it is Ready."""
 
 
-def write_question_wav(path: Path) -> float:
+def write_question_wav(path: Path, question: str = QUESTION) -> float:
     """The question then silence, 16-bit 48 kHz; Chromium loops it. Returns the loop period."""
-    audio = np.concatenate([speak(QUESTION, rate=48000), np.zeros(int(48000 * SILENCE_S), dtype=np.float32)])
+    audio = np.concatenate([speak(question, rate=48000), np.zeros(int(48000 * SILENCE_S), dtype=np.float32)])
     with wave.open(str(path), "wb") as w:
         w.setnchannels(1)
         w.setsampwidth(2)
@@ -47,6 +47,21 @@ def write_y4m(path: Path, width: int = 320, height: int = 240, frames: int = 15)
             y[:, i * width // 4 : (i + 1) * width // 4] = level
         u = np.full((height // 2, width // 2), 90, np.uint8)
         v = np.full((height // 2, width // 2), 200, np.uint8)
+        for _ in range(frames):
+            f.write(b"FRAME\n" + y.tobytes() + u.tobytes() + v.tobytes())
+
+
+def write_photo_y4m(path: Path, rgb: np.ndarray, frames: int = 15) -> None:
+    """A still photo as the fake camera's video (its sides rounded down to even numbers)."""
+    from PIL import Image
+
+    height, width = (rgb.shape[0] // 2) * 2, (rgb.shape[1] // 2) * 2
+    ycbcr = Image.fromarray(np.ascontiguousarray(rgb[:height, :width])).convert("YCbCr")
+    y, cb, cr = (np.asarray(c) for c in ycbcr.split())
+    u = cb.reshape(height // 2, 2, width // 2, 2).mean(axis=(1, 3)).round().astype(np.uint8)
+    v = cr.reshape(height // 2, 2, width // 2, 2).mean(axis=(1, 3)).round().astype(np.uint8)
+    with path.open("wb") as f:
+        f.write(f"YUV4MPEG2 W{width} H{height} F15:1 Ip A1:1 C420jpeg\n".encode())
         for _ in range(frames):
             f.write(b"FRAME\n" + y.tobytes() + u.tobytes() + v.tobytes())
 

@@ -19,7 +19,7 @@ from media.track import PacingTrack
 from parley.config import ParleyConfig
 from parley.engine.session import Session, SessionSettings
 from parley.engine.turnmodel import TurnJudge
-from parley.engine.types import ChatMessage, Transcript
+from parley.engine.types import ChatMessage, SceneNote, Transcript, VideoSource, VisionInfo
 from tests.support.clock import FakeClock
 
 
@@ -43,6 +43,11 @@ class ScriptedServices:
         """LLM streams closed before their end."""
         self.packets = 3
         """Packets of 20 ms per spoken sentence."""
+        self.scene = "a dog, a bicycle"
+        """The scene note every frame gets."""
+        self.scene_delay = 0.0
+        self.described: list[tuple[bytes, str]] = []
+        """The frames described (JPEG bytes, source)."""
 
     async def transcribe(self, audio: np.ndarray) -> Transcript:
         self.transcribed += 1
@@ -67,6 +72,14 @@ class ScriptedServices:
         self.spoken.append(text)
         for _ in range(self.packets):
             yield OpusPacket(data=b"\xfc\x01\x02", samples=960)
+
+    async def describe(self, jpeg: bytes, source: VideoSource = "camera") -> SceneNote:
+        self.described.append((jpeg, source))
+        await asyncio.sleep(self.scene_delay)
+        return SceneNote(text=self.scene, source=source)
+
+    async def vision_info(self) -> VisionInfo | None:
+        return VisionInfo(finds=["objects"])
 
 
 class Page:
@@ -109,9 +122,13 @@ def make_session(
     llm: dict[str, Any] | None = None,
     turn: dict[str, Any] | None = None,
     turn_judge: TurnJudge | None = None,
+    vision: dict[str, Any] | None = None,
     **limits: Any,
 ) -> tuple[Session, Page, PacingTrack]:
-    config = ParleyConfig.model_validate({"limits": limits, "llm": llm or {}, "turn": turn or {}})
+    """A session on scripted services. It is blind unless `llm` gives it a vision backend
+    ({"backend": "openai"}: frames as images) or `vision` turns scene notes on ({"enabled": True})."""
+    vision = {"enabled": False} if vision is None else vision
+    config = ParleyConfig.model_validate({"limits": limits, "llm": llm or {}, "turn": turn or {}, "vision": vision})
     session = Session("s" * 12, SessionSettings.of(config), services, turn_judge=turn_judge)
     page = Page()
     session.attach(page)
