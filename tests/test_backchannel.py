@@ -57,3 +57,14 @@ def test_the_conversation_language_picks_the_list() -> None:
 
 def test_words_of_drops_marks_for_sounds_and_punctuation() -> None:
     assert words_of("[Music] Mm-hmm, OKAY!") == ["mm-hmm", "okay"]
+
+
+def test_its_own_words_coming_back_are_told_from_a_question_by_their_content_words() -> None:
+    from parley.engine.backchannel import is_own_words
+
+    story = "Once upon a time the dragon Zorath learned to bake bread in the oven of the old castle."
+    assert is_own_words("the dragon learned to bake bread", story)
+    assert is_own_words("learned to bake", story)
+    assert not is_own_words("What is the capital of France?", story), "shared function words are no echo"
+    assert not is_own_words("wait, stop", story)
+    assert not is_own_words("", story)

@@ -9,6 +9,8 @@ question) interrupts.
 
 Parley's own voice, when the echo canceller leaves some of it, is told apart the same way: speech
 whose words are mostly among the words spoken in the last `ECHO_MEMORY_S` resumes the answer too.
+Only content words count there: "is the capital of France?" shares "is", "the" and "of" with any
+English answer, which made a real question over a story pass for its echo.
 
 Limits: a real answer made of the same words ("yeah" to a question Parley asked mid-answer) is
 taken as a backchannel, and the answer goes on; an acknowledgement the list lacks, or one the ASR
@@ -46,12 +48,22 @@ def words_of(text: str) -> list[str]:
     return [w.strip("-'") for w in _WORD.findall(_NON_SPEECH.sub(" ", text).lower()) if w.strip("-'")]
 
 
+FUNCTION_WORDS = frozenset(
+    "a an the and or but of to in on at by for with from as is are was were be been am it its it's this that these "
+    "those there here i you he she we they me him her us them my your his our their what who which how when where why "
+    "do does did not no so if then than can will would".split()
+)
+"""English words too common to tell whose speech it is (the rule falls back to every word when a
+transcript has nothing else)."""
+
+
 def is_own_words(transcript: str, spoken: str) -> bool:
     """Whether speech heard over an answer is the answer itself coming back (an echo the canceller
-    left): at least half of its words are among the words just spoken."""
+    left): at least half of its content words are among the words just spoken."""
     words = words_of(transcript)
+    content = [w for w in words if w not in FUNCTION_WORDS] or words
     said = set(words_of(spoken))
-    return bool(words) and sum(w in said for w in words) * 2 >= len(words)
+    return bool(content) and sum(w in said for w in content) * 2 >= len(content)
 
 
 def is_backchannel(transcript: str, speech_s: float, language: str | None = "en") -> bool:
