@@ -272,6 +272,8 @@ def main(argv: list[str] | None = None) -> None:
         done.set()
     if config.llm.backend == "local":
         print(f"parley: the LLM is the embedded {model_label(config.llm)}; see README to point it at a real one.", flush=True)
+    if line := vision_line(config):
+        print(line, flush=True)
     print(access_line(config, url), flush=True)
     print(f"\nParley is ready: open {url}\n(Ctrl-C to stop)", flush=True)
     stopping = threading.Event()
@@ -282,6 +284,25 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         pass
     _shutdown()
+
+
+def vision_line(config: ParleyConfig, app: str = "parley") -> str | None:
+    """How a text-only LLM sees, said at start: the vision deployment's detectors, memory and time per
+    frame, or what it lacks (None where the model gets frames itself, or nothing)."""
+    if sight(config) != "note":
+        return None
+    try:
+        info = serve.get_deployment_handle("Vision", app_name=app).info.remote().result(timeout_s=30)
+    except Exception as exc:
+        return f"parley: the vision deployment did not answer ({exc}); the model is told it cannot see."
+    if not info.finds:
+        return "parley: the model cannot see: " + "; ".join(info.missing.values())
+    costs = ", ".join(f"{name} {ms:.0f} ms" for name, ms in info.ms_per_frame.items())
+    lacks = f"; not installed: {', '.join(info.missing)}" if info.missing else ""
+    return (
+        f"parley: the model sees through detectors ({', '.join(info.finds)}{lacks}): their models take "
+        f"{info.memory_mb:.0f} MB; a frame costs {costs}, once per turn."
+    )
 
 
 def access_line(config: ParleyConfig, url: str) -> str:

@@ -97,8 +97,10 @@ VISION_QUIZ = [
     Look("sign", "What does the sign say?", ("bakery",)),
     Look("sign", "When is it open?", ("7|seven",)),
     Look(None, "What do you see on my camera right now?", (CANNOT,)),
-    Look(None, "What colour is my shirt?", (CANNOT,)),
+    Look("off", "What colour is my shirt?", (CANNOT,)),
 ]
+"""`None`: no video at all (the system prompt alone says the model cannot see); "off": a camera whose
+frames the user keeps from the model (the page's Use vision switch), said in front of the words."""
 
 
 def scene_notes(looks: list[Look]) -> dict[str, str]:
@@ -112,7 +114,7 @@ def scene_notes(looks: list[Look]) -> dict[str, str]:
 
     vision = Vision(VisionConfig())
     notes: dict[str, str] = {}
-    for name in sorted({look.photo for look in looks if look.photo}):
+    for name in sorted({look.photo for look in looks if look.photo and look.photo != "off"}):
         picture = photos.sign() if name == "sign" else photos.rgb(name)
         jpeg = frame_to_jpeg(av.VideoFrame.from_ndarray(picture, format="rgb24"), max_side=640)
         notes[name] = asyncio.run(vision.describe(jpeg)).text
@@ -184,7 +186,9 @@ async def run_quiz(name: str, config: LLMConfig, runs: int, verbose: bool, notes
         seen = 0
         for look in VISION_QUIZ if notes else []:
             if look.photo is None:
-                words = with_scene(look.question, None, "no picture is coming from the browser")
+                words = look.question
+            elif look.photo == "off":
+                words = with_scene(look.question, None, "the user switched vision off")
             else:
                 words = with_scene(look.question, notes[look.photo])
             answer = await reply(llm, [system, ChatMessage(role="user", content=words)], result)

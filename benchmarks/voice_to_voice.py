@@ -118,9 +118,15 @@ async def barge_in(client: ParleyClient, audio: np.ndarray) -> tuple[float, floa
     return cut_at - onset, stopped - onset
 
 
-async def run(url: str, turns: int, questions: list[str], mode: str, release_after: float) -> None:
+async def run(url: str, turns: int, questions: list[str], mode: str, release_after: float, photo: str | None = None) -> None:
     configure_ice(["127.0.0.1"], None)
-    client = ParleyClient(url, hands_free=mode != "ptt")
+    camera = None
+    if photo is not None:
+        from parley.tools.client import Camera
+        from tests.support import photos
+
+        camera = Camera(fps=2, image=photos.rgb(photo))
+    client = ParleyClient(url, hands_free=mode != "ptt", camera=camera)
     await client.connect()
     await asyncio.sleep(0.5)
     rows: dict[str, list[float]] = {}
@@ -180,6 +186,12 @@ def main() -> None:
     parser.add_argument(
         "--vary", action="store_true", help="ask a different question each turn (default: the same one, so turns compare)"
     )
+    parser.add_argument(
+        "--camera",
+        metavar="PHOTO",
+        help="send a camera showing a photo of tests/support/photos.py (e.g. dog): each turn's frame gets a scene note, "
+        "and the server's vision_wait says what the note added to the turn",
+    )
     args, server_flags = parser.parse_known_args()
     url = args.url
     if url is None:
@@ -197,7 +209,7 @@ def main() -> None:
         )
         url = start(config)
     questions = QUESTIONS if args.vary else QUESTIONS[3:4]
-    asyncio.run(run(url, max(1, min(args.turns, 50)), questions, args.mode, args.release_after))
+    asyncio.run(run(url, max(1, min(args.turns, 50)), questions, args.mode, args.release_after, args.camera))
 
 
 if __name__ == "__main__":

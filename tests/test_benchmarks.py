@@ -35,7 +35,7 @@ def test_asr_batch_smoke_run_prints_every_engine_with_its_verdict() -> None:
 @needs_loopback
 def test_voice_to_voice_prints_the_first_turn_ratio(serve_app) -> None:
     done = subprocess.run(
-        [sys.executable, "benchmarks/voice_to_voice.py", "--url", serve_app.url, "--turns", "2"],
+        [sys.executable, "benchmarks/voice_to_voice.py", "--url", serve_app.url, "--turns", "2", "--camera", "dog"],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -43,8 +43,19 @@ def test_voice_to_voice_prints_the_first_turn_ratio(serve_app) -> None:
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "release -> first audio heard (client)" in done.stdout and "p95 ms" in done.stdout, done.stdout
+    assert "server vision_wait" in done.stdout, "with a camera, each turn's wait for its scene note is reported"
     ratio = next(line for line in done.stdout.splitlines() if line.startswith("first turn after start:"))
     assert "first-turn ratio" in ratio, ratio
+
+
+def test_vision_cost_prints_each_models_memory_time_and_notes() -> None:
+    done = subprocess.run(
+        [sys.executable, "benchmarks/vision_cost.py", "--runs", "1"], cwd=ROOT, capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    for detector in ("faces", "objects", "text"):
+        assert f"{detector}: load " in done.stdout, done.stdout
+    assert "the deployment: " in done.stdout and "dog" in done.stdout and "BAKERY" in done.stdout, done.stdout
 
 
 def test_end_of_turn_smoke_run_reports_every_rule(tmp_path) -> None:

@@ -13,6 +13,8 @@ import aiohttp
 import pytest
 
 from parley.engine.metrics import STAGES
+from parley.tools.client import Camera
+from tests.support import photos
 from tests.support.client import ParleyClient
 from tests.support.network import free_port
 from tests.support.speech import speak
@@ -34,9 +36,11 @@ async def test_turns_are_counted_in_every_stage_histogram(serve_app) -> None:
     port = serve_app.config.serve.metrics_export_port
     assert port is not None
     before = await scrape(port)
-    client = ParleyClient(serve_app.url)
+    # a camera, so the turn's frame gets a scene note (the vision stages)
+    client = ParleyClient(serve_app.url, camera=Camera(fps=2, image=photos.rgb("dog")))
     try:
         await client.connect()
+        await asyncio.sleep(1.5)  # the camera's first frames (2 a second) reach the server
         await client.push_to_talk(speak("What color is the sky?", rate=48000))
         await client.wait_for(lambda: client.of("metrics"), timeout=60)
     finally:
@@ -44,7 +48,7 @@ async def test_turns_are_counted_in_every_stage_histogram(serve_app) -> None:
     deadline = time.monotonic() + 60  # Ray's metrics agent exports every few seconds
     while True:
         text = await scrape(port)
-        grown = {  # a push-to-talk turn has every stage but the hands-free end of turn
+        grown = {  # a push-to-talk turn with a camera has every stage but the hands-free end of turn
             s: counts(text, f"ray_parley_{s}_seconds_count") - counts(before, f"ray_parley_{s}_seconds_count")
             for s in STAGES
             if s != "end_of_turn"

@@ -18,7 +18,7 @@ from typing import Any
 import av
 import numpy as np
 import pytest
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image
 
 from deployments.vision import Vision
 from parley.config import VisionConfig
@@ -29,18 +29,6 @@ from tests.support import photos
 from tests.support.fake_services import ScriptedServices, make_session, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def screen() -> np.ndarray:
-    """A shared screen: a window with a title and a few lines of text on a light background."""
-    image = Image.new("RGB", (1280, 720), (236, 238, 241))
-    draw = ImageDraw.Draw(image)
-    draw.rectangle((0, 0, 1280, 48), fill=(52, 58, 70))
-    draw.text((20, 10), "Quarterly report", fill="white", font=ImageFont.load_default(size=26))
-    body = ImageFont.load_default(size=30)
-    for i, line in enumerate(("Revenue grew 12 percent", "Meeting on Friday at 10", "Send the slides to Maria")):
-        draw.text((60, 120 + 70 * i), line, fill=(20, 20, 20), font=body)
-    return np.asarray(image)
 
 
 def describe(
@@ -96,7 +84,7 @@ def test_real_photos_get_notes_with_what_they_show(tmp_path: Path) -> None:
 
 
 def test_a_shared_screen_is_read_words_first(tmp_path: Path) -> None:
-    _, notes = describe(tmp_path, {"screen": screen()}, screen=True)
+    _, notes = describe(tmp_path, {"screen": photos.screen()}, screen=True)
     text = notes["screen"]
     assert text.startswith("the words "), text
     for words in ("Quarterly report", "Revenue grew 12 percent", "Meeting on Friday at 10", "Maria"):
@@ -178,9 +166,10 @@ async def test_a_text_only_model_gets_the_note_of_the_frame_taken_when_the_turn_
 async def test_without_a_picture_or_a_note_the_model_is_told_it_cannot_see() -> None:
     services = ScriptedServices(["I cannot see."])
     session, _, _ = make_session(services, vision={"enabled": True})
-    await session.send_text("What do you see?")  # no video track yet
+    await session.send_text("What do you see?")  # no video at all: the system prompt says it cannot see
     await wait_until(lambda: len(services.requests) == 1)
-    assert services.requests[0][-1].text().startswith("[Camera note: I cannot see your camera now (no picture")
+    assert services.requests[0][-1].text() == "What do you see?"
+    assert "cannot see" in services.requests[0][0].text()
     assert services.described == []
 
     session.on_video_frame(frame())

@@ -385,8 +385,10 @@ class Session:
         note: SceneNote | None = None
         waited: float | None = None
         blind: str | None = None
-        if self.settings.sight == "note" and scene is None:
-            blind = "the user switched vision off" if not self.vision else "no picture is coming from the browser"
+        if self.settings.sight == "note" and scene is None and frame is not None:
+            # With no video at all (an audio-only client) the system prompt says it: a note on every
+            # turn would only crowd a small model's context.
+            blind = "the user switched vision off"
         if scene is not None:
             began = self.clock()
             try:

@@ -94,15 +94,20 @@ class Heard:
 
 
 class Camera(MediaStreamTrack):
-    """A camera: moving colour bars at `fps`, `width` x `height` (cheap to make, real to encode)."""
+    """A camera: moving colour bars at `fps`, `width` x `height` (cheap to make, real to encode), or
+    a still `image` (RGB, its own size)."""
 
     kind = "video"
 
-    def __init__(self, width: int = 320, height: int = 240, fps: float = 15.0) -> None:
+    def __init__(self, width: int = 320, height: int = 240, fps: float = 15.0, image: np.ndarray | None = None) -> None:
         super().__init__()
         self.width, self.height, self.fps = width, height, fps
         self._start: float | None = None
         self._count = 0
+        self._still = image is not None
+        if image is not None:
+            self._image = np.ascontiguousarray(image[: image.shape[0] // 2 * 2, : image.shape[1] // 2 * 2])
+            return
         bars = np.repeat(np.arange(8, dtype=np.uint8) * 32, width // 8 + 1)[:width]
         self._image = np.ascontiguousarray(np.broadcast_to(bars[None, :, None], (height, width, 3)))
 
@@ -114,7 +119,8 @@ class Camera(MediaStreamTrack):
         wait = self._start + self._count / self.fps - time.monotonic()
         if wait > 0:
             await asyncio.sleep(wait)
-        frame = av.VideoFrame.from_ndarray(np.roll(self._image, self._count * 4, axis=1), format="rgb24")
+        picture = self._image if self._still else np.roll(self._image, self._count * 4, axis=1)
+        frame = av.VideoFrame.from_ndarray(picture, format="rgb24")
         frame.pts = round(self._count * 90000 / self.fps)
         frame.time_base = fractions.Fraction(1, 90000)
         self._count += 1

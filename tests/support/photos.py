@@ -92,6 +92,18 @@ def sign(text: tuple[str, ...] = ("BAKERY", "OPEN 7-3"), size: tuple[int, int] =
     return np.asarray(image)
 
 
+def screen() -> np.ndarray:
+    """A shared screen, drawn: a window with a title and three lines of text on a light background."""
+    image = Image.new("RGB", (1280, 720), (236, 238, 241))
+    draw = ImageDraw.Draw(image)
+    draw.rectangle((0, 0, 1280, 48), fill=(52, 58, 70))
+    draw.text((20, 10), "Quarterly report", fill="white", font=ImageFont.load_default(size=26))
+    body = ImageFont.load_default(size=30)
+    for i, line in enumerate(("Revenue grew 12 percent", "Meeting on Friday at 10", "Send the slides to Maria")):
+        draw.text((60, 120 + 70 * i), line, fill=(20, 20, 20), font=body)
+    return np.asarray(image)
+
+
 def fetch() -> None:
     """Download the packages that carry the photos and copy the photos out (idempotent)."""
     PHOTO_DIR.mkdir(parents=True, exist_ok=True)
