@@ -29,14 +29,14 @@ import numpy as np  # noqa: E402
 from deployments.vision import Vision, detectors, resident_mb  # noqa: E402
 from media.image import frame_to_jpeg  # noqa: E402
 from parley.config import VisionConfig  # noqa: E402
-from parley.engine.types import FRAME_SIDE  # noqa: E402
+from parley.engine.types import FRAME_SIDE, VideoSource  # noqa: E402
 from parley.vision.scene import decode  # noqa: E402
 from tests.support import photos  # noqa: E402
 
 
-def frames() -> dict[str, tuple[np.ndarray, str]]:
+def frames() -> dict[str, tuple[np.ndarray, VideoSource]]:
     """Each test picture as the vision replica receives it (JPEG at the session's size, decoded)."""
-    pictures: dict[str, tuple[np.ndarray, str]] = {}
+    pictures: dict[str, tuple[np.ndarray, VideoSource]] = {}
     for name in (*photos.FETCHED, *photos.IN_PACKAGE):
         if photos.path(name) is not None:
             pictures[name] = (photos.rgb(name, 1600), "camera")
@@ -44,7 +44,7 @@ def frames() -> dict[str, tuple[np.ndarray, str]]:
     pictures["screen (drawn)"] = (photos.screen(), "screen")
     out = {}
     for name, (rgb, source) in pictures.items():
-        side = FRAME_SIDE["screen" if source == "screen" else "camera"]
+        side = FRAME_SIDE[source]
         jpeg = frame_to_jpeg(av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24"), max_side=side)
         out[name] = (decode(jpeg), source)
     return out
