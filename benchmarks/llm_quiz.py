@@ -99,8 +99,8 @@ VISION_QUIZ = [
     Look(None, "What do you see on my camera right now?", (CANNOT,)),
     Look("off", "What colour is my shirt?", (CANNOT,)),
 ]
-"""`None`: no video at all (the system prompt alone says the model cannot see); "off": a camera whose
-frames the user keeps from the model (the page's Use vision switch), said in front of the words."""
+"""`None`: no video at all; "off": a camera whose frames the user keeps from the model (the page's Use
+vision switch). Either way the session says so in front of the words."""
 
 
 def scene_notes(looks: list[Look]) -> dict[str, str]:
@@ -114,10 +114,15 @@ def scene_notes(looks: list[Look]) -> dict[str, str]:
 
     vision = Vision(VisionConfig())
     notes: dict[str, str] = {}
-    for name in sorted({look.photo for look in looks if look.photo and look.photo != "off"}):
-        picture = photos.sign() if name == "sign" else photos.rgb(name)
-        jpeg = frame_to_jpeg(av.VideoFrame.from_ndarray(picture, format="rgb24"), max_side=640)
-        notes[name] = asyncio.run(vision.describe(jpeg)).text
+    names = sorted({look.photo for look in looks if look.photo and look.photo != "off"})
+
+    async def describe_all() -> None:  # one event loop: the deployment's batcher lives in it
+        for name in names:
+            picture = photos.sign() if name == "sign" else photos.rgb(name)
+            jpeg = frame_to_jpeg(av.VideoFrame.from_ndarray(picture, format="rgb24"), max_side=640)
+            notes[name] = (await vision.describe(jpeg)).text
+
+    asyncio.run(describe_all())
     return notes
 
 
@@ -186,7 +191,7 @@ async def run_quiz(name: str, config: LLMConfig, runs: int, verbose: bool, notes
         seen = 0
         for look in VISION_QUIZ if notes else []:
             if look.photo is None:
-                words = look.question
+                words = with_scene(look.question, None, "no picture is coming from the browser")
             elif look.photo == "off":
                 words = with_scene(look.question, None, "the user switched vision off")
             else:

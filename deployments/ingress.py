@@ -62,6 +62,7 @@ class HandleServices:
         self._asr = asr
         self._vision = vision
         self._llm = llm.options(stream=True)
+        self._llm_plain = llm
         self._tts = tts.options(stream=True)
         self._me = _current_actor()
         """This ingress process's actor: the LLM stops an answer whose caller has died."""
@@ -72,6 +73,12 @@ class HandleServices:
         except (RayTaskError, RayActorError) as exc:
             raise user_error("speech recognition", exc) from exc
         return result
+
+    async def prime(self, messages: list[ChatMessage], *, user: str = "") -> None:
+        try:
+            await self._llm_plain.prime.remote(messages, user=user)
+        except (RayTaskError, RayActorError) as exc:  # a hint: the turn itself will say what is wrong
+            log.debug("priming the LLM failed: %s", exc)
 
     async def describe(self, jpeg: bytes, source: VideoSource = "camera") -> SceneNote:
         if self._vision is None:

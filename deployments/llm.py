@@ -107,6 +107,17 @@ class LLM:
             if watch is not None:
                 watch.cancel()
 
+    async def prime(self, messages: list[ChatMessage], *, user: str = "") -> None:
+        """Read `messages` into the local model's cache while it is idle (no answer generating or
+        waiting), so a request that starts with them reads only what follows; the system prompt is
+        added as `stream_reply` adds it. Does nothing for an endpoint or a busy model."""
+        prime = getattr(self.engine, "prime", None)
+        if prime is None or self.generating or self.queue.waiting or not messages:
+            return
+        if messages[0].role != "system" and self.config.system_prompt:
+            messages = [ChatMessage(role="system", content=self.config.system_prompt), *messages]
+        await prime(messages)
+
     async def load(self) -> dict[str, int]:
         """How busy this replica is (answers generating, turns waiting) and answers abandoned so far."""
         return {"generating": self.generating, "waiting": self.queue.waiting, "abandoned": self.abandoned}
@@ -187,6 +198,21 @@ class LocalEngine:
         # The embedded default's sessions get the scene-note system prompt (parley.engine.conversation).
         warm = [{"role": "system", "content": system_prompt(config.system_prompt, "note")}, {"role": "user", "content": "Hello."}]
         self.llama.create_chat_completion(messages=warm, max_tokens=1)  # type: ignore[arg-type]
+
+    async def prime(self, messages: list[ChatMessage]) -> None:
+        """Evaluate the prompt `messages` make (one token is generated and dropped): llama.cpp keeps
+        it, and the next prompt that starts the same way is read from there. Skipped while a
+        generation holds the model."""
+        if self.lock.locked():
+            return
+        wire = [m.to_openai(with_images=False) for m in messages]
+        async with self.lock:
+            began = time.perf_counter()
+            await asyncio.get_running_loop().run_in_executor(
+                None,
+                lambda: self.llama.create_chat_completion(messages=wire, max_tokens=1),  # type: ignore[arg-type]
+            )
+            log.debug("primed %d messages in %.0f ms", len(messages), 1000 * (time.perf_counter() - began))
 
     async def stream(self, messages: list[ChatMessage]) -> AsyncGenerator[str | Finish, None]:
         loop = asyncio.get_running_loop()

@@ -128,6 +128,9 @@ class FakeModelServices:
         for _ in range(2):
             yield OpusPacket(data=b"\xfc\x01\x02", samples=960)
 
+    async def prime(self, messages: list[ChatMessage], *, user: str = "") -> None:
+        return None
+
     async def describe(self, jpeg: bytes, source: VideoSource = "camera") -> SceneNote:
         raise AssertionError("no camera here")
 

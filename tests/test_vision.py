@@ -22,7 +22,7 @@ from PIL import Image
 
 from deployments.vision import Vision
 from parley.config import VisionConfig
-from parley.engine.conversation import with_scene
+from parley.engine.conversation import Entry, with_scene
 from parley.local_models import LocalModelMissing
 from parley.vision.scene import Found, note
 from tests.support import photos
@@ -111,8 +111,8 @@ def test_the_note_names_what_was_found_and_counts_it() -> None:
     assert note({"objects": [Found("umbrella", 0.7, (0, 0, 1, 1))]}) == "an umbrella"
     assert note({}) == ""
     assert with_scene("What is this?", "a cup") == "[Camera note: I see a cup.]\nWhat is this?"
-    assert with_scene("And now?", "", source="screen") == "[Screen note: I see nothing I recognise.]\nAnd now?"
-    assert "cannot see your camera" in with_scene("Hi", None, "no picture is coming from the browser")
+    assert with_scene("And now?", "", source="screen").startswith("[Screen note: my detectors recognise nothing")
+    assert "I cannot see anything" in with_scene("Hi", None, "no picture is coming from the browser")
     assert with_scene("Hi", None) == "Hi"
 
 
@@ -166,10 +166,10 @@ async def test_a_text_only_model_gets_the_note_of_the_frame_taken_when_the_turn_
 async def test_without_a_picture_or_a_note_the_model_is_told_it_cannot_see() -> None:
     services = ScriptedServices(["I cannot see."])
     session, _, _ = make_session(services, vision={"enabled": True})
-    await session.send_text("What do you see?")  # no video at all: the system prompt says it cannot see
+    await session.send_text("What do you see?")  # no video track yet
     await wait_until(lambda: len(services.requests) == 1)
-    assert services.requests[0][-1].text() == "What do you see?"
-    assert "cannot see" in services.requests[0][0].text()
+    assert services.requests[0][-1].text().startswith("[Camera note: no picture (no picture is coming from the browser)")
+    assert "I cannot see anything" in services.requests[0][-1].text()
     assert services.described == []
 
     session.on_video_frame(frame())
@@ -177,7 +177,7 @@ async def test_without_a_picture_or_a_note_the_model_is_told_it_cannot_see() -> 
     session.settings = session.settings.__class__(**{**session.settings.__dict__, "scene_wait_s": 0.05})
     await session.send_text("And now?")
     await wait_until(lambda: len(services.requests) == 2)
-    assert services.requests[1][-1].text().startswith("[Camera note: I cannot see your camera now (its detectors could not look")
+    assert services.requests[1][-1].text().startswith("[Camera note: no picture (its detectors could not look this time)")
     assert session.history[-2].scene_wait_s is not None and session.history[-2].scene_wait_s < 1.0
 
     session.set_vision(False)
@@ -238,3 +238,28 @@ def test_learning_sight_downgrades_to_blind_and_says_why() -> None:
     assert seeing.settings.sight == "note" and seeing.sight_problem is not None and "detectors" in seeing.sight_problem
     endpoint = learn(ScriptedServices(["x"]), ParleyConfig.model_validate({"llm": {"backend": "openai"}}))
     assert endpoint.settings.sight == "image" and endpoint.sight_problem is None
+
+
+async def test_while_the_user_talks_the_model_reads_ahead_up_to_their_words() -> None:
+    services = ScriptedServices(["I see a dog."])
+    session, _, _ = make_session(services, vision={"enabled": True})
+    session.conversation.add(Entry(role="user", text="Hello."))
+    session.conversation.add(Entry(role="assistant", text="I see a dog."))
+    scene = session.look_or_say_blind(frame())  # an utterance starts
+    assert scene is not None and await scene is not None
+    await wait_until(lambda: len(services.primed) == 1)
+    ahead = services.primed[0]
+    assert ahead[-1].role == "user" and ahead[-1].text() == "[Camera note: I see a dog, a bicycle.]\n"
+    assert [m.text() for m in ahead[1:-1]] == ["Hello.", "I see a dog."], "the history, as the turn will send it"
+    # the turn's prompt starts with exactly what was read ahead
+    turn = session.reply_to(await session.user_entry("What is this?", frame(), scene))
+    await wait_until(lambda: len(services.requests) == 1)
+    sent = services.requests[0]
+    assert [m.text() for m in sent[:-1]] == [m.text() for m in ahead[:-1]]
+    assert sent[-1].text().startswith(ahead[-1].text())
+    await turn.stop()
+    session.set_vision(False)
+    assert session.look_or_say_blind(frame()) is None
+    await wait_until(lambda: len(services.primed) == 2)
+    assert "the user switched vision off" in services.primed[1][-1].text()
+    await session.close()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import abc
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from parley.config import LLMConfig
@@ -38,13 +38,13 @@ def with_scene(text: str, scene: str | None, blind: str | None = None, source: s
 
     The note is a first-person sentence the model can repeat: a small model answers "what do you
     see?" by copying it far more often than it puts a list of detections into words (benchmarks/llm_quiz.py)."""
-    where, label = ("screen", "Screen") if source == "screen" else ("camera", "Camera")
-    if blind:
-        return f"[{label} note: I cannot see your {where} now ({blind}).]\n{text}"
+    label = "Screen" if source == "screen" else "Camera"
+    if blind:  # the wording that kept the local models from inventing most often (benchmarks/llm_quiz.py)
+        return f"[{label} note: no picture ({blind}). I cannot see anything, so I must not describe anything.]\n{text}"
     if scene is None:
         return text
     if not scene:
-        return f"[{label} note: I see nothing I recognise.]\n{text}"
+        return f"[{label} note: my detectors recognise nothing in the picture, so I cannot tell what is there.]\n{text}"
     return f"[{label} note: I see {scene}.]\n{text}"
 
 
@@ -173,6 +173,14 @@ class Conversation:
             else:
                 messages.append(ChatMessage(role=entry.role, content=entry.text))
         return messages
+
+    def prompt_start(self, *, sight: Sight, then: Entry) -> list[ChatMessage]:
+        """The prompt a turn by `then` will begin with, up to where the user's words go: the system
+        prompt, the history, and the scene note (a local model reads it ahead: `Services.prime`)."""
+        mark = "\x00"
+        messages = self.messages(sight=sight, then=replace(then, text=mark))
+        head = messages[-1].text().split(mark)[0]
+        return [*messages[:-1], ChatMessage(role="user", content=head)]
 
     def prompt_budget_tokens(self) -> int:
         """Tokens the history may take: the model's context less the answer and the system prompt."""

@@ -218,7 +218,7 @@ class Listener:
         self.utterance = Utterance(
             start=start,
             frame=frame,
-            scene=s.look(frame),
+            scene=s.look_or_say_blind(frame),
             transcribe=s.services.transcribe,
             audio=s.recorder.audio,
             segment_s=s.settings.turn.segment_s,

@@ -30,6 +30,12 @@ class Services(Protocol):
 
     def synthesize(self, text: str, voice: str | None = None) -> AsyncIterator[OpusPacket]: ...
 
+    async def prime(self, messages: list[ChatMessage], *, user: str = "") -> None:
+        """Let an idle local model read the start of the next prompt now (the history and a scene note,
+        while the user is still talking), so the turn's request reads only the words. A hint: it may
+        do nothing, and it never fails."""
+        ...
+
     async def describe(self, jpeg: bytes, source: VideoSource = "camera") -> SceneNote:
         """The scene note of one frame (for a text-only model); ServiceError when there is no vision service."""
         ...
@@ -57,6 +63,9 @@ class LocalServices:
 
     def synthesize(self, text: str, voice: str | None = None) -> AsyncIterator[OpusPacket]:
         return self._tts.synthesize(text, voice)  # type: ignore[no-any-return]
+
+    async def prime(self, messages: list[ChatMessage], *, user: str = "") -> None:
+        await self._llm.prime(messages, user=user)
 
     async def describe(self, jpeg: bytes, source: VideoSource = "camera") -> SceneNote:
         if self._vision is None:

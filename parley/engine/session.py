@@ -52,6 +52,8 @@ from parley.protocol import Notice, Outbound, State, Turn, TurnState
 
 log = logging.getLogger("parley.session")
 
+NO_PICTURE = "no picture is coming from the browser"
+
 
 @dataclass(frozen=True)
 class SessionSettings:
@@ -365,6 +367,7 @@ class Session:
                 return None
             took = self.clock() - began
             self.meter.stage("vision", took)
+            self.read_ahead(Entry(role="user", text="", scene=note.text, source=note.source))
             log.info(
                 "session %s: %s note of a %dx%d frame in %.0f ms: %s",
                 self.id[:8],
@@ -378,6 +381,31 @@ class Session:
 
         return asyncio.get_running_loop().create_task(describe())
 
+    def read_ahead(self, start: Entry) -> None:
+        """While the user is still talking, let a local model read the prompt up to their words (the
+        history and the scene note): the turn's request then reads only the words. Without this, a
+        note cost the first token ~300 ms on 2 cores (benchmarks/voice_to_voice.py --camera)."""
+        if self.settings.sight != "note" or self.busy:
+            return
+        messages = self.conversation.prompt_start(sight="note", then=start)
+
+        async def prime() -> None:
+            try:
+                await self.services.prime(messages, user=self.user)
+            except Exception:  # a hint only
+                log.debug("session %s: priming failed", self.id[:8], exc_info=True)
+
+        self.spawn(prime())
+
+    def look_or_say_blind(self, frame: av.VideoFrame | None) -> asyncio.Task[SceneNote | None] | None:
+        """At an utterance's start: start its scene note (`look`), or, with none coming, let the model
+        read ahead that it cannot see."""
+        scene = self.look(frame)
+        if scene is None and self.settings.sight == "note":
+            why = "the user switched vision off" if not self.vision else NO_PICTURE
+            self.read_ahead(Entry(role="user", text="", blind=why, source=self.source))
+        return scene
+
     async def user_entry(self, words: str, frame: av.VideoFrame | None, scene: asyncio.Task[SceneNote | None] | None) -> Entry:
         """The user's turn as the history keeps it: the words, the frame (a vision model) or its
         scene note (a text-only one). A note still being made is waited for at most `scene_wait_s`;
@@ -385,10 +413,10 @@ class Session:
         note: SceneNote | None = None
         waited: float | None = None
         blind: str | None = None
-        if self.settings.sight == "note" and scene is None and frame is not None:
-            # With no video at all (an audio-only client) the system prompt says it: a note on every
-            # turn would only crowd a small model's context.
-            blind = "the user switched vision off"
+        if self.settings.sight == "note" and scene is None:
+            # Said in front of the words, not only in the system prompt: told only there, every local
+            # model described a camera it could not see (benchmarks/llm_quiz.py's vision quiz).
+            blind = "the user switched vision off" if not self.vision else NO_PICTURE
         if scene is not None:
             began = self.clock()
             try:

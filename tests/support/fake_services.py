@@ -48,6 +48,8 @@ class ScriptedServices:
         self.scene_delay = 0.0
         self.described: list[tuple[bytes, str]] = []
         """The frames described (JPEG bytes, source)."""
+        self.primed: list[list[ChatMessage]] = []
+        """The prompt starts the model was asked to read ahead."""
 
     async def transcribe(self, audio: np.ndarray) -> Transcript:
         self.transcribed += 1
@@ -72,6 +74,9 @@ class ScriptedServices:
         self.spoken.append(text)
         for _ in range(self.packets):
             yield OpusPacket(data=b"\xfc\x01\x02", samples=960)
+
+    async def prime(self, messages: list[ChatMessage], *, user: str = "") -> None:
+        self.primed.append(messages)
 
     async def describe(self, jpeg: bytes, source: VideoSource = "camera") -> SceneNote:
         self.described.append((jpeg, source))
