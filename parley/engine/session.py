@@ -368,15 +368,11 @@ class Session:
             took = self.clock() - began
             self.meter.stage("vision", took)
             self.read_ahead(Entry(role="user", text="", scene=note.text, source=note.source))
+            # what the note says stays out of the info log: it may hold the text of someone's screen
             log.info(
-                "session %s: %s note of a %dx%d frame in %.0f ms: %s",
-                self.id[:8],
-                source,
-                frame.width,
-                frame.height,
-                1000 * took,
-                note.text or "(nothing found)",
+                "session %s: %s note of a %dx%d frame in %.0f ms", self.id[:8], source, frame.width, frame.height, 1000 * took
             )
+            log.debug("session %s: the note: %s", self.id[:8], note.text or "(nothing found)")
             return note
 
         return asyncio.get_running_loop().create_task(describe())
