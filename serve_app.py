@@ -72,51 +72,42 @@ def vision_deployment(config: ParleyConfig) -> Deployment:
     """The vision deployment (scene notes for a text-only LLM): autoscaled like the ASR when
     `vision_max_replicas > vision_min_replicas`."""
     res = config.serve
-    scaling: dict[str, Any]
-    if res.vision_max_replicas > res.vision_min_replicas:
-        scaling = {
-            "autoscaling_config": {
-                "min_replicas": res.vision_min_replicas,
-                "max_replicas": res.vision_max_replicas,
-                "target_ongoing_requests": res.vision_target_ongoing_requests,
-                "upscale_delay_s": res.asr_upscale_delay_s,
-                "downscale_delay_s": res.asr_downscale_delay_s,
-                "metrics_interval_s": AUTOSCALING_METRICS_INTERVAL_S,
-                "look_back_period_s": AUTOSCALING_LOOK_BACK_S,
-            }
-        }
-    else:
-        scaling = {"num_replicas": res.vision_min_replicas}
     options = _common(config)
     options["max_ongoing_requests"] = max(res.max_ongoing_requests, config.vision.batch_size)
+    scaling = _scaling(config, res.vision_min_replicas, res.vision_max_replicas, res.vision_target_ongoing_requests)
     return _deployment(Vision, name="Vision", ray_actor_options={"num_cpus": res.vision_cpus}, **scaling, **options)
 
 
 def asr_deployment(config: ParleyConfig) -> Deployment:
     """The ASR deployment with its options: autoscaled when `asr_max_replicas > asr_min_replicas`."""
     res = config.serve
-    scaling: dict[str, Any]
-    if res.asr_max_replicas > res.asr_min_replicas:
-        scaling = {
-            "autoscaling_config": {
-                "min_replicas": res.asr_min_replicas,
-                "max_replicas": res.asr_max_replicas,
-                "target_ongoing_requests": res.asr_target_ongoing_requests,
-                "upscale_delay_s": res.asr_upscale_delay_s,
-                "downscale_delay_s": res.asr_downscale_delay_s,
-                "metrics_interval_s": AUTOSCALING_METRICS_INTERVAL_S,
-                "look_back_period_s": AUTOSCALING_LOOK_BACK_S,
-            }
-        }
-    else:
-        scaling = {"num_replicas": res.asr_min_replicas}
     options = _common(config)
     # Serve's router never sends a replica more than this, so a batch can be no bigger
     options["max_ongoing_requests"] = max(res.max_ongoing_requests, config.asr.batch_size)
     actor: dict[str, Any] = {"num_cpus": res.asr_cpus, "num_gpus": res.asr_gpus}
     if res.asr_accelerator_type:
         actor["accelerator_type"] = res.asr_accelerator_type
+    scaling = _scaling(config, res.asr_min_replicas, res.asr_max_replicas, res.asr_target_ongoing_requests)
     return _deployment(ASR, name="ASR", ray_actor_options=actor, **scaling, **options)
+
+
+def _scaling(config: ParleyConfig, least: int, most: int, target: float) -> dict[str, Any]:
+    """A batched deployment's replicas: a fixed number, or Serve's autoscaling between `least` and
+    `most` (with the ASR's delays and Parley's short metrics interval and look-back)."""
+    if most <= least:
+        return {"num_replicas": least}
+    res = config.serve
+    return {
+        "autoscaling_config": {
+            "min_replicas": least,
+            "max_replicas": most,
+            "target_ongoing_requests": target,
+            "upscale_delay_s": res.asr_upscale_delay_s,
+            "downscale_delay_s": res.asr_downscale_delay_s,
+            "metrics_interval_s": AUTOSCALING_METRICS_INTERVAL_S,
+            "look_back_period_s": AUTOSCALING_LOOK_BACK_S,
+        }
+    }
 
 
 def _common(config: ParleyConfig) -> dict[str, Any]:

@@ -87,8 +87,7 @@ class LLM:
         """
         if not messages:
             raise ValueError("stream_reply needs at least one message")
-        if messages[0].role != "system" and self.config.system_prompt:
-            messages = [ChatMessage(role="system", content=self.config.system_prompt), *messages]
+        messages = self._with_system_prompt(messages)
         watch = _watch_caller(caller, asyncio.current_task(), self) if caller is not None else None
         try:
             async with self.queue.slot(user or "anonymous"):
@@ -114,9 +113,13 @@ class LLM:
         prime = getattr(self.engine, "prime", None)
         if prime is None or self.generating or self.queue.waiting or not messages:
             return
+        await prime(self._with_system_prompt(messages))
+
+    def _with_system_prompt(self, messages: list[ChatMessage]) -> list[ChatMessage]:
+        """`messages`, led by the configured system prompt when they bring none."""
         if messages[0].role != "system" and self.config.system_prompt:
-            messages = [ChatMessage(role="system", content=self.config.system_prompt), *messages]
-        await prime(messages)
+            return [ChatMessage(role="system", content=self.config.system_prompt), *messages]
+        return messages
 
     async def load(self) -> dict[str, int]:
         """How busy this replica is (answers generating, turns waiting) and answers abandoned so far."""

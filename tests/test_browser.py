@@ -54,6 +54,16 @@ ENERGY_JS = """async () => {
 """Total energy of the audio the page has received (getStats inbound-rtp)."""
 
 
+VIDEO_SENT_JS = """async () => {
+    let frames = 0;
+    (await window.parley.pc.getStats()).forEach(r => {
+        if (r.type === 'outbound-rtp' && r.kind === 'video') frames += r.framesEncoded || 0;
+    });
+    return frames >= 3;
+}"""
+"""The page has sent the camera's first frames (2 a second)."""
+
+
 async def inbound_audio_energy(page) -> float:
     return float(await page.evaluate(ENERGY_JS))
 
@@ -110,7 +120,7 @@ async def test_what_do_you_see_is_answered_with_what_the_camera_shows(serve_app,
         launched(tmp_path / "see.wav", tmp_path / "motorcycle.y4m") as chromium,
         opened(chromium, serve_app.url, ready=CONNECTED, bypass_csp=True) as page,
     ):
-        await asyncio.sleep(1.0)  # the server has the camera's frames (2 a second) before the key goes down
+        await page.wait_for_function(VIDEO_SENT_JS, timeout=30000)  # the server has a frame when the key goes down
         await page.evaluate("document.activeElement && document.activeElement.blur()")
         await page.keyboard.down("Space")
         await asyncio.sleep(period + 0.6)

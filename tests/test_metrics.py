@@ -37,10 +37,11 @@ async def test_turns_are_counted_in_every_stage_histogram(serve_app) -> None:
     assert port is not None
     before = await scrape(port)
     # a camera, so the turn's frame gets a scene note (the vision stages)
-    client = ParleyClient(serve_app.url, camera=Camera(fps=2, image=photos.rgb("dog")))
+    camera = Camera(fps=2, image=photos.rgb("dog"))
+    client = ParleyClient(serve_app.url, camera=camera)
     try:
         await client.connect()
-        await asyncio.sleep(1.5)  # the camera's first frames (2 a second) reach the server
+        await client.wait_for(lambda: camera.frames >= 3, timeout=30)  # the server has a frame when the turn starts
         await client.push_to_talk(speak("What color is the sky?", rate=48000))
         await client.wait_for(lambda: client.of("metrics"), timeout=60)
     finally:

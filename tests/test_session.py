@@ -127,7 +127,7 @@ async def test_turn_rate_is_limited() -> None:
 
 async def test_only_the_newest_image_is_sent() -> None:
     services = ScriptedServices(["Ok."])
-    session, _, _ = make_session(services, llm={"backend": "openai"})
+    session, _, _ = make_session(services, llm={"backend": "openai", "vision": True})
     frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), 200, np.uint8), format="rgb24")
     session.on_video_frame(frame)
     await session.send_text("first")
@@ -163,7 +163,7 @@ async def test_a_recording_that_runs_too_long_ends_at_the_limit_and_still_gets_a
 
 async def test_keep_images_decides_how_many_past_frames_the_llm_sees() -> None:
     services = ScriptedServices(["Ok."])
-    session, _, _ = make_session(services, llm={"keep_images": 2, "backend": "openai"})
+    session, _, _ = make_session(services, llm={"keep_images": 2, "backend": "openai", "vision": True})
     session.on_video_frame(av.VideoFrame.from_ndarray(np.full((48, 64, 3), 90, np.uint8), format="rgb24"))
     for i, text in enumerate(["one", "two", "three"], start=1):
         await session.send_text(text)
@@ -171,7 +171,7 @@ async def test_keep_images_decides_how_many_past_frames_the_llm_sees() -> None:
     assert [m.text() for m in services.requests[2] if m.has_image()] == ["two", "three"]
     await session.close()
     services = ScriptedServices(["Ok."])
-    session, _, _ = make_session(services, llm={"keep_images": 0})
+    session, _, _ = make_session(services, llm={"keep_images": 0, "vision": True})
     session.on_video_frame(av.VideoFrame.from_ndarray(np.full((48, 64, 3), 90, np.uint8), format="rgb24"))
     await session.send_text("four")
     await wait_until(lambda: len(services.requests) == 1)
@@ -225,7 +225,7 @@ async def test_a_turn_the_model_could_not_answer_is_left_out_of_the_next_prompt(
 
 async def test_only_the_newest_images_are_kept_in_memory() -> None:
     services = ScriptedServices(["Ok."])
-    session, _, _ = make_session(services, llm={"keep_images": 2, "backend": "openai"})
+    session, _, _ = make_session(services, llm={"keep_images": 2, "backend": "openai", "vision": True})
     session.on_video_frame(av.VideoFrame.from_ndarray(np.full((48, 64, 3), 90, np.uint8), format="rgb24"))
     for i in range(6):
         await session.send_text(f"look {i}")

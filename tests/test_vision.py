@@ -263,3 +263,17 @@ async def test_while_the_user_talks_the_model_reads_ahead_up_to_their_words() ->
     await wait_until(lambda: len(services.primed) == 2)
     assert "the user switched vision off" in services.primed[1][-1].text()
     await session.close()
+
+
+async def test_a_local_model_that_cannot_see_at_all_is_told_so_with_every_turn() -> None:
+    """Vision switched off in the configuration (or its models missing: `learn_sight` makes sessions
+    blind): told only in the system prompt, SmolLM2 described "a person wearing a smartwatch"."""
+    services = ScriptedServices(["I cannot see."])
+    session, _, _ = make_session(services, llm={"backend": "local"}, vision={"enabled": False})
+    assert session.settings.sight == "blind"
+    session.on_video_frame(frame())
+    await session.send_text("What do you see?")
+    await wait_until(lambda: len(services.requests) == 1)
+    assert services.requests[0][-1].text().startswith("[Camera note: no picture (Parley cannot see on this server).")
+    assert "cannot see" in services.requests[0][0].text() and services.described == []
+    await session.close()

@@ -59,7 +59,7 @@ class Entry:
     scene: str | None = None
     """User: the scene note made from the turn's frame ("" when it found nothing; None when none was made)."""
     blind: str | None = None
-    """User, with a text-only model that sees through scene notes: why this turn has none (not stored)."""
+    """User, with a local (text-only) model: why this turn has no scene note (not stored)."""
     source: str = "camera"
     """User: what the frame showed, "camera" or "screen"."""
     scene_wait_s: float | None = None
@@ -151,9 +151,9 @@ class Conversation:
         """The prompt: the system prompt, then the recent history, then `then` (a user turn not yet
         in the history: a speculative one is only added once its turn is confirmed).
 
-        `sight` "image": the newest `keep_images` user frames go as image parts. "note": the newest
-        user turn's scene note goes in front of its words (older notes describe frames no longer
-        shown). "blind": words only."""
+        `sight` "image": the newest `keep_images` user frames go as image parts. Otherwise the newest
+        user turn's scene note, or why it has none (a local model, `Entry.blind`), goes in front of
+        its words; older notes describe frames no longer shown."""
         history = [e for e in self._answered() if e.text.strip()] + ([then] if then and then.text.strip() else [])
         entries = _within_budget(history[-self.llm.history_messages :], self.prompt_budget_tokens())
         keep = self.llm.keep_images
@@ -162,7 +162,7 @@ class Conversation:
         messages = [ChatMessage(role="system", content=system_prompt(self.llm.system_prompt, sight))]
         newest_user = next((e.id for e in reversed(entries) if e.role == "user"), None)
         for entry in entries:
-            if sight == "note" and entry.id == newest_user:
+            if sight != "image" and entry.id == newest_user:  # its note, or why it has none (`with_scene`)
                 messages.append(ChatMessage(role="user", content=with_scene(entry.text, entry.scene, entry.blind, entry.source)))
             elif entry.id in with_image and entry.image and sight == "image":
                 parts: list[TextPart | ImagePart] = [

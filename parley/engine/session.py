@@ -381,9 +381,9 @@ class Session:
         """While the user is still talking, let a local model read the prompt up to their words (the
         history and the scene note): the turn's request then reads only the words. Without this, a
         note cost the first token ~300 ms on 2 cores (benchmarks/voice_to_voice.py --camera)."""
-        if self.settings.sight != "note" or self.busy:
+        if self.settings.sight == "image" or self.busy:
             return
-        messages = self.conversation.prompt_start(sight="note", then=start)
+        messages = self.conversation.prompt_start(sight=self.settings.sight, then=start)
 
         async def prime() -> None:
             try:
@@ -397,10 +397,20 @@ class Session:
         """At an utterance's start: start its scene note (`look`), or, with none coming, let the model
         read ahead that it cannot see."""
         scene = self.look(frame)
-        if scene is None and self.settings.sight == "note":
-            why = "the user switched vision off" if not self.vision else NO_PICTURE
+        if scene is None and (why := self.why_blind()) is not None:
             self.read_ahead(Entry(role="user", text="", blind=why, source=self.source))
         return scene
+
+    def why_blind(self) -> str | None:
+        """Why a turn with no scene note has none, said in front of a local model's words; None where
+        the model is not told so per turn (a vision endpoint, or an endpoint that reads text only: the
+        system prompt says it). Said per turn because, told only in the system prompt, every local
+        model described a camera it could not see (benchmarks/llm_quiz.py's vision quiz)."""
+        if self.settings.sight == "image" or self.settings.llm.backend != "local":
+            return None
+        if self.settings.sight == "blind":
+            return "Parley cannot see on this server"
+        return "the user switched vision off" if not self.vision else NO_PICTURE
 
     async def user_entry(self, words: str, frame: av.VideoFrame | None, scene: asyncio.Task[SceneNote | None] | None) -> Entry:
         """The user's turn as the history keeps it: the words, the frame (a vision model) or its
@@ -408,11 +418,7 @@ class Session:
         the wait is the turn's `vision_wait` (what the note added to the critical path)."""
         note: SceneNote | None = None
         waited: float | None = None
-        blind: str | None = None
-        if self.settings.sight == "note" and scene is None:
-            # Said in front of the words, not only in the system prompt: told only there, every local
-            # model described a camera it could not see (benchmarks/llm_quiz.py's vision quiz).
-            blind = "the user switched vision off" if not self.vision else NO_PICTURE
+        blind = self.why_blind() if scene is None else None
         if scene is not None:
             began = self.clock()
             try:

@@ -111,6 +111,11 @@ class Camera(MediaStreamTrack):
         bars = np.repeat(np.arange(8, dtype=np.uint8) * 32, width // 8 + 1)[:width]
         self._image = np.ascontiguousarray(np.broadcast_to(bars[None, :, None], (height, width, 3)))
 
+    @property
+    def frames(self) -> int:
+        """Frames handed to the encoder so far (sent on the call)."""
+        return self._count
+
     async def recv(self) -> av.VideoFrame:
         if self.readyState != "live":
             raise MediaStreamError

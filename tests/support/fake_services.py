@@ -130,10 +130,12 @@ def make_session(
     vision: dict[str, Any] | None = None,
     **limits: Any,
 ) -> tuple[Session, Page, PacingTrack]:
-    """A session on scripted services. It is blind unless `llm` gives it a vision backend
-    ({"backend": "openai"}: frames as images) or `vision` turns scene notes on ({"enabled": True})."""
-    vision = {"enabled": False} if vision is None else vision
-    config = ParleyConfig.model_validate({"limits": limits, "llm": llm or {}, "turn": turn or {}, "vision": vision})
+    """A session on scripted services. By default its model is a text-only endpoint (no scene notes,
+    its words sent as they are); `llm` {"backend": "openai", "vision": True} makes it a vision one
+    (frames as images), `vision` {"enabled": True} the local model with scene notes."""
+    if vision is None:
+        llm = {"backend": "openai", "vision": False} | (llm or {})
+    config = ParleyConfig.model_validate({"limits": limits, "llm": llm or {}, "turn": turn or {}, "vision": vision or {}})
     session = Session("s" * 12, SessionSettings.of(config), services, turn_judge=turn_judge)
     page = Page()
     session.attach(page)
