@@ -145,3 +145,49 @@ def test_the_first_clause_is_confirmed_by_the_whitespace_after_its_comma() -> No
     splitter = SentenceSplitter(first_clause_words=6)
     assert splitter.feed("One two three four five six,") == []
     assert splitter.feed(" seven") == ["One two three four five six,"]
+
+
+def pieces(text: str, **limits: int) -> list[str]:
+    """`text` split as it streams one character at a time, checked against one feed of it all."""
+    by_char = SentenceSplitter(**limits)
+    out = [s for ch in text for s in by_char.feed(ch)] + by_char.flush()
+    whole = SentenceSplitter(**limits)
+    assert whole.feed(text) + whole.flush() == out, "the same however it streams"
+    return out
+
+
+def test_a_first_sentence_that_never_ends_is_spoken_after_a_bounded_number_of_words() -> None:
+    text = "the sky looks blue to us on a clear day because the air scatters the short blue waves of sunlight more than red"
+    out = pieces(text, first_clause_words=6, first_max_words=12)
+    assert len(out[0].split()) <= 12, out
+    assert out[0] == "the sky looks blue to us on a clear day", "cut before a joining word"
+    assert " ".join(out) == text, "nothing lost or doubled"
+    assert all(len(p) <= MAX_SENTENCE_CHARS for p in out)
+
+
+def test_only_the_first_piece_is_cut_early() -> None:
+    first = "one two three four five six seven eight nine ten eleven twelve thirteen fourteen"
+    out = pieces(
+        f"{first}. Then a second sentence that is long, with many words and no end in sight at all here", first_max_words=8
+    )
+    assert out[0] == "one two three four five six seven eight"
+    assert out[1] == "nine ten eleven twelve thirteen fourteen."
+    assert out[2].startswith("Then a second sentence") and out[2].endswith("here")
+
+
+def test_a_first_piece_prefers_a_comma_then_ends_at_its_limit() -> None:
+    assert pieces("Well, it depends on many things that I could list for you", first_max_words=10)[0] == (
+        "Well, it depends on many things"
+    )
+    assert pieces("so it is one two, three four five six seven eight nine ten", first_max_words=10)[0] == "so it is one two,"
+    assert pieces("Short and done.", first_max_words=10) == ["Short and done."]
+
+
+def test_a_run_without_spaces_is_cut_by_characters() -> None:
+    loop = 'The note says "1:03:59:900 4798' + ":10" * 60
+    out = pieces(loop, first_max_words=12)
+    assert len(out[0]) <= 90, out[0]
+    assert out[0].startswith("The note says"), out[0]
+    assert "".join(out).replace(" ", "") == loop.replace(" ", ""), "nothing lost"
+    bare = pieces("x" * 150, first_max_words=12)
+    assert [len(p) for p in bare] == [90, 60]
