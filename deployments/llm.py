@@ -238,6 +238,7 @@ class LocalEngine:
                         stream=True,
                         max_tokens=self.config.max_tokens,
                         temperature=self.config.sampling_temperature(),
+                        repeat_penalty=self.config.repeat_penalty,
                     ),
                 )
                 try:

@@ -202,13 +202,32 @@ class LLMConfig(_Section):
         "image part; the local backend, which reads text only, gets the vision deployment's scene note (see `vision`).",
     )
     image_detail: Literal["low", "high", "auto"] = Field(default="low", description="OpenAI image detail level.")
+    scene_note: Literal["asked", "always"] = Field(
+        default="asked",
+        description="A text-only model's scene note (or the line saying it has none): asked (the default) goes in front "
+        "of the user's words only when they ask about the camera or screen (a cue word such as see, camera, holding, "
+        "or a word of the note itself), so a note never hijacks an everyday question; always: every turn "
+        "(benchmarks/conversation.py measures both).",
+    )
     temperature: float | None = Field(
         default=None,
         ge=0,
         description="Sampling temperature. Default: 0.2 for the local backend (a small model answers facts more reliably "
         "with little randomness: benchmarks/llm_quiz.py), 0.7 for endpoints.",
     )
+    repeat_penalty: float = Field(
+        default=1.15,
+        ge=1.0,
+        description="The local backend's repetition penalty (llama.cpp: tokens of the last 64 are made less likely; "
+        "1 is none). With none, a small model that once gave a non-answer copies it into later turns "
+        "(benchmarks/conversation.py).",
+    )
     max_tokens: int = Field(default=300, description="Longest answer, in tokens.")
+    read_ahead: bool = Field(
+        default=True,
+        description="While the user talks, an idle local model reads the prompt up to their words (the system prompt, "
+        "the history and any scene note), so the turn's request reads only the words.",
+    )
     concurrent: int = Field(
         default=16,
         ge=1,
@@ -226,7 +245,12 @@ class LLMConfig(_Section):
         description="System prompt for every turn. Parley adds one sentence saying what the model can see (the frame, "
         "a scene note, or nothing): parley.engine.conversation.SIGHT_PROMPTS.",
     )
-    history_messages: int = Field(default=20, description="How many past messages are sent with each turn.")
+    history_messages: int = Field(
+        default=20,
+        ge=1,
+        description="At most how many past messages are sent with each turn; past it the oldest half of them is left "
+        "out at once (a local model then reads its prompt's start from its cache on most turns).",
+    )
     keep_images: int = Field(
         default=1, ge=0, description="How many of the latest user images stay in the history sent to the LLM (0: none)."
     )
@@ -392,6 +416,13 @@ class TurnConfig(_Section):
     )
     first_clause_words: int | None = Field(
         default=6, ge=1, description="Speak the answer's first clause at a comma after this many words (null: whole sentences)."
+    )
+    first_piece_max_words: int | None = Field(
+        default=12,
+        ge=1,
+        description="The answer's first spoken piece ends after at most this many words (or 90 characters), at a "
+        "natural break where there is one, even when the model writes no punctuation: the first sound never waits for "
+        "a sentence that does not end (null: no limit).",
     )
     barge_in: bool = Field(default=True, description="Hands-free: speaking over the answer interrupts it.")
     barge_in_min_s: float = Field(

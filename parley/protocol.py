@@ -230,7 +230,8 @@ class Delta(Outbound):
 
 
 class State(Outbound):
-    """An answer's state changed; an interrupted one says what was heard (`text`) and what not."""
+    """An answer's state changed; an interrupted one says what was heard (`text`) and what not; one
+    that Parley stopped says why (`stopped`) and what it kept (`text`)."""
 
     event = "state"
     id: str
@@ -239,6 +240,8 @@ class State(Outbound):
     error: str | None = None
     text: str | None = None
     unspoken: str | None = None
+    stopped: str | None = None
+    """Why Parley itself ended the answer early (it looped, or repeated an earlier answer), for the page."""
 
 
 class Metrics(Outbound, TurnMetrics):

@@ -10,7 +10,7 @@
 // messages are announced through #announcer instead.
 
 import { plainText } from "./markdown.js";
-import { WHO, handleClicks, newMessage, showCut, showError, showMetrics, showScene, showUnspoken, showWords } from "./message.js";
+import { WHO, handleClicks, newMessage, showCut, showError, showStopped, showMetrics, showScene, showUnspoken, showWords } from "./message.js";
 import { clearSpoken, markSpoken } from "./spoken.js";
 
 const chat = document.getElementById("chat");
@@ -117,7 +117,7 @@ export function appendDelta({ id, text }) {
  * brings the words the user heard (`text`) and the rest (`unspoken`), shown apart. `cut`: the
  * answer reached the model's length limit.
  */
-export function setState({ id, state, error, text, unspoken, cut }) {
+export function setState({ id, state, error, text, unspoken, cut, stopped }) {
   id = String(id);
   let el = byId.get(id);
   // A turn can fail before its first word; its error still deserves a place in the chat.
@@ -129,6 +129,7 @@ export function setState({ id, state, error, text, unspoken, cut }) {
   if (typeof unspoken === "string") showUnspoken(el, unspoken);
   showError(el, state, error);
   showCut(el, Boolean(cut));
+  if (stopped) showStopped(el, stopped);
   if (state === "paused") {
     if (spoken?.id === id) highlightSpoken(null);
   } else if (state !== "streaming") {
@@ -136,6 +137,7 @@ export function setState({ id, state, error, text, unspoken, cut }) {
     if (state === "error") say(`Parley: ${error || "something went wrong while answering."}`);
     if (state === "interrupted") say("Parley was interrupted.");
     if (cut) say("The answer was cut short at the length limit.");
+    if (stopped) say(stopped);
     if (spoken?.id === id && state !== "done") highlightSpoken(null);
   }
   changed();

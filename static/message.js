@@ -142,6 +142,11 @@ export function showCut(el, cut) {
   showNote(el, "cut", cut ? "Cut short: the answer reached the model's length limit." : "");
 }
 
+/** Why Parley itself ended an answer early (it looped, or repeated an earlier one); "" or null: it did not. */
+export function showStopped(el, why) {
+  showNote(el, "stopped", why || "");
+}
+
 // ---- the clicks inside messages -------------------------------------------------------------
 
 /**

@@ -144,7 +144,8 @@
  */
 
 /**
- * An answer's state changed; an interrupted one says what was heard (`text`) and what not.
+ * An answer's state changed; an interrupted one says what was heard (`text`) and what not; one
+ * that Parley stopped says why (`stopped`) and what it kept (`text`).
  * @typedef {object} State
  * @property {string} id
  * @property {"streaming"|"paused"|"done"|"interrupted"|"error"} state
@@ -152,6 +153,7 @@
  * @property {string|null} [error]
  * @property {string|null} [text]
  * @property {string|null} [unspoken]
+ * @property {string|null} [stopped] Why Parley itself ended the answer early (it looped, or repeated an earlier answer).
  */
 
 /**

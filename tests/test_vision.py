@@ -175,16 +175,19 @@ async def test_without_a_picture_or_a_note_the_model_is_told_it_cannot_see() -> 
     session.on_video_frame(frame())
     services.scene_delay = 5.0  # the note takes longer than the turn may wait
     session.settings = session.settings.__class__(**{**session.settings.__dict__, "scene_wait_s": 0.05})
-    await session.send_text("And now?")
+    await session.send_text("And now, what is on my camera?")
     await wait_until(lambda: len(services.requests) == 2)
     assert services.requests[1][-1].text().startswith("[Camera note: no picture (its detectors could not look this time)")
     assert session.history[-2].scene_wait_s is not None and session.history[-2].scene_wait_s < 1.0
 
     session.set_vision(False)
-    await session.send_text("Still there?")
+    await session.send_text("Can you see me?")
     await wait_until(lambda: len(services.requests) == 3)
     assert "the user switched vision off" in services.requests[2][-1].text()
     assert len(services.described) == 1, "with vision off, no frame is described"
+    await session.send_text("How are you today?")  # not about the camera: no line about it (tests/test_prompts.py)
+    await wait_until(lambda: len(services.requests) == 4)
+    assert services.requests[3][-1].text() == "How are you today?"
     await session.close()
 
 
@@ -249,19 +252,23 @@ async def test_while_the_user_talks_the_model_reads_ahead_up_to_their_words() ->
     assert scene is not None and await scene is not None
     await wait_until(lambda: len(services.primed) == 1)
     ahead = services.primed[0]
-    assert ahead[-1].role == "user" and ahead[-1].text() == "[Camera note: I see a dog, a bicycle.]\n"
+    # The note goes only with words about the picture, which are not known yet: what is read ahead
+    # is the history, the part every turn's prompt starts with.
+    assert ahead[-1].role == "user" and ahead[-1].text() == ""
     assert [m.text() for m in ahead[1:-1]] == ["Hello.", "I see a dog."], "the history, as the turn will send it"
-    # the turn's prompt starts with exactly what was read ahead
-    turn = session.reply_to(await session.user_entry("What is this?", frame(), scene))
-    await wait_until(lambda: len(services.requests) == 1)
-    sent = services.requests[0]
-    assert [m.text() for m in sent[:-1]] == [m.text() for m in ahead[:-1]]
-    assert sent[-1].text().startswith(ahead[-1].text())
-    await turn.stop()
+    services.then = [["A dog and a bicycle."], ["Light scatters."]]
+    for words in ("What is this?", "Why is the sky blue?"):
+        turn = session.reply_to(await session.user_entry(words, frame(), scene))
+        await wait_until(lambda: len(services.requests) == 1)
+        sent = services.requests.pop()
+        assert [m.text() for m in sent[:-1]] == [m.text() for m in ahead[:-1]], "the turn's prompt starts as read ahead"
+        assert sent[-1].text().endswith(words)
+        assert sent[-1].text().startswith("[Camera note: I see a dog, a bicycle.]") is (words == "What is this?")
+        await turn.stop()
     session.set_vision(False)
     assert session.look_or_say_blind(frame()) is None
     await wait_until(lambda: len(services.primed) == 2)
-    assert "the user switched vision off" in services.primed[1][-1].text()
+    assert services.primed[1][-1].text() == ""
     await session.close()
 
 

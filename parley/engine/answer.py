@@ -49,6 +49,13 @@ class TurnTimes:
         return self.decided if self.spoke_until is None else self.spoke_until
 
 
+STOPPED = {
+    "loop": "Parley stopped this answer: the model had begun repeating itself.",
+    "copy": "Parley stopped this answer: the model had begun repeating an earlier answer.",
+}
+"""What the page says under an answer that Parley stopped (`Reply.stopped`)."""
+
+
 class TurnTimeout(RuntimeError):
     """A turn ran past limits.turn_timeout_s; the message is for the page."""
 
@@ -87,7 +94,7 @@ class Answering:
             answer.text, answer.state = reply.text, "done"
             answer.cut = reply.finish is not None and reply.finish.cut
             s.conversation.save(answer)
-            await s.emit(State(id=answer.id, state="done", cut=True) if answer.cut else State(id=answer.id, state="done"))
+            await s.emit(self._done())
             await reply.played()
             if self._output is not None:
                 await s.emit(Speaking(id=answer.id, sentence=None))
@@ -108,6 +115,17 @@ class Answering:
         finally:
             self._report()
             watch.close()
+
+    def _done(self) -> State:
+        """The answer's end as the page gets it: cut at the length limit, or stopped by Parley (with
+        its text as kept: a loop is trimmed to where it began)."""
+        done = State(id=self.entry.id, state="done")
+        if self.entry.cut:
+            done.cut = True
+        if self.reply.stopped is not None:
+            done.text = self.entry.text
+            done.stopped = STOPPED[self.reply.stopped]
+        return done
 
     async def _text_within_deadline(self) -> None:
         """Until the LLM's text is all out; the turn's deadline counts from when it was decided (on

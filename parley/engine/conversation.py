@@ -1,8 +1,13 @@
 """One session's conversation: what was said, what was heard, and the prompt built from it.
 
-Invariant: an assistant entry's `text` is what the user got: every word, or, once an answer is
-interrupted, only the words that had been played; the rest is kept apart in `unspoken`, shown
-in the page and never sent to the LLM. The prompt is built here and nowhere else.
+Invariants:
+- An assistant entry's `text` is what the user got: every word, or, once an answer is interrupted,
+  only the words that had been played; the rest is kept apart in `unspoken`, shown in the page and
+  never sent to the LLM. The prompt is built here and nowhere else.
+- The prompt leaves out what a small model would copy instead of answering: an exchange whose answer
+  was a non-answer, a repeat of an earlier answer or a loop (`parley.engine.guard.worth_rereading`),
+  and, with `llm.scene_note: asked`, the scene note (or the line saying there is none) of a turn whose
+  words are not about the camera or screen (`about_scene`).
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from parley.config import LLMConfig
+from parley.engine.guard import Exchange, words, worth_rereading
 from parley.engine.types import ChatMessage, ImagePart, ImageURL, Sight, TextPart
 
 MessageState = Literal["streaming", "done", "interrupted", "error"]
@@ -46,6 +52,36 @@ def with_scene(text: str, scene: str | None, blind: str | None = None, source: s
     if not scene:
         return f"[{label} note: my detectors recognise nothing in the picture, so I cannot tell what is there.]\n{text}"
     return f"[{label} note: I see {scene}.]\n{text}"
+
+
+SCENE_CUES = frozenset(
+    """see sees seeing saw seen look looks looking looked watching camera cameras cam webcam screen screens picture
+    pictures photo photos image images video visible showing shown holding holds wearing wear wears behind background
+    written writing sign signs shirt hair face glasses hat anyone anybody someone somebody""".split()
+)
+_POINTING = frozenset("this these that those here".split())
+"""Words that point at something: a cue only in a question of three words or fewer ("What is this?"),
+since "What do these make?" may be "What do bees make?" misheard."""
+"""Words that ask about what the camera or screen shows ("What do you see?", "What am I holding?", "Is
+anyone here?"). Any one of them is enough, so a misheard cue rarely loses the note; one in a question
+that is not about the picture only adds the note, which the model is told to use only when asked."""
+
+_NOTE_FILLER = frozenset("the words and maybe person people face faces visible see".split())
+_PRONOUNS = frozenset("it its it's they them their that those he she him her there".split())
+
+
+def about_scene(text: str, scene: str | None = None, *, after_scene_question: bool = False) -> bool:
+    """Whether the user's words ask about what the camera or screen shows: a cue word (`SCENE_CUES`),
+    a pointing word in a question of three words or fewer ("What is this?"), a word the scene note
+    itself has (the sign says "OPEN 7-3": "When is it open?"), or a short follow-up with a pronoun
+    right after a question about it ("What colour is it?")."""
+    said = words(text)
+    if any(w in SCENE_CUES for w in said) or (len(said) <= 3 and any(w in _POINTING for w in said)):
+        return True
+    stems = {w.rstrip("s") for w in said if len(w) >= 3}
+    if scene and stems & {w.rstrip("s") for w in words(scene) if len(w) >= 3 and w not in _NOTE_FILLER}:
+        return True
+    return after_scene_question and len(said) <= 8 and any(w in _PRONOUNS for w in said)
 
 
 @dataclass
@@ -115,8 +151,12 @@ class Conversation:
     have written it).
     """
 
-    def __init__(self, llm: LLMConfig, *, store: ConversationStore | None = None, session_id: str = "") -> None:
+    def __init__(
+        self, llm: LLMConfig, *, store: ConversationStore | None = None, session_id: str = "", language: str | None = "en"
+    ) -> None:
         self.llm = llm
+        self.language = language
+        """The conversation's language (the ASR's; None: any): an English one judges answers' language too."""
         self.entries: list[Entry] = []
         self._store = store
         self._session = session_id
@@ -153,16 +193,18 @@ class Conversation:
 
         `sight` "image": the newest `keep_images` user frames go as image parts. Otherwise the newest
         user turn's scene note, or why it has none (a local model, `Entry.blind`), goes in front of
-        its words; older notes describe frames no longer shown."""
-        history = [e for e in self._answered() if e.text.strip()] + ([then] if then and then.text.strip() else [])
-        entries = _within_budget(history[-self.llm.history_messages :], self.prompt_budget_tokens())
+        its words when they ask about the picture (`llm.scene_note`); older notes describe frames no
+        longer shown."""
+        history = self._rereadable() + ([then] if then and then.text.strip() else [])
+        entries = _within_budget(_window(history, self.llm.history_messages), self.prompt_budget_tokens())
         keep = self.llm.keep_images
         user_images = [e.id for e in entries if e.role == "user" and e.image]
         with_image = set(user_images[len(user_images) - keep :]) if keep else set()
         messages = [ChatMessage(role="system", content=system_prompt(self.llm.system_prompt, sight))]
-        newest_user = next((e.id for e in reversed(entries) if e.role == "user"), None)
+        users = [e for e in entries if e.role == "user"]
+        newest_user = users[-1].id if users else None
         for entry in entries:
-            if sight != "image" and entry.id == newest_user:  # its note, or why it has none (`with_scene`)
+            if sight != "image" and entry.id == newest_user and self._note_wanted(entry, users[:-1]):
                 messages.append(ChatMessage(role="user", content=with_scene(entry.text, entry.scene, entry.blind, entry.source)))
             elif entry.id in with_image and entry.image and sight == "image":
                 parts: list[TextPart | ImagePart] = [
@@ -173,6 +215,14 @@ class Conversation:
             else:
                 messages.append(ChatMessage(role=entry.role, content=entry.text))
         return messages
+
+    def _note_wanted(self, entry: Entry, earlier: list[Entry]) -> bool:
+        """Whether the newest user turn gets its scene note (or the line saying it has none)."""
+        if self.llm.scene_note == "always":
+            return True
+        before = earlier[-1] if earlier else None
+        follows = before is not None and about_scene(before.text, before.scene)
+        return about_scene(entry.text, entry.scene, after_scene_question=follows)
 
     def prompt_start(self, *, sight: Sight, then: Entry) -> list[ChatMessage]:
         """The prompt a turn by `then` will begin with, up to where the user's words go: the system
@@ -186,6 +236,24 @@ class Conversation:
         """Tokens the history may take: the model's context less the answer and the system prompt."""
         prompt = system_prompt(self.llm.system_prompt, "note")  # the longest
         return max(256, self.llm.context_tokens - self.llm.max_tokens - estimate_tokens(prompt) - 96)
+
+    def _rereadable(self) -> list[Entry]:
+        """The answered history with text, less the exchanges whose answer the model should not read
+        again (`worth_rereading`): the answer and the question it answered go together."""
+        history = [e for e in self._answered() if e.text.strip()]
+        pairs = [
+            (i, Exchange(question=history[i - 1].text if i and history[i - 1].role == "user" else "", answer=e.text))
+            for i, e in enumerate(history)
+            if e.role == "assistant" and e.state != "streaming"
+        ]
+        verdicts = worth_rereading([p for _, p in pairs], english=(self.language or "").startswith("en"))
+        drop = set()
+        for (i, _), keep in zip(pairs, verdicts, strict=True):
+            if not keep:
+                drop.add(i)
+                if i and history[i - 1].role == "user":
+                    drop.add(i - 1)
+        return [e for i, e in enumerate(history) if i not in drop]
 
     def _answered(self) -> list[Entry]:
         """The history without the turns the model failed to answer at all: a message that made
@@ -212,6 +280,20 @@ def estimate_tokens(text: str) -> int:
     data = text.encode("utf-8", "replace")
     ascii_bytes = sum(1 for b in data if b < 128)
     return max(ascii_bytes // 3, len(text.split())) + (3 * (len(data) - ascii_bytes)) // 4 + 4
+
+
+def _window(entries: list[Entry], limit: int) -> list[Entry]:
+    """The newest of `entries`, at most `limit`, starting at a user message. Past the limit the window
+    moves on by half the limit at once, not by one message a turn: a local model reads a prompt
+    whose start it has already read from its cache, so the prompt's start changes once every few
+    turns instead of every turn (a new start costs a whole prompt's reading, seconds on 2 cores)."""
+    if len(entries) <= limit:
+        return entries
+    step = max(2, limit // 2)
+    start = -(-(len(entries) - limit) // step) * step
+    while start < len(entries) - 1 and entries[start].role != "user":
+        start += 1
+    return entries[start:]
 
 
 def _within_budget(entries: list[Entry], budget: int) -> list[Entry]:

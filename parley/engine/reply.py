@@ -10,6 +10,10 @@ Invariants:
   track really played which words the user heard: whole sentences, then the start of the one
   being played, in proportion to its audio played, cut in the answer's own text.
 - `stop()` cancels the LLM stream and the TTS call at once (the caller clears the track).
+- Nothing of an answer that begins as a copy of an earlier answer (to another question) reaches the
+  page or TTS: it is asked for again without that exchange, then with no history (`ATTEMPTS`). An
+  answer that loops or turns into a copy later is stopped there (`stopped`); a loop keeps its text
+  up to the repeat.
 - Its stage times (llm_ttft, first_sentence, tts_ttfb) are measured here, on its own requests.
 """
 
@@ -27,12 +31,18 @@ from typing import Any
 from media.packet import OpusPacket
 from media.speakable import Speakable
 from media.text import SentenceSplitter, clean_for_speech
+from parley.engine.guard import ReplyGuard, same_question
 from parley.engine.metrics import Stopwatch, TurnMetrics
 from parley.engine.ports import SentenceTag, SpeechOutput
 from parley.engine.services import Services
 from parley.engine.types import ChatMessage, Finish
 
 log = logging.getLogger("parley.reply")
+
+ATTEMPTS = 3
+"""An answer that begins as a copy of an earlier one is asked for again without that exchange, then,
+if it copies again, with no history at all (the system prompt and the user's words)."""
+
 
 Publish = Callable[[str, str], Coroutine[Any, Any, None]]
 """`publish(kind, text)`: show text in the page; kind is 'delta' (answer text) or 'tts_error' (a reason)."""
@@ -62,6 +72,7 @@ class Reply:
         voice: str | None = None,
         user: str = "",
         first_clause_words: int | None = None,
+        first_max_words: int | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.id = reply_id
@@ -71,12 +82,16 @@ class Reply:
         self.text_done = False
         self.finish: Finish | None = None
         """Why the LLM stopped, when it said: `finish.cut` when the length limit cut the answer."""
+        self.stopped: str | None = None
+        """Why Parley stopped the answer itself: "loop" (it repeated itself) or "copy" (it turned into an
+        earlier answer); None when the model ended it."""
         self.metrics = TurnMetrics()
         self.tts_errors: list[str] = []
         self._messages = messages
         self._services = services
         self._voice = voice
         self._clause_words = first_clause_words
+        self._max_words = first_max_words
         self._clock = clock
         self._sentences: list[_Sentence] = []
         self._outbox: asyncio.Queue[tuple[str, str] | None] = asyncio.Queue()
@@ -187,26 +202,30 @@ class Reply:
         speaker = asyncio.get_running_loop().create_task(self._speak(sentences))
         request = Stopwatch(self._clock)
         speakable = Speakable()
-        splitter = SentenceSplitter(first_clause_words=self._clause_words)
+        splitter = SentenceSplitter(first_clause_words=self._clause_words, first_max_words=self._max_words)
 
-        def hand_over(found: list[tuple[str, int]]) -> None:
-            for sentence, spoken_end in found:
+        def release(text: str) -> None:
+            """Text the guard let through goes to the page and, sentence by sentence, to TTS."""
+            if not text:
+                return
+            self.text += text
+            self._outbox.put_nowait(("delta", text))
+            for sentence, spoken_end in splitter.feed_spans(speakable.feed(text)):
                 self._hand_to_tts(sentence, speakable.source_at(spoken_end), sentences, request)
 
         try:
-            async for delta in self._services.stream_reply(self._messages, user=self._user):
-                if isinstance(delta, Finish):
-                    self.finish = delta
-                    continue
-                if not delta:
-                    continue
-                if self.metrics.llm_ttft is None:
-                    self.metrics.llm_ttft = request.elapsed()
-                self.text += delta
-                self._outbox.put_nowait(("delta", delta))
-                hand_over(splitter.feed_spans(speakable.feed(delta)))
-            hand_over(splitter.feed_spans(speakable.flush()))
-            hand_over(splitter.flush_spans())
+            messages = self._messages
+            earlier = _answers_to_other_questions(messages)
+            for attempt in range(ATTEMPTS):
+                # The last attempt reads no history: whatever it says, it copied nothing.
+                copied = await self._generate(messages, earlier if attempt < ATTEMPTS - 1 else [], request, release)
+                if copied is None:
+                    break
+                log.info("reply %s: the model began an earlier answer again; asking once more, without it", self.id)
+                without = _without_exchange(messages, earlier[copied])
+                messages = without if attempt < ATTEMPTS - 2 else [m for m in messages if m.role == "system"] + messages[-1:]
+            for sentence, spoken_end in [*splitter.feed_spans(speakable.flush()), *splitter.flush_spans()]:
+                self._hand_to_tts(sentence, speakable.source_at(spoken_end), sentences, request)
             if self._sentences:  # trailing text that says nothing (a rule, spaces) belongs to the last sentence
                 self._sentences[-1].end = len(self.text)
             self.text_done = True
@@ -218,6 +237,62 @@ class Reply:
             speaker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await speaker
+
+    async def _generate(
+        self, messages: list[ChatMessage], earlier: list[str], request: Stopwatch, release: Callable[[str], None]
+    ) -> int | None:
+        """Stream one answer to `messages` through the guard (`parley.engine.guard`), against the
+        `earlier` answers of the original prompt. Returns the index of the earlier answer it began to
+        copy while nothing of it was released yet (the caller asks again), else None: it ended, or it
+        looped or copied later and was stopped (`stopped` says so)."""
+        guard = ReplyGuard(earlier)
+        attempt = ""
+        stream = self._services.stream_reply(messages, user=self._user)
+        try:
+            async for delta in stream:
+                if isinstance(delta, Finish):
+                    self.finish = delta
+                    continue
+                if not delta:
+                    continue
+                if self.metrics.llm_ttft is None:
+                    self.metrics.llm_ttft = request.elapsed()
+                attempt += delta
+                if self._judge(guard, guard.check(attempt), attempt, release):
+                    return guard.copied if not self.text and self.stopped is None else None
+        finally:
+            close = getattr(stream, "aclose", None)
+            if close is not None:
+                await close()
+        if self._judge(guard, guard.check(attempt, final=True), attempt, release):
+            return guard.copied if not self.text and self.stopped is None else None
+        return None
+
+    def _judge(self, guard: ReplyGuard, verdict: str, attempt: str, release: Callable[[str], None]) -> bool:
+        """Act on the guard's verdict on `attempt` so far; True when this attempt is over (a copy
+        before anything was released, to be asked again; or stopped)."""
+        if verdict == "hold":
+            return False
+        if verdict == "copy" and not self.text:
+            return True
+        if verdict != "clear":
+            self._stop_guarded(verdict, attempt, guard.loop_at, release)
+            return True
+        release(attempt[len(self.text) :])
+        return False
+
+    def _stop_guarded(self, verdict: str, attempt: str, loop_at: int | None, release: Callable[[str], None]) -> None:
+        """The reply looped or turned into a copy of an earlier answer after it was shown: stop it there.
+        A loop keeps its text up to where the repeating began."""
+        if verdict == "loop" and loop_at is not None:
+            keep = attempt[:loop_at].rstrip()
+            if len(keep) > len(self.text):
+                release(keep[len(self.text) :])
+            elif len(keep) < len(self.text):
+                self.text = keep  # the page gets the trimmed text with the answer's end
+        self.stopped = verdict
+        self.finish = None
+        log.info("reply %s: stopped: it %s", self.id, "looped" if verdict == "loop" else "repeated an earlier answer")
 
     def _end_text(self) -> None:
         if not self._text_ended:
@@ -277,6 +352,27 @@ class Reply:
                 else:
                     ahead.append(more)
             await publish(kind, text)
+
+
+def _answers_to_other_questions(messages: list[ChatMessage]) -> list[str]:
+    """The assistant answers in `messages` whose question was not (nearly) the one asked now: asked
+    the same thing again, the model may rightly answer the same."""
+    asked = messages[-1].text().rsplit("]\n", 1)[-1] if messages and messages[-1].role == "user" else ""
+    out = []
+    for i, m in enumerate(messages):
+        question = messages[i - 1].text() if i and messages[i - 1].role == "user" else ""
+        if m.role == "assistant" and not same_question(question, asked):
+            out.append(m.text())
+    return out
+
+
+def _without_exchange(messages: list[ChatMessage], answer: str) -> list[ChatMessage]:
+    """`messages` without the assistant message `answer` and the user message just before it."""
+    at = next((i for i, m in enumerate(messages) if m.role == "assistant" and m.text() == answer), None)
+    if at is None:
+        return messages
+    start = at - 1 if at > 0 and messages[at - 1].role == "user" else at
+    return messages[:start] + messages[at + 1 :]
 
 
 def _after_words(text: str, start: int, end: int, fraction: float) -> int:

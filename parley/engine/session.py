@@ -108,7 +108,7 @@ class Session:
         self.meter = meter or Meter()
         self.budget = budget or TurnBudget(settings.limits.turns_per_minute, clock)
         """The user's turns this minute: shared by all of the user's sessions (the limit is per user)."""
-        self.conversation = Conversation(settings.llm, store=store, session_id=session_id)
+        self.conversation = Conversation(settings.llm, store=store, session_id=session_id, language=settings.language)
         self.output: SpeechOutput | None = None
         """Where speech goes: the current peer connection's audio track; None while no media is connected."""
         self.listener = Listener(self)
@@ -340,6 +340,7 @@ class Session:
             voice=self.settings.voice,
             user=self.user,
             first_clause_words=self.settings.turn.first_clause_words if self.output is not None else None,
+            first_max_words=self.settings.turn.first_piece_max_words if self.output is not None else None,
             clock=self.clock,
         ).start()
 
@@ -381,7 +382,7 @@ class Session:
         """While the user is still talking, let a local model read the prompt up to their words (the
         history and the scene note): the turn's request then reads only the words. Without this, a
         note cost the first token ~300 ms on 2 cores (benchmarks/voice_to_voice.py --camera)."""
-        if self.settings.sight == "image" or self.busy:
+        if self.settings.sight == "image" or self.busy or not self.settings.llm.read_ahead:
             return
         messages = self.conversation.prompt_start(sight=self.settings.sight, then=start)
 

@@ -50,6 +50,8 @@ class ScriptedServices:
         """The frames described (JPEG bytes, source)."""
         self.primed: list[list[ChatMessage]] = []
         """The prompt starts the model was asked to read ahead."""
+        self.then: list[list[str]] = []
+        """Scripts for the next requests, one each, in order; `reply` once they run out."""
 
     async def transcribe(self, audio: np.ndarray) -> Transcript:
         self.transcribed += 1
@@ -58,9 +60,10 @@ class ScriptedServices:
 
     async def stream_reply(self, messages: list[ChatMessage], *, user: str = "") -> AsyncIterator[str]:
         self.requests.append(messages)
+        script = self.then.pop(0) if self.then else self.reply
         finished = False
         try:
-            for i, delta in enumerate(self.reply):
+            for i, delta in enumerate(script):
                 if self.fail_after is not None and i == self.fail_after:
                     raise RuntimeError("backend went away")
                 await asyncio.sleep(self.delta_delay)
