@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT))
 from deployments.llm import LLM  # noqa: E402
 from media.text import SentenceSplitter  # noqa: E402
 from parley.config import LLMConfig  # noqa: E402
-from parley.engine.conversation import system_prompt, with_scene  # noqa: E402
+from parley.engine.conversation import Conversation, Entry, system_prompt  # noqa: E402
 from parley.engine.types import ChatMessage  # noqa: E402
 from parley.local_models import CATALOGUE, LocalModelMissing  # noqa: E402
 
@@ -126,6 +126,18 @@ def scene_notes(looks: list[Look]) -> dict[str, str]:
     return notes
 
 
+def vision_prompt(config: LLMConfig, look: Look, notes: dict[str, str]) -> list[ChatMessage]:
+    """The prompt a session of the embedded default sends for `look`, made by its own Conversation
+    (so `llm.scene_note` decides whether the note goes with the words, as in a session)."""
+    if look.photo is None:
+        entry = Entry(role="user", text=look.question, blind="no picture is coming from the browser")
+    elif look.photo == "off":
+        entry = Entry(role="user", text=look.question, blind="the user switched vision off")
+    else:
+        entry = Entry(role="user", text=look.question, scene=notes[look.photo])
+    return Conversation(config).messages(sight="note", then=entry)
+
+
 def correct(answer: str, expect: tuple[str, ...]) -> bool:
     text = answer.lower()
     return all(any(re.search(rf"(?<![a-z0-9]){re.escape(k)}(?![a-z0-9])", text) for k in group.split("|")) for group in expect)
@@ -190,13 +202,9 @@ async def run_quiz(name: str, config: LLMConfig, runs: int, verbose: bool, notes
         result.score.append(score)
         seen = 0
         for look in VISION_QUIZ if notes else []:
-            if look.photo is None:
-                words = with_scene(look.question, None, "no picture is coming from the browser")
-            elif look.photo == "off":
-                words = with_scene(look.question, None, "the user switched vision off")
-            else:
-                words = with_scene(look.question, notes[look.photo])
-            answer = await reply(llm, [system, ChatMessage(role="user", content=words)], result)
+            asked = vision_prompt(config, look, notes)
+            words = asked[-1].text()
+            answer = await reply(llm, asked, result)
             ok = correct(answer, look.expect)
             seen += ok
             if verbose:
@@ -212,6 +220,8 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=1, help="passes over the quiz (answers are sampled)")
     parser.add_argument("--temperature", type=float, default=None, help="default: Parley's configured temperature")
     parser.add_argument("--threads", type=int, default=None, help="default: as Parley picks for this host and model")
+    parser.add_argument("--repeat-penalty", type=float, default=None, help="default: Parley's llm.repeat_penalty")
+    parser.add_argument("--scene-note", choices=("asked", "always"), default=None, help="default: Parley's llm.scene_note")
     parser.add_argument("--no-vision", action="store_true", help="skip the vision quiz (it needs the vision models)")
     parser.add_argument("--verbose", action="store_true", help="print every answer")
     args = parser.parse_args()
@@ -219,6 +229,10 @@ def main() -> None:
     base = LLMConfig(threads=args.threads)
     if args.temperature is not None:
         base = base.model_copy(update={"temperature": args.temperature})
+    if args.repeat_penalty is not None:
+        base = base.model_copy(update={"repeat_penalty": args.repeat_penalty})
+    if args.scene_note is not None:
+        base = base.model_copy(update={"scene_note": args.scene_note})
     todo: list[tuple[str, LLMConfig]] = []
     for name in args.model or ([] if args.gguf else sorted(CATALOGUE)):
         try:
@@ -230,7 +244,10 @@ def main() -> None:
     todo += [(Path(p).stem, base.model_copy(update={"model_path": p})) for p in args.gguf]
 
     threads = "as picked for this host" if args.threads is None else args.threads
-    print(f"quiz: {len(QUIZ)} questions x {args.runs} run(s), temperature {base.sampling_temperature()}, {threads} threads")
+    print(
+        f"quiz: {len(QUIZ)} questions x {args.runs} run(s), temperature {base.sampling_temperature()}, repeat penalty "
+        f"{base.repeat_penalty}, scene note {base.scene_note}, {threads} threads"
+    )
     notes = {} if args.no_vision else scene_notes(VISION_QUIZ)
     for photo, note in notes.items():
         print(f"  scene note of {photo}: {note or '(nothing found)'}")
