@@ -140,3 +140,28 @@ def test_a_short_follow_up_right_after_a_question_about_the_picture_is_about_it_
     assert about_scene("Is it big?", "a car", after_scene_question=True)
     assert not about_scene("Is it big?", "a car", after_scene_question=False)
     assert not about_scene("Which planet is closest to the sun and why is it so hot there?", None, after_scene_question=True)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        STUCK,
+        "Sorry, I'm not sure what to suggest. Can you please tell me what you are looking for?",
+        'The note says "1:03:59:900 4798:10:10:10:10:10:10:10:10:10:10:10',
+        "Bees make honey in their hives and they store it. Bees make honey in their hives and they store it.",
+        "The Pacific is the biggest ocean, and it isn't the saltiest. It's deep and wide.",
+    ],
+)
+def test_a_reply_streamed_a_character_at_a_time_gets_the_verdict_of_the_whole(text: str) -> None:
+    earlier = ["The capital of France is Paris.", STUCK]
+    whole = ReplyGuard(earlier)
+    expected = whole.check(text, final=True)
+    streamed = ReplyGuard(earlier)
+    verdict = "hold"
+    for i in range(1, len(text) + 1):
+        verdict = streamed.check(text[:i])
+        if verdict in ("copy", "loop"):
+            break
+    else:
+        verdict = streamed.check(text, final=True)
+    assert (verdict, streamed.copied, streamed.loop_at) == (expected, whole.copied, whole.loop_at)

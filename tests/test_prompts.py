@@ -180,7 +180,8 @@ async def test_a_reply_that_loops_is_stopped_and_kept_up_to_the_loop() -> None:
 
 async def test_past_the_history_limit_the_prompt_keeps_its_start_for_several_turns() -> None:
     services = ScriptedServices(["Ok."])
-    services.then = [[f"Answer number {word} is here for you."] for word in "one two three four five six seven eight nine".split()]
+    numbers = "one two three four five six seven eight nine".split()
+    services.then = [[f"Answer number {word} is here for you."] for word in numbers]
     session, page, track = make_session(services, llm={"history_messages": 8})
     async with playing(track):
         for i in range(9):

@@ -39,120 +39,168 @@ LOOP_WORDS = 8
 LOOP_SENTENCE_WORDS = 4
 """...and so is a sentence of this many words said again word for word."""
 
-_WORD = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
-_SENTENCE = re.compile(r"[^.!?\n]+[.!?\n]")
-"""A complete sentence (one still being written is not compared yet)."""
+_TOKEN = re.compile(r"[a-z0-9]+(?:'[a-z]+)*")
+_SENTENCE_END = re.compile(r"[.!?\n]")
 _CHAR_LOOP = re.compile(rf"(.{{1,30}}?)\1{{{LOOP_REPEATS - 1},}}", re.DOTALL)
+_SPELT_OUT = {"won't": ("will", "not"), "can't": ("can", "not"), "cannot": ("can", "not")}
+_SUFFIXES = (("n't", "not"), ("'re", "are"), ("'m", "am"), ("'ll", "will"), ("'ve", "have"))
 
 Verdict = Literal["hold", "clear", "copy", "loop"]
 """hold: the reply so far starts as an earlier answer did, wait; clear: it does not; copy: it copies
 one; loop: it repeats itself."""
 
 
-_CONTRACTIONS = (
-    (re.compile(r"\bwon't\b"), "will not"),
-    (re.compile(r"\bcan't\b"), "can not"),
-    (re.compile(r"n't\b"), " not"),
-    (re.compile(r"'re\b"), " are"),
-    (re.compile(r"'m\b"), " am"),
-    (re.compile(r"'ll\b"), " will"),
-    (re.compile(r"'ve\b"), " have"),
-)
+def _spelt_out(token: str) -> tuple[str, ...]:
+    """One lowercase token as words, its contraction spelt out ("you're": you, are)."""
+    if token in _SPELT_OUT:
+        return _SPELT_OUT[token]
+    for suffix, word in _SUFFIXES:
+        if token.endswith(suffix) and len(token) > len(suffix):
+            return token[: -len(suffix)], word
+    return (token,)
+
+
+def _tokens(text: str, pos: int = 0, end: int | None = None) -> list[tuple[int, int, tuple[str, ...]]]:
+    """(start, end, words) of each token of text[pos:end] ("’" read as "'")."""
+    lower = text.lower().replace("\u2019", "'")
+    return [(m.start(), m.end(), _spelt_out(m.group())) for m in _TOKEN.finditer(lower, pos, len(text) if end is None else end)]
 
 
 def words(text: str) -> list[str]:
     """The words of `text`, lowercase, without punctuation, contractions spelt out ("you're": you are)."""
-    text = text.lower().replace("\u2019", "'")
-    for contraction, full in _CONTRACTIONS:
-        text = contraction.sub(full, text)
-    return _WORD.findall(text)
+    return [w for _, _, ws in _tokens(text) for w in ws]
 
 
 def _grams(seq: Sequence[str], n: int = 4) -> set[tuple[str, ...]]:
     return {tuple(seq[i : i + n]) for i in range(len(seq) - n + 1)}
 
 
-@functools.lru_cache(maxsize=256)
-def loop_start(text: str, since: int = 0) -> int | None:
+class ReplyGuard:
+    """Watches one reply as it streams, against earlier answers: each `check` reads only the text
+    added since the last one (so a long reply costs the event loop a little per token, not its whole
+    length again), and gives the verdict on all of it."""
+
+    def __init__(self, earlier: Sequence[str]) -> None:
+        self._earlier = [(i, words(a)) for i, a in enumerate(earlier)]
+        self._earlier = [(i, w) for i, w in self._earlier if len(w) >= MIN_COPY_WORDS]
+        self._their_grams = [_grams(w) for _, w in self._earlier]
+        self._shared = [0] * len(self._earlier)
+        """For each earlier answer, how many of the reply's 4-grams it has."""
+        self._matching = list(range(len(self._earlier)))
+        """The earlier answers whose opening words the reply's still are (while it is held)."""
+        self._words: list[str] = []
+        self._word_at: list[int] = []
+        """Where in the text each word's token starts."""
+        self._read = 0
+        """How far the text has been read into complete words."""
+        self._sentence: list[str] = []
+        self._sentence_at: int | None = None
+        self._sentences: set[tuple[str, ...]] = set()
+        self._eights: set[tuple[str, ...]] = set()
+        self._fours: set[tuple[str, ...]] = set()
+        self._cleared = False
+        self.copied: int | None = None
+        """Which earlier answer (index into `earlier` as given) the reply copied, once it did."""
+        self.loop_at: int | None = None
+        """Where the loop began in the reply's text, once it looped."""
+
+    def check(self, text: str, *, final: bool = False) -> Verdict:
+        """The verdict on the reply's text so far (`final`: all of it; each call sees the text of the
+        one before and more). `hold` only until the reply's opening words differ from every earlier
+        answer's (at most COPY_WORDS words); after that `clear` unless it copies or loops. Only
+        complete words count until the text is final."""
+        for match in _CHAR_LOOP.finditer(text, 0 if final else max(0, self._read - 4 * LOOP_SPAN_CHARS)):
+            unit = match.group(1)
+            if len(match.group(0)) >= LOOP_SPAN_CHARS and any(ch.isalnum() for ch in unit):
+                self.loop_at = match.start() + len(unit)
+                return "loop"
+        partial = False
+        for start, end, spelt in _tokens(text, self._read):
+            if not final and (end == len(text) or (end + 1 == len(text) and text[end] in "'\u2019")):
+                partial = True  # the last word may still grow ("don" of "don't")
+                break
+            self._ends_before(text, start)
+            verdicts = [v for v in (self._word(word, start) for word in spelt) if v is not None]
+            self._read = end
+            if verdicts:
+                return verdicts[0]
+        if final or (not partial and text[-1:].isspace()):  # nothing left to read but a sentence's end
+            self._ends_before(text, len(text))
+            self._read = len(text)
+        if self.loop_at is not None:
+            return "loop"
+        if not self._cleared:
+            if not final and len(self._words) < COPY_WORDS and self._matching:
+                return "hold"
+            self._cleared = True
+        return "clear"
+
+    def _ends_before(self, text: str, at: int) -> None:
+        """The text between the last word read and `at` may end a sentence: one said again loops."""
+        if self._sentence and _SENTENCE_END.search(text, self._read, at):
+            key = tuple(self._sentence)
+            if len(key) >= LOOP_SENTENCE_WORDS and key in self._sentences and self.loop_at is None:
+                self.loop_at = self._sentence_at
+            self._sentences.add(key)
+            self._sentence, self._sentence_at = [], None
+
+    def _word(self, word: str, at: int) -> Verdict | None:
+        """Take one more complete word of the reply; a verdict if it settles one."""
+        if self._sentence_at is None:
+            self._sentence_at = at
+        self._sentence.append(word)
+        self._words.append(word)
+        self._word_at.append(at)
+        said = self._words
+        n = len(said)
+        if n >= LOOP_WORDS:
+            eight = tuple(said[-LOOP_WORDS:])
+            if eight in self._eights:
+                self.loop_at = self._word_at[n - LOOP_WORDS]
+                return "loop"
+            self._eights.add(eight)
+        self._matching = [j for j in self._matching if self._earlier[j][1][n - 1 : n] == [word]]
+        for j in self._matching:
+            theirs = self._earlier[j][1]
+            if n == min(COPY_WORDS, len(theirs)):
+                self.copied = self._earlier[j][0]
+                return "copy"
+        if n >= 4:
+            four = tuple(said[-4:])
+            if four not in self._fours:
+                self._fours.add(four)
+                for j, grams in enumerate(self._their_grams):
+                    self._shared[j] += four in grams
+        if n >= OVERLAP_MIN_WORDS:
+            for j, shared in enumerate(self._shared):
+                if shared >= OVERLAP_SHARE * len(self._fours):
+                    self.copied = self._earlier[j][0]
+                    return "copy"
+        return None
+
+
+@functools.lru_cache(maxsize=512)
+def loop_start(text: str) -> int | None:
     """Where in `text` a loop begins (the first repeat, so text[:start] keeps one copy), or None: a
     unit of characters repeated LOOP_REPEATS times over LOOP_SPAN_CHARS ("10:10:10:10:10:10:10:10"),
-    from `since` on (a streaming reply only checks its new end), a sentence said again, or a run of
-    LOOP_WORDS words said a second time."""
-    for match in _CHAR_LOOP.finditer(text, max(0, since)):
-        unit = match.group(1)
-        if len(match.group(0)) >= LOOP_SPAN_CHARS and any(ch.isalnum() for ch in unit):
-            return match.start() + len(unit)
-    said: set[tuple[str, ...]] = set()
-    for sentence in _SENTENCE.finditer(text):
-        key = tuple(words(sentence.group()))
-        if len(key) >= LOOP_SENTENCE_WORDS and key in said:
-            return sentence.start()
-        said.add(key)
-    spans = [(m.start(), m.group()) for m in _WORD.finditer(text.lower())]
-    seen: set[tuple[str, ...]] = set()
-    for i in range(len(spans) - LOOP_WORDS + 1):
-        gram = tuple(w for _, w in spans[i : i + LOOP_WORDS])
-        if gram in seen:
-            return spans[i][0]
-        seen.add(gram)
-    return None
+    a sentence of LOOP_SENTENCE_WORDS said again, or a run of LOOP_WORDS words said a second time."""
+    guard = ReplyGuard([])
+    return guard.loop_at if guard.check(text, final=True) == "loop" else None
 
 
 def copies(reply: str, earlier: Sequence[str]) -> int | None:
     """The index of the earlier answer `reply` copies, or None: its first COPY_WORDS words (all of a
     shorter answer of at least MIN_COPY_WORDS) are that answer's first words, or, past
     OVERLAP_MIN_WORDS, most of its word 4-grams come from that answer."""
-    said = words(reply)
-    for index, answer in enumerate(earlier):
-        theirs = words(answer)
-        n = min(COPY_WORDS, len(theirs))
-        if n >= MIN_COPY_WORDS and len(said) >= n and said[:n] == theirs[:n]:
-            return index
-    if len(said) >= OVERLAP_MIN_WORDS:
-        mine = _grams(said)
-        for index, answer in enumerate(earlier):
-            if len(mine & _grams(words(answer))) >= OVERLAP_SHARE * len(mine):
-                return index
-    return None
+    guard = ReplyGuard(earlier)
+    guard.check(reply, final=True)
+    return guard.copied
 
 
 def same_question(a: str, b: str) -> bool:
     """Whether two questions are (nearly) the same words: then the same answer is no copy."""
     wa, wb = words(a), words(b)
     return bool(wa) and difflib.SequenceMatcher(None, wa, wb).ratio() >= 0.8
-
-
-class ReplyGuard:
-    """Watches one reply as it streams, against the answers already in its prompt."""
-
-    def __init__(self, earlier: Sequence[str]) -> None:
-        self._earlier = [a for a in earlier if len(words(a)) >= MIN_COPY_WORDS]
-        self.copied: int | None = None
-        """Which earlier answer (index into `earlier` as given) the reply copied, once it did."""
-        self._given = list(earlier)
-        self._cleared = False
-        self.loop_at: int | None = None
-        """Where the loop began in the reply's text, once it looped."""
-
-    def check(self, text: str, *, final: bool = False) -> Verdict:
-        """The verdict on the reply's text so far (`final`: all of it). `hold` only until the reply's
-        opening words differ from every earlier answer's (at most COPY_WORDS words); after that
-        `clear` unless it copies or loops. Only complete words count until the text is final."""
-        self.loop_at = loop_start(text, len(text) - 4 * LOOP_SPAN_CHARS)
-        if self.loop_at is not None:
-            return "loop"
-        if not final and text and not (text[-1].isspace() or text[-1] in ".,!?;:"):
-            text = text[: len(text) - len(re.split(r"[\s.,!?;:]", text)[-1])]  # the last word may still grow
-        found = copies(text, self._earlier)
-        if found is not None:
-            self.copied = self._given.index(self._earlier[found])
-            return "copy"
-        if not self._cleared:
-            said = words(text)
-            if not final and len(said) < COPY_WORDS and any(words(a)[: len(said)] == said for a in self._earlier):
-                return "hold"
-            self._cleared = True
-        return "clear"
 
 
 _NON_ANSWER = re.compile(
