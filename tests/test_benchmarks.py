@@ -136,3 +136,45 @@ def test_a_one_minute_soak_drops_no_session_and_fails_no_turn(serve_app, tmp_pat
     summary = json.loads(out.read_text())
     assert (summary["connected"], summary["dropped"], summary["turns_failed"]) == (4, 0, 0), summary
     assert summary["turns_ok"] >= 4 and summary["memory_mb_start"] > 0, summary
+
+
+def test_the_conversation_benchmark_scores_each_answer_and_prints_every_condition() -> None:
+    done = subprocess.run(
+        [
+            sys.executable,
+            "benchmarks/conversation.py",
+            "--via",
+            "session",
+            "--questions",
+            "2",
+            "--voices",
+            "hibari",
+            "--conditions",
+            "camera,vision-off",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = done.stdout
+    assert "heard 'What is the capital of France?'" in out, out
+    table = out[out.index("condition") :]
+    for condition in ("camera", "vision-off", "lock-in"):
+        assert re.search(rf"^{condition}\s+\d+ of \d+", table, re.MULTILINE), table
+    assert "lock-in: the mumble was heard as" in table and "heard right, by voice: hibari" in table, table
+
+
+def test_a_repeat_is_scored_as_one_and_an_answer_that_talks_of_the_note_is_off_topic() -> None:
+    from benchmarks.conversation import EVERYDAY, Turn, repeated, score
+
+    assert repeated("I'm sorry, I'm not sure what to suggest.", "I'm sorry, I'm not sure what to suggest. Can you tell me?")
+    assert not repeated("The capital of France is Paris.", "A spider has eight legs.")
+    earlier = [Turn("hibari", "x", None, answer="The capital of France is Paris.")]
+    turn = Turn("hibari", EVERYDAY[0].text, EVERYDAY[0], transcript=EVERYDAY[0].text, answer="The camera note says Paris.")
+    score(turn, earlier)
+    assert turn.heard and not turn.on_topic and turn.repeats is None
+    turn.answer = "The capital of France is Paris!"
+    score(turn, earlier)
+    assert turn.on_topic and turn.right and turn.repeats == 0

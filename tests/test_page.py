@@ -190,3 +190,17 @@ async def test_a_new_conversation_empties_what_the_llm_receives_next_and_the_tra
         await until(page, READY, 30000)
         texts = await page.locator("#chat .msg .text").all_inner_texts()
         assert texts == ["What word did I say?", "".join(fake.reply)], "the server forgot the old conversation too"
+
+
+async def test_an_answer_that_loops_is_stopped_and_the_page_says_why(
+    server: Server, fake: FakeOpenAI, media: tuple[Path, Path]
+) -> None:
+    fake.reply = ["Bees make sweet honey. "] * 6
+    async with launched(*media) as chromium, opened(chromium, server.url, viewport=DESKTOP) as page:
+        await type_and_send(page, "What do bees make?")
+        answer = await answered(page, 1)
+        await answer.locator(".stopped").wait_for(timeout=10000)
+        assert "repeating itself" in await answer.locator(".stopped").inner_text()
+        assert (await answer.locator(".text").inner_text()).strip() == "Bees make sweet honey."
+        assert await answer.get_attribute("data-state") == "done"
+    assert spoken_texts(fake) == ["Bees make sweet honey."], "the repeat was never spoken"
