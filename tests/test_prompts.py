@@ -79,9 +79,12 @@ async def test_the_users_words_reach_the_model_in_every_kind_of_turn(how: str, r
             assert asked[-1].role == "user" and asked[-1].text() == question, "the words, whole, and no note with them"
             assert asked[0].role == "system"
     assert [m.text() for m in services.requests[-1]][-3:-1] == [QUESTION, "Paris is the capital of France."]
-    if read_ahead and how != "typed":  # a typed turn's words come with it: nothing to read ahead of
-        assert services.primed, "the model read the prompt's start ahead while the user talked"
-        assert all(QUESTION not in m.text() for m in services.primed[0]), "only the start: the words were not said yet"
+    if read_ahead:
+        assert services.primed, "the model read the prompt's start ahead"
+        if how != "typed":  # a typed turn's words come with it: only the spoken ones are read ahead of
+            assert all(QUESTION not in m.text() for m in services.primed[0]), "only the start: the words were not said yet"
+        await wait_until(lambda: services.primed[-1][-2].text() == "The Seine runs through Paris.")
+        assert services.primed[-1][-1].text() == "", "once an answer is written, the next turn's start, answer and all"
     elif not read_ahead:
         assert not services.primed
     await session.close()

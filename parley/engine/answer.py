@@ -95,6 +95,7 @@ class Answering:
             answer.cut = reply.finish is not None and reply.finish.cut
             s.conversation.save(answer)
             await s.emit(self._done())
+            s.read_ahead(Entry(role="user", text="", source=s.source), answered=True)  # the next turn's start
             await reply.played()
             if self._output is not None:
                 await s.emit(Speaking(id=answer.id, sentence=None))

@@ -378,11 +378,13 @@ class Session:
 
         return asyncio.get_running_loop().create_task(describe())
 
-    def read_ahead(self, start: Entry) -> None:
-        """While the user is still talking, let a local model read the prompt up to their words (the
-        history and the scene note): the turn's request then reads only the words. Without this, a
-        note cost the first token ~300 ms on 2 cores (benchmarks/voice_to_voice.py --camera)."""
-        if self.settings.sight == "image" or self.busy or not self.settings.llm.read_ahead:
+    def read_ahead(self, start: Entry, *, answered: bool = False) -> None:
+        """Let a local model read the prompt up to the user's words (the system prompt and the history)
+        while they talk, or (`answered`) as soon as an answer's text is complete, while it plays: the
+        turn's request then reads only the words. Without this, a note cost the first token ~300 ms
+        on 2 cores (benchmarks/voice_to_voice.py --camera), and once the history window moved on
+        (`llm.history_messages`), the whole prompt cost seconds to read again."""
+        if self.settings.sight == "image" or (self.busy and not answered) or not self.settings.llm.read_ahead:
             return
         messages = self.conversation.prompt_start(sight=self.settings.sight, then=start)
 
