@@ -11,8 +11,8 @@ accents at several speeds), in three conditions, each a fresh conversation:
 plus the lock-in case: a mumbled question first, then clear ones (camera on). Each answer is scored
 as on topic (it names the question's subject, is no non-answer, and does not talk about a camera or
 screen note) and right (it has the expected answer), and checked for a verbatim or near-verbatim
-repeat of an earlier answer in the same conversation (difflib ratio >= 0.8, or the same first
-sentence of four words or more). It prints every turn, then per condition: on topic, right,
+repeat of an earlier answer in the same conversation (difflib ratio of their words >= 0.8, or the
+same first sentence of four words or more). It prints every turn, then per condition: on topic, right,
 repeats, and release -> first audio heard (p50, p95) with the server's first_sentence.
 
 --via chromium (the default): headless Chromium on the app on a local Ray (or --url), push-to-talk
@@ -174,10 +174,10 @@ def score(turn: Turn, earlier: list[Turn]) -> None:
 
 def repeated(answer: str, before: str) -> bool:
     """Whether `answer` is a verbatim or near-verbatim repeat of `before`."""
-    a, b = " ".join(words(answer)), " ".join(words(before))
+    a, b = words(answer), words(before)
     if not a or not b:
         return False
-    if difflib.SequenceMatcher(None, a, b).ratio() >= 0.8:
+    if difflib.SequenceMatcher(None, a, b).ratio() >= 0.8:  # word by word: "2 legs" is no repeat of "2 wheels"
         return True
     first = [words(re.split(r"(?<=[.!?])\s", s.strip())[0]) for s in (answer, before)]
     return len(first[0]) >= 4 and first[0] == first[1]

@@ -186,6 +186,7 @@ def main() -> None:
     parser.add_argument(
         "--vary", action="store_true", help="ask a different question each turn (default: the same one, so turns compare)"
     )
+    parser.add_argument("--question", help="ask this every turn (default: a fixed everyday question)")
     parser.add_argument(
         "--camera",
         metavar="PHOTO",
@@ -208,7 +209,7 @@ def main() -> None:
             }
         )
         url = start(config)
-    questions = QUESTIONS if args.vary else QUESTIONS[3:4]
+    questions = [args.question] if args.question else QUESTIONS if args.vary else QUESTIONS[3:4]
     asyncio.run(run(url, max(1, min(args.turns, 50)), questions, args.mode, args.release_after, args.camera))
 
 
