@@ -49,12 +49,24 @@ def test_a_copy_needs_the_opening_words_or_most_of_the_answer_not_one_word() -> 
     assert copies("The capital of France is Paris, a city on the Seine.", earlier) == 0
 
 
+def test_a_first_sentence_that_is_an_earlier_one_but_for_one_word_is_a_copy() -> None:
+    earlier = ["The freezer is a miracle.", "Paris is the capital of France."]
+    assert copies("The time is a miracle.", earlier) == 0
+    assert copies("The time is a miracle. It flies.", earlier) == 0
+    assert copies("The time is a real miracle.", earlier) is None, "two words apart"
+    assert copies("The capital of Spain is Madrid.", ["The capital of France is Paris."]) is None
+    guard = ReplyGuard(earlier)
+    assert [guard.check(t) for t in ("The ", "The time ", "The time is a ")] == ["hold"] * 3
+    assert guard.check("The time is a miracle. ") == "copy" and guard.copied == 0
+
+
 def test_the_guard_holds_only_while_a_reply_opens_like_an_earlier_answer() -> None:
     guard = ReplyGuard(["The capital of France is Paris.", STUCK])
     assert guard.check("The") == "hold", "a growing first word decides nothing"
     assert guard.check("The capital ") == "hold"
-    assert guard.check("The capital of Japan ") == "clear"
-    assert guard.check("The capital of Japan is Tokyo. The capital of Japan is Tokyo. ") == "loop"
+    assert guard.check("The capital of Japan ") == "hold", "it may still be that answer but for one word"
+    assert guard.check("The capital of Japan is Tokyo, ") == "clear"
+    assert guard.check("The capital of Japan is Tokyo, a city. The capital of Japan is Tokyo, a city. ") == "loop"
     copying = ReplyGuard(["The capital of France is Paris.", STUCK])
     said = ""
     verdicts = []

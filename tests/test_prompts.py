@@ -183,8 +183,20 @@ async def test_a_reply_that_loops_is_stopped_and_kept_up_to_the_loop() -> None:
 
 async def test_past_the_history_limit_the_prompt_keeps_its_start_for_several_turns() -> None:
     services = ScriptedServices(["Ok."])
-    numbers = "one two three four five six seven eight nine".split()
-    services.then = [[f"Answer number {word} is here for you."] for word in numbers]
+    services.then = [
+        [answer]
+        for answer in (
+            "Paris is the capital of France.",
+            "A spider has eight legs.",
+            "Bees make honey from nectar.",
+            "The Pacific Ocean is the biggest one.",
+            "Water turns into ice when it freezes.",
+            "Shakespeare wrote Romeo and Juliet.",
+            "An hour has sixty minutes.",
+            "Ripe bananas are yellow.",
+            "A week has seven days.",
+        )
+    ]
     session, page, track = make_session(services, llm={"history_messages": 8})
     async with playing(track):
         for i in range(9):

@@ -9,8 +9,9 @@ Invariants:
 - Every check is a pure function of the words (and the earlier answers), made on normalised words
   (lowercase, no punctuation), so a verdict does not depend on how the text streamed.
 - No verdict rests on one word: a copy needs its first `COPY_WORDS` words (or all of a shorter
-  earlier answer, at least `MIN_COPY_WORDS`) to match, or most of its word 4-grams; a loop needs a
-  run of words or characters repeated several times. A misheard word in a question changes none.
+  earlier answer, at least `MIN_COPY_WORDS`) to match, its first sentence to be an earlier one's
+  but for one word, or most of its word 4-grams; a loop needs a run of words or characters
+  repeated several times. A misheard word in a question changes none.
 """
 
 from __future__ import annotations
@@ -71,6 +72,17 @@ def words(text: str) -> list[str]:
     return [w for _, _, ws in _tokens(text) for w in ws]
 
 
+def _first_sentence(text: str) -> list[str]:
+    """The words of `text`'s first sentence."""
+    end = _SENTENCE_END.search(text.strip())
+    return words(text.strip()[: end.end()] if end else text)
+
+
+def _differ(a: Sequence[str], b: Sequence[str]) -> int:
+    """How many words two runs differ by, place by place (a longer one's extra words count)."""
+    return sum(x != y for x, y in zip(a, b, strict=False)) + abs(len(a) - len(b))
+
+
 def _grams(seq: Sequence[str], n: int = 4) -> set[tuple[str, ...]]:
     return {tuple(seq[i : i + n]) for i in range(len(seq) - n + 1)}
 
@@ -88,6 +100,12 @@ class ReplyGuard:
         """For each earlier answer, how many of the reply's 4-grams it has."""
         self._matching = list(range(len(self._earlier)))
         """The earlier answers whose opening words the reply's still are (while it is held)."""
+        self._firsts = [(i, _first_sentence(a)) for i, a in enumerate(earlier)]
+        self._firsts = [(i, w) for i, w in self._firsts if len(w) >= MIN_COPY_WORDS]
+        self._near = list(range(len(self._firsts)))
+        """The earlier answers whose first sentence the reply's first sentence may still become, but
+        for one word ("The freezer is a miracle." / "The time is a miracle.")."""
+        self._first_done = False
         self._words: list[str] = []
         self._word_at: list[int] = []
         """Where in the text each word's token starts."""
@@ -119,30 +137,43 @@ class ReplyGuard:
             if not final and (end == len(text) or (end + 1 == len(text) and text[end] in "'\u2019")):
                 partial = True  # the last word may still grow ("don" of "don't")
                 break
-            self._ends_before(text, start)
-            verdicts = [v for v in (self._word(word, start) for word in spelt) if v is not None]
+            verdicts = [v for v in (self._ends_before(text, start),) if v is not None]
+            verdicts += [v for v in (self._word(word, start) for word in spelt) if v is not None]
             self._read = end
             if verdicts:
                 return verdicts[0]
         if final or (not partial and text[-1:].isspace()):  # nothing left to read but a sentence's end
-            self._ends_before(text, len(text))
+            verdict = self._ends_before(text, len(text))
             self._read = len(text)
+            if verdict is not None:
+                return verdict
         if self.loop_at is not None:
             return "loop"
         if not self._cleared:
-            if not final and len(self._words) < COPY_WORDS and self._matching:
+            opening = len(self._words) < COPY_WORDS and self._matching
+            if not final and (opening or (self._near and not self._first_done)):
                 return "hold"
             self._cleared = True
         return "clear"
 
-    def _ends_before(self, text: str, at: int) -> None:
-        """The text between the last word read and `at` may end a sentence: one said again loops."""
-        if self._sentence and _SENTENCE_END.search(text, self._read, at):
-            key = tuple(self._sentence)
-            if len(key) >= LOOP_SENTENCE_WORDS and key in self._sentences and self.loop_at is None:
-                self.loop_at = self._sentence_at
-            self._sentences.add(key)
-            self._sentence, self._sentence_at = [], None
+    def _ends_before(self, text: str, at: int) -> Verdict | None:
+        """The text between the last word read and `at` may end a sentence: one said again loops; a
+        first sentence held for being near an earlier answer's first sentence copies it if it is."""
+        if not self._sentence or not _SENTENCE_END.search(text, self._read, at):
+            return None
+        key = tuple(self._sentence)
+        if len(key) >= LOOP_SENTENCE_WORDS and key in self._sentences and self.loop_at is None:
+            self.loop_at = self._sentence_at
+        self._sentences.add(key)
+        self._sentence, self._sentence_at = [], None
+        if self._first_done:
+            return None
+        self._first_done = True
+        near = [j for j in self._near if len(key) >= MIN_COPY_WORDS and _differ(list(key), self._firsts[j][1]) <= 1]
+        if near and not self._cleared and self.copied is None:
+            self.copied = self._firsts[near[0]][0]
+            return "copy"
+        return None
 
     def _word(self, word: str, at: int) -> Verdict | None:
         """Take one more complete word of the reply; a verdict if it settles one."""
@@ -160,6 +191,9 @@ class ReplyGuard:
                 return "loop"
             self._eights.add(eight)
         self._matching = [j for j in self._matching if self._earlier[j][1][n - 1 : n] == [word]]
+        if not self._first_done:
+            first = self._sentence
+            self._near = [j for j in self._near if _differ(first, self._firsts[j][1][: len(first)]) <= 1]
         for j in self._matching:
             theirs = self._earlier[j][1]
             if n == min(COPY_WORDS, len(theirs)):
