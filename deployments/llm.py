@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol, cast, overload
 
 from deployments.fair import Busy, FairQueue
 from parley.config import LLMConfig, openai_api_key
-from parley.engine.conversation import system_prompt
+from parley.engine.sight import system_prompt
 from parley.engine.types import ChatMessage, Finish, ImagePart
 from parley.llamacpp import no_amx_repacking
 from parley.local_models import CATALOGUE, LocalModelMissing, host_cores

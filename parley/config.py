@@ -243,7 +243,7 @@ class LLMConfig(_Section):
     system_prompt: str = Field(
         default="You are Parley, a friendly voice assistant. Answer in short spoken sentences without lists or markdown.",
         description="System prompt for every turn. Parley adds one sentence saying what the model can see (the frame, "
-        "a scene note, or nothing): parley.engine.conversation.SIGHT_PROMPTS.",
+        "a scene note, or nothing): parley.engine.sight.SIGHT_PROMPTS.",
     )
     history_messages: int = Field(
         default=20,

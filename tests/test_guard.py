@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from parley.engine.conversation import about_scene
 from parley.engine.guard import Exchange, ReplyGuard, copies, loop_start, non_answer, worth_rereading
+from parley.engine.sight import about_scene
 
 STUCK = "I'm sorry, I'm not sure what to suggest. Can you please tell me what you're looking for?"
 

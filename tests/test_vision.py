@@ -22,7 +22,8 @@ from PIL import Image
 
 from deployments.vision import Vision
 from parley.config import VisionConfig
-from parley.engine.conversation import Entry, with_scene
+from parley.engine.conversation import Entry
+from parley.engine.sight import with_scene
 from parley.local_models import LocalModelMissing
 from parley.vision.scene import Found, note
 from tests.support import photos

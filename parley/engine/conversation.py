@@ -7,114 +7,22 @@ Invariants:
 - The prompt leaves out what a small model would copy instead of answering: an exchange whose answer
   was a non-answer, a repeat of an earlier answer or a loop (`parley.engine.guard.worth_rereading`),
   and, with `llm.scene_note: asked`, the scene note (or the line saying there is none) of a turn whose
-  words are not about the camera or screen (`about_scene`).
+  words are not about the camera or screen (`parley.engine.sight.about_scene`).
 """
 
 from __future__ import annotations
 
 import abc
-import re
 import uuid
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from parley.config import LLMConfig
-from parley.engine.guard import Exchange, words, worth_rereading
+from parley.engine.guard import Exchange, worth_rereading
+from parley.engine.sight import about_scene, system_prompt, with_scene
 from parley.engine.types import ChatMessage, ImagePart, ImageURL, Sight, TextPart
 
 MessageState = Literal["streaming", "done", "interrupted", "error"]
-
-SIGHT_PROMPTS: dict[Sight, str] = {
-    "image": "You can see the user: their message may come with a picture from their camera or shared screen.",
-    "note": "You cannot see images. A user message may begin with a camera or screen note in square brackets from "
-    "Parley's detectors: it is all you know of what the camera or screen shows. Say only what the note says and never "
-    "invent other details.",
-    "blind": "You cannot see the user's camera or screen. If asked what you see, say you cannot see it.",
-}
-"""The sentence added to the system prompt: what the model can know of the camera (`parley.config.sight`)."""
-
-
-def system_prompt(base: str, sight: Sight) -> str:
-    """The system prompt for a model that sees in the way `sight` says."""
-    return f"{base} {SIGHT_PROMPTS[sight]}".strip()
-
-
-def with_scene(text: str, scene: str | None, blind: str | None = None, source: str = "camera") -> str:
-    """A user's words with the scene note in front, as a text-only model reads them (`scene` "": the
-    detectors found nothing; `blind`: why there is no note).
-
-    The note is a first-person sentence the model can repeat: a small model answers "what do you
-    see?" by copying it far more often than it puts a list of detections into words (benchmarks/llm_quiz.py)."""
-    label = "Screen" if source == "screen" else "Camera"
-    if blind:  # the wording that kept the local models from inventing most often (benchmarks/llm_quiz.py)
-        return f"[{label} note: no picture ({blind}). I cannot see anything, so I must not describe anything.]\n{text}"
-    if scene is None:
-        return text
-    if not scene:
-        return f"[{label} note: my detectors recognise nothing in the picture, so I cannot tell what is there.]\n{text}"
-    return f"[{label} note: I see {scene}.]\n{text}"
-
-
-SCENE_CUES = frozenset(
-    """see sees seeing saw seen look looks looking looked watching camera cameras cam webcam screen screens picture
-    pictures photo photos image images video visible showing shown holding holds wearing wear wears behind background
-    written writing sign signs shirt hair face glasses hat anyone anybody someone somebody""".split()
-)
-_POINTING = frozenset("this these that those here".split())
-"""Words that point at something: a cue in a question of three words or fewer ("What is this?"),
-one that ends with one ("What animal is that?") or starts by pointing ("Is that a dog?"), not
-elsewhere: "What do these make?" may be "What do bees make?" misheard."""
-"""Words that ask about what the camera or screen shows ("What do you see?", "What am I holding?", "Is
-anyone here?"). Any one of them is enough, so a misheard cue rarely loses the note; one in a question
-that is not about the picture only adds the note, which the model is told to use only when asked."""
-
-KINDS = {
-    "animal": "bird cat dog horse sheep cow elephant bear zebra giraffe",
-    "pet": "cat dog bird",
-    "vehicle": "bicycle car motorcycle airplane bus train truck boat",
-    "food": "banana apple sandwich orange broccoli carrot pizza donut cake",
-    "fruit": "banana apple orange",
-    "furniture": "chair couch bed table",
-    "drink": "cup bottle glass",
-    "device": "laptop phone tv keyboard mouse remote",
-    "computer": "laptop keyboard mouse",
-    "face": "person people face",
-    "man": "person people",
-    "woman": "person people",
-    "people": "person people face",
-}
-"""What a question may call what the note names ("What animal is that?" when the note says "a dog")."""
-
-_POINTING_START = re.compile(r"^(?:is|are|was|were|what's|what is|who's|who is) (?:this|that|these|those)\b")
-"""A question that starts by pointing: "Is that a dog?", "What is this thing?"."""
-_MY_THINGS = re.compile(
-    r"\bmy (?:hands?|desk|room|table|wall|head|window|background|shirt|jacket|hat|hair|face|glasses|outfit|clothes)\b"
-)
-_NEAR_ME = re.compile(r"\b(?:with|near|beside|behind|around|next to|in front of) me\b")
-"""Where the user points at their own surroundings ("Is there an animal with me?")."""
-_NOTE_FILLER = frozenset("the words and maybe person people face faces visible see".split())
-_PRONOUNS = frozenset("it its it's they them their that those he she him her there".split())
-
-
-def about_scene(text: str, scene: str | None = None, *, after_scene_question: bool = False) -> bool:
-    """Whether the user's words ask about what the camera or screen shows: a cue word (`SCENE_CUES`),
-    a place or thing of the user's ("with me", "my desk"), a pointing word in a short question ("What
-    is this?", "What animal is that?"), a word the scene note itself has (the sign says "OPEN 7-3":
-    "When is it open?") or the kind of a thing it names ("animal" for a dog), or a short follow-up
-    with a pronoun right after a question about it ("What colour is it?")."""
-    said = words(text)
-    if any(w in SCENE_CUES for w in said):
-        return True
-    if said and ((len(said) <= 3 and any(w in _POINTING for w in said)) or (len(said) <= 6 and said[-1] in _POINTING)):
-        return True
-    joined = " ".join(said)
-    if _POINTING_START.match(joined) or _NEAR_ME.search(joined) or _MY_THINGS.search(joined):
-        return True
-    stems = {w.rstrip("s") for w in said if len(w) >= 3}
-    named = {w.rstrip("s") for w in words(scene or "") if len(w) >= 3 and w not in _NOTE_FILLER}
-    if stems & named or any(set(KINDS[kind].split()) & named for kind in stems & KINDS.keys()):
-        return True
-    return after_scene_question and len(said) <= 8 and any(w in _PRONOUNS for w in said)
 
 
 @dataclass
