@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 
 from deployments.llm import LLM  # noqa: E402
 from media.text import SentenceSplitter  # noqa: E402
-from parley.config import LLMConfig  # noqa: E402
+from parley.config import LLMConfig, TurnConfig  # noqa: E402
 from parley.engine.conversation import Conversation, Entry  # noqa: E402
 from parley.engine.sight import system_prompt  # noqa: E402
 from parley.engine.types import ChatMessage  # noqa: E402
@@ -151,6 +151,8 @@ class Result:
     ttft: list[float] = field(default_factory=list)
     first_sentence: list[float] = field(default_factory=list)
     tokens_per_s: list[float] = field(default_factory=list)
+    token_to_sentence: list[float] = field(default_factory=list)
+    """From the first token to the first piece a TTS would get."""
     words: list[int] = field(default_factory=list)
     load_s: float = 0.0
     vision: list[int] = field(default_factory=list)
@@ -162,7 +164,8 @@ async def reply(llm: LLM, messages: list[ChatMessage], result: Result) -> str:
     sentence: float | None = None
     deltas = 0
     text = ""
-    splitter = SentenceSplitter()
+    turn = TurnConfig()  # cut as a session with speech cuts it: the first clause, at most 12 words
+    splitter = SentenceSplitter(first_clause_words=turn.first_clause_words, first_max_words=turn.first_piece_max_words)
     async for delta in llm.stream_reply(messages):
         now = time.perf_counter()
         first = first or now
@@ -174,6 +177,7 @@ async def reply(llm: LLM, messages: list[ChatMessage], result: Result) -> str:
     if first is not None:
         result.ttft.append(first - began)
         result.first_sentence.append((sentence or last) - began)
+        result.token_to_sentence.append((sentence or last) - first)
         if deltas > 1 and last > first:
             result.tokens_per_s.append((deltas - 1) / (last - first))  # llama.cpp streams one token per delta
     return text
@@ -256,7 +260,7 @@ def main() -> None:
     results = [asyncio.run(run_quiz(name, config, max(1, args.runs), args.verbose, notes)) for name, config in todo]
     print(
         f"\n{'model':28s} {'threads':>7s} {'score':>9s} {'vision':>7s} {'load s':>7s} {'ttft ms':>8s} {'1st sentence ms':>16s} "
-        f"{'tokens/s':>9s} {'words':>6s}"
+        f"{'tokens/s':>9s} {'words':>6s} {'worst 1st token -> 1st sentence ms':>35s}"
     )
     for (_, config), r in zip(todo, results, strict=True):
         score = f"{statistics.mean(r.score):.1f}/{len(QUIZ)}"
@@ -265,9 +269,12 @@ def main() -> None:
             f"{r.name:28s} {config.resolved()[1]:>7d} {score:>9s} {vision:>7s} {r.load_s:7.2f} "
             f"{1000 * statistics.median(r.ttft):8.0f} "
             f"{1000 * statistics.median(r.first_sentence):16.0f} {statistics.median(r.tokens_per_s):9.1f} "
-            f"{statistics.mean(r.words):6.1f}"
+            f"{statistics.mean(r.words):6.1f} {1000 * max(r.token_to_sentence):35.0f}"
         )
-    print("\nttft, first sentence and tokens/s are medians over every turn; words is the mean answer length.")
+    print(
+        "\nttft, first sentence and tokens/s are medians over every turn; words is the mean answer length; the first "
+        "sentence is the first piece a session speaking its answers hands to TTS (a first clause, at most 12 words)."
+    )
 
 
 if __name__ == "__main__":
