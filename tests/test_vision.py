@@ -253,9 +253,9 @@ async def test_while_the_user_talks_the_model_reads_ahead_up_to_their_words() ->
     assert scene is not None and await scene is not None
     await wait_until(lambda: len(services.primed) == 1)
     ahead = services.primed[0]
-    # The note goes only with words about the picture, which are not known yet: what is read ahead
-    # is the history, the part every turn's prompt starts with.
-    assert ahead[-1].role == "user" and ahead[-1].text() == ""
+    # The note goes only with words about the picture, which are not known yet; it is read ahead all
+    # the same: a turn without it differs only where its words begin.
+    assert ahead[-1].role == "user" and ahead[-1].text() == "[Camera note: I see a dog, a bicycle.]\n"
     assert [m.text() for m in ahead[1:-1]] == ["Hello.", "I see a dog."], "the history, as the turn will send it"
     services.then = [["A dog and a bicycle."], ["Light scatters."]]
     for words in ("What is this?", "Why is the sky blue?"):
@@ -269,7 +269,7 @@ async def test_while_the_user_talks_the_model_reads_ahead_up_to_their_words() ->
     session.set_vision(False)
     assert session.look_or_say_blind(frame()) is None
     await wait_until(lambda: len(services.primed) == 2)
-    assert services.primed[1][-1].text() == ""
+    assert "the user switched vision off" in services.primed[1][-1].text()
     await session.close()
 
 

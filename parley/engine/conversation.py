@@ -128,14 +128,14 @@ class Conversation:
             seq = next((i for i, e in enumerate(self.entries) if e is entry), len(self.entries))
             self._store.save(self._session, seq, entry)
 
-    def messages(self, *, sight: Sight, then: Entry | None = None) -> list[ChatMessage]:
+    def messages(self, *, sight: Sight, then: Entry | None = None, note: bool | None = None) -> list[ChatMessage]:
         """The prompt: the system prompt, then the recent history, then `then` (a user turn not yet
         in the history: a speculative one is only added once its turn is confirmed).
 
         `sight` "image": the newest `keep_images` user frames go as image parts. Otherwise the newest
         user turn's scene note, or why it has none (a local model, `Entry.blind`), goes in front of
-        its words when they ask about the picture (`llm.scene_note`); older notes describe frames no
-        longer shown."""
+        its words when they ask about the picture (`llm.scene_note`; `note` True: whatever they ask);
+        older notes describe frames no longer shown."""
         history = self._rereadable() + ([then] if then and then.text.strip() else [])
         entries = _within_budget(_window(history, self.llm.history_messages), self.prompt_budget_tokens())
         keep = self.llm.keep_images
@@ -145,7 +145,8 @@ class Conversation:
         users = [e for e in entries if e.role == "user"]
         newest_user = users[-1].id if users else None
         for entry in entries:
-            if sight != "image" and entry.id == newest_user and self._note_wanted(entry, users[:-1]):
+            wanted = note if note is not None else self._note_wanted(entry, users[:-1])
+            if sight != "image" and entry.id == newest_user and wanted:
                 messages.append(ChatMessage(role="user", content=with_scene(entry.text, entry.scene, entry.blind, entry.source)))
             elif entry.id in with_image and entry.image and sight == "image":
                 parts: list[TextPart | ImagePart] = [
@@ -167,9 +168,12 @@ class Conversation:
 
     def prompt_start(self, *, sight: Sight, then: Entry) -> list[ChatMessage]:
         """The prompt a turn by `then` will begin with, up to where the user's words go: the system
-        prompt, the history, and the scene note (a local model reads it ahead: `Services.prime`)."""
+        prompt, the history, and the scene note whether or not the words will ask for it (a local
+        model reads it ahead, `Services.prime`: a turn whose words do not ask for the note differs
+        from it only after the history, where its words begin, so reading the note ahead costs that
+        turn nothing and spares a turn that asks for it reading the note then)."""
         mark = "\x00"
-        messages = self.messages(sight=sight, then=replace(then, text=mark))
+        messages = self.messages(sight=sight, then=replace(then, text=mark), note=True)
         head = messages[-1].text().split(mark)[0]
         return [*messages[:-1], ChatMessage(role="user", content=head)]
 
