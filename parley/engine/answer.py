@@ -95,7 +95,7 @@ class Answering:
             answer.cut = reply.finish is not None and reply.finish.cut
             s.conversation.save(answer)
             await s.emit(self._done())
-            s.read_ahead(Entry(role="user", text="", source=s.source), answered=True)  # the next turn's start
+            s.spawn(self._read_ahead_next())
             await reply.played()
             if self._output is not None:
                 await s.emit(Speaking(id=answer.id, sentence=None))
@@ -116,6 +116,14 @@ class Answering:
         finally:
             self._report()
             watch.close()
+
+    async def _read_ahead_next(self) -> None:
+        """Once the answer's speech is all synthesized (while it plays), let the model read the next
+        turn's prompt start, this answer included. Not sooner: reading then would take the cores
+        from the synthesis of the first sentence, which the user is waiting to hear."""
+        with contextlib.suppress(Exception):  # a hint only; an answer that failed has nothing to add
+            await self.reply.synthesized()
+            self._session.read_ahead(Entry(role="user", text="", source=self._session.source), answered=True)
 
     def _done(self) -> State:
         """The answer's end as the page gets it: cut at the length limit, or stopped by Parley (with

@@ -138,10 +138,14 @@ class Reply:
         if not self.text_done:
             await self._work  # the text ended early: this raises why
 
-    async def played(self) -> None:
-        """Wait until every sentence has been synthesized and played."""
+    async def synthesized(self) -> None:
+        """Wait until every sentence has been synthesized (its audio may still be playing)."""
         assert self._work is not None
         await self._work
+
+    async def played(self) -> None:
+        """Wait until every sentence has been synthesized and played."""
+        await self.synthesized()
         if self._track is not None:
             await self._track.wait_for_playout()
 
