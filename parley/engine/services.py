@@ -32,8 +32,8 @@ class Services(Protocol):
 
     async def prime(self, messages: list[ChatMessage], *, user: str = "") -> None:
         """Let an idle local model read the start of the next prompt now (the history and a scene note,
-        while the user is still talking), so the turn's request reads only the words. A hint: it may
-        do nothing, and a caller ignores its failures."""
+        while the user is still talking or an answer plays), so the turn's request reads only the
+        words. A hint: it may do nothing, and a caller ignores its failures."""
         ...
 
     async def describe(self, jpeg: bytes, source: VideoSource = "camera") -> SceneNote:
