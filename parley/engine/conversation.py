@@ -185,7 +185,8 @@ class Conversation:
     def _rereadable(self) -> list[Entry]:
         """The answered history with text, less the exchanges whose answer the model should not read
         again (`worth_rereading`): the answer and the question it answered go together."""
-        history = [e for e in self._answered() if e.text.strip()]
+        # Only the newest messages can reach the window, and judging costs: a few windows' worth.
+        history = [e for e in self._answered()[-4 * self.llm.history_messages :] if e.text.strip()]
         pairs = [
             (i, Exchange(question=history[i - 1].text if i and history[i - 1].role == "user" else "", answer=e.text))
             for i, e in enumerate(history)

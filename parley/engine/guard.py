@@ -87,21 +87,28 @@ def _grams(seq: Sequence[str], n: int = 4) -> set[tuple[str, ...]]:
     return {tuple(seq[i : i + n]) for i in range(len(seq) - n + 1)}
 
 
+@functools.lru_cache(maxsize=4096)
+def _profile(answer: str) -> tuple[tuple[str, ...], frozenset[tuple[str, ...]], tuple[str, ...]]:
+    """An earlier answer as the guard compares with it: its words, their 4-grams, its first sentence
+    (kept: the same answers are compared with every reply, and every prompt judges its history)."""
+    said = tuple(words(answer))
+    return said, frozenset(_grams(said)), tuple(_first_sentence(answer))
+
+
 class ReplyGuard:
     """Watches one reply as it streams, against earlier answers: each `check` reads only the text
     added since the last one (so a long reply costs the event loop a little per token, not its whole
     length again), and gives the verdict on all of it."""
 
     def __init__(self, earlier: Sequence[str]) -> None:
-        self._earlier = [(i, words(a)) for i, a in enumerate(earlier)]
-        self._earlier = [(i, w) for i, w in self._earlier if len(w) >= MIN_COPY_WORDS]
-        self._their_grams = [_grams(w) for _, w in self._earlier]
+        profiles = [_profile(a) for a in earlier]
+        self._earlier = [(i, list(p[0])) for i, p in enumerate(profiles) if len(p[0]) >= MIN_COPY_WORDS]
+        self._their_grams = [profiles[i][1] for i, _ in self._earlier]
         self._shared = [0] * len(self._earlier)
         """For each earlier answer, how many of the reply's 4-grams it has."""
         self._matching = list(range(len(self._earlier)))
         """The earlier answers whose opening words the reply's still are (while it is held)."""
-        self._firsts = [(i, _first_sentence(a)) for i, a in enumerate(earlier)]
-        self._firsts = [(i, w) for i, w in self._firsts if len(w) >= MIN_COPY_WORDS]
+        self._firsts = [(i, list(p[2])) for i, p in enumerate(profiles) if len(p[2]) >= MIN_COPY_WORDS]
         self._near = list(range(len(self._firsts)))
         """The earlier answers whose first sentence the reply's first sentence may still become, but
         for one word ("The freezer is a miracle." / "The time is a miracle.")."""
@@ -282,6 +289,12 @@ def worth_rereading(exchanges: Sequence[Exchange], *, english: bool = True) -> l
     non-answer (`non_answer`; its language only judged in an English conversation), talked about a
     scene note (`NOTE_TALK`), repeated an earlier answer, or looped. Such an answer, read again, is
     what a small model copies next."""
+    return list(_worth_rereading(tuple(exchanges), english))
+
+
+@functools.lru_cache(maxsize=128)
+def _worth_rereading(exchanges: tuple[Exchange, ...], english: bool) -> tuple[bool, ...]:
+    """`worth_rereading`, kept: every speculative answer of a turn builds the same prompt again."""
     keep: list[bool] = []
     earlier: list[str] = []
     for exchange in exchanges:
@@ -294,4 +307,4 @@ def worth_rereading(exchanges: Sequence[Exchange], *, english: bool = True) -> l
         )
         keep.append(not bad)
         earlier.append(answer)
-    return keep
+    return tuple(keep)
