@@ -177,3 +177,19 @@ def test_a_reply_streamed_a_character_at_a_time_gets_the_verdict_of_the_whole(te
     else:
         verdict = streamed.check(text, final=True)
     assert (verdict, streamed.copied, streamed.loop_at) == (expected, whole.copied, whole.loop_at)
+
+
+def test_a_sentence_taken_from_an_earlier_answer_is_held_and_the_reply_ends_before_it() -> None:
+    tail = "It's a magical moment, and it brings joy to people everywhere."
+    guard = ReplyGuard([f"The sky is new. {tail}"])
+    text = f"The ocean is the biggest. {tail} And more."
+    verdicts = {}
+    for i in range(1, len(text) + 1):
+        verdicts[text[:i]] = verdict = guard.check(text[:i])
+        if verdict == "repeat":
+            break
+    assert verdicts["The ocean is the biggest. It"] == "clear"
+    assert verdicts["The ocean is the biggest. It's a magical moment, and it brings "] == "hold"
+    assert verdict == "repeat" and guard.repeat_at == text.index("It's"), verdicts
+    assert copies(f"The ocean is the biggest. {tail}", [f"The sky is new. {tail}"]) == 0, "not read again either"
+    assert ReplyGuard(["It is. A short one."]).check("Yes. A short one. ", final=True) == "clear", "a short sentence may recur"

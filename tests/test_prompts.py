@@ -158,6 +158,25 @@ async def test_an_answer_that_begins_as_an_earlier_one_is_asked_for_again_withou
     await session.close()
 
 
+async def test_a_sentence_from_an_earlier_answer_is_never_shown_or_spoken_again() -> None:
+    tail = "It's a magical moment, and it brings joy to people everywhere."
+    services = ScriptedServices(["Ok."])
+    services.then = [
+        ["The sky is new. ", tail],
+        ["The ocean ", "is the biggest. ", "It's a magical moment, ", "and it brings joy ", "to people everywhere. ", "Truly."],
+    ]
+    session, page, track = make_session(services)
+    async with playing(track):
+        await ask(session, page, services, "typed", "Why is the sky new?")
+        await ask(session, page, services, "typed", "Which ocean is the biggest?")
+    answer = page.of("message")[-1]["id"]
+    assert "".join(d["text"] for d in page.of("delta") if d["id"] == answer) == "The ocean is the biggest. "
+    assert services.spoken[-1] == "The ocean is the biggest." and services.spoken.count(tail) == 1
+    assert page.of("state")[-1] == {"id": answer, "state": "done"}, "it just ends: nothing wrong was shown"
+    assert session.history[-1].text.strip() == "The ocean is the biggest."
+    await session.close()
+
+
 async def test_the_same_question_asked_again_may_get_the_same_answer() -> None:
     services = ScriptedServices(["Paris is the capital of France."])
     session, page, track = make_session(services)

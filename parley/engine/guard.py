@@ -39,16 +39,21 @@ LOOP_WORDS = 8
 """A run of this many words said twice in one reply is a loop..."""
 LOOP_SENTENCE_WORDS = 4
 """...and so is a sentence of this many words said again word for word."""
+SENTENCE_COPY_WORDS = 6
+"""A sentence this long taken word for word from an earlier answer ("It's a magical moment, and it
+brings joy to people everywhere.", tacked onto every answer) is a copy."""
 
 _TOKEN = re.compile(r"[a-z0-9]+(?:'[a-z]+)*")
 _SENTENCE_END = re.compile(r"[.!?\n]")
+_SENTENCE_SPLIT = re.compile(r"(?<=[.!?\n])")
 _CHAR_LOOP = re.compile(rf"(.{{1,30}}?)\1{{{LOOP_REPEATS - 1},}}", re.DOTALL)
 _SPELT_OUT = {"won't": ("will", "not"), "can't": ("can", "not"), "cannot": ("can", "not")}
 _SUFFIXES = (("n't", "not"), ("'re", "are"), ("'m", "am"), ("'ll", "will"), ("'ve", "have"))
 
-Verdict = Literal["hold", "clear", "copy", "loop"]
-"""hold: the reply so far starts as an earlier answer did, wait; clear: it does not; copy: it copies
-one; loop: it repeats itself."""
+Verdict = Literal["hold", "clear", "copy", "loop", "repeat"]
+"""hold: the reply so far may be becoming a copy (its opening, or the sentence being said), wait;
+clear: it is not; copy: it copies an earlier answer; loop: it repeats itself; repeat: the sentence
+it held, after others, is an earlier answer's (the reply should end before it)."""
 
 
 def _spelt_out(token: str) -> tuple[str, ...]:
@@ -88,11 +93,15 @@ def _grams(seq: Sequence[str], n: int = 4) -> set[tuple[str, ...]]:
 
 
 @functools.lru_cache(maxsize=4096)
-def _profile(answer: str) -> tuple[tuple[str, ...], frozenset[tuple[str, ...]], tuple[str, ...]]:
-    """An earlier answer as the guard compares with it: its words, their 4-grams, its first sentence
-    (kept: the same answers are compared with every reply, and every prompt judges its history)."""
+def _profile(
+    answer: str,
+) -> tuple[tuple[str, ...], frozenset[tuple[str, ...]], tuple[str, ...], frozenset[tuple[str, ...]]]:
+    """An earlier answer as the guard compares with it: its words, their 4-grams, its first sentence,
+    its sentences of SENTENCE_COPY_WORDS or more (kept: the same answers are compared with every
+    reply, and every prompt judges its history)."""
     said = tuple(words(answer))
-    return said, frozenset(_grams(said)), tuple(_first_sentence(answer))
+    sentences = frozenset(s for s in (tuple(words(p)) for p in _SENTENCE_SPLIT.split(answer)) if len(s) >= SENTENCE_COPY_WORDS)
+    return said, frozenset(_grams(said)), tuple(_first_sentence(answer)), sentences
 
 
 class ReplyGuard:
@@ -113,6 +122,15 @@ class ReplyGuard:
         """The earlier answers whose first sentence the reply's first sentence may still become, but
         for one word ("The freezer is a miracle." / "The time is a miracle.")."""
         self._first_done = False
+        self._their_sentences: dict[tuple[str, ...], int] = {}
+        """Each earlier answer's sentences of SENTENCE_COPY_WORDS or more, and whose they are."""
+        for i, p in enumerate(profiles):
+            for sentence in p[3]:
+                self._their_sentences.setdefault(sentence, i)
+        self._sentence_matching: list[tuple[str, ...]] = []
+        """The earlier sentences the sentence being said is still the start of (it is held meanwhile)."""
+        self.repeat_at: int | None = None
+        """Where the held sentence that repeats an earlier answer's begins, once one did."""
         self._words: list[str] = []
         self._word_at: list[int] = []
         """Where in the text each word's token starts."""
@@ -156,12 +174,13 @@ class ReplyGuard:
                 return verdict
         if self.loop_at is not None:
             return "loop"
+        held = bool(self._sentence_matching) and not final
         if not self._cleared:
             opening = len(self._words) < COPY_WORDS and self._matching
-            if not final and (opening or (self._near and not self._first_done)):
+            if not final and (opening or (self._near and not self._first_done) or held):
                 return "hold"
             self._cleared = True
-        return "clear"
+        return "hold" if held else "clear"
 
     def _ends_before(self, text: str, at: int) -> Verdict | None:
         """The text between the last word read and `at` may end a sentence: one said again loops; a
@@ -169,10 +188,18 @@ class ReplyGuard:
         if not self._sentence or not _SENTENCE_END.search(text, self._read, at):
             return None
         key = tuple(self._sentence)
+        began = self._sentence_at
         if len(key) >= LOOP_SENTENCE_WORDS and key in self._sentences and self.loop_at is None:
-            self.loop_at = self._sentence_at
+            self.loop_at = began
         self._sentences.add(key)
+        held, self._sentence_matching = key in self._sentence_matching, []
         self._sentence, self._sentence_at = [], None
+        if held and self.copied is None and self.repeat_at is None:
+            if not self._cleared:  # nothing of the reply was let through: it is a copy, to be asked again
+                self.copied = self._their_sentences[key]
+                return "copy"
+            self.repeat_at = began
+            return "repeat"
         if self._first_done:
             return None
         self._first_done = True
@@ -198,6 +225,9 @@ class ReplyGuard:
                 return "loop"
             self._eights.add(eight)
         self._matching = [j for j in self._matching if self._earlier[j][1][n - 1 : n] == [word]]
+        k = len(self._sentence)
+        pool = self._their_sentences if k == 1 else self._sentence_matching
+        self._sentence_matching = [t for t in pool if t[k - 1 : k] == (word,)]
         if not self._first_done:
             first = self._sentence
             self._near = [j for j in self._near if _differ(first, self._firsts[j][1][: len(first)]) <= 1]

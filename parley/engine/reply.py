@@ -228,8 +228,14 @@ class Reply:
                 log.info("reply %s: the model began an earlier answer again; asking once more, without it", self.id)
                 without = _without_exchange(messages, earlier[copied])
                 messages = without if attempt < ATTEMPTS - 2 else [m for m in messages if m.role == "system"] + messages[-1:]
-            for sentence, spoken_end in [*splitter.feed_spans(speakable.flush()), *splitter.flush_spans()]:
-                self._hand_to_tts(sentence, speakable.source_at(spoken_end), sentences, request)
+            if self.stopped is not None:  # the kept text's end is left to say, not what the splitter holds
+                offset = self._sentences[-1].end if self._sentences else 0
+                speakable, splitter = Speakable(), SentenceSplitter()
+                splitter_input = speakable.feed(self.text[offset:]) + speakable.flush()
+            else:
+                offset, splitter_input = 0, speakable.flush()
+            for sentence, spoken_end in [*splitter.feed_spans(splitter_input), *splitter.flush_spans()]:
+                self._hand_to_tts(sentence, offset + speakable.source_at(spoken_end), sentences, request)
             if self._sentences:  # trailing text that says nothing (a rule, spaces) belongs to the last sentence
                 self._sentences[-1].end = len(self.text)
             self.text_done = True
@@ -278,6 +284,9 @@ class Reply:
         if verdict == "hold":
             return False
         if verdict == "copy" and not self.text:
+            return True
+        if verdict == "repeat":  # held, so never shown or spoken: the answer just ends before it
+            log.info("reply %s: ended before a sentence of an earlier answer", self.id)
             return True
         if verdict != "clear":
             self._stop_guarded(verdict, attempt, guard.loop_at, release)
