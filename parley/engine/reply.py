@@ -11,7 +11,8 @@ Invariants:
   being played, in proportion to its audio played, cut in the answer's own text.
 - `stop()` cancels the LLM stream and the TTS call at once (the caller clears the track).
 - Nothing of an answer that begins as a copy of an earlier answer (to another question) reaches the
-  page or TTS: it is asked for again without that exchange, then with no history (`ATTEMPTS`). An
+  page or TTS: it is asked for again without that exchange and what followed it, then with no
+  history (`ATTEMPTS`). An
   answer that loops or turns into a copy later is stopped there (`stopped`); a loop keeps its text
   up to the repeat.
 - Its stage times (llm_ttft, first_sentence, tts_ttfb) are measured here, on its own requests.
@@ -40,8 +41,9 @@ from parley.engine.types import ChatMessage, Finish
 log = logging.getLogger("parley.reply")
 
 ATTEMPTS = 3
-"""An answer that begins as a copy of an earlier one is asked for again without that exchange, then,
-if it copies again, with no history at all (the system prompt and the user's words)."""
+"""An answer that begins as a copy of an earlier one is asked for again without that exchange (and the
+ones after it: the prompt's start, which a local model has read, stays), then, if it copies again,
+with no history at all (the system prompt and the user's words)."""
 
 
 Publish = Callable[[str, str], Coroutine[Any, Any, None]]
@@ -226,8 +228,8 @@ class Reply:
                 if copied is None:
                     break
                 log.info("reply %s: the model began an earlier answer again; asking once more, without it", self.id)
-                without = _without_exchange(messages, earlier[copied])
-                messages = without if attempt < ATTEMPTS - 2 else [m for m in messages if m.role == "system"] + messages[-1:]
+                before = _before_exchange(messages, earlier[copied])
+                messages = before if attempt < ATTEMPTS - 2 else [m for m in messages if m.role == "system"] + messages[-1:]
             if self.stopped is not None:  # the kept text's end is left to say, not what the splitter holds
                 offset = self._sentences[-1].end if self._sentences else 0
                 speakable, splitter = Speakable(), SentenceSplitter()
@@ -379,13 +381,15 @@ def _answers_to_other_questions(messages: list[ChatMessage]) -> list[str]:
     return out
 
 
-def _without_exchange(messages: list[ChatMessage], answer: str) -> list[ChatMessage]:
-    """`messages` without the assistant message `answer` and the user message just before it."""
+def _before_exchange(messages: list[ChatMessage], answer: str) -> list[ChatMessage]:
+    """`messages` up to the exchange whose answer is `answer` (its question included), then the last
+    message (the user's words now): the prompt keeps the start a local model has already read, so
+    asking again costs it only the words, not the whole history."""
     at = next((i for i, m in enumerate(messages) if m.role == "assistant" and m.text() == answer), None)
     if at is None:
         return messages
     start = at - 1 if at > 0 and messages[at - 1].role == "user" else at
-    return messages[:start] + messages[at + 1 :]
+    return messages[:start] + messages[-1:]
 
 
 def _after_words(text: str, start: int, end: int, fraction: float) -> int:
