@@ -11,8 +11,9 @@ Invariants:
   being played, in proportion to its audio played, cut in the answer's own text.
 - `stop()` cancels the LLM stream and the TTS call at once (the caller clears the track).
 - Nothing of an answer that begins as a copy of an earlier answer (to another question) reaches the
-  page or TTS: it is asked for again without that exchange and what followed it, then with no
-  history (`ATTEMPTS`). An
+  page or TTS: it is asked for again without that exchange and what followed it, at last with no
+  history (`ATTEMPTS`). A sentence of an earlier answer, held while it is said, ends the answer
+  before it. An
   answer that loops or turns into a copy later is stopped there (`stopped`); a loop keeps its text
   up to the repeat.
 - Its stage times (llm_ttft, first_sentence, tts_ttfb) are measured here, on its own requests.
@@ -40,10 +41,11 @@ from parley.engine.types import ChatMessage, Finish
 
 log = logging.getLogger("parley.reply")
 
-ATTEMPTS = 3
-"""An answer that begins as a copy of an earlier one is asked for again without that exchange (and the
-ones after it: the prompt's start, which a local model has read, stays), then, if it copies again,
-with no history at all (the system prompt and the user's words)."""
+ATTEMPTS = 4
+"""At most how many times an answer is asked for. One that begins as a copy of an earlier answer is
+asked for again without that exchange and the ones after it (the prompt's start, which a local
+model has read, stays), again if it then copies one further back, and at last with no history at
+all (the system prompt and the user's words), which copies nothing."""
 
 
 Publish = Callable[[str, str], Coroutine[Any, Any, None]]
@@ -220,16 +222,7 @@ class Reply:
                 self._hand_to_tts(sentence, speakable.source_at(spoken_end), sentences, request)
 
         try:
-            messages = self._messages
-            earlier = _answers_to_other_questions(messages)
-            for attempt in range(ATTEMPTS):
-                # The last attempt reads no history: whatever it says, it copied nothing.
-                copied = await self._generate(messages, earlier if attempt < ATTEMPTS - 1 else [], request, release)
-                if copied is None:
-                    break
-                log.info("reply %s: the model began an earlier answer again; asking once more, without it", self.id)
-                before = _before_exchange(messages, earlier[copied])
-                messages = before if attempt < ATTEMPTS - 2 else [m for m in messages if m.role == "system"] + messages[-1:]
+            await self._answer(request, release)
             if self.stopped is not None:  # the kept text's end is left to say, not what the splitter holds
                 offset = self._sentences[-1].end if self._sentences else 0
                 speakable, splitter = Speakable(), SentenceSplitter()
@@ -249,6 +242,24 @@ class Reply:
             speaker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await speaker
+
+    async def _answer(self, request: Stopwatch, release: Callable[[str], None]) -> None:
+        """Generate the answer, asking again while it begins as a copy of an earlier answer: without
+        the copied exchange and those after it (the prompt's start, already read, stays), and at
+        last with no history, which copies nothing (`ATTEMPTS`)."""
+        earlier = _answers_to_other_questions(self._messages)
+        bare = [m for m in self._messages if m.role == "system"] + self._messages[-1:]
+        messages, cut = self._messages, len(earlier)
+        for attempt in range(ATTEMPTS):
+            last = messages is bare or attempt == ATTEMPTS - 1
+            copied = await self._generate(bare if last else messages, [] if last else earlier, request, release)
+            if copied is None or last:
+                return
+            log.info("reply %s: the model began an earlier answer again; asking once more, without it", self.id)
+            if copied < cut:  # cut further back: less history, but the start a local model has read
+                messages, cut = _before_exchange(self._messages, earlier[copied]), copied
+            else:
+                messages = bare
 
     async def _generate(
         self, messages: list[ChatMessage], earlier: list[str], request: Stopwatch, release: Callable[[str], None]
