@@ -38,8 +38,8 @@ import shutil
 import statistics
 import sys
 import tempfile
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -93,6 +93,7 @@ class Turn:
     floor: float = 0.0
     transcript: str = ""
     answer: str = ""
+    answer_id: str = ""
     problem: str = ""
 
 
@@ -241,6 +242,7 @@ async def one_turn(page: Any, question: str, index: int, release_after_s: float,
     else:
         turn.heard_ms = state["heard"] - state["releasedAt"]
         turn.poll_lag_ms = state["heardPoll"] - state["heard"]
+    turn.answer_id = str(metrics["id"])
     turn.transcript, turn.answer = await page.evaluate(TEXTS_JS, metrics["id"])
     return turn
 
@@ -338,22 +340,29 @@ async def run(url: str, questions: list[str], args: argparse.Namespace) -> None:
     report(turns, output_latency_ms, log, "end of question" if hands_free else "release")
 
 
+@contextmanager
+def app(url: str | None, flags: list[str]) -> Iterator[str]:
+    """`url`, or the app started on a local Ray with `flags` (`start_local_app`), shut down after."""
+    if url is not None:
+        yield url
+        return
+    try:
+        yield start_local_app(flags)
+    finally:
+        import ray
+        from ray import serve
+
+        serve.shutdown()
+        ray.shutdown()
+
+
 def main() -> None:
     args, server_flags = parse_args()
     turns = max(1, min(args.turns, 50))
     pool = QUESTIONS if args.vary else [args.question]
     questions = [pool[i % len(pool)] for i in range(turns)]
-    started = args.url is None
-    url = args.url or start_local_app(server_flags)
-    try:
+    with app(args.url, server_flags) as url:
         asyncio.run(asyncio.wait_for(run(url, questions, args), timeout=args.time_limit))
-    finally:
-        if started:
-            import ray
-            from ray import serve
-
-            serve.shutdown()
-            ray.shutdown()
 
 
 if __name__ == "__main__":

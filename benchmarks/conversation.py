@@ -37,7 +37,6 @@ import re
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -240,7 +239,7 @@ async def chromium_conversation(url: str, condition: str, turns: Plan, args: Any
     from PIL import Image
     from playwright.async_api import async_playwright
 
-    from benchmarks.browser_voice import CONNECTED, TEXTS_JS, browser_args, press_and_speak, wait_quiet
+    from benchmarks.browser_voice import CONNECTED, browser_args, wait_quiet
     from tests.support import photos
     from tests.support.browser_mic import INIT_JS, encode
 
@@ -270,7 +269,7 @@ async def chromium_conversation(url: str, condition: str, turns: Plan, args: Any
                 await wait_quiet(page)
                 for index, (voice, ask) in enumerate(turns):
                     turn = Turn(voice=str(voice), asked=ask.text if ask else MUMBLE, ask=ask)
-                    await chromium_turn(page, index, turn, args, TEXTS_JS, press_and_speak)
+                    await chromium_turn(page, index, turn, args)
                     score(turn, conversation.turns)
                     conversation.turns.append(turn)
                     show(index, turn)
@@ -280,39 +279,21 @@ async def chromium_conversation(url: str, condition: str, turns: Plan, args: Any
     return conversation
 
 
-async def chromium_turn(page: Any, index: int, turn: Turn, args: Any, texts_js: str, press_and_speak: Callable[..., Any]) -> None:
-    """Ask one question by push-to-talk and read what the page showed for it."""
-    seen = await page.evaluate("window.__bench.metrics.length")
-    notices = await page.evaluate("window.__bench.notices.length")
-    await press_and_speak(page, index, args.release_after, False)
-    try:
-        await page.wait_for_function(
-            "([m, n]) => window.__bench.metrics.length > m || window.__bench.notices.length > n",
-            arg=[seen, notices],
-            timeout=120000,
-            polling=20,
-        )
-    except Exception:
-        turn.note = "no answer within 120 s"
-        return
-    state = await page.evaluate(
-        "({ metrics: window.__bench.metrics, notices: window.__bench.notices, "
-        "heard: window.__bench.heard, releasedAt: window.__bench.releasedAt })"
-    )
-    if len(state["metrics"]) <= seen:
-        turn.note = "; ".join(n.get("text", "") for n in state["notices"][notices:])
-        return
-    metrics = state["metrics"][seen]
-    if state["heard"] is not None:
-        turn.heard_ms = state["heard"] - state["releasedAt"]
-    if isinstance(metrics.get("first_sentence"), int | float):
-        turn.first_sentence_ms = 1000 * metrics["first_sentence"]
-    turn.transcript, turn.answer = await page.evaluate(texts_js, metrics["id"])
-    turn.note = await page.evaluate(
-        '(id) => document.querySelector(`#chat [data-id="${CSS.escape(String(id))}"] .stopped, '
-        "#chat [data-id=\"${CSS.escape(String(id))}\"] .error`)?.textContent || ''",
-        metrics["id"],
-    )
+NOTE_JS = """(id) => {
+  const answer = document.querySelector(`#chat [data-id="${CSS.escape(String(id))}"]`);
+  return answer?.querySelector(".stopped, .error")?.textContent || "";
+}"""
+"""The note under an answer: why Parley stopped it, or its error."""
+
+
+async def chromium_turn(page: Any, index: int, turn: Turn, args: Any) -> None:
+    """Ask one question by push-to-talk (browser_voice's turn) and read what the page showed for it."""
+    from benchmarks.browser_voice import one_turn
+
+    asked = await one_turn(page, turn.asked, index, args.release_after, False)
+    turn.heard_ms, turn.transcript, turn.answer = asked.heard_ms, asked.transcript, asked.answer
+    turn.first_sentence_ms = asked.stages.get("first_sentence")
+    turn.note = asked.problem or (await page.evaluate(NOTE_JS, asked.answer_id) if asked.answer_id else "")
 
 
 # -- in one process, without a browser -------------------------------------------------------------
@@ -468,19 +449,10 @@ def main() -> None:
         services = session_services(config)
         asyncio.run(asyncio.wait_for(run_all(None, services, config), timeout=args.time_limit))
     else:
-        from benchmarks.browser_voice import start_local_app
+        from benchmarks.browser_voice import app
 
-        started = args.url is None
-        url = args.url or start_local_app(flags)
-        try:
+        with app(args.url, flags) as url:
             asyncio.run(asyncio.wait_for(run_all(url, None, None), timeout=args.time_limit))
-        finally:
-            if started:
-                import ray
-                from ray import serve
-
-                serve.shutdown()
-                ray.shutdown()
     report(results, args.via)
 
 

@@ -225,8 +225,8 @@ class LLMConfig(_Section):
     max_tokens: int = Field(default=300, description="Longest answer, in tokens.")
     read_ahead: bool = Field(
         default=True,
-        description="While the user talks, an idle local model reads the prompt up to their words (the system prompt, "
-        "the history and any scene note), so the turn's request reads only the words.",
+        description="While the user talks, and while an answer plays, an idle local model reads the next prompt up to "
+        "the user's words (the system prompt, the history and any scene note), so the turn's request reads only the words.",
     )
     concurrent: int = Field(
         default=16,

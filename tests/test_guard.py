@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from parley.engine.guard import Exchange, ReplyGuard, copies, loop_start, non_answer, worth_rereading
+from parley.engine.guard import ReplyGuard, copies, loop_start, non_answer, worth_rereading
 from parley.engine.sight import about_scene
 
 STUCK = "I'm sorry, I'm not sure what to suggest. Can you please tell me what you're looking for?"
@@ -107,16 +107,16 @@ def test_answers(answer: str) -> None:
 
 
 def test_the_history_keeps_answers_and_leaves_out_what_a_model_would_copy() -> None:
-    exchanges = [
-        Exchange("Hmm blorf the crondle?", STUCK),
-        Exchange("What is the capital of France?", "Paris is the capital of France."),
-        Exchange("How many wheels does a bicycle have?", STUCK),
-        Exchange("What do bees make?", "Paris is the capital of France, a lovely city."),
-        Exchange("Count for me.", "One two three four five six seven eight, one two three four five six seven eight."),
-        Exchange("Which ocean is biggest?", "The Pacific Ocean is the biggest."),
+    answers = [
+        STUCK,  # to a mumble
+        "Paris is the capital of France.",
+        STUCK,
+        "Paris is the capital of France, a lovely city.",  # asked what bees make
+        "One two three four five six seven eight, one two three four five six seven eight.",
+        "The Pacific Ocean is the biggest.",
     ]
-    assert worth_rereading(exchanges) == [False, True, False, False, False, True]
-    french = [Exchange("Bonjour?", "Bonjour, je suis Parley, comment puis-je vous aider aujourd'hui?")]
+    assert worth_rereading(answers) == [False, True, False, False, False, True]
+    french = ["Bonjour, je suis Parley, comment puis-je vous aider aujourd'hui?"]
     assert worth_rereading(french, english=False) == [True], "another language is no non-answer there"
 
 
@@ -193,3 +193,11 @@ def test_a_sentence_taken_from_an_earlier_answer_is_held_and_the_reply_ends_befo
     assert verdict == "repeat" and guard.repeat_at == text.index("It's"), verdicts
     assert copies(f"The ocean is the biggest. {tail}", [f"The sky is new. {tail}"]) == 0, "not read again either"
     assert ReplyGuard(["It is. A short one."]).check("Yes. A short one. ", final=True) == "clear", "a short sentence may recur"
+
+
+def test_the_words_of_a_message_are_found_behind_its_scene_note() -> None:
+    from parley.engine.sight import with_scene, without_scene
+
+    for scene, blind in (("a dog", None), ("", None), (None, "no picture is coming from the browser"), (None, None)):
+        assert without_scene(with_scene("What is that?", scene, blind)) == "What is that?"
+    assert without_scene("[not a note]\nHello") == "[not a note]\nHello"

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from parley.config import LLMConfig
-from parley.engine.guard import Exchange, worth_rereading
+from parley.engine.guard import worth_rereading
 from parley.engine.sight import about_scene, system_prompt, with_scene
 from parley.engine.types import ChatMessage, ImagePart, ImageURL, Sight, TextPart
 
@@ -187,18 +187,12 @@ class Conversation:
         again (`worth_rereading`): the answer and the question it answered go together."""
         # Only the newest messages can reach the window, and judging costs: a few windows' worth.
         history = [e for e in self._answered()[-4 * self.llm.history_messages :] if e.text.strip()]
-        pairs = [
-            (i, Exchange(question=history[i - 1].text if i and history[i - 1].role == "user" else "", answer=e.text))
-            for i, e in enumerate(history)
-            if e.role == "assistant" and e.state != "streaming"
-        ]
-        verdicts = worth_rereading([p for _, p in pairs], english=(self.language or "").startswith("en"))
-        drop = set()
-        for (i, _), keep in zip(pairs, verdicts, strict=True):
+        answers = [i for i, e in enumerate(history) if e.role == "assistant" and e.state != "streaming"]
+        verdicts = worth_rereading([history[i].text for i in answers], english=(self.language or "").startswith("en"))
+        drop: set[int] = set()
+        for i, keep in zip(answers, verdicts, strict=True):
             if not keep:
-                drop.add(i)
-                if i and history[i - 1].role == "user":
-                    drop.add(i - 1)
+                drop |= {i - 1, i} if i and history[i - 1].role == "user" else {i}
         return [e for i, e in enumerate(history) if i not in drop]
 
     def _answered(self) -> list[Entry]:

@@ -20,7 +20,6 @@ import difflib
 import functools
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Literal
 
 COPY_WORDS = 8
@@ -149,9 +148,11 @@ class ReplyGuard:
 
     def check(self, text: str, *, final: bool = False) -> Verdict:
         """The verdict on the reply's text so far (`final`: all of it; each call sees the text of the
-        one before and more). `hold` only until the reply's opening words differ from every earlier
-        answer's (at most COPY_WORDS words); after that `clear` unless it copies or loops. Only
-        complete words count until the text is final."""
+        one before and more). `hold` while the reply's opening words are an earlier answer's (at
+        most COPY_WORDS words), while its first sentence may become an earlier first sentence but for
+        one word, or while the sentence being said is the start of an earlier answer's sentence;
+        otherwise `clear` unless it copies, loops or repeats. Only complete words count until the
+        text is final."""
         for match in _CHAR_LOOP.finditer(text, 0 if final else max(0, self._read - 4 * LOOP_SPAN_CHARS)):
             unit = match.group(1)
             if len(match.group(0)) >= LOOP_SPAN_CHARS and any(ch.isalnum() for ch in unit):
@@ -294,47 +295,34 @@ NOTE_TALK = re.compile(r"\b(?:camera|screen) note\b|\bthe note\b|\bnote says\b|\
 that reads it again copies its form ('The camera note: "..."') into answers to other questions."""
 
 
-@dataclass(frozen=True)
-class Exchange:
-    """One question and its answer, as the history keeps them."""
-
-    question: str
-    answer: str
-
-
 @functools.lru_cache(maxsize=256)
-def non_answer(text: str) -> bool:
+def non_answer(text: str, english: bool = True) -> bool:
     """Whether an answer gives the user nothing to build on: it opens with an apology, a refusal or a
-    request to repeat ("I'm sorry, I'm not sure...", "Could you rephrase that?"), or it is not in
-    English while the conversation is (fewer than one word in ten is a common English word)."""
+    request to repeat ("I'm sorry, I'm not sure...", "Could you rephrase that?"), or, in an `english`
+    conversation, it is not in English (fewer than one word in ten is a common English word)."""
     plain = text.strip().lower().replace("\u2019", "'")
     if _NON_ANSWER.match(plain):
         return True
     said = words(plain)
-    return len(said) >= 6 and sum(w in _ENGLISH for w in said) < 0.1 * len(said)
+    return english and len(said) >= 6 and sum(w in _ENGLISH for w in said) < 0.1 * len(said)
 
 
-def worth_rereading(exchanges: Sequence[Exchange], *, english: bool = True) -> list[bool]:
-    """For each exchange, whether the model should read it again: not when its answer was a
-    non-answer (`non_answer`; its language only judged in an English conversation), talked about a
-    scene note (`NOTE_TALK`), repeated an earlier answer, or looped. Such an answer, read again, is
-    what a small model copies next."""
-    return list(_worth_rereading(tuple(exchanges), english))
+def worth_rereading(answers: Sequence[str], *, english: bool = True) -> list[bool]:
+    """For each answer of a conversation, in order, whether the model should read it again: not when
+    it was a non-answer (`non_answer`), talked about a scene note (`NOTE_TALK`), repeated an earlier
+    answer, or looped. Such an answer, read again, is what a small model copies next."""
+    return list(_worth_rereading(tuple(answers), english))
 
 
 @functools.lru_cache(maxsize=128)
-def _worth_rereading(exchanges: tuple[Exchange, ...], english: bool) -> tuple[bool, ...]:
+def _worth_rereading(answers: tuple[str, ...], english: bool) -> tuple[bool, ...]:
     """`worth_rereading`, kept: every speculative answer of a turn builds the same prompt again."""
-    keep: list[bool] = []
-    earlier: list[str] = []
-    for exchange in exchanges:
-        answer = exchange.answer
-        bad = (
-            (non_answer(answer) if english else bool(_NON_ANSWER.match(answer.strip().lower())))
+    return tuple(
+        not (
+            non_answer(answer, english)
             or NOTE_TALK.search(answer) is not None
-            or copies(answer, earlier) is not None
+            or copies(answer, answers[:i]) is not None
             or loop_start(answer) is not None
         )
-        keep.append(not bad)
-        earlier.append(answer)
-    return tuple(keep)
+        for i, answer in enumerate(answers)
+    )

@@ -13,9 +13,8 @@ Invariants:
 - Nothing of an answer that begins as a copy of an earlier answer (to another question) reaches the
   page or TTS: it is asked for again without that exchange and what followed it, at last with no
   history (`ATTEMPTS`). A sentence of an earlier answer, held while it is said, ends the answer
-  before it. An
-  answer that loops or turns into a copy later is stopped there (`stopped`); a loop keeps its text
-  up to the repeat.
+  before it. An answer that loops or turns into a copy later is stopped there (`stopped`); a loop
+  keeps its text up to the repeat.
 - Its stage times (llm_ttft, first_sentence, tts_ttfb) are measured here, on its own requests.
 """
 
@@ -37,6 +36,7 @@ from parley.engine.guard import ReplyGuard, same_question
 from parley.engine.metrics import Stopwatch, TurnMetrics
 from parley.engine.ports import SentenceTag, SpeechOutput
 from parley.engine.services import Services
+from parley.engine.sight import without_scene
 from parley.engine.types import ChatMessage, Finish
 
 log = logging.getLogger("parley.reply")
@@ -383,7 +383,7 @@ class Reply:
 def _answers_to_other_questions(messages: list[ChatMessage]) -> list[str]:
     """The assistant answers in `messages` whose question was not (nearly) the one asked now: asked
     the same thing again, the model may rightly answer the same."""
-    asked = messages[-1].text().rsplit("]\n", 1)[-1] if messages and messages[-1].role == "user" else ""
+    asked = without_scene(messages[-1].text()) if messages and messages[-1].role == "user" else ""
     out = []
     for i, m in enumerate(messages):
         question = messages[i - 1].text() if i and messages[i - 1].role == "user" else ""

@@ -379,9 +379,9 @@ class Session:
         return asyncio.get_running_loop().create_task(describe())
 
     def read_ahead(self, start: Entry, *, answered: bool = False) -> None:
-        """Let a local model read the prompt up to the user's words (the system prompt and the history)
-        while they talk, or (`answered`) as soon as an answer's text is complete, while it plays: the
-        turn's request then reads only the words. Without this, a note cost the first token ~300 ms
+        """Let a local model read the prompt up to the user's words (the system prompt, the history and
+        any scene note) while they talk, or (`answered`) once an answer's speech is synthesized, while
+        it plays: the turn's request then reads only the words. Without this, a note cost the first token ~300 ms
         on 2 cores (benchmarks/voice_to_voice.py --camera), and once the history window moved on
         (`llm.history_messages`), the whole prompt cost seconds to read again."""
         if self.settings.sight == "image" or (self.busy and not answered) or not self.settings.llm.read_ahead:
@@ -405,10 +405,11 @@ class Session:
         return scene
 
     def why_blind(self) -> str | None:
-        """Why a turn with no scene note has none, said in front of a local model's words; None where
-        the model is not told so per turn (a vision endpoint, or an endpoint that reads text only: the
-        system prompt says it). Said per turn because, told only in the system prompt, every local
-        model described a camera it could not see (benchmarks/llm_quiz.py's vision quiz)."""
+        """Why a turn with no scene note has none, said in front of a local model's words when they ask
+        about the picture (`parley.engine.sight.about_scene`); None where the model is not told so
+        with its words (a vision endpoint, or an endpoint that reads text only: the system prompt says
+        it). Said with the words because, told only in the system prompt, every local model described
+        a camera it could not see (benchmarks/llm_quiz.py's vision quiz)."""
         if self.settings.sight == "image" or self.settings.llm.backend != "local":
             return None
         if self.settings.sight == "blind":

@@ -46,6 +46,11 @@ def with_scene(text: str, scene: str | None, blind: str | None = None, source: s
     return f"[{label} note: I see {scene}.]\n{text}"
 
 
+def without_scene(text: str) -> str:
+    """A user message's words without the scene note `with_scene` put in front of them."""
+    return text.split("]\n", 1)[1] if text.startswith(("[Camera note:", "[Screen note:")) and "]\n" in text else text
+
+
 SCENE_CUES = frozenset(
     """see sees seeing saw seen look looks looking looked watching camera cameras cam webcam screen screens picture
     pictures photo photos image images video visible showing shown holding holds wearing wear wears behind background
