@@ -239,7 +239,7 @@ def measure(pause: Pause, recorder: Recorder, paused_at: int, judge: TurnJudge, 
     pause.sound = judge.sound.complete_probability(audio)
     pause.sound_s = time.perf_counter() - began
     began = time.perf_counter()
-    speech = recorder.audio(start, paused_at + round(END_PAD_S * RATE))
+    speech = recorder.speech_audio(start, paused_at + round(END_PAD_S * RATE))  # as `Utterance` cuts it
     pause.transcript = asr.transcribe_batch([speech])[0].text.strip()
     pause.asr_s = time.perf_counter() - began
     began = time.perf_counter()
@@ -279,6 +279,19 @@ class Rule:
         return None
 
 
+def lost_words(utterance: Utterance) -> bool:
+    """Whether the transcript the turn would be answered with (the one made at the last pause) lacks
+    a content word of the part said after the thinking pause."""
+    from benchmarks.asr_noise import normalise
+    from parley.engine.backchannel import FUNCTION_WORDS
+
+    if not utterance.pauses:
+        return True
+    rest = utterance.text.split("...")[-1]
+    wanted = {w for w in normalise(rest) if w not in FUNCTION_WORDS}
+    return not wanted <= set(normalise(utterance.pauses[-1].transcript))
+
+
 @dataclass
 class Score:
     rule: Rule
@@ -288,6 +301,10 @@ class Score:
     late_complete: int = 0
     complete: int = 0
     delays: list[float] = field(default_factory=list)
+    resumed_delays: list[float] = field(default_factory=list)
+    """Paused utterances not cut off: from the end of the resumed speech to the decision."""
+    words_lost: int = 0
+    """Paused utterances whose transcript at their end lacks a content word said after the pause."""
 
     def add(self, utterance: Utterance) -> None:
         ended = self.rule.decide(utterance)
@@ -295,6 +312,9 @@ class Score:
         if utterance.pause is not None:
             self.paused += 1
             self.false_cutoffs += early
+            if not early:
+                self.resumed_delays.append((ended or len(utterance.audio) / MIC_RATE) - utterance.speech_end_s)
+                self.words_lost += lost_words(utterance)
             return
         self.complete += 1
         self.early_complete += early
@@ -305,7 +325,13 @@ class Score:
 
     def row(self) -> dict[str, float | str | int]:
         p50, p95 = np.percentile(self.delays, [50, 95]) if self.delays else (float("nan"), float("nan"))
+        r50, r95 = np.percentile(self.resumed_delays, [50, 95]) if self.resumed_delays else (float("nan"), float("nan"))
         return {
+            "resumed_delay_p50_ms": 1000 * r50,
+            "resumed_delay_p95_ms": 1000 * r95,
+            "resumed_over_1s": sum(d > 1.0 for d in self.resumed_delays),
+            "resumed": len(self.resumed_delays),
+            "words_lost": self.words_lost,
             "rule": self.rule.name,
             "false_cutoff_pct": 100 * self.false_cutoffs / max(1, self.paused),
             "complete_cut_early_pct": 100 * self.early_complete / max(1, self.complete),
@@ -356,7 +382,10 @@ def main() -> None:
         ]
     voices = [None, *args.voices] if len(args.voices) > 1 else [None]
     rows = []
-    print(f"{'rule':38s} {'voices':10s} {'false cut-offs':>14s} {'complete >1 s':>14s} {'end -> decision p50 / p95':>26s}")
+    print(
+        f"{'rule':38s} {'voices':10s} {'false cut-offs':>14s} {'complete >1 s':>14s} {'end -> decision p50 / p95':>26s}"
+        f" {'resumed: p50 / p95, >1 s, words lost':>38s}"
+    )
     for rule in rules:
         for voice in voices:
             score = Score(rule)
@@ -367,13 +396,45 @@ def main() -> None:
             rows.append(r)
             print(
                 f"{rule.name if voice is None else '':38s} {voice or 'all':10s} {r['false_cutoff_pct']:12.1f} % "
-                f"{r['complete_waited_pct']:12.1f} % {r['delay_p50_ms']:12.0f} / {r['delay_p95_ms']:.0f} ms",
+                f"{r['complete_waited_pct']:12.1f} % {r['delay_p50_ms']:12.0f} / {r['delay_p95_ms']:.0f} ms"
+                f"{r['resumed_delay_p50_ms']:12.0f} / {r['resumed_delay_p95_ms']:.0f} ms, {r['resumed_over_1s']} / "
+                f"{r['resumed']}, {r['words_lost']} / {r['resumed']}",
                 flush=True,
             )
+    eot = eot_bench(utterances, judge) if judge is not None else {}
     costs = report_costs(utterances) if judge is not None else {}
     if args.json:
-        summary = {"utterances": len(utterances), "paused": paused, "rules": rows, **costs}
+        summary = {"utterances": len(utterances), "paused": paused, "rules": rows, "eot_bench": eot, **costs}
         Path(args.json).write_text(json.dumps(summary, indent=2))
+
+
+def eot_bench(utterances: list[Utterance], judge: TurnJudge) -> dict[str, float]:
+    """The end-of-turn figures as LiveKit's eot-bench reports them, over the judge's two thresholds
+    (text_finished, sound_finished): the false cut-offs (mid-turn pauses taken for the end) of the
+    best setting whose mean end-of-speech -> decision latency is at most 300 ms, and the least mean
+    latency of a setting with at most 5 % false cut-offs. Latency here includes the models' own
+    time (they start at the pause), so it is the silence a user hears before the turn is taken."""
+    points = []
+    for text_finished in np.arange(0.2, 0.95, 0.05):
+        for sound_finished in np.arange(0.3, 0.99, 0.05):
+            turn = TurnConfig(text_finished=float(text_finished), sound_finished=float(sound_finished))
+            score = Score(Rule("sweep", TurnJudge(judge.sound, judge.text, turn), turn.quiet_s))
+            for utterance in utterances:
+                score.add(utterance)
+            delays = score.delays + score.resumed_delays
+            points.append((100 * score.false_cutoffs / max(1, score.paused), 1000 * float(np.mean(delays))))
+    fast = [cut for cut, latency in points if latency <= 300]
+    safe = [latency for cut, latency in points if cut <= 5]
+    out = {
+        "false_cutoff_pct_at_300ms": min(fast) if fast else float("nan"),
+        "latency_ms_at_5pct_cutoff": min(safe) if safe else float("nan"),
+    }
+    print(
+        f"eot-bench style (thresholds swept): false cut-offs at <= 300 ms mean latency "
+        f"{out['false_cutoff_pct_at_300ms']:.1f} %; mean latency at <= 5 % false cut-offs "
+        f"{out['latency_ms_at_5pct_cutoff']:.0f} ms"
+    )
+    return out
 
 
 def report_costs(utterances: list[Utterance]) -> dict[str, float]:

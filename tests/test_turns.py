@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import av
 import numpy as np
 import pytest
 
@@ -100,6 +101,26 @@ def test_a_short_pause_inside_a_question_does_not_end_the_turn() -> None:
     audio = np.concatenate([silence(0.5, 48000), first, silence(0.3, 48000), second, silence(1.0, 48000)])
     _, events = recorder_run(audio, end_silence_s=0.6)
     assert [k for k, _, _ in events] == ["start", "speech", "pause", "resume", "pause", "end"], events
+
+
+def test_a_thinking_pause_is_cut_down_in_the_audio_the_asr_hears_and_nothing_else_is() -> None:
+    """Whisper read "What is the capital of ... Italy?" as "What is the capital of?" when it heard the
+    whole pause: the ASR gets the speech with each pause inside it cut to ~0.35 s."""
+    first = trimmed(speak("What is the capital of", rate=48000), 48000)
+    second = trimmed(speak("Italy?", rate=48000), 48000)
+    audio = np.concatenate([silence(0.5, 48000), first, silence(1.2, 48000), second, silence(1.0, 48000)])
+    recorder, events = recorder_run(audio, end_silence_s=2.0)
+    start = round(events[0][1] * RATE)
+    end = round(events[-1][1] * RATE)
+    assert [k for k, _, _ in events] == ["start", "speech", "pause", "resume", "pause"], events
+    whole, heard = recorder.audio(start, end), recorder.speech_audio(start, end)
+    gap = (events[3][1] - events[2][1]) * RATE
+    assert gap > 1.0 * RATE
+    assert whole.size - heard.size == pytest.approx(gap - 0.35 * RATE, abs=2), "only the pause's middle is left out"
+    assert np.allclose(heard[: round(0.5 * RATE)], whole[: round(0.5 * RATE)]), "the words before it are as they were"
+    assert np.allclose(heard[-round(0.5 * RATE) :], whole[-round(0.5 * RATE) :]), "and the words after it"
+    paused = round(events[2][1] * RATE)
+    assert recorder.speech_audio(start, paused).size == paused - start
 
 
 def test_a_cough_is_too_little_speech_for_a_turn() -> None:
@@ -289,3 +310,34 @@ def test_the_receiver_takes_the_microphone_buffer() -> None:
     listen_to_microphone(receiver, session)
     assert isinstance(getattr(receiver, "_RTCRtpReceiver__jitter_buffer", None), MicrophoneBuffer)
     assert session.listener.sender_clock is not None and session.listener.preroll is not None
+
+
+# -- speech over an answer -----------------------------------------------------------------------
+
+
+async def _talk_over(session: Any, text: str, after_s: float = 1.0) -> None:
+    words = trimmed(speak(text, rate=48000), 48000)
+    for frame in frames(np.concatenate([words, silence(after_s, 48000)])):
+        session.on_audio_frame(frame)
+        await asyncio.sleep(0.002)
+
+
+@pytest.mark.parametrize(("heard", "interrupts"), [("here", False), ("Mm-hmm.", False), ("Wait, stop.", True)])
+async def test_speech_over_an_answer_costs_no_scene_note_until_it_is_a_turn(heard: str, interrupts: bool) -> None:
+    """Each "mm-hmm" made a scene note (0.3-0.8 s of a core while Parley spoke). And "yeah" read as
+    "here" cut the answer: one short word that asks for nothing is no interruption."""
+    services = ScriptedServices(["Once upon a time there was a dragon. "] * 20, transcript="Tell me a story.")
+    services.packets = 100  # 2 s of audio a sentence
+    session, page, track = make_session(services, turn={"hands_free": True, "end_silence_s": 0.6}, vision={"enabled": True})
+    session.on_video_frame(av.VideoFrame.from_ndarray(np.full((48, 64, 3), 128, np.uint8), format="rgb24"))
+    assert await session.send_text("Tell me a long story.")
+    await wait_until(lambda: track.queued_s > 0.5)  # nothing pumps the track: the answer goes on
+    notes = len(services.described)
+    services.transcript = heard
+    await _talk_over(session, "Yeah, that is right" if heard == "here" else heard)
+    await wait_until(lambda: session.overlap.hold is None, timeout=5)
+    await asyncio.sleep(0.2)
+    interrupted = any(s.get("state") == "interrupted" for s in page.of("state"))
+    assert interrupted is interrupts, page.of("state")
+    assert len(services.described) == notes + interrupts, "a note only for speech that became a turn"
+    await session.close()

@@ -162,7 +162,8 @@ class Listener:
             return
         wait = max(s.settings.turn.quiet_s, verdict.wait_s)
         overlap = s.overlap
-        if overlap.hold is not None and transcript and overlap.passes(transcript, s.recorder.speech_s) == "a backchannel":
+        unsure = transcript is not None and utterance.unsure(transcript)
+        if overlap.hold is not None and transcript and overlap.passes(transcript, s.recorder.speech_s, unsure):
             wait = s.settings.turn.quiet_s  # "Yes." over a held answer: resume soon, whatever it reads like
         event = s.recorder.limit_pause(paused_at, wait)
         log.info(
@@ -215,16 +216,25 @@ class Listener:
         if self.utterance is not None:
             s.spawn(self.utterance.drop())
         frame = s.latest_frame
+        over_answer = s.busy and s.recorder.hands_free  # a backchannel, mostly: no note until it is a turn
         self.utterance = Utterance(
             start=start,
             frame=frame,
-            scene=s.look_or_say_blind(frame),
+            scene=None if over_answer else s.look_or_say_blind(frame),
+            look_later=over_answer,
             transcribe=s.services.transcribe,
-            audio=s.recorder.audio,
+            audio=s.recorder.speech_audio,
             segment_s=s.settings.turn.segment_s,
             clock=s.clock,
         )
         s.set_state("hearing")
+
+    def look(self, utterance: Utterance | None = None) -> None:
+        """Speech that began over an answer is a turn after all: make its scene note now."""
+        utterance = utterance or self.utterance
+        if utterance is not None and utterance.look_later:
+            utterance.look_later = False
+            utterance.scene = self._session.look_or_say_blind(utterance.frame)
 
     async def drop(self, utterance: Utterance | None = None) -> None:
         """Forget the utterance being said (only if it is `utterance`, when given), and its work."""
@@ -267,7 +277,8 @@ class Listener:
         if s.overlap.holds(utterance):
             # Read even when the VAD let little of it count as speech: over Parley's own voice the
             # gates keep much of the user's speech from counting, and "stop" stops it all the same.
-            if await s.overlap.weigh(await self._words_or_none(utterance, event.sample), event.speech_s):
+            words = await self._words_or_none(utterance, event.sample)
+            if await s.overlap.weigh(words, event.speech_s, words is not None and utterance.unsure(words)):
                 await utterance.drop()
                 return
         if event.speech_s < s.settings.turn.min_speech_s:
@@ -285,6 +296,7 @@ class Listener:
             await asyncio.sleep(RELEASE_TAIL_S)  # speech went on to the release: take the audio still arriving
             event = TurnEvent("end", recorder.tape.end, speech_s=event.speech_s)
         await s.interrupt(keep_utterance=True)
+        self.look(utterance)
         s.start_turn(lambda: self._spoken_turn(utterance, event.sample, times))
 
     async def _words_or_none(self, utterance: Utterance, end: int) -> str | None:

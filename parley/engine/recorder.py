@@ -40,6 +40,13 @@ from parley.config import TurnConfig
 PREROLL_S = 0.3
 """Audio kept from before an utterance starts, so its first syllable is not clipped."""
 
+GAP_KEPT_AFTER_S = 0.2
+"""Of a pause inside an utterance, the speech audio keeps this much after the speech stopped (soft
+word endings are quieter than the VAD's threshold)..."""
+GAP_KEPT_BEFORE_S = 0.15
+"""...and this much before it came back (the VAD hears a word's onset late); the rest of a longer
+pause is left out of what is transcribed (`Recorder.speech_audio`)."""
+
 FILL_AFTER_S = 0.2
 """No frame for this long inside an utterance: the time since counts as silence."""
 
@@ -135,6 +142,8 @@ class Recorder:
         """Tape sample where the current utterance began; None between utterances."""
         self.paused_at: int | None = None
         """Where the latest pause in the current utterance began; None while speech goes on."""
+        self.gaps: list[tuple[int, int]] = []
+        """(where speech paused, where it came back) for the pauses inside utterances still on the tape."""
         self._speech_reported = False
         self.end_silence_s = turn.end_silence_s
         """Hands-free: silence that ends an utterance by itself (the session raises it when a turn
@@ -165,6 +174,23 @@ class Recorder:
 
     def audio(self, a: int, b: int) -> np.ndarray:
         return self.tape.slice(a, b)
+
+    def speech_audio(self, a: int, b: int) -> np.ndarray:
+        """The tape from `a` to `b` as the ASR should hear it: each pause inside an utterance cut
+        down to its first `GAP_KEPT_AFTER_S` and its last `GAP_KEPT_BEFORE_S`. Whisper hears a
+        thinking pause ("What is the capital of ... Italy?") as the end and drops the words after
+        it, or reads them alone, without the words before, as something else."""
+        after, before = round(GAP_KEPT_AFTER_S * RATE), round(GAP_KEPT_BEFORE_S * RATE)
+        cuts = [(max(a, p + after), min(b, r - before)) for p, r in self.gaps if r - p > after + before]
+        cuts = [(x, y) for x, y in cuts if y > x]
+        if not cuts:
+            return self.tape.slice(a, b)
+        parts, at = [], a
+        for x, y in sorted(cuts):
+            parts.append(self.tape.slice(at, x))
+            at = y
+        parts.append(self.tape.slice(at, b))
+        return np.concatenate(parts)
 
     def wall_time(self, sample: int) -> float:
         """The clock time at which tape position `sample` was heard (from the latest frame's arrival)."""
@@ -279,6 +305,8 @@ class Recorder:
             self.paused_at = sample
             self._pause_limit = None
             return [TurnEvent("pause", sample)] if self.utterance is not None else []
+        if self.utterance is not None and self.paused_at is not None:
+            self.gaps = [(p, r) for p, r in self.gaps if r > self.tape.start] + [(self.paused_at, sample)]
         self.paused_at = None
         if self.utterance is None:
             if not self.hands_free:
