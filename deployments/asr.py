@@ -121,8 +121,15 @@ class FasterWhisperBackend:
             without_timestamps=True,  # ~30 ms faster; we only need the words
             temperature=0.0,  # no fallback re-decoding: a noisy clip costs one pass, not six
         )
-        text = "".join(s.text for s in segments).strip()  # segments is lazy: decoding happens here
-        return Transcript(text=text, language=info.language, audio_s=audio.size / SAMPLE_RATE)
+        found = list(segments)  # segments is lazy: decoding happens here
+        text = "".join(s.text for s in found).strip()
+        return Transcript(
+            text=text,
+            language=info.language,
+            audio_s=audio.size / SAMPLE_RATE,
+            avg_logprob=float(np.mean([s.avg_logprob for s in found])) if found else None,
+            no_speech_prob=float(min(s.no_speech_prob for s in found)) if found else None,
+        )
 
     def _transcribe_window(self, clips: list[np.ndarray], prompt: list[int], suppress: list[int]) -> list[Transcript]:
         import ctranslate2
@@ -158,7 +165,15 @@ class FasterWhisperBackend:
             avg_logprob = result.scores[0] * len(tokens) / (len(tokens) + 1)
             silent = result.no_speech_prob > 0.6 and avg_logprob < -1.0  # faster-whisper's own silence rule
             text = "" if silent else self._tokenizer.decode(tokens).strip()
-            out.append(Transcript(text=text, language=self.config.language, audio_s=clip.size / SAMPLE_RATE))
+            out.append(
+                Transcript(
+                    text=text,
+                    language=self.config.language,
+                    audio_s=clip.size / SAMPLE_RATE,
+                    avg_logprob=float(avg_logprob),
+                    no_speech_prob=float(result.no_speech_prob),
+                )
+            )
         return out
 
 

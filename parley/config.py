@@ -158,7 +158,7 @@ class ASRConfig(_Section):
     beam_size: int = Field(default=1, description="Beam size; 1 is greedy and fastest.")
     window_s: float | None = Field(
         default=None,
-        ge=10.0,
+        ge=5.0,
         le=30.0,
         description="The audio window a short clip is padded to (a longer one: the next 5 s), instead of Whisper's 30 s. "
         "The encoder costs in proportion to it (tiny.en on 2 cores: ~150 ms at 30 s, ~22 ms at 10 s). Default: 10 for "

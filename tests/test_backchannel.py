@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from parley.engine.backchannel import BACKCHANNEL_MAX_S, is_backchannel, words_of
+from parley.engine.backchannel import BACKCHANNEL_MAX_S, is_backchannel, overlap_verdict, words_of
 
 
 @pytest.mark.parametrize(
@@ -40,6 +40,13 @@ def test_acknowledgements_and_wordless_sounds_are_backchannels(text: str) -> Non
         "Okay so what is the capital of France",
         "Hello.",
         "Um, wait.",
+        "Hold on.",
+        "Hang on a second.",
+        "Sorry, what?",
+        "No, no.",
+        "Excuse me.",
+        "Is it?",
+        "Tell me about the castle instead",
     ],
 )
 def test_anything_else_interrupts(text: str) -> None:
@@ -51,8 +58,24 @@ def test_speech_longer_than_a_backchannel_interrupts_whatever_it_says() -> None:
 
 
 def test_the_conversation_language_picks_the_list() -> None:
-    assert is_backchannel("Genau.", 0.5, "de") and not is_backchannel("Genau.", 0.5, "en")
-    assert is_backchannel("", 0.5, "ja") and not is_backchannel("はい", 0.5, "ja")
+    assert overlap_verdict("Genau.", 0.5, "de") == "a backchannel"
+    assert overlap_verdict("Genau.", 0.5, "en") == "not sure"
+    assert overlap_verdict("Stopp!", 0.5, "de") == "an interruption"
+    assert is_backchannel("", 0.5, "ja") and not is_backchannel("はい", 0.5, "ja"), "no lists: only wordless sounds pass"
+
+
+@pytest.mark.parametrize("text", ["here", "Hear.", "Year.", "Yeah, here.", "Thank you.", "Go on."])
+def test_one_or_two_words_that_ask_for_nothing_never_cut_an_answer_short(text: str) -> None:
+    """ "Yeah" read as "here" by a small Whisper (as a reviewer's voice was): no floor word, no
+    question, too short to be a request: not sure, so the answer goes on."""
+    assert overlap_verdict(text, 0.5) in ("a backchannel", "not sure")
+
+
+def test_words_whisper_doubts_need_a_floor_word_to_interrupt() -> None:
+    assert overlap_verdict("the year in here", 0.8) == "an interruption"
+    assert overlap_verdict("the year in here", 0.8, unsure=True) == "not sure"
+    assert overlap_verdict("wait the year in", 0.8, unsure=True) == "an interruption"
+    assert overlap_verdict("tell me about the castle", 0.9, unsure=True) == "an interruption", "five words are a request"
 
 
 def test_words_of_drops_marks_for_sounds_and_punctuation() -> None:

@@ -1,11 +1,16 @@
 """Backchannels: "mm-hmm", "yeah", "okay" said while Parley speaks are a listener's signals, not a
 turn. Told apart from an interruption by what can be known within a few hundred milliseconds of
-the speech ending: how long it lasted and the words of its transcript.
+the speech ending: how long it lasted, the words of its transcript, and how sure Whisper was of them.
 
-The rule: speech over an answer is a backchannel when it lasted at most `BACKCHANNEL_MAX_S` and its
-transcript is empty (a cough, a laugh, a breath: nothing Whisper makes words of) or made only of
-acknowledgement words in the conversation's language. Anything else ("wait", "stop", "no", a
-question) interrupts.
+The rule (`overlap_verdict`), for speech over an answer that lasted at most `BACKCHANNEL_MAX_S`:
+- no words (a cough, a laugh, a breath: nothing Whisper makes words of): no interruption;
+- a word that asks for the floor ("wait", "stop", "hold on", "sorry", "what", "no", "hey") or a
+  question of two words or more: an interruption;
+- only acknowledgement words: a backchannel;
+- otherwise, one or two words (an acknowledgement misheard: "yeah" read as "here"), or up to four
+  that Whisper doubts (a low log-probability, or likely no speech): not sure, so no interruption;
+- anything else interrupts. Longer speech always does.
+So one misread word cannot cut an answer short, and a clear "wait" or a question always does.
 
 Parley's own voice, when the echo canceller leaves some of it, is told apart the same way: speech
 whose words are mostly among the words spoken in the last `ECHO_MEMORY_S` resumes the answer too.
@@ -13,9 +18,9 @@ Only content words count there: "is the capital of France?" shares "is", "the" a
 English answer, which made a real question over a story pass for its echo.
 
 Limits: a real answer made of the same words ("yeah" to a question Parley asked mid-answer) is
-taken as a backchannel, and the answer goes on; an acknowledgement the list lacks, or one the ASR
-mishears as another word, interrupts. Languages without a list treat only wordless sounds as
-backchannels.
+taken as a backchannel, and the answer goes on; a one- or two-word interruption without a floor
+word ("Louder." is one; "Go on." is not) is not sure enough to stop it. Languages without lists
+treat only wordless sounds as backchannels, and every word as an interruption.
 """
 
 from __future__ import annotations
@@ -31,12 +36,28 @@ BACKCHANNEL_MAX_S = 1.2
 ACKNOWLEDGEMENTS: dict[str, frozenset[str]] = {
     "en": frozenset(
         "mm mmm mhm hm hmm mm-hmm mmhmm mm-hm uh-huh uh huh uhhuh um umm er erm aha ah oh ooh wow yeah yep yes yup ya "
-        "okay ok kay right alright sure true cool nice great good fine i see got it exactly indeed".split()
+        "okay ok kay right alright sure true cool nice great good fine i see got it exactly indeed really ha haha "
+        "heh hehe thanks thank you interesting".split()
     ),
     "de": frozenset("mhm hm hmm ja jaja genau okay ok gut klar stimmt aha ach so richtig".split()),
     "fr": frozenset("mhm hm hmm oui ouais d'accord ok okay ah oh bon voilà exactement".split()),
     "es": frozenset("mhm hm hmm sí si vale claro ok okay ajá ah oh bueno exacto".split()),
 }
+
+FLOOR_WORDS: dict[str, frozenset[str]] = {
+    "en": frozenset(
+        "wait stop hold hang sorry pardon excuse what why how who where when which no nope nah hey hello hi listen "
+        "actually but enough quiet shush shh skip next repeat louder slower pause cancel parley".split()
+    ),
+    "de": frozenset("warte warten stopp halt moment nein was wie warum wer wo wann entschuldigung aber hallo hey".split()),
+    "fr": frozenset("attends attendez arrête arrêtez stop non quoi comment pourquoi qui où quand pardon mais allô hé".split()),
+    "es": frozenset("espera espere para pare alto no qué cómo por qué quién dónde cuándo perdón pero oye hola".split()),
+}
+"""Words that ask for the floor: said over an answer, even alone, they interrupt it."""
+
+Verdict = str
+"""What speech over an answer was: "no words", "a backchannel", "not sure" (no interruption), or
+"an interruption"."""
 
 _NON_SPEECH = re.compile(r"\[[^\]]*\]|\([^)]*\)|\*[^*]*\*|♪")
 """What Whisper writes for sounds that are not words: [cough], (laughs), *sigh*, ♪."""
@@ -66,12 +87,27 @@ def is_own_words(transcript: str, spoken: str) -> bool:
     return bool(content) and sum(w in said for w in content) * 2 >= len(content)
 
 
-def is_backchannel(transcript: str, speech_s: float, language: str | None = "en") -> bool:
-    """Whether speech over an answer, `speech_s` long, that reads `transcript`, is a backchannel."""
+def overlap_verdict(transcript: str, speech_s: float, language: str | None = "en", unsure: bool = False) -> Verdict:
+    """What speech over an answer, `speech_s` long, that reads `transcript`, was (the module's rule);
+    `unsure`: Whisper doubted its words (`Transcript.unsure`)."""
     if speech_s > BACKCHANNEL_MAX_S:
-        return False
+        return "an interruption"
     words = words_of(transcript)
     if not words:
-        return True
-    known = ACKNOWLEDGEMENTS.get((language or "en").split("-")[0].lower(), frozenset())
-    return len(words) <= 4 and all(w in known for w in words)
+        return "no words"
+    code = (language or "en").split("-")[0].lower()
+    known, floor = ACKNOWLEDGEMENTS.get(code, frozenset()), FLOOR_WORDS.get(code)
+    if floor is None:
+        return "an interruption"  # no lists for this language: any word may be one
+    if any(w in floor for w in words) or (transcript.rstrip().endswith("?") and len(words) >= 2):
+        return "an interruption"
+    if len(words) <= 4 and all(w in known for w in words):
+        return "a backchannel"
+    if len(words) <= 2 or (unsure and len(words) <= 4):
+        return "not sure"
+    return "an interruption"
+
+
+def is_backchannel(transcript: str, speech_s: float, language: str | None = "en", unsure: bool = False) -> bool:
+    """Whether speech over an answer, `speech_s` long, that reads `transcript`, lets the answer go on."""
+    return overlap_verdict(transcript, speech_s, language, unsure) != "an interruption"

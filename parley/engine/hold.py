@@ -18,7 +18,7 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from parley.engine.backchannel import BACKCHANNEL_MAX_S, ECHO_MEMORY_S, is_backchannel, is_own_words, words_of
+from parley.engine.backchannel import BACKCHANNEL_MAX_S, ECHO_MEMORY_S, is_own_words, overlap_verdict
 from parley.engine.utterance import Utterance
 from parley.protocol import State
 
@@ -85,15 +85,17 @@ class Overlap:
         if self.hold is not None and speech_s > BACKCHANNEL_MAX_S:
             self._session.spawn(self.settle(self.hold, goes_on=False, why=f"over {BACKCHANNEL_MAX_S:g} s of speech"))
 
-    def passes(self, words: str, speech_s: float) -> str | None:
-        """Why speech over the answer lets it go on ("a backchannel", "its own voice"), or None."""
+    def passes(self, words: str, speech_s: float, unsure: bool = False) -> str | None:
+        """Why speech over the answer lets it go on ("no words", "a backchannel", "not sure", "its
+        own voice"), or None; `unsure`: Whisper doubted the words."""
         s = self._session
-        if is_backchannel(words, speech_s, s.settings.language):
-            return "a backchannel" if words_of(words) else "no words"
+        verdict = overlap_verdict(words, speech_s, s.settings.language, unsure)
+        if verdict in ("no words", "a backchannel"):
+            return verdict
         answer = s.answering
         if answer is not None and is_own_words(words, answer.reply.spoken_since(s.clock() - ECHO_MEMORY_S)):
             return "its own voice"
-        return None
+        return None if verdict == "an interruption" else verdict
 
     async def heard_at_pause(self, utterance: Utterance, words: str) -> bool:
         """The transcript of a held utterance up to a pause: True if it can make no turn (yet).
@@ -104,7 +106,7 @@ class Overlap:
         if hold is None or hold.utterance is not utterance:
             return False
         speech_s = recorder.speech_s
-        why = self.passes(words, speech_s)
+        why = self.passes(words, speech_s, utterance.unsure(words))
         if why is None:
             await self.settle(hold, goes_on=False, why=f"{speech_s:.2f} s reading {words!r}")
             return False
@@ -122,13 +124,13 @@ class Overlap:
             self._session.spawn(later())
         return True
 
-    async def weigh(self, words: str | None, speech_s: float) -> bool:
-        """The held utterance ended: settle by what was said (None: the transcript failed); True if
-        the answer goes on."""
+    async def weigh(self, words: str | None, speech_s: float, unsure: bool = False) -> bool:
+        """The held utterance ended: settle by what was said (None: the transcript failed; `unsure`:
+        Whisper doubted it); True if the answer goes on."""
         hold = self.hold
         if hold is None:
             return False
-        why = None if words is None else self.passes(words, speech_s)
+        why = None if words is None else self.passes(words, speech_s, unsure)
         await self.settle(hold, why is not None, why=f"{why or 'speech'}: {speech_s:.2f} s reading {words!r}")
         return why is not None
 

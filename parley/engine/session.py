@@ -309,7 +309,9 @@ class Session:
             turn.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await turn
-        if not keep_utterance and not self.recorder.hands_free:
+        if keep_utterance:
+            self.listener.look()  # speech over the answer became a turn: its scene note now
+        elif not self.recorder.hands_free:
             self.set_state(self.resting())
 
     async def forget(self) -> None:

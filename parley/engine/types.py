@@ -19,6 +19,20 @@ class Transcript(BaseModel):
     text: str = Field(description="The recognised words, stripped; empty when nothing was heard.")
     language: str | None = Field(default=None, description="Detected or forced language code.")
     audio_s: float = Field(default=0.0, description="Length of the audio that was transcribed, in seconds.")
+    avg_logprob: float | None = Field(
+        default=None, description="The decoder's mean log-probability per token (None where the engine gives none)."
+    )
+    no_speech_prob: float | None = Field(
+        default=None, description="Whisper's probability that the audio held no speech (None where the engine gives none)."
+    )
+
+    @property
+    def unsure(self) -> bool:
+        """Whisper doubts these words: likely no speech, or a low mean token probability (below
+        about e^-0.8 = 0.45 a token; clear speech reads above -0.4 on this project's clips)."""
+        return (self.no_speech_prob is not None and self.no_speech_prob > 0.5) or (
+            self.avg_logprob is not None and self.avg_logprob < -0.8
+        )
 
 
 class TextPart(BaseModel):

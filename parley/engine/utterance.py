@@ -69,9 +69,13 @@ class Utterance:
     clock: Callable[[], float] = time.monotonic
     scene: asyncio.Task[SceneNote | None] | None = None
     """The scene note of `frame`, being made while the user speaks (None: no note is wanted)."""
+    look_later: bool = False
+    """Its scene note waits until it is known to be a turn (speech over an answer is mostly "mm-hmm")."""
     speculation: Speculation | None = None
     asr_s: float | None = None
     """How long the latest ASR call took (the turn's `asr` stage when its text is used)."""
+    heard: list[Transcript] = field(default_factory=list)
+    """Every transcript made of it so far (the latest last): how sure Whisper was."""
     _kept: list[asyncio.Task[str]] = field(default_factory=list)
     _piece: int = -1
     _candidate: tuple[int, asyncio.Task[str]] | None = None
@@ -116,7 +120,12 @@ class Utterance:
         began = self.clock()
         transcript = await self.transcribe(audio)
         self.asr_s = self.clock() - began
+        self.heard.append(transcript)
         return transcript.text.strip()
+
+    def unsure(self, words: str) -> bool:
+        """Whether Whisper doubted `words` (this utterance's transcript, from one piece of it)."""
+        return any(t.unsure for t in self.heard if t.text.strip() == words)
 
     async def drop(self) -> None:
         """The utterance is over without a turn: cancel everything still running for it."""
