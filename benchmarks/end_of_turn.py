@@ -38,6 +38,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.hearing import VOICES as HEARING_VOICES  # noqa: E402
 from deployments.asr import FasterWhisperBackend  # noqa: E402
 from media.speech import espeak, resample, speak, trim  # noqa: E402
 from media.vad import RATE  # noqa: E402
@@ -53,6 +54,8 @@ from parley.engine.turnmodel import (  # noqa: E402
 from parley.engine.utterance import END_PAD_S  # noqa: E402
 
 MIC_RATE = 48000
+WHOLE_PAUSES = False
+"""--whole-pauses: give the models the speech with its pauses whole (Parley before it cut them down)."""
 PAUSE_SEEN_S = 0.064
 """A pause is seen (and its transcription starts) this long after the speech stops: turn.pause_s."""
 
@@ -104,6 +107,7 @@ VOICES = {
     "hibari": lambda text: speak(text, rate=MIC_RATE),
     "espeak-us": lambda text: espeak(text, rate=MIC_RATE, voice="en-us", speed=165),
     "espeak-gb": lambda text: espeak(text, rate=MIC_RATE, voice="en-gb+m3", speed=150),
+    **{name: say for name, say in HEARING_VOICES.items() if name != "hibari"},  # voices no test uses
 }
 
 
@@ -233,13 +237,14 @@ def listen(utterance: Utterance, shortest_s: float, judge: TurnJudge | None, asr
 def measure(pause: Pause, recorder: Recorder, paused_at: int, judge: TurnJudge, asr: FasterWhisperBackend) -> None:
     """What the session asks of the models at this pause (both of them, to compare the rules), timed."""
     start = recorder.utterance or 0
-    audio = recorder.audio(max(start, paused_at + SOUND_TAIL - 8 * RATE), paused_at + SOUND_TAIL)
+    cut = recorder.audio if WHOLE_PAUSES else recorder.speech_audio  # as the session gives the models the speech
+    audio = cut(start, paused_at + SOUND_TAIL)[-8 * RATE :]
     assert judge.sound is not None and judge.text is not None
     began = time.perf_counter()
     pause.sound = judge.sound.complete_probability(audio)
     pause.sound_s = time.perf_counter() - began
     began = time.perf_counter()
-    speech = recorder.speech_audio(start, paused_at + round(END_PAD_S * RATE))  # as `Utterance` cuts it
+    speech = cut(start, paused_at + round(END_PAD_S * RATE))
     pause.transcript = asr.transcribe_batch([speech])[0].text.strip()
     pause.asr_s = time.perf_counter() - began
     began = time.perf_counter()
@@ -349,7 +354,12 @@ def main() -> None:
     parser.add_argument("--json", help="write the table here")
     parser.add_argument("--dump", help="write every utterance's pauses and the models' verdicts here")
     parser.add_argument("--asr-model", help="the Whisper the transcripts come from (asr.model; default: Parley's)")
+    parser.add_argument(
+        "--whole-pauses", action="store_true", help="the models hear pauses whole, as before Recorder.speech_audio"
+    )
     args = parser.parse_args()
+    global WHOLE_PAUSES
+    WHOLE_PAUSES = args.whole_pauses
 
     began = time.monotonic()
     utterances = make_utterances(args.voices, min(args.questions, len(QUESTIONS)), args.seed)

@@ -41,8 +41,12 @@ from tests.support.browser_mic import encode  # noqa: E402
 from tests.support.speech import speak, trim  # noqa: E402
 
 STORY = "Tell me a long story about a dragon who learns to bake bread, with many details."
-BACKCHANNELS = ("Mm-hmm.", "Yeah.")
-STOP = "Wait, stop."
+BACKCHANNELS = ("Mm-hmm.", "Uh-huh.", "Yeah.", "Right.", "Okay.", "I see.", "(laugh)", "(cough)")
+"""Said over the story, three a story, in turn; "(laugh)" and "(cough)" are made, not spoken."""
+INTERRUPTIONS = ("Wait, stop.", "Hold on.", "Sorry, what?", "No, no.", "Stop there, please.")
+"""One a story, after the backchannels, in turn."""
+PER_STORY = 3
+"""Backchannels said over each story."""
 
 ANSWER_JS = """(before) => {
   const all = document.querySelectorAll('#chat [data-role="assistant"]');
@@ -64,14 +68,25 @@ class Level:
     misses: int = 0
     delays_ms: list[float] = field(default_factory=list)
     stop_ms: list[float] = field(default_factory=list)
+    decided_ms: list[float] = field(default_factory=list)
+    """From the interruption's first sample to the page showing it interrupted."""
+    resume_ms: list[float] = field(default_factory=list)
+    """From a backchannel's end to the held answer playing again."""
     notes: list[str] = field(default_factory=list)
+    phrases: list[str] = field(default_factory=list)
+    """The page's loaded phrases, by index: 'voice: text'."""
 
 
 def parse_args() -> tuple[argparse.Namespace, list[str]]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--url", help="a running Parley (default: start one on a local Ray)")
     parser.add_argument("--echo", default="none,-20,-10,-6,0", help="echo levels in dB, comma-separated ('none': no echo)")
-    parser.add_argument("--trials", type=int, default=2, help="stories per level (1-10)")
+    parser.add_argument("--trials", type=int, default=2, help="stories per voice and level (1-10)")
+    parser.add_argument(
+        "--voices",
+        default="hibari",
+        help="comma-separated voices of the user (hibari, or benchmarks/hearing.py's: rp-160, lancaster-195, ...)",
+    )
     parser.add_argument("--time-limit", type=float, default=1500, help="give up after this many seconds in all")
     parser.add_argument(
         "--skip-cpu", action="store_true", help="do not measure the echo canceller's CPU cost and its effect on transcripts"
@@ -99,6 +114,34 @@ async def finished(page: Any, answer: str) -> bool:
     )
 
 
+def laugh() -> np.ndarray:
+    """A short laugh: three voiced 'ha' bursts (a 190 Hz buzz with formants' worth of harmonics)."""
+    t = np.arange(int(0.12 * RATE)) / RATE
+    buzz = sum(np.sin(2 * np.pi * 190 * h * t) / h for h in range(1, 12)) * np.hanning(t.size)
+    gap = np.zeros(int(0.08 * RATE))
+    return (0.5 * np.concatenate([buzz, gap, 0.8 * buzz, gap, 0.6 * buzz]) / np.abs(buzz).max()).astype(np.float32)
+
+
+def cough() -> np.ndarray:
+    """A cough: a sharp burst of breathy noise, twice."""
+    rng = np.random.default_rng(3)
+    t = np.arange(int(0.25 * RATE)) / RATE
+    burst = rng.standard_normal(t.size) * np.exp(-t * 14) * (1 - np.exp(-t * 400))
+    burst = np.convolve(burst, np.ones(6) / 6, mode="same")
+    return (0.6 * np.concatenate([burst, np.zeros(int(0.1 * RATE)), 0.7 * burst]) / np.abs(burst).max()).astype(np.float32)
+
+
+def phrase(voice: str, text: str) -> np.ndarray:
+    if text == "(laugh)":
+        return laugh()
+    if text == "(cough)":
+        return cough()
+    from benchmarks.hearing import VOICES
+
+    audio = VOICES[voice](text) if voice in VOICES else speak(text, rate=RATE)
+    return trim(audio)
+
+
 async def say(page: Any, index: int, duration_s: float) -> float:
     """Say phrase `index`; returns the page time of its first sample."""
     spoken = await page.evaluate("(i) => window.__bench.say(window.__bench.questions[i]).then((s) => s.perfEnd)", index)
@@ -120,7 +163,10 @@ async def settle(page: Any) -> None:
     await page.wait_for_function(SETTLED_JS, timeout=120000, polling=100)
 
 
-async def story(page: Any, level: Level, durations: list[float]) -> None:
+async def story(page: Any, level: Level, durations: list[float], said: list[int], stop: int) -> None:
+    """One story: its echo alone for 3 s, then the phrases `said` (backchannels, 3 s apart), then
+    phrase `stop` (an interruption). Indices are into the page's loaded phrases."""
+    names = level.phrases
     await settle(page)
     users_before = int(await page.evaluate(COUNT_JS, "user"))
     before = int(await page.evaluate(COUNT_JS, "assistant"))
@@ -142,27 +188,33 @@ async def story(page: Any, level: Level, durations: list[float]) -> None:
         return
     # 2. backchannels
     users = int(await page.evaluate(COUNT_JS, "user"))
-    for i in range(len(BACKCHANNELS)):
+    for i in said:
         if await finished(page, answer):
-            level.notes.append(f"the story ended before {BACKCHANNELS[i]!r}")
+            level.notes.append(f"the story ended before {names[i]!r}")
             break
-        await say(page, i, durations[i])
+        onset = await say(page, i, durations[i])
         level.backchannels += 1
-        await asyncio.sleep(3.0)
+        await asyncio.sleep(max(0.0, 3.0 - durations[i]))
+        after = [x for x in await states(page, answer) if x["at"] > onset]
+        held = [x["at"] for x in after if x["state"] == "paused"]
+        if held:  # the answer held: how soon after the backchannel ended did it play again?
+            resumed = [x["at"] for x in after if x["state"] == "streaming" and x["at"] > held[0]]
+            if resumed:
+                level.resume_ms.append(resumed[0] - (onset + 1000 * durations[i]))
         taken = any(s["state"] == "interrupted" for s in await states(page, answer))
         new_users = int(await page.evaluate(COUNT_JS, "user")) - users
         if taken or new_users:
             level.backchannels_taken += 1
-            level.notes.append(f"{BACKCHANNELS[i]!r} " + ("interrupted it" if taken else "became a turn"))
+            level.notes.append(f"{names[i]!r} " + ("interrupted it" if taken else "became a turn"))
         if taken:
             await settle(page)
             return
-    # 3. "wait, stop"
+    # 3. the interruption
     if await finished(page, answer):
-        level.notes.append("the story ended before 'Wait, stop.'")
+        level.notes.append(f"the story ended before {names[stop]!r}")
         await settle(page)
         return
-    onset = await say(page, len(BACKCHANNELS), durations[-1])
+    onset = await say(page, stop, durations[stop])
     level.stops += 1
     try:
         await page.wait_for_function(
@@ -172,10 +224,12 @@ async def story(page: Any, level: Level, durations: list[float]) -> None:
         )
     except Exception:
         level.misses += 1
-        level.notes.append("'Wait, stop.' did not interrupt within 5 s")
+        level.notes.append(f"{names[stop]!r} did not interrupt within 5 s")
         await settle(page)
         return
-    shown = min(s["at"] for s in await states(page, answer) if s["at"] > onset and s["state"] in ("paused", "interrupted"))
+    marks = await states(page, answer)
+    shown = min(s["at"] for s in marks if s["at"] > onset and s["state"] in ("paused", "interrupted"))
+    level.decided_ms.append(min(s["at"] for s in marks if s["at"] > onset and s["state"] == "interrupted") - onset)
     # Parley's audio has stopped once it has been quiet for 150 ms (longer than a gap between words).
     await page.wait_for_function(
         "(t) => performance.now() > t && performance.now() - window.__bench.lastLoud > 150", arg=shown, timeout=10000, polling=10
@@ -262,11 +316,14 @@ def transcripts_check(count: int = 20) -> None:
 
 
 async def run(url: str, args: argparse.Namespace) -> list[Level]:
-    phrases = [trim(speak(text, rate=RATE)) for text in (*BACKCHANNELS, STOP)]
+    voices = [v for v in args.voices.split(",") if v]
+    texts = [*BACKCHANNELS, *INTERRUPTIONS]
+    names = [f"{voice}: {text}" for voice in voices for text in texts]
+    phrases = [phrase(voice, text) for voice in voices for text in texts]
     durations = [p.size / RATE for p in phrases]
     levels: list[Level] = []
     for name in [e.strip() for e in args.echo.split(",") if e.strip()]:
-        level = Level(name)
+        level = Level(name, phrases=names)
         levels.append(level)
         db = None if name == "none" else float(name)
         log: list[str] = []
@@ -275,24 +332,29 @@ async def run(url: str, args: argparse.Namespace) -> list[Level]:
             await page.evaluate("(db) => window.__bench.setEcho(db)", db)
             await page.click("label[for=hands-free]")
             await page.locator('#turn-state[data-state="listening"]').wait_for(timeout=5000)
-            for _ in range(max(1, min(args.trials, 10))):
-                await story(page, level, durations)
-                await wait_quiet(page, timeout_ms=120000)
+            n = 0
+            for voice in range(len(voices)):
+                for _ in range(max(1, min(args.trials, 10))):
+                    base = voice * len(texts)
+                    said = [base + (PER_STORY * n + k) % len(BACKCHANNELS) for k in range(PER_STORY)]
+                    await story(page, level, durations, said, base + len(BACKCHANNELS) + n % len(INTERRUPTIONS))
+                    await wait_quiet(page, timeout_ms=120000)
+                    n += 1
         print(f"  echo {name}: {level.notes}", flush=True)
     return levels
 
 
 def report(levels: list[Level]) -> None:
     print(
-        "\n| echo | stories | self-holds | self-interruptions | backchannels taken | 'wait, stop' missed "
-        "| barge-in ms p50 / p95 | audio stopped ms p50 / p95 |"
+        "\n| echo | stories | self-holds | self-interruptions | backchannels taken | interruptions missed "
+        "| audio stopped ms p50 / p95 | shown interrupted ms p50 / p95 | resumed after a backchannel ms p50 / p95 |"
     )
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for lv in levels:
         echo = "none" if lv.name == "none" else f"{lv.name} dB"
         print(
             f"| {echo} | {lv.trials} | {lv.self_holds} | {lv.self_interruptions} | {lv.backchannels_taken} of {lv.backchannels} "
-            f"| {lv.misses} of {lv.stops} | {p50_p95(lv.delays_ms)} | {p50_p95(lv.stop_ms)} |"
+            f"| {lv.misses} of {lv.stops} | {p50_p95(lv.stop_ms)} | {p50_p95(lv.decided_ms)} | {p50_p95(lv.resume_ms)} |"
         )
 
 

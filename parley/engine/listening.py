@@ -140,7 +140,7 @@ class Listener:
         if judge is None or utterance is None or start is None:
             return
         end = paused_at + SOUND_TAIL
-        audio = s.recorder.audio(max(start, end - 8 * RATE), end)
+        audio = s.recorder.speech_audio(start, end)[-8 * RATE :]  # earlier thinking pauses cut down, as the ASR hears them
         transcript = None
         speculation = utterance.speculation
         if speculation is not None and speculation.until == paused_at:
