@@ -48,18 +48,18 @@ def heard(stream: np.ndarray) -> tuple[np.ndarray, float]:
     hands-free: the utterance from its start (with the pre-roll) to the end of its speech plus the
     padding; both as the recorder marks them."""
     recorder = Recorder(TurnConfig(hands_free=True), max_record_s=60.0, canceller=EchoCanceller(lambda: None))
-    start = end = None
-    speech_s = 0.0
+    start = None
+    at_pause = np.zeros(0, np.float32)
     for frame in frames(stream):
         for event in recorder.feed(frame):
             if event.kind == "start" and start is None:
                 start = event.sample
-            elif event.kind == "end" and end is None:
-                end, speech_s = event.sample, event.speech_s
-    if start is None:
-        return np.zeros(0, np.float32), 0.0
-    end = recorder.tape.end if end is None else end
-    return recorder.audio(start, end + round(END_PAD_S * SAMPLE_RATE)), speech_s
+            elif event.kind == "pause" and start is not None:
+                # what the session transcribes at the pause (the tape forgets an utterance once it ends)
+                at_pause = recorder.audio(start, event.sample + round(END_PAD_S * SAMPLE_RATE))
+            elif event.kind == "end" and start is not None:
+                return at_pause, event.speech_s
+    return at_pause, recorder.speech_s
 
 
 def main() -> None:
@@ -92,7 +92,7 @@ def main() -> None:
         for voice, condition, text, stops, audio, speech_s in clips:
             transcript = engine.transcribe(audio) if audio.size >= SAMPLE_RATE // 10 else None
             words = transcript.text if transcript is not None else ""
-            verdict = overlap_verdict(words, speech_s, "en", transcript is not None and transcript.unsure)
+            verdict = overlap_verdict(words, speech_s, "en", transcript is not None and transcript.guessing)
             interrupts = verdict == "an interruption"
             row = counts["interruptions" if stops else "backchannels"]
             row[0] += 1

@@ -427,10 +427,10 @@ class TurnConfig(_Section):
     )
     barge_in: bool = Field(default=True, description="Hands-free: speaking over the answer interrupts it.")
     barge_in_min_s: float = Field(
-        default=0.1,
+        default=0.064,
         ge=0,
-        description="Hands-free: speech that interrupts an answer must last this long (its own echo is told apart by "
-        "level, not by length: this only skips clicks).",
+        description="Hands-free: speech over an answer holds it once it has lasted this long (two 32 ms VAD windows; its "
+        "own echo is told apart by level and the echo canceller, not by length: this only skips clicks).",
     )
     echo_cancel: bool = Field(
         default=True,

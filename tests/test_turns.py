@@ -326,7 +326,8 @@ async def _talk_over(session: Any, text: str, after_s: float = 1.0) -> None:
 async def test_speech_over_an_answer_costs_no_scene_note_until_it_is_a_turn(heard: str, interrupts: bool) -> None:
     """Each "mm-hmm" made a scene note (0.3-0.8 s of a core while Parley spoke). And "yeah" read as
     "here" cut the answer: one short word that asks for nothing is no interruption."""
-    services = ScriptedServices(["Once upon a time there was a dragon. "] * 20, transcript="Tell me a story.")
+    story = [f"On day {n} the dragon baked {n + 2} loaves of bread. " for n in range(20)]
+    services = ScriptedServices(story, transcript="Tell me a story.")
     services.packets = 100  # 2 s of audio a sentence
     session, page, track = make_session(services, turn={"hands_free": True, "end_silence_s": 0.6}, vision={"enabled": True})
     session.on_video_frame(av.VideoFrame.from_ndarray(np.full((48, 64, 3), 128, np.uint8), format="rgb24"))
@@ -334,7 +335,7 @@ async def test_speech_over_an_answer_costs_no_scene_note_until_it_is_a_turn(hear
     await wait_until(lambda: track.queued_s > 0.5)  # nothing pumps the track: the answer goes on
     notes = len(services.described)
     services.transcript = heard
-    await _talk_over(session, "Yeah, that is right" if heard == "here" else heard)
+    await _talk_over(session, "Yeah." if heard == "here" else heard)
     await wait_until(lambda: session.overlap.hold is None, timeout=5)
     await asyncio.sleep(0.2)
     interrupted = any(s.get("state") == "interrupted" for s in page.of("state"))

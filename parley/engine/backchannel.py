@@ -3,14 +3,17 @@ turn. Told apart from an interruption by what can be known within a few hundred 
 the speech ending: how long it lasted, the words of its transcript, and how sure Whisper was of them.
 
 The rule (`overlap_verdict`), for speech over an answer that lasted at most `BACKCHANNEL_MAX_S`:
-- no words (a cough, a laugh, a breath: nothing Whisper makes words of): no interruption;
-- a word that asks for the floor ("wait", "stop", "hold on", "sorry", "what", "no", "hey") or a
+- no words (a cough, a laugh, a breath: nothing Whisper makes words of), or words Whisper was only
+  guessing at (a mean token log-probability under `GUESSING_LOGPROB`: a laugh read as "I'm not a
+  real man."): no interruption;
+- only acknowledgement words: a backchannel ("Okay? Okay?" too);
+- a word that asks for the floor ("wait", "stop", "hold on", "sorry", "what", "no", "hello") or a
   question of two words or more: an interruption;
-- only acknowledgement words: a backchannel;
-- otherwise, one or two words (an acknowledgement misheard: "yeah" read as "here"), or up to four
-  that Whisper doubts (a low log-probability, or likely no speech): not sure, so no interruption;
-- anything else interrupts. Longer speech always does.
+- any other words: shorter than `BACKCHANNEL_LIKE_S` (as long as a backchannel: "yeah" read as
+  "here", "mm-hmm" as "and then them") is not sure, so no interruption; longer ("hold on" read as
+  "Oh, don't") is an interruption. Longer speech always is.
 So one misread word cannot cut an answer short, and a clear "wait" or a question always does.
+`benchmarks/overlap.py` measures it, with the hearing benchmark's voices, clean and in noise.
 
 Parley's own voice, when the echo canceller leaves some of it, is told apart the same way: speech
 whose words are mostly among the words spoken in the last `ECHO_MEMORY_S` resumes the answer too.
@@ -18,8 +21,8 @@ Only content words count there: "is the capital of France?" shares "is", "the" a
 English answer, which made a real question over a story pass for its echo.
 
 Limits: a real answer made of the same words ("yeah" to a question Parley asked mid-answer) is
-taken as a backchannel, and the answer goes on; a one- or two-word interruption without a floor
-word ("Louder." is one; "Go on." is not) is not sure enough to stop it. Languages without lists
+taken as a backchannel, and the answer goes on; a short interruption without a floor word
+("Louder.") is not sure enough to stop it. Languages without lists
 treat only wordless sounds as backchannels, and every word as an interruption.
 """
 
@@ -33,11 +36,20 @@ ECHO_MEMORY_S = 3.0
 BACKCHANNEL_MAX_S = 1.2
 """Speech longer than this over an answer is never a backchannel: it interrupts at once."""
 
+BACKCHANNEL_LIKE_S = 0.7
+"""Words that neither ask for the floor nor acknowledge interrupt only with at least this much
+speech (benchmarks/overlap.py: backchannels misread took 0.3-0.86 s, interruptions misread 0.6-1.1 s;
+chosen there, so it flatters itself somewhat)."""
+
+GUESSING_LOGPROB = -2.0
+"""Whisper's mean token log-probability under which its words are a guess at sounds (a laugh, a
+cough); real words misread stayed above -1.7 on the overlap benchmark."""
+
 ACKNOWLEDGEMENTS: dict[str, frozenset[str]] = {
     "en": frozenset(
         "mm mmm mhm hm hmm mm-hmm mmhmm mm-hm uh-huh uh huh uhhuh um umm er erm aha ah oh ooh wow yeah yep yes yup ya "
         "okay ok kay right alright sure true cool nice great good fine i see got it exactly indeed really ha haha "
-        "heh hehe thanks thank you interesting".split()
+        "heh hehe thanks thank you interesting m em".split()
     ),
     "de": frozenset("mhm hm hmm ja jaja genau okay ok gut klar stimmt aha ach so richtig".split()),
     "fr": frozenset("mhm hm hmm oui ouais d'accord ok okay ah oh bon voilà exactement".split()),
@@ -46,7 +58,7 @@ ACKNOWLEDGEMENTS: dict[str, frozenset[str]] = {
 
 FLOOR_WORDS: dict[str, frozenset[str]] = {
     "en": frozenset(
-        "wait stop hold hang sorry pardon excuse what why how who where when which no nope nah hey hello hi listen "
+        "wait stop hold hang sorry pardon excuse what why how who where when which no nope nah hello listen "
         "actually but enough quiet shush shh skip next repeat louder slower pause cancel parley".split()
     ),
     "de": frozenset("warte warten stopp halt moment nein was wie warum wer wo wann entschuldigung aber hallo hey".split()),
@@ -87,9 +99,9 @@ def is_own_words(transcript: str, spoken: str) -> bool:
     return bool(content) and sum(w in said for w in content) * 2 >= len(content)
 
 
-def overlap_verdict(transcript: str, speech_s: float, language: str | None = "en", unsure: bool = False) -> Verdict:
+def overlap_verdict(transcript: str, speech_s: float, language: str | None = "en", guessing: bool = False) -> Verdict:
     """What speech over an answer, `speech_s` long, that reads `transcript`, was (the module's rule);
-    `unsure`: Whisper doubted its words (`Transcript.unsure`)."""
+    `guessing`: Whisper's words were a guess (`Transcript.guessing`)."""
     if speech_s > BACKCHANNEL_MAX_S:
         return "an interruption"
     words = words_of(transcript)
@@ -99,15 +111,15 @@ def overlap_verdict(transcript: str, speech_s: float, language: str | None = "en
     known, floor = ACKNOWLEDGEMENTS.get(code, frozenset()), FLOOR_WORDS.get(code)
     if floor is None:
         return "an interruption"  # no lists for this language: any word may be one
+    if guessing:
+        return "not sure"
+    if all(w in known for w in words):
+        return "a backchannel"  # "Okay? Okay?" too
     if any(w in floor for w in words) or (transcript.rstrip().endswith("?") and len(words) >= 2):
         return "an interruption"
-    if len(words) <= 4 and all(w in known for w in words):
-        return "a backchannel"
-    if len(words) <= 2 or (unsure and len(words) <= 4):
-        return "not sure"
-    return "an interruption"
+    return "not sure" if speech_s < BACKCHANNEL_LIKE_S else "an interruption"
 
 
-def is_backchannel(transcript: str, speech_s: float, language: str | None = "en", unsure: bool = False) -> bool:
+def is_backchannel(transcript: str, speech_s: float, language: str | None = "en", guessing: bool = False) -> bool:
     """Whether speech over an answer, `speech_s` long, that reads `transcript`, lets the answer go on."""
-    return overlap_verdict(transcript, speech_s, language, unsure) != "an interruption"
+    return overlap_verdict(transcript, speech_s, language, guessing) != "an interruption"

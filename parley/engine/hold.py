@@ -18,7 +18,7 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from parley.engine.backchannel import BACKCHANNEL_MAX_S, ECHO_MEMORY_S, is_own_words, overlap_verdict
+from parley.engine.backchannel import BACKCHANNEL_MAX_S, ECHO_MEMORY_S, FLOOR_WORDS, is_own_words, overlap_verdict, words_of
 from parley.engine.utterance import Utterance
 from parley.protocol import State
 
@@ -30,6 +30,11 @@ log = logging.getLogger("parley.session")
 NO_WORDS_GRACE_S = 0.4
 """A held answer whose speech so far has no words plays on once the pause has lasted this long
 more (a first syllable the ASR could not read yet, such as "wait", is followed by more speech)."""
+
+PEEK_EVERY_S = 0.35
+"""While speech over an answer goes on, what has been said so far is read this often (at most
+`PEEKS` times): a clear "wait" or "stop" interrupts then, not only once the speech pauses."""
+PEEKS = 3
 
 HOLD_LIMIT_S = 4.0
 """A hold not settled by then (the transcript never came) becomes an interruption."""
@@ -68,6 +73,7 @@ class Overlap:
         if hold is None:
             hold = self.hold = Hold(utterance=utterance)
             s.spawn(self._limit(hold))
+            s.spawn(self._peek(hold))
         elif hold.held:
             return
         hold.held = True
@@ -85,11 +91,11 @@ class Overlap:
         if self.hold is not None and speech_s > BACKCHANNEL_MAX_S:
             self._session.spawn(self.settle(self.hold, goes_on=False, why=f"over {BACKCHANNEL_MAX_S:g} s of speech"))
 
-    def passes(self, words: str, speech_s: float, unsure: bool = False) -> str | None:
+    def passes(self, words: str, speech_s: float, guessing: bool = False) -> str | None:
         """Why speech over the answer lets it go on ("no words", "a backchannel", "not sure", "its
-        own voice"), or None; `unsure`: Whisper doubted the words."""
+        own voice"), or None; `guessing`: Whisper doubted the words."""
         s = self._session
-        verdict = overlap_verdict(words, speech_s, s.settings.language, unsure)
+        verdict = overlap_verdict(words, speech_s, s.settings.language, guessing)
         if verdict in ("no words", "a backchannel"):
             return verdict
         answer = s.answering
@@ -106,7 +112,7 @@ class Overlap:
         if hold is None or hold.utterance is not utterance:
             return False
         speech_s = recorder.speech_s
-        why = self.passes(words, speech_s, utterance.unsure(words))
+        why = self.passes(words, speech_s, utterance.guessing(words))
         if why is None:
             await self.settle(hold, goes_on=False, why=f"{speech_s:.2f} s reading {words!r}")
             return False
@@ -124,13 +130,13 @@ class Overlap:
             self._session.spawn(later())
         return True
 
-    async def weigh(self, words: str | None, speech_s: float, unsure: bool = False) -> bool:
-        """The held utterance ended: settle by what was said (None: the transcript failed; `unsure`:
+    async def weigh(self, words: str | None, speech_s: float, guessing: bool = False) -> bool:
+        """The held utterance ended: settle by what was said (None: the transcript failed; `guessing`:
         Whisper doubted it); True if the answer goes on."""
         hold = self.hold
         if hold is None:
             return False
-        why = None if words is None else self.passes(words, speech_s, unsure)
+        why = None if words is None else self.passes(words, speech_s, guessing)
         await self.settle(hold, why is not None, why=f"{why or 'speech'}: {speech_s:.2f} s reading {words!r}")
         return why is not None
 
@@ -158,6 +164,24 @@ class Overlap:
         await asyncio.sleep(HOLD_LIMIT_S)
         if hold.held:
             await self.settle(hold, goes_on=False, why=f"not settled within {HOLD_LIMIT_S:g} s")
+
+    async def _peek(self, hold: Hold) -> None:
+        """While the speech over the answer goes on, read it so far: a floor word Whisper is not
+        guessing at ("wait", "stop", "hold on") interrupts at once. Nothing else is settled here."""
+        s, recorder = self._session, self._session.recorder
+        floor = FLOOR_WORDS.get((s.settings.language or "en").split("-")[0].lower(), frozenset())
+        for _ in range(PEEKS):
+            await asyncio.sleep(PEEK_EVERY_S)
+            start = recorder.utterance
+            if self.hold is not hold or not hold.held or start is None or not recorder.speaking:
+                return
+            try:
+                heard = await s.services.transcribe(recorder.speech_audio(start, recorder.tape.end))
+            except Exception:
+                return  # the utterance's own transcript settles it
+            if self.hold is hold and not heard.guessing and any(w in floor for w in words_of(heard.text)):
+                await self.settle(hold, goes_on=False, why=f"{recorder.speech_s:.2f} s so far reading {heard.text!r}")
+                return
 
     def _release(self, hold: Hold, why: str) -> None:
         """At a pause, what was heard was no speech of the user's (no words, or the answer's own):

@@ -154,6 +154,15 @@ class Listener:
                 transcript = None  # ASR failed: the turn itself will say so; judge by the sound
         if s.recorder.paused_at != paused_at:
             return
+        overlap = s.overlap
+        if overlap.hold is not None and transcript:
+            why = overlap.passes(transcript, s.recorder.speech_s, utterance.guessing(transcript))
+            if why is not None:  # "Yes." over a held answer: resume soon, whatever the judge would make of it
+                log.info("session %s: %s over the answer; over after %.1f s of silence", s.id[:8], why, s.settings.turn.quiet_s)
+                event = s.recorder.limit_pause(paused_at, s.settings.turn.quiet_s)
+                if event is not None:
+                    self.on_turn_event(event)
+                return
         began = s.clock()
         try:
             verdict = await asyncio.to_thread(judge.judge, audio, transcript)
@@ -161,10 +170,6 @@ class Listener:
             log.exception("session %s: the turn judge failed; the silence limit decides this turn", s.id[:8])
             return
         wait = max(s.settings.turn.quiet_s, verdict.wait_s)
-        overlap = s.overlap
-        unsure = transcript is not None and utterance.unsure(transcript)
-        if overlap.hold is not None and transcript and overlap.passes(transcript, s.recorder.speech_s, unsure):
-            wait = s.settings.turn.quiet_s  # "Yes." over a held answer: resume soon, whatever it reads like
         event = s.recorder.limit_pause(paused_at, wait)
         log.info(
             "session %s: pause judged in %.0f ms (reads %s, sounds %s): over after %.1f s of silence",
@@ -278,7 +283,7 @@ class Listener:
             # Read even when the VAD let little of it count as speech: over Parley's own voice the
             # gates keep much of the user's speech from counting, and "stop" stops it all the same.
             words = await self._words_or_none(utterance, event.sample)
-            if await s.overlap.weigh(words, event.speech_s, words is not None and utterance.unsure(words)):
+            if await s.overlap.weigh(words, event.speech_s, words is not None and utterance.guessing(words)):
                 await utterance.drop()
                 return
         if event.speech_s < s.settings.turn.min_speech_s:

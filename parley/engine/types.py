@@ -27,12 +27,12 @@ class Transcript(BaseModel):
     )
 
     @property
-    def unsure(self) -> bool:
-        """Whisper doubts these words: likely no speech, or a low mean token probability (below
-        about e^-0.8 = 0.45 a token; clear speech reads above -0.4 on this project's clips)."""
-        return (self.no_speech_prob is not None and self.no_speech_prob > 0.5) or (
-            self.avg_logprob is not None and self.avg_logprob < -0.8
-        )
+    def guessing(self) -> bool:
+        """Whisper was guessing at sounds, not reading words: a mean token log-probability under
+        -2.0 (a laugh read as "I'm not a real man."; real words misread stay above -1.7)."""
+        from parley.engine.backchannel import GUESSING_LOGPROB
+
+        return self.avg_logprob is not None and self.avg_logprob < GUESSING_LOGPROB
 
 
 class TextPart(BaseModel):

@@ -123,9 +123,9 @@ class Utterance:
         self.heard.append(transcript)
         return transcript.text.strip()
 
-    def unsure(self, words: str) -> bool:
-        """Whether Whisper doubted `words` (this utterance's transcript, from one piece of it)."""
-        return any(t.unsure for t in self.heard if t.text.strip() == words)
+    def guessing(self, words: str) -> bool:
+        """Whether Whisper was guessing at `words` (this utterance's transcript, from one piece of it)."""
+        return any(t.guessing for t in self.heard if t.text.strip() == words)
 
     async def drop(self) -> None:
         """The utterance is over without a turn: cancel everything still running for it."""
