@@ -3,7 +3,7 @@
 Makes spoken utterances at run time with the voices on this machine (hibari, and espeak-ng's
 en-us and en-gb voices): for each of 40 questions (8 of them short: "What do bees make?"), the question spoken straight through
 ("complete"), and the same recording cut at an unfinished point ("Please tell me which ocean is
-...") with a thinking pause of 0.5-1.5 s before the rest ("paused"). The cut is made inside the
+...") with a thinking pause of 0.7-1.5 s before the rest ("paused"). The cut is made inside the
 whole sentence's audio, at its quietest moment near the word boundary, so the words before the
 pause keep the intonation of a sentence that goes on. Each utterance (with 0.4 s of silence before
 it and 3 s after) is played through Parley's own hands-free recorder (Silero VAD, 20 ms frames as
@@ -16,7 +16,12 @@ aiortc decodes them), and each rule decides when the turn ends:
 Reported per rule: the false cut-off rate (a paused utterance ended during its pause), the share of
 complete utterances judged unfinished (they wait for `max_silence_s`), and the median and p95 delay
 from the end of a complete utterance's speech to the decision (the recorder's clock, plus the
-model's own time measured here). Also the model's cost per decision on this machine (one thread).
+model's own time measured here); for the paused ones that were not cut off, the same delay from the
+end of the resumed speech, how many waited over 1 s, and how many lost a content word of the part
+after the pause from the transcript the turn is answered with. Then LiveKit eot-bench's two figures
+over the judge's thresholds, and the models' cost per decision on this machine (one thread). The
+models hear what the session gives them: the speech with its pauses cut down (`--whole-pauses`:
+as before that).
 
     .venv/bin/python benchmarks/end_of_turn.py              # 40 questions x 3 voices x 2 = 240 utterances
     .venv/bin/python benchmarks/end_of_turn.py --voices hibari --json eot.json
@@ -54,6 +59,8 @@ from parley.engine.turnmodel import (  # noqa: E402
 from parley.engine.utterance import END_PAD_S  # noqa: E402
 
 MIC_RATE = 48000
+PAUSE_RANGE_S = (0.7, 1.5)
+"""The thinking pause's length, drawn per question (--pause-range)."""
 WHOLE_PAUSES = False
 """--whole-pauses: give the models the speech with its pauses whole (Parley before it cut them down)."""
 PAUSE_SEEN_S = 0.064
@@ -187,7 +194,7 @@ def make_utterances(voices: list[str], count: int, seed: int) -> list[Utterance]
             cut = words.cut(full, len(start.split()))
             if cut is None:
                 cut = cut_point(full, len(trim(say(start))) / MIC_RATE)
-            pause = rng.uniform(0.5, 1.5)
+            pause = rng.uniform(*PAUSE_RANGE_S)
             out.append(Utterance(voice, f"{start} {rest}", np.concatenate([lead, full, tail]), 0.4 + len(full) / MIC_RATE))
             gap = np.zeros(int(pause * MIC_RATE), np.float32)
             audio = np.concatenate([lead, full[:cut], gap, full[cut:], tail])
@@ -354,12 +361,14 @@ def main() -> None:
     parser.add_argument("--json", help="write the table here")
     parser.add_argument("--dump", help="write every utterance's pauses and the models' verdicts here")
     parser.add_argument("--asr-model", help="the Whisper the transcripts come from (asr.model; default: Parley's)")
+    parser.add_argument("--pause-range", nargs=2, type=float, default=list(PAUSE_RANGE_S), metavar=("MIN_S", "MAX_S"))
     parser.add_argument(
         "--whole-pauses", action="store_true", help="the models hear pauses whole, as before Recorder.speech_audio"
     )
     args = parser.parse_args()
-    global WHOLE_PAUSES
+    global WHOLE_PAUSES, PAUSE_RANGE_S
     WHOLE_PAUSES = args.whole_pauses
+    PAUSE_RANGE_S = (args.pause_range[0], args.pause_range[1])
 
     began = time.monotonic()
     utterances = make_utterances(args.voices, min(args.questions, len(QUESTIONS)), args.seed)

@@ -34,11 +34,11 @@ def test_acknowledgements_and_wordless_sounds_are_backchannels(text: str) -> Non
         "Wait.",
         "Stop.",
         "Wait, stop.",
-        "No.",
+        "No, no.",
+        "No, that is wrong.",
         "What?",
         "Yeah, but why?",
         "Okay so what is the capital of France",
-        "Hello.",
         "Um, wait.",
         "Hold on.",
         "Hang on a second.",
@@ -63,7 +63,7 @@ def test_the_conversation_language_picks_the_list() -> None:
     assert is_backchannel("", 0.5, "ja") and not is_backchannel("はい", 0.5, "ja"), "no lists: only wordless sounds pass"
 
 
-@pytest.mark.parametrize("text", ["here", "Hear.", "Year.", "Yeah, here.", "Thank you.", "Go on."])
+@pytest.mark.parametrize("text", ["here", "Hear.", "Year.", "Yeah, here.", "Thank you.", "Go on.", "Hello.", "Hey.", "No."])
 def test_one_or_two_words_that_ask_for_nothing_never_cut_an_answer_short(text: str) -> None:
     """ "Yeah" read as "here" by a small Whisper (as a reviewer's voice was): no floor word, no
     question, too short to be a request: not sure, so the answer goes on."""
@@ -88,6 +88,8 @@ def test_words_whisper_was_guessing_at_never_interrupt() -> None:
     assert overlap_verdict(laugh.text, 0.8, guessing=laugh.guessing) == "not sure"
     assert overlap_verdict("What's wrong?", 0.5, guessing=True) == "not sure"
     assert overlap_verdict("What's wrong?", 0.5) == "an interruption"
+
+
 def test_words_of_drops_marks_for_sounds_and_punctuation() -> None:
     assert words_of("[Music] Mm-hmm, OKAY!") == ["mm-hmm", "okay"]
 

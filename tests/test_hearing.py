@@ -78,9 +78,9 @@ for voice, say in (("hibari", lambda t: speak(t, MIC_RATE)), ("espeak", lambda t
 
 @needs_espeak
 def test_the_hearing_benchmark_prints_wer_per_voice_and_condition() -> None:
+    args = ["--sentences", "1", "--voices", "hibari,rp-160", "--conditions", "clean,babble-38", "--models", "tiny.en"]
     done = subprocess.run(
-        [sys.executable, "benchmarks/hearing.py", "--sentences", "1", "--voices", "hibari,rp-160", "--conditions", "clean,babble-38",
-         "--models", "tiny.en"],  # fmt: skip
+        [sys.executable, "benchmarks/hearing.py", *args],
         cwd=ROOT,
         capture_output=True,
         text=True,

@@ -7,8 +7,8 @@ The rule (`overlap_verdict`), for speech over an answer that lasted at most `BAC
   guessing at (a mean token log-probability under `GUESSING_LOGPROB`: a laugh read as "I'm not a
   real man."): no interruption;
 - only acknowledgement words: a backchannel ("Okay? Okay?" too);
-- a word that asks for the floor ("wait", "stop", "hold on", "sorry", "what", "no", "hello") or a
-  question of two words or more: an interruption;
+- a word that asks for the floor ("wait", "stop", "hold on", "sorry", "what", "no, no"; a lone
+  "No." is not one) or a question of two words or more: an interruption;
 - any other words: shorter than `BACKCHANNEL_LIKE_S` (as long as a backchannel: "yeah" read as
   "here", "mm-hmm" as "and then them") is not sure, so no interruption; longer ("hold on" read as
   "Oh, don't") is an interruption. Longer speech always is.
@@ -58,14 +58,18 @@ ACKNOWLEDGEMENTS: dict[str, frozenset[str]] = {
 
 FLOOR_WORDS: dict[str, frozenset[str]] = {
     "en": frozenset(
-        "wait stop hold hang sorry pardon excuse what why how who where when which no nope nah hello listen "
+        "wait stop hold hang sorry pardon excuse what why how who where when which no nope nah listen "
         "actually but enough quiet shush shh skip next repeat louder slower pause cancel parley".split()
     ),
     "de": frozenset("warte warten stopp halt moment nein was wie warum wer wo wann entschuldigung aber hallo hey".split()),
     "fr": frozenset("attends attendez arrête arrêtez stop non quoi comment pourquoi qui où quand pardon mais allô hé".split()),
     "es": frozenset("espera espere para pare alto no qué cómo por qué quién dónde cuándo perdón pero oye hola".split()),
 }
-"""Words that ask for the floor: said over an answer, even alone, they interrupt it."""
+"""Words that ask for the floor: said over an answer, even alone, they interrupt it (but `LONE_NO`)."""
+
+LONE_NO = frozenset("no nope nah nein non".split())
+"""A lone "no" is a floor word only with more words ("No, no.", "No, that's wrong"): alone, it is
+what Whisper most often makes of a "mm-hmm" heard over Parley's own voice."""
 
 Verdict = str
 """What speech over an answer was: "no words", "a backchannel", "not sure" (no interruption), or
@@ -115,7 +119,8 @@ def overlap_verdict(transcript: str, speech_s: float, language: str | None = "en
         return "not sure"
     if all(w in known for w in words):
         return "a backchannel"  # "Okay? Okay?" too
-    if any(w in floor for w in words) or (transcript.rstrip().endswith("?") and len(words) >= 2):
+    alone_unsure = len(words) == 1 and words[0] in LONE_NO  # "No." is what Whisper makes of "mm-hmm" over echo
+    if (any(w in floor for w in words) and not alone_unsure) or (transcript.rstrip().endswith("?") and len(words) >= 2):
         return "an interruption"
     return "not sure" if speech_s < BACKCHANNEL_LIKE_S else "an interruption"
 
