@@ -48,6 +48,7 @@ from deployments.asr import FasterWhisperBackend  # noqa: E402
 from media.speech import espeak, resample, speak, trim  # noqa: E402
 from media.vad import RATE  # noqa: E402
 from parley.config import ASRConfig, TurnConfig  # noqa: E402
+from parley.engine.listening import THOUGHT_PAUSE_S  # noqa: E402
 from parley.engine.recorder import Recorder  # noqa: E402
 from parley.engine.turnmodel import (  # noqa: E402
     SOUND_TAIL,
@@ -275,6 +276,7 @@ class Rule:
         the judge starts at the pause: it reads the transcript made there, then hears the speech
         only if the reading did not decide, and the turn ends `quiet_s` into the pause at the
         earliest."""
+        thought = False
         for pause in utterance.pauses:
             if self.judge is None:
                 ends = self.end_silence_s
@@ -285,9 +287,13 @@ class Rule:
                 sound = pause.sound if "sound" in self.uses and heard else None
                 ready = PAUSE_SEEN_S + (pause.asr_s + pause.text_s if text is not None else 0.0)
                 ready += pause.sound_s if sound is not None else 0.0
-                ends = max(self.quiet_s, self.judge.wait_s(sound, text), ready)
+                wait = self.judge.wait_s(sound, text)
+                if thought:  # as the session: after a thinking pause the user resumed, no more long waits
+                    wait = min(wait, settings.unsure_silence_s)
+                ends = max(self.quiet_s, wait, ready)
             if pause.length_s >= ends:
                 return pause.at_s + ends
+            thought = thought or pause.length_s >= THOUGHT_PAUSE_S
         return None
 
 
@@ -361,7 +367,7 @@ def main() -> None:
     parser.add_argument("--json", help="write the table here")
     parser.add_argument("--dump", help="write every utterance's pauses and the models' verdicts here")
     parser.add_argument("--asr-model", help="the Whisper the transcripts come from (asr.model; default: Parley's)")
-    parser.add_argument("--pause-range", nargs=2, type=float, default=list(PAUSE_RANGE_S), metavar=("MIN_S", "MAX_S"))
+    parser.add_argument("--pause-range", nargs=2, type=float, default=[0.7, 1.5], metavar=("MIN_S", "MAX_S"))
     parser.add_argument(
         "--whole-pauses", action="store_true", help="the models hear pauses whole, as before Recorder.speech_audio"
     )

@@ -342,3 +342,31 @@ async def test_speech_over_an_answer_costs_no_scene_note_until_it_is_a_turn(hear
     assert interrupted is interrupts, page.of("state")
     assert len(services.described) == notes + interrupts, "a note only for speech that became a turn"
     await session.close()
+
+
+class _ThinkingJudge:
+    """A turn judge that takes every pause for a thinking pause (as SmolLM2 and Smart Turn did for
+    espeak-ng voices reading garbled transcripts)."""
+
+    def judge(self, audio: np.ndarray, transcript: str | None) -> Any:
+        from parley.engine.turnmodel import Verdict
+
+        return Verdict(wait_s=TurnConfig().max_silence_s, text=0.05)
+
+
+async def test_once_the_user_resumes_after_a_thinking_pause_the_long_wait_is_over() -> None:
+    """"What is the capital of ... Italy?": the pause in the middle was a thinking pause, and the
+    user went on; the pause after "Italy?" ends the turn after `unsure_silence_s` (0.8 s), not the
+    2 s of another thinking pause, whatever the judge makes of it."""
+    services = ScriptedServices(["Rome."], transcript="What is the capital of Italy?")
+    judge: Any = _ThinkingJudge()
+    session, page, _ = make_session(services, turn={"hands_free": True}, turn_judge=judge)
+    first = trimmed(speak("What is the capital of", rate=48000), 48000)
+    second = trimmed(speak("Italy?", rate=48000), 48000)
+    audio = np.concatenate([silence(0.3, 48000), first, silence(1.0, 48000), second, silence(1.3, 48000)])
+    for frame in frames(audio):
+        session.on_audio_frame(frame)
+        await asyncio.sleep(0.005)
+    await wait_until(lambda: [m for m in page.of("message") if m["role"] == "user"], timeout=5)
+    assert session.listener.utterance is None
+    await session.close()

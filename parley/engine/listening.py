@@ -45,6 +45,10 @@ log = logging.getLogger("parley.session")
 RELEASE_TAIL_S = 0.1
 """Audio still taken after the key comes up while speech was going on: RTP lags the socket.io event."""
 
+THOUGHT_PAUSE_S = 0.5
+"""Hands-free: speech coming back after a pause this long means the user took a thinking pause
+and went on; a later pause in the same utterance then waits at most `unsure_silence_s`."""
+
 RELEASE_WAIT_S = 2.0
 """At most this long, a release waits for the microphone audio the browser had sent by then
 (a busy server decodes it late): a turn is never cut short for the server's own delay."""
@@ -121,6 +125,9 @@ class Listener:
                 s.overlap.start(self.utterance)  # speech again after a pause that let the answer play on
             s.set_state("hearing")
             if self.utterance is not None:
+                gaps = s.recorder.gaps
+                if gaps and gaps[-1][1] == event.sample and (gaps[-1][1] - gaps[-1][0]) / RATE >= THOUGHT_PAUSE_S:
+                    self.utterance.thought = True
                 self.utterance.resumed(event.sample)  # first: a piece kept now survives the cancel
                 if self.utterance.speculation is not None:
                     s.spawn(self.utterance.speculation.cancel())
@@ -169,7 +176,12 @@ class Listener:
         except Exception:
             log.exception("session %s: the turn judge failed; the silence limit decides this turn", s.id[:8])
             return
-        wait = max(s.settings.turn.quiet_s, verdict.wait_s)
+        turn = s.settings.turn
+        wait = max(turn.quiet_s, verdict.wait_s)
+        if utterance.thought:
+            # The user paused to think and went on: the turn most likely ends at this pause, so it
+            # waits no longer than an unsure one ("What is the capital of ... Italy?" waited 2 s more).
+            wait = min(wait, turn.unsure_silence_s)
         event = s.recorder.limit_pause(paused_at, wait)
         log.info(
             "session %s: pause judged in %.0f ms (reads %s, sounds %s): over after %.1f s of silence",

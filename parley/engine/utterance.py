@@ -72,6 +72,8 @@ class Utterance:
     look_later: bool = False
     """Its scene note waits until it is known to be a turn (speech over an answer is mostly "mm-hmm")."""
     speculation: Speculation | None = None
+    thought: bool = False
+    """A pause in it was judged a thinking pause: the user has taken theirs, and resumed if it goes on."""
     asr_s: float | None = None
     """How long the latest ASR call took (the turn's `asr` stage when its text is used)."""
     heard: list[Transcript] = field(default_factory=list)
