@@ -38,7 +38,6 @@ def test_acknowledgements_and_wordless_sounds_are_backchannels(text: str) -> Non
         "No, that is wrong.",
         "What?",
         "Yeah, but why?",
-        "Okay so what is the capital of France",
         "Um, wait.",
         "Hold on.",
         "Hang on a second.",
@@ -77,6 +76,7 @@ def test_other_words_interrupt_only_when_longer_than_a_backchannel() -> None:
     assert overlap_verdict("and then them", 0.5) == "not sure"
     assert overlap_verdict("Oh, don't", 0.8) == "an interruption"
     assert overlap_verdict("Tell me about the castle instead", 1.0) == "an interruption"
+    assert overlap_verdict("Okay so what is the capital of France", 1.3) == "an interruption"
 
 
 def test_words_whisper_was_guessing_at_never_interrupt() -> None:
@@ -103,3 +103,13 @@ def test_its_own_words_coming_back_are_told_from_a_question_by_their_content_wor
     assert not is_own_words("What is the capital of France?", story), "shared function words are no echo"
     assert not is_own_words("wait, stop", story)
     assert not is_own_words("", story)
+
+
+def test_more_syllables_than_the_speech_could_hold_are_a_guess() -> None:
+    """A 0.19 s laugh read as "I'm sorry." (3 syllables: 16 a second) is no request; "Wait." in
+    0.19 s and "Wait, stop." in 0.26 s are."""
+    assert overlap_verdict("I'm sorry.", 0.19) == "not sure"
+    assert overlap_verdict("What's wrong?", 0.16) == "not sure"
+    assert overlap_verdict("Wait.", 0.19) == "an interruption"
+    assert overlap_verdict("Wait, stop.", 0.26) == "an interruption"
+    assert overlap_verdict("I'm sorry.", 0.5) == "an interruption"

@@ -355,7 +355,7 @@ class _ThinkingJudge:
 
 
 async def test_once_the_user_resumes_after_a_thinking_pause_the_long_wait_is_over() -> None:
-    """"What is the capital of ... Italy?": the pause in the middle was a thinking pause, and the
+    """ "What is the capital of ... Italy?": the pause in the middle was a thinking pause, and the
     user went on; the pause after "Italy?" ends the turn after `unsure_silence_s` (0.8 s), not the
     2 s of another thinking pause, whatever the judge makes of it."""
     services = ScriptedServices(["Rome."], transcript="What is the capital of Italy?")

@@ -5,7 +5,8 @@ the speech ending: how long it lasted, the words of its transcript, and how sure
 The rule (`overlap_verdict`), for speech over an answer that lasted at most `BACKCHANNEL_MAX_S`:
 - no words (a cough, a laugh, a breath: nothing Whisper makes words of), or words Whisper was only
   guessing at (a mean token log-probability under `GUESSING_LOGPROB`: a laugh read as "I'm not a
-  real man."): no interruption;
+  real man."; or more syllables than the speech could hold, `MAX_SYLLABLES_PER_S`: "I'm sorry."
+  for 0.19 s of a laugh): no interruption;
 - only acknowledgement words: a backchannel ("Okay? Okay?" too);
 - a word that asks for the floor ("wait", "stop", "hold on", "sorry", "what", "no, no"; a lone
   "No." is not one) or a question of two words or more: an interruption;
@@ -103,6 +104,19 @@ def is_own_words(transcript: str, spoken: str) -> bool:
     return bool(content) and sum(w in said for w in content) * 2 >= len(content)
 
 
+MAX_SYLLABLES_PER_S = 10.0
+"""Faster than anyone speaks (quick speech runs at 6-7 syllables a second): words read into less
+speech than that are Whisper's guess at a short sound ("I'm sorry." for a 0.19 s laugh)."""
+
+_VOWELS = re.compile(r"[aeiouy]+")
+
+
+def more_words_than_sound(words: list[str], speech_s: float) -> bool:
+    """Whether `words` (two syllables or more) could not have been said in `speech_s` of speech."""
+    syllables = sum(max(1, len(_VOWELS.findall(w))) for w in words)
+    return syllables >= 2 and syllables > MAX_SYLLABLES_PER_S * max(speech_s, 1e-3)
+
+
 def overlap_verdict(transcript: str, speech_s: float, language: str | None = "en", guessing: bool = False) -> Verdict:
     """What speech over an answer, `speech_s` long, that reads `transcript`, was (the module's rule);
     `guessing`: Whisper's words were a guess (`Transcript.guessing`)."""
@@ -115,7 +129,7 @@ def overlap_verdict(transcript: str, speech_s: float, language: str | None = "en
     known, floor = ACKNOWLEDGEMENTS.get(code, frozenset()), FLOOR_WORDS.get(code)
     if floor is None:
         return "an interruption"  # no lists for this language: any word may be one
-    if guessing:
+    if guessing or more_words_than_sound(words, speech_s):
         return "not sure"
     if all(w in known for w in words):
         return "a backchannel"  # "Okay? Okay?" too

@@ -18,7 +18,15 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from parley.engine.backchannel import BACKCHANNEL_MAX_S, ECHO_MEMORY_S, FLOOR_WORDS, is_own_words, overlap_verdict, words_of
+from parley.engine.backchannel import (
+    BACKCHANNEL_MAX_S,
+    ECHO_MEMORY_S,
+    FLOOR_WORDS,
+    is_own_words,
+    more_words_than_sound,
+    overlap_verdict,
+    words_of,
+)
 from parley.engine.utterance import Utterance
 from parley.protocol import State
 
@@ -179,7 +187,9 @@ class Overlap:
                 heard = await s.services.transcribe(recorder.speech_audio(start, recorder.tape.end))
             except Exception:
                 return  # the utterance's own transcript settles it
-            if self.hold is hold and not heard.guessing and any(w in floor for w in words_of(heard.text)):
+            words = words_of(heard.text)
+            sure = not heard.guessing and not more_words_than_sound(words, recorder.speech_s)
+            if self.hold is hold and sure and any(w in floor for w in words):
                 await self.settle(hold, goes_on=False, why=f"{recorder.speech_s:.2f} s so far reading {heard.text!r}")
                 return
 
