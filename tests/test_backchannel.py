@@ -113,3 +113,5 @@ def test_more_syllables_than_the_speech_could_hold_are_a_guess() -> None:
     assert overlap_verdict("Wait.", 0.19) == "an interruption"
     assert overlap_verdict("Wait, stop.", 0.26) == "an interruption"
     assert overlap_verdict("I'm sorry.", 0.5) == "an interruption"
+    assert overlap_verdict("Stop there, please. " * 3, 0.86) == "an interruption", "a decoder's loop says it once"
+    assert overlap_verdict("No, no, no, no, no, no, no,", 0.64) == "an interruption"

@@ -90,3 +90,12 @@ def test_the_hearing_benchmark_prints_wer_per_voice_and_condition() -> None:
     out = done.stdout
     assert "clean" in out and "babble-38" in out and "p50 ms" in out
     assert "\ntiny.en " in out and "    hibari " in out and "    rp-160 " in out
+
+
+@needs_espeak
+def test_the_overlap_benchmark_counts_backchannels_and_interruptions_the_rule_gets_wrong() -> None:
+    args = ["--models", "tiny.en", "--voices", "hibari", "--conditions", "clean", "--all"]
+    done = subprocess.run([sys.executable, "benchmarks/overlap.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "tiny.en: backchannels that would interrupt" in done.stdout
+    assert "'Wait, stop.'" in done.stdout and "'(cough)'" in done.stdout, "every phrase is listed with --all"

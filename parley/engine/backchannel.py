@@ -112,8 +112,9 @@ _VOWELS = re.compile(r"[aeiouy]+")
 
 
 def more_words_than_sound(words: list[str], speech_s: float) -> bool:
-    """Whether `words` (two syllables or more) could not have been said in `speech_s` of speech."""
-    syllables = sum(max(1, len(_VOWELS.findall(w))) for w in words)
+    """Whether `words` (two syllables or more) could not have been said in `speech_s` of speech.
+    Each word counts once: Whisper repeats itself ("Stop Stop Stop ...") past what was said."""
+    syllables = sum(max(1, len(_VOWELS.findall(w))) for w in dict.fromkeys(words))
     return syllables >= 2 and syllables > MAX_SYLLABLES_PER_S * max(speech_s, 1e-3)
 
 
