@@ -37,13 +37,13 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import av
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.hearing import VOICES as HEARING_VOICES  # noqa: E402
+from benchmarks.hearing import frames  # noqa: E402
 from deployments.asr import FasterWhisperBackend  # noqa: E402
 from media.speech import espeak, resample, speak, trim  # noqa: E402
 from media.vad import RATE  # noqa: E402
@@ -204,18 +204,6 @@ def make_utterances(voices: list[str], count: int, seed: int) -> list[Utterance]
     return out
 
 
-def frames(audio: np.ndarray) -> list[av.AudioFrame]:
-    """20 ms s16 mono frames at 48 kHz, as aiortc decodes a browser's microphone."""
-    pcm = (np.clip(audio, -1, 1) * 32767).astype(np.int16)
-    pcm = np.concatenate([pcm, np.zeros(-len(pcm) % 960, np.int16)])
-    out = []
-    for i in range(0, len(pcm), 960):
-        frame = av.AudioFrame.from_ndarray(pcm[i : i + 960].reshape(1, -1), format="s16", layout="mono")
-        frame.sample_rate = MIC_RATE
-        out.append(frame)
-    return out
-
-
 def listen(utterance: Utterance, shortest_s: float, judge: TurnJudge | None, asr: FasterWhisperBackend | None) -> None:
     """Play the utterance through a hands-free recorder that never ends the turn by itself, and
     note each pause of at least `shortest_s` and (with models) what they make of it, on exactly the
@@ -246,7 +234,7 @@ def measure(pause: Pause, recorder: Recorder, paused_at: int, judge: TurnJudge, 
     """What the session asks of the models at this pause (both of them, to compare the rules), timed."""
     start = recorder.utterance or 0
     cut = recorder.audio if WHOLE_PAUSES else recorder.speech_audio  # as the session gives the models the speech
-    audio = cut(start, paused_at + SOUND_TAIL)[-8 * RATE :]
+    audio = cut(max(start, paused_at + SOUND_TAIL - 16 * RATE), paused_at + SOUND_TAIL)[-8 * RATE :]
     assert judge.sound is not None and judge.text is not None
     began = time.perf_counter()
     pause.sound = judge.sound.complete_probability(audio)

@@ -20,7 +20,7 @@ app's `FasterWhisperBackend` with the app's settings (int8, 2 threads, greedy, t
 It prints, per model, word error rate per voice x condition, clips whose every content word was
 heard ("key words": what an answer needs), and one transcription's wall time per clip (p50 / p95;
 models interleaved clip by clip, so background load falls on all alike). A benchmark, not a test:
-it passes or fails nothing. About 1 s a clip for every model together on 2 cores (small: ~3x).
+it passes or fails nothing. About 0.5 s a clip for tiny.en and base together on 2 cores.
 
     python benchmarks/hearing.py                                 # every installed model, every clip
     python benchmarks/hearing.py --models tiny.en,base --sentences 6 --conditions clean,fan-38

@@ -4,7 +4,7 @@ the speech ending: how long it lasted, the words of its transcript, and how sure
 
 The rule (`overlap_verdict`), for speech over an answer that lasted at most `BACKCHANNEL_MAX_S`:
 - no words (a cough, a laugh, a breath: nothing Whisper makes words of), or words Whisper was only
-  guessing at (a mean token log-probability under `GUESSING_LOGPROB`: a laugh read as "I'm not a
+  guessing at (`Transcript.guessing`: a mean token log-probability under -2, a laugh read as "I'm not a
   real man."; or more syllables than the speech could hold, `MAX_SYLLABLES_PER_S`: "I'm sorry."
   for 0.19 s of a laugh): no interruption;
 - only acknowledgement words: a backchannel ("Okay? Okay?" too);
@@ -42,9 +42,6 @@ BACKCHANNEL_LIKE_S = 0.7
 speech (benchmarks/overlap.py: backchannels misread took 0.3-0.86 s, interruptions misread 0.6-1.1 s;
 chosen there, so it flatters itself somewhat)."""
 
-GUESSING_LOGPROB = -2.0
-"""Whisper's mean token log-probability under which its words are a guess at sounds (a laugh, a
-cough); real words misread stayed above -1.7 on the overlap benchmark."""
 
 ACKNOWLEDGEMENTS: dict[str, frozenset[str]] = {
     "en": frozenset(

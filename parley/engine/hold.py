@@ -1,10 +1,11 @@
 """Speech over an answer (hands-free): hold the answer at once, then settle what the speech was.
 
 Invariants:
-- A hold is settled exactly once. Words that are no backchannel (read at any pause), or more than
-  `BACKCHANNEL_MAX_S` of speech, interrupt the answer, and the speech becomes the turn. An
-  utterance that ends as a backchannel, or with no words, or with the answer's own words
-  (`parley.engine.backchannel`) resumes the answer and is no turn.
+- A hold is settled exactly once. Words that interrupt (`overlap_verdict`, read at any pause), a
+  floor word read while the speech goes on (`_peek`, every `PEEK_EVERY_S`), or more than
+  `BACKCHANNEL_MAX_S` of speech interrupt the answer, and the speech becomes the turn. An
+  utterance that ends as no interruption (a backchannel, no words, words it is not sure of) or
+  with the answer's own words (`parley.engine.backchannel`) resumes the answer and is no turn.
 - Until then, a pause whose speech had no words or the answer's own words lets the answer play on
   where it stopped, and speech coming back holds it again; a resume from a hold still holding
   starts the sentence over (the output replays it and counts it once).

@@ -147,7 +147,9 @@ class Listener:
         if judge is None or utterance is None or start is None:
             return
         end = paused_at + SOUND_TAIL
-        audio = s.recorder.speech_audio(start, end)[-8 * RATE :]  # earlier thinking pauses cut down, as the ASR hears them
+        # the last 8 s of speech, earlier thinking pauses cut down as the ASR hears them (16 s of tape
+        # hold that unless the pauses in them took more than 8 s)
+        audio = s.recorder.speech_audio(max(start, end - 16 * RATE), end)[-8 * RATE :]
         transcript = None
         speculation = utterance.speculation
         if speculation is not None and speculation.until == paused_at:

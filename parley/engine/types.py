@@ -13,6 +13,11 @@ from pydantic import BaseModel, Field
 Role = Literal["system", "user", "assistant"]
 
 
+GUESSING_LOGPROB = -2.0
+"""Whisper's mean token log-probability under which its words are a guess at sounds (a laugh, a
+cough); real words misread stayed above -1.7 on benchmarks/overlap.py."""
+
+
 class Transcript(BaseModel):
     """What the ASR heard in one recording."""
 
@@ -29,9 +34,7 @@ class Transcript(BaseModel):
     @property
     def guessing(self) -> bool:
         """Whisper was guessing at sounds, not reading words: a mean token log-probability under
-        -2.0 (a laugh read as "I'm not a real man."; real words misread stay above -1.7)."""
-        from parley.engine.backchannel import GUESSING_LOGPROB
-
+        `GUESSING_LOGPROB` (a laugh read as "I'm not a real man.")."""
         return self.avg_logprob is not None and self.avg_logprob < GUESSING_LOGPROB
 
 
