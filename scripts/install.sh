@@ -16,13 +16,15 @@ if [ -f "$stamp" ] && [ -d node_modules ] && { [ "$(cat "$stamp")" = "$want" ] |
 fi
 
 if [ "$dev" = 1 ] && { ! command -v chromium >/dev/null || ! command -v prometheus >/dev/null || ! command -v redis-server >/dev/null \
-  || ! command -v firefox-esr >/dev/null || ! command -v pulseaudio >/dev/null || ! command -v espeak-ng >/dev/null; }; then
+  || ! command -v firefox-esr >/dev/null || ! command -v pulseaudio >/dev/null || ! command -v espeak-ng >/dev/null \
+  || ! command -v nft >/dev/null || ! command -v turnserver >/dev/null; }; then
   echo "parley: installing Debian packages (chromium and firefox-esr with pulseaudio for browser tests, prometheus for the"
-  echo "        metrics test, redis-server for the store test, espeak-ng for voices other than hibari's)..."
+  echo "        metrics test, redis-server for the store test, espeak-ng for voices other than hibari's, nftables to drop"
+  echo "        packets in the packet-loss tests, coturn for the TURN relay test)..."
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -q >/dev/null
   apt-get install -y -q --no-install-recommends chromium firefox-esr pulseaudio prometheus redis-server espeak-ng \
-    iproute2 util-linux >/dev/null
+    iproute2 util-linux nftables coturn >/dev/null
 fi
 
 if ! command -v npm >/dev/null; then
