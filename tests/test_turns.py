@@ -273,25 +273,33 @@ def test_the_microphone_is_kept_encoded_while_nobody_listens_and_its_preroll_dec
     from aiortc.rtp import RtpPacket
 
     from media.opus import OpusEncoder
-    from parley.ingress.rtc import PREROLL_FRAMES, MicrophoneBuffer
+    from parley.ingress.loss import PREROLL_FRAMES, MicrophoneBuffer
 
     encoder = OpusEncoder(48000)
     packets = encoder.encode(trim(speak(QUESTION, rate=48000))[:48000])  # one second: 50 packets of 20 ms
     listening = False
-    buffer = MicrophoneBuffer(lambda: listening)
+    delivered: list[av.AudioFrame] = []
+    buffer = MicrophoneBuffer(lambda: listening, delivered.append)
 
     def rtp(i: int) -> RtpPacket:
         packet = RtpPacket(payload_type=96, sequence_number=i, timestamp=960 * i, payload=packets[i].data)
         packet._data = packets[i].data  # type: ignore[attr-defined]  # the receiver sets it when it depayloads
         return packet
 
-    assert all(buffer.add(rtp(i))[1] is None for i in range(30)), "nothing reaches the decoder between turns"
+    for i in range(30):
+        buffer.add(rtp(i))
+    assert delivered == [], "nothing is decoded between turns"
     preroll = buffer.preroll()
     assert preroll.dtype == np.float32 and preroll.size == PREROLL_FRAMES * 960, "the last 20 frames, decoded"
     assert np.sqrt(np.mean(preroll**2)) > 0.01, "it is the speech, not silence"
     listening = True
-    assert all(buffer.add(rtp(i))[1] is not None for i in range(30, 40)), "while listening, every packet is a frame at once"
-    assert buffer.add(rtp(35))[1] is None and buffer.add(rtp(39))[1] is None, "a reordered or repeated packet is dropped"
+    for i in range(30, 40):
+        buffer.add(rtp(i))
+        assert len(delivered) == i - 29, "while listening, every packet is a frame at once"
+    assert [f.pts for f in delivered] == [960 * i for i in range(10)], "timestamps count from the first frame decoded"
+    buffer.add(rtp(35))
+    buffer.add(rtp(39))
+    assert len(delivered) == 10, "a reordered or repeated packet is dropped"
 
 
 def test_the_receiver_takes_the_microphone_buffer() -> None:
@@ -302,14 +310,14 @@ def test_the_receiver_takes_the_microphone_buffer() -> None:
     from aiortc.rtcicetransport import RTCIceGatherer, RTCIceTransport
 
     from parley.engine.session import Session, SessionSettings
-    from parley.ingress.rtc import MicrophoneBuffer, listen_to_microphone
+    from parley.ingress.loss import MicrophoneBuffer, listen_to_microphone
 
     transport = RTCDtlsTransport(RTCIceTransport(RTCIceGatherer()), [RTCCertificate.generateCertificate()])
     receiver = RTCRtpReceiver("audio", transport)
     session = Session("m" * 12, SessionSettings.of(ParleyConfig()), ScriptedServices(["Ok."]))
-    listen_to_microphone(receiver, session)
+    buffer = listen_to_microphone(receiver, session.on_audio_frame, lambda: session.listening, set())
     assert isinstance(getattr(receiver, "_RTCRtpReceiver__jitter_buffer", None), MicrophoneBuffer)
-    assert session.listener.sender_clock is not None and session.listener.preroll is not None
+    assert buffer is getattr(receiver, "_RTCRtpReceiver__jitter_buffer", None)
 
 
 # -- speech over an answer -----------------------------------------------------------------------

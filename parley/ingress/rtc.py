@@ -2,7 +2,9 @@
 
 Invariants:
 - Every microphone and camera frame the browser sends is consumed as it arrives (so aiortc's
-  buffers never fill) and handed to the session; nothing here blocks on a model.
+  buffers never fill) and handed to the session; nothing here blocks on a model. The microphone
+  is decoded by parley.ingress.loss's buffer, through its lost packets (RED, FEC, concealment);
+  Parley's voice goes out with RED where the browser offers it.
 - Which addresses and ports media uses is set once per process (parley.ingress.ice); a node behind 1:1
   NAT gets its public address written into the answer's host candidates.
 """
@@ -12,21 +14,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
-import numpy as np
-from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCRtpReceiver, RTCSessionDescription
-from aiortc.jitterbuffer import JitterBuffer, JitterFrame
+from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
-from aiortc.rtp import RtpPacket
 
-from media.opus import decode_opus_frames
 from media.track import PacingTrack
 from parley.config import IceServer
 from parley.engine.ports import MediaSink
 from parley.ingress.ice import advertise_public
-from parley.ingress.senderclock import SenderClock
+from parley.ingress.loss import AudioCodecs, MicrophoneBuffer, listen_to_microphone, negotiate, send_red
+from parley.ingress.video import VideoBuffer, recover_video
 
 log = logging.getLogger("parley.rtc")
 
@@ -37,70 +35,6 @@ def rtc_configuration(servers: Sequence[IceServer]) -> RTCConfiguration:
 
 ICE_LIMIT_S = 30.0
 """A peer whose ICE has not connected this long after the answer is closed."""
-
-OPUS_RATE = 48000
-"""Opus's RTP clock rate (whatever rate the audio itself was sampled at)."""
-
-PREROLL_FRAMES = 20
-"""Encoded microphone frames (20 ms each) kept while nobody listens: more than the recorder's preroll."""
-
-
-class MicrophoneBuffer(JitterBuffer):
-    """The receiver's jitter buffer for the microphone, which hands each packet to the decoder as
-    soon as it arrives, and only while the session listens.
-
-    aiortc's buffer releases a frame only once a packet of the next frame has arrived (and holds
-    four before the first): a cushion for smooth playout. The server never plays the microphone;
-    it listens for the end of speech and for barge-in, where that cushion is pure delay, and a
-    microphone that goes silent between words (Chromium's WebAudio, Opus DTX) would leave its last
-    packet in the buffer until the next words. An Opus RTP packet is always one whole frame
-    (RFC 7587), so here every new packet is a frame at once; a duplicate or a packet older than
-    the last one handed on (reordered) is dropped, and the recorder hears a lost one as silence.
-    With push-to-talk nobody listens between turns: decoding every packet then was an idle
-    session's largest cost. While `listening()` is false, frames are kept encoded (the last
-    `PREROLL_FRAMES`) instead of decoded; `preroll()` decodes them when a recording starts.
-    """
-
-    def __init__(self, listening: Callable[[], bool]) -> None:
-        super().__init__(capacity=16)  # aiortc's own buffering is not used (add is replaced)
-        self._listening = listening
-        self._kept: deque[JitterFrame] = deque(maxlen=PREROLL_FRAMES)
-        self._last_sequence: int | None = None
-        self.clock = SenderClock(OPUS_RATE, origin=None)
-        """Where the sender's RTP clock is now, from the arrivals of every packet, in the decoded
-        frames' timestamps (aiortc counts those from the first frame it decodes)."""
-
-    def add(self, packet: RtpPacket) -> tuple[bool, JitterFrame | None]:
-        self.clock.observe(packet.timestamp)
-        if self._last_sequence is not None and not 0 < (packet.sequence_number - self._last_sequence) % 65536 < 32768:
-            return False, None  # a duplicate, or older than what was handed on already
-        self._last_sequence = packet.sequence_number
-        # The receiver stores the depayloaded payload as packet._data, which aiortc's own buffer
-        # reads the same way (aiortc 1.16, pinned in requirements.txt).
-        frame = JitterFrame(data=packet._data, timestamp=packet.timestamp)  # type: ignore[attr-defined]
-        if not self._listening():
-            self._kept.append(frame)
-            return False, None
-        if self.clock.origin is None:
-            self.clock.origin = frame.timestamp
-        return False, frame
-
-    def preroll(self) -> np.ndarray:
-        """The kept frames decoded: float32 mono at 48 kHz, oldest first (then forgotten)."""
-        frames, self._kept = list(self._kept), deque(maxlen=PREROLL_FRAMES)
-        return decode_opus_frames([f.data for f in frames])
-
-
-def listen_to_microphone(receiver: RTCRtpReceiver, session: MediaSink) -> None:
-    """Give the receiver a `MicrophoneBuffer` gated by the session's recorder. (aiortc 1.16 has no
-    setting for its jitter buffer; it is replaced on the receiver.)"""
-    name = "_RTCRtpReceiver__jitter_buffer"
-    if not hasattr(receiver, name):
-        log.warning("aiortc's receiver has no %s: microphone audio is decoded all the time, 80 ms late", name)
-        return
-    buffer = MicrophoneBuffer(lambda: session.listening)
-    setattr(receiver, name, buffer)
-    session.connect_microphone(buffer.clock, buffer.preroll)
 
 
 class SdpError(ValueError):
@@ -115,6 +49,10 @@ class Peer:
         self.public_address = public_address
         self.pc = RTCPeerConnection(rtc_configuration(ice_servers))
         self.track = PacingTrack()
+        self.codecs: dict[str, AudioCodecs] = {}
+        """What each audio m-line negotiated (Opus, and RED where the browser offered it)."""
+        self.microphone: MicrophoneBuffer | None = None
+        self.camera: VideoBuffer | None = None
         self.late_reported = 0
         """How many of the track's late packets the server has already counted in its metrics."""
         self._readers: list[asyncio.Task[None]] = []
@@ -131,7 +69,11 @@ class Peer:
             raise SdpError(f"the offer could not be read: {exc}") from exc
         if not any(t.kind == "audio" for t in self.pc.getTransceivers()):
             raise SdpError("the offer has no audio section")
+        self.codecs = negotiate(self.pc, sdp)
+        if self.microphone is not None:  # aiortc announced the track inside setRemoteDescription
+            self.microphone.red_types = self._red_types()
         self.pc.addTrack(self.track)  # reuses the offer's audio transceiver: sendrecv
+        send_red(self.pc, self.codecs)
         self.session.connect_output(self.track)
         await self.pc.setLocalDescription(await self.pc.createAnswer())
         answer = self.pc.localDescription
@@ -143,8 +85,22 @@ class Peer:
         if track.kind == "audio":
             for transceiver in self.pc.getTransceivers():
                 if transceiver.receiver.track is track:
-                    listen_to_microphone(transceiver.receiver, self.session)
+                    receiver = transceiver.receiver
+                    buffer = listen_to_microphone(receiver, self.session.on_audio_frame, self._listening, self._red_types())
+                    if buffer is not None:
+                        self.microphone = buffer
+                        self.session.connect_microphone(buffer.clock, buffer.preroll)
+        else:
+            for transceiver in self.pc.getTransceivers():
+                if transceiver.receiver.track is track:
+                    self.camera = recover_video(transceiver.receiver)
         self._readers.append(asyncio.get_running_loop().create_task(self._read(track)))
+
+    def _red_types(self) -> set[int]:
+        return {c.red for c in self.codecs.values() if c.red is not None}
+
+    def _listening(self) -> bool:
+        return self.session.listening
 
     async def _read(self, track: MediaStreamTrack) -> None:
         handle = self.session.on_audio_frame if track.kind == "audio" else self.session.on_video_frame
@@ -175,6 +131,21 @@ class Peer:
             await self.close()
 
     async def close(self) -> None:
+        if self.microphone is not None and self.microphone.stats.packets:
+            log.info("session %s: microphone: %s", self.session.id[:8], self.microphone.stats.summary())
+            self.microphone = None
+        if self.camera is not None and self.camera.losses:
+            c = self.camera
+            log.info(
+                "session %s: camera: %d frames, %d losses (%d retransmitted in time), %d frames dropped, %d key frames asked",
+                self.session.id[:8],
+                c.frames,
+                c.losses,
+                c.recovered,
+                c.frames_dropped,
+                c.plis,
+            )
+            self.camera = None
         for task in self._readers:
             task.cancel()
         for task in self._readers:
