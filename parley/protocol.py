@@ -121,8 +121,21 @@ class NewConversation(Inbound):
     event = "new_conversation"
 
 
+class Link(Inbound):
+    """The page's link-quality banner showed (`poor`) or cleared (`good`): sent once per change, with
+    what the page measured over its last few seconds (null: not measured). `loss_in`: the share of
+    Parley's voice packets lost on the way to the page; `loss_out`: of the page's own audio packets
+    lost on the way to the server, as the server's receiver reports say; `rtt_s`: the round trip."""
+
+    event = "link"
+    state: Literal["poor", "good"]
+    loss_in: Annotated[float, Field(ge=0, le=1)] | None = None
+    loss_out: Annotated[float, Field(ge=0, le=1)] | None = None
+    rtt_s: Annotated[float, Field(ge=0)] | None = None
+
+
 INBOUND: dict[str, type[Inbound]] = {
-    m.event: m for m in (Hello, Offer, TalkStart, TalkEnd, Text, Stop, Vision, HandsFree, NewConversation)
+    m.event: m for m in (Hello, Offer, TalkStart, TalkEnd, Text, Stop, Vision, HandsFree, NewConversation, Link)
 }
 
 

@@ -1,6 +1,7 @@
 // Parley page: socket.io signalling, the WebRTC connection, the one status the user sees, and
 // the wiring of the parts around them (senders.js: what the page sends and the media controls;
-// flow.js: whether media flows; controls.js: the typed message, New conversation, Download).
+// flow.js: whether media flows; link.js: whether the network link is poor, and its banner;
+// controls.js: the typed message, New conversation, Download).
 //
 // Invariants: nothing but hello is sent until the server's welcome for this connection has
 // arrived, and nothing is queued while disconnected (a stale talk_start must never reach the
@@ -24,6 +25,7 @@ import {
 import { setupControls } from "./controls.js";
 import { setupFlow } from "./flow.js";
 import { setupLayout } from "./layout.js";
+import { setupLink } from "./link.js";
 import { buildPeerConnection, ensureMedia, local } from "./media.js";
 import { notify, setStatus } from "./notices.js";
 import { invitation, load, save, takeInvitation } from "./saved.js";
@@ -51,6 +53,7 @@ const ui = {
   model: $("model"), rejected: $("rejected"), speaking: $("speaking"), send: $("send"), handsFree: $("hands-free"),
   turnState: $("turn-state"), hint: $("hint"), mute: $("mute"), camera: $("camera"), micLevel: $("mic-level"),
   parleyLevel: $("parley-level"), newConversation: $("new-conversation"), download: $("download"), chat: $("chat"),
+  link: $("link"), linkText: $("link-text"),
 };
 
 // For the console and the tests: the connection, the local tracks and the status shown.
@@ -394,6 +397,7 @@ const layout = setupLayout(ui, { load, save });
 const senders = setupSenders(ui, { talk, refresh });
 const flow = setupFlow(ui, { parley, ready, talk, refresh });
 const controls = setupControls(ui, { parley, ready, unlockAudio, refresh });
+const link = setupLink(ui, { parley, send });
 
 function init() {
   takeInvitation();
@@ -416,6 +420,7 @@ function init() {
   document.addEventListener("keydown", unlockAudio, true);
   onStreamingChange(refresh);
   flow.start();
+  link.start();
 
   refresh();
   connect();

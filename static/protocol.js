@@ -15,6 +15,7 @@
  * @property {Vision} vision
  * @property {HandsFree} hands_free
  * @property {NewConversation} new_conversation
+ * @property {Link} link
  */
 
 /**
@@ -87,6 +88,16 @@
 /**
  * Forget this conversation and start over (acknowledged with `Ack`).
  * @typedef {object} NewConversation
+ */
+
+/**
+ * The page's link-quality banner showed (`poor`) or cleared (`good`): sent once per change, with what
+ * the page measured over its last few seconds (null: not measured). Written by link.js.
+ * @typedef {object} Link
+ * @property {"poor"|"good"} state
+ * @property {number|null} [loss_in] Share (0-1) of Parley's voice packets lost on the way to the page.
+ * @property {number|null} [loss_out] Share (0-1) of the page's audio packets lost on the way to the server (its receiver reports).
+ * @property {number|null} [rtt_s] Round-trip time in seconds.
  */
 
 /**

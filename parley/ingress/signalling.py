@@ -39,6 +39,7 @@ from parley.protocol import (
     HandsFree,
     Hello,
     Inbound,
+    Link,
     Message,
     ModelInfo,
     Notice,
@@ -405,3 +406,10 @@ class Signalling:
     async def _on_vision(self, sid: str, switch: Vision) -> None:
         if session := await self._require(sid):
             session.set_vision(switch.enabled, switch.source)
+
+    async def _on_link(self, sid: str, link: Link) -> None:
+        """The page's link-quality banner changed: one log line (the page sends only changes), nothing else."""
+        session = self._session(sid)
+        measured = {"loss_in": link.loss_in, "loss_out": link.loss_out, "rtt_s": link.rtt_s}
+        said = ", ".join(f"{name} {value:.3g}" for name, value in measured.items() if value is not None) or "nothing measured"
+        log.info("session %s: the page says its link is %s (%s)", session.id[:8] if session else f"sid {sid}", link.state, said)
