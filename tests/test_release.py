@@ -73,10 +73,14 @@ class Microphone:
         self.clock = SenderClock(48000, time, origin=self.first, sleep=time.sleep)
         self.heard: int | None = None
 
-    def send(self, from_s: float, to_s: float, *, stood_still_s: float = 0.0) -> None:
+    def send(self, from_s: float, to_s: float, *, stood_still_s: float = 0.0, lost: frozenset[int] = frozenset()) -> None:
         """The sender sends the audio of [from_s, to_s) (seconds after time 100); its timestamps
-        are `stood_still_s` behind (a sender whose clock stood still while it sent nothing)."""
+        are `stood_still_s` behind (a sender whose clock stood still while it sent nothing); the
+        packets numbered in `lost` never arrive (the packet after a lost one brings its audio, as
+        the microphone's buffer fills the hole)."""
         for i in range(round(from_s / 0.02), round(to_s / 0.02)):
+            if i in lost:
+                continue
             arrival = 100.0 + (i + 1) * 0.02 + 0.01 + self.rng.random() * 0.08
             timestamp = (self.first + i * 960 - round(stood_still_s * 48000)) % WRAP
             self.time.at(arrival, lambda ts=timestamp: self.clock.observe(ts))
@@ -102,6 +106,24 @@ async def test_a_release_after_the_sender_went_quiet_does_not_wait() -> None:
     waited = await mic.release_at(1.28)
     assert waited <= 0.02, f"waited {waited:.2f} s for audio that was never sent"
     assert mic.heard_s() == 1.0
+
+
+async def test_a_release_on_a_lossy_link_waits_for_no_packet_that_will_never_come() -> None:
+    """10 % of packets lost, the two just before the key comes up among them: a sender still
+    sending is waited for only until its next packet (which brings the lost audio, repaired); one
+    whose last packets were lost and then went quiet is not waited for at all."""
+    rng = random.Random(11)
+    lost = frozenset({i for i in range(100) if rng.random() < 0.1} | {73, 74})
+    mic = Microphone(FakeClock(100.0), lag_s=0.0)
+    mic.send(0.0, 2.0, lost=lost)
+    waited = await mic.release_at(1.5)
+    assert waited < 0.15, f"waited {waited:.2f} s on a lossy link"
+    assert mic.heard_s() >= 1.5 - SLACK_S - 0.02, "the audio up to the release is on the tape"
+    quiet = Microphone(FakeClock(100.0), lag_s=0.0)
+    quiet.send(0.0, 1.0, lost=frozenset({47, 48, 49}))
+    waited = await quiet.release_at(1.28)
+    assert waited <= 0.02, f"waited {waited:.2f} s for packets that were lost"
+    assert quiet.heard_s() == 0.94
 
 
 async def test_a_sender_that_stops_during_the_wait_ends_it() -> None:
