@@ -122,7 +122,8 @@ class ServeMeter(Meter):
     """Parley's measurements as Ray Serve metrics (Prometheus names get Ray's `ray_` prefix).
 
     One histogram per stage (`parley_<stage>_seconds`), `parley_sessions` (gauge),
-    `parley_turns_total`, `parley_errors_total{stage}` and `parley_late_packets_total` (counters).
+    `parley_turns_total`, `parley_errors_total{stage}`, `parley_late_packets_total` and
+    `parley_microphone_packets_total{outcome}` (counters).
     """
 
     def __init__(self) -> None:
@@ -142,6 +143,11 @@ class ServeMeter(Meter):
         self._late = serve.metrics.Counter(
             "parley_late_packets_total", description="Audio packets that left a pacing track more than 20 ms late."
         )
+        self._microphone = serve.metrics.Counter(
+            "parley_microphone_packets_total",
+            description="Microphone packets by outcome: received, lost; of the lost, repaired from red or fec, or concealed.",
+            tag_keys=("outcome",),
+        )
 
     def stage(self, stage: str, seconds: float) -> None:
         self._stages[stage].observe(seconds)
@@ -157,6 +163,9 @@ class ServeMeter(Meter):
 
     def late_packets(self, count: int) -> None:
         self._late.inc(count)
+
+    def microphone_packets(self, outcome: str, count: int) -> None:
+        self._microphone.inc(count, tags={"outcome": outcome})
 
 
 class Ingress:

@@ -242,6 +242,7 @@ PARLEY_METRICS = {f"ray_parley_{stage}_seconds_bucket" for stage in STAGES} | {
     "ray_parley_turns_total",
     "ray_parley_errors_total",
     "ray_parley_late_packets_total",
+    "ray_parley_microphone_packets_total",
 }
 _METRIC = re.compile(r"\b(ray_[a-zA-Z0-9_]+)")
 

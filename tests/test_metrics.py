@@ -27,6 +27,12 @@ def counts(text: str, name: str) -> float:
     return sum(float(v) for v in re.findall(rf"^{name}(?:{{[^}}]*}})? ([0-9.eE+-]+)$", text, re.M))
 
 
+def received(text: str) -> float:
+    """Microphone packets that came, over all ingresses (the `received` outcome of the counter)."""
+    line = r'^ray_parley_microphone_packets_total\{[^}]*outcome="received"[^}]*\} ([0-9.eE+-]+)$'
+    return sum(float(v) for v in re.findall(line, text, re.M))
+
+
 async def scrape(port: int) -> str:
     async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{port}/metrics") as response:
         return await response.text()
@@ -54,7 +60,8 @@ async def test_turns_are_counted_in_every_stage_histogram(serve_app) -> None:
             for s in STAGES
             if s != "end_of_turn"
         }
-        if all(v >= 1 for v in grown.values()) and counts(text, "ray_parley_turns_total") >= 1:
+        microphone = received(text) - received(before)
+        if all(v >= 1 for v in grown.values()) and counts(text, "ray_parley_turns_total") >= 1 and microphone >= 50:
             break
         assert time.monotonic() < deadline, (
             f"stage counts grew by {grown}; exported: {sorted(set(re.findall(r'^(ray_parley_[a-z_]+)', text, re.M)))}"

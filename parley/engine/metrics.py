@@ -55,6 +55,11 @@ STAGES = (
 ERROR_STAGES = ("asr", "llm", "tts")
 
 
+MICROPHONE_OUTCOMES = ("received", "lost", "red", "fec", "concealed")
+"""What became of the browsers' microphone packets: came; never came; of those, repaired from a
+later packet's RED block, from the next packet's in-band FEC, or concealed."""
+
+
 class Meter:
     """Where sessions and the server report what they measure. This base records nothing."""
 
@@ -72,6 +77,9 @@ class Meter:
 
     def late_packets(self, count: int) -> None:
         """This many more audio packets left a pacing track late."""
+
+    def microphone_packets(self, outcome: str, count: int) -> None:
+        """This many more microphone packets had this outcome (one of MICROPHONE_OUTCOMES)."""
 
 
 class TurnMetrics(BaseModel):

@@ -176,6 +176,11 @@ class MicrophoneStats:
     unreadable: int = 0
     kinds: set[str] = field(default_factory=set)
 
+    def counts(self) -> dict[str, int]:
+        """Packets by outcome (parley.engine.metrics.MICROPHONE_OUTCOMES)."""
+        s = self
+        return {"received": s.packets, "lost": s.lost, "red": s.from_red, "fec": s.from_fec, "concealed": s.concealed}
+
     def summary(self) -> str:
         if not self.lost:
             return f"{self.packets} packets, none lost"

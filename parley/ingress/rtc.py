@@ -21,6 +21,7 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from media.track import PacingTrack
 from parley.config import IceServer
+from parley.engine.metrics import Meter
 from parley.engine.ports import MediaSink
 from parley.ingress.ice import advertise_public
 from parley.ingress.loss import AudioCodecs, MicrophoneBuffer, listen_to_microphone, negotiate, send_red
@@ -55,6 +56,8 @@ class Peer:
         self.camera: VideoBuffer | None = None
         self.late_reported = 0
         """How many of the track's late packets the server has already counted in its metrics."""
+        self.microphone_reported: dict[str, int] = {}
+        """The microphone's packet counts (by outcome) the server has already counted in its metrics."""
         self._readers: list[asyncio.Task[None]] = []
         self.pc.on("track", self._on_track)
         self.pc.on("connectionstatechange", self._on_state)
@@ -95,6 +98,19 @@ class Peer:
                 if transceiver.receiver.track is track:
                     self.camera = recover_video(transceiver.receiver)
         self._readers.append(asyncio.get_running_loop().create_task(self._read(track)))
+
+    def report(self, meter: Meter) -> None:
+        """Count in the metrics what this peer's audio went through since the last report: its
+        packets that left late, and its microphone's packets by outcome."""
+        late, self.late_reported = self.track.late_packets - self.late_reported, self.track.late_packets
+        if late:
+            meter.late_packets(late)
+        if self.microphone is not None:
+            counts = self.microphone.stats.counts()
+            for outcome, count in counts.items():
+                if count > self.microphone_reported.get(outcome, 0):
+                    meter.microphone_packets(outcome, count - self.microphone_reported.get(outcome, 0))
+            self.microphone_reported = counts
 
     def _red_types(self) -> set[int]:
         return {c.red for c in self.codecs.values() if c.red is not None}

@@ -145,14 +145,12 @@ class IngressServer:
                     log.exception("session %s: tick failed", session.id[:8])
 
     async def _reap(self) -> None:
-        """Every few seconds: report late audio packets, and forget sessions whose browser has
-        been gone longer than session_idle_s."""
+        """Every few seconds: report late audio packets and what the microphones' packets went
+        through, and forget sessions whose browser has been gone longer than session_idle_s."""
         while True:
             await asyncio.sleep(min(HOUSEKEEPING_S, self.config.server.session_idle_s))
             for peer in self.peers.values():
-                late, peer.late_reported = peer.track.late_packets - peer.late_reported, peer.track.late_packets
-                if late:
-                    self.meter.late_packets(late)
+                peer.report(self.meter)
             now = time.monotonic()
             if self.store is not None and now - self._forgot > 600:
                 self._forgot = now

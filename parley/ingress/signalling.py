@@ -366,6 +366,7 @@ class Signalling:
         peer = self.peers.pop(sid, None)
         if peer is not None:
             self.closed_lateness = [a + b for a, b in zip(self.closed_lateness, peer.track.lateness, strict=True)]
+            peer.report(self.meter)
             await peer.close()
 
     # -- the user's actions -------------------------------------------------------------------
