@@ -222,3 +222,15 @@ def test_reordered_packets_cost_nothing_with_red_and_keep_the_timing(speech: np.
     heard, buffer = through_buffer([sent[i] for i in order], {63})
     assert buffer.stats.late == buffer.stats.from_red > 0 and buffer.stats.concealed == 0
     assert heard.size == reference.size and snr_db(reference, heard) > 40
+
+
+def test_a_stream_that_starts_again_elsewhere_is_decoded_afresh_not_filled(speech: np.ndarray) -> None:
+    packets = encoded(speech)[:40]
+    frames: list[av.AudioFrame] = []
+    buffer = MicrophoneBuffer(lambda: True, frames.append)
+    for i in range(20):
+        buffer.add(rtp(1000 + i, 960 * i, packets[i]))
+    for i in range(20, 40):  # sequence numbers and timestamps jump back, as a restarted sender's may
+        buffer.add(rtp(i, 5_000_000 + 960 * i, packets[i]))
+    assert len(frames) == 40 and all(f.samples == 960 for f in frames), "nothing filled, nothing dropped"
+    assert buffer.stats.lost == 0 and buffer.stats.late == 0

@@ -24,7 +24,8 @@ Invariants of the microphone:
   next packet's in-band FEC, or by libopus's concealment, so the tape Whisper reads has no hole
   and no shift. A jump in timestamps with no packet missing (a sender that sent nothing in
   silence) is not filled here: the recorder lays silence there, as before.
-- A duplicate, or a packet older than one already handed on (it came too late), is dropped.
+- A duplicate, or a packet older than one already handed on (it came too late), is dropped; a jump
+  in sequence numbers of over `MAX_JUMP` ahead or `MAX_MISORDER` behind starts the stream afresh.
 - While nobody listens (push-to-talk between turns) packets are only kept, encoded (the last
   `PREROLL_FRAMES`): decoding every packet was an idle session's largest cost. `preroll()`
   decodes them, through the same decoder that goes on with the live packets.
@@ -62,6 +63,14 @@ PREROLL_FRAMES = 20
 MAX_FILL_S = 0.5
 """A hole longer than this (packets lost in a burst, or an outage) is filled only up to here; the
 recorder lays silence over the rest (the tape still keeps its timing)."""
+
+MAX_MISORDER = 100
+"""A packet at most this far behind the newest is a late one (dropped); further behind, the stream
+started again (as aiortc's own buffer judges it)."""
+
+MAX_JUMP = 100
+"""Sequence numbers jumping further ahead than this (2 s of packets) are a new stream, not a loss
+to fill."""
 
 TIME_BASE = Fraction(1, RTP_CLOCK_HZ)
 
@@ -222,10 +231,14 @@ class MicrophoneBuffer(JitterBuffer):
         lost = 0
         if self._last_sequence is not None:
             step = (packet.sequence_number - self._last_sequence) % 65536
-            if not 0 < step < 32768:
+            if 65536 - MAX_MISORDER <= step or step == 0:
                 self.stats.late += 1
                 return False, None  # a duplicate, or older than what was handed on already
-            lost = step - 1
+            if step > MAX_JUMP:  # not a loss: a new stream (or an outage the recorder lays silence over)
+                self._decoder.reset()
+                self._next_timestamp = None
+            else:
+                lost = step - 1
         self._last_sequence = packet.sequence_number
         self.stats.packets += 1
         self.stats.lost += lost
