@@ -58,6 +58,12 @@ class ServerConfig(_Section):
         description="The address browsers reach this node at when it sits behind 1:1 NAT (a cloud node's public IP): "
         "host ICE candidates are advertised with it instead of the private address.",
     )
+    red: bool = Field(
+        default=True,
+        description="Redundant audio (RED, RFC 2198) where the browser offers it (Chromium, Safari): its microphone comes "
+        "as RED and Parley's voice goes as RED with the two packets before each, so lost packets are repaired (the voice's "
+        "bitrate triples while Parley speaks). Off: Opus with in-band FEC only.",
+    )
     udp_ports: str | None = Field(
         default=None,
         pattern=r"^\d{1,5}-\d{1,5}$",

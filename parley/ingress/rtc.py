@@ -45,9 +45,12 @@ class SdpError(ValueError):
 class Peer:
     """One RTCPeerConnection between a browser and its session."""
 
-    def __init__(self, session: MediaSink, ice_servers: Sequence[IceServer], public_address: str | None = None) -> None:
+    def __init__(
+        self, session: MediaSink, ice_servers: Sequence[IceServer], public_address: str | None = None, *, red: bool = True
+    ) -> None:
         self.session = session
         self.public_address = public_address
+        self.red = red
         self.pc = RTCPeerConnection(rtc_configuration(ice_servers))
         self.track = PacingTrack()
         self.codecs: dict[str, AudioCodecs] = {}
@@ -72,7 +75,7 @@ class Peer:
             raise SdpError(f"the offer could not be read: {exc}") from exc
         if not any(t.kind == "audio" for t in self.pc.getTransceivers()):
             raise SdpError("the offer has no audio section")
-        self.codecs = negotiate(self.pc, sdp)
+        self.codecs = negotiate(self.pc, sdp, use_red=self.red)
         if self.microphone is not None:  # aiortc announced the track inside setRemoteDescription
             self.microphone.red_types = self._red_types()
         self.pc.addTrack(self.track)  # reuses the offer's audio transceiver: sendrecv

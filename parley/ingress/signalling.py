@@ -345,7 +345,7 @@ class Signalling:
             await self._notice(sid, "The WebRTC offer was malformed.")
             return
         await self._close_peer(sid)
-        peer = Peer(session, self._ice_servers("parley-server"), self.config.server.public_address)
+        peer = Peer(session, self._ice_servers("parley-server"), self.config.server.public_address, red=self.config.server.red)
         self.peers[sid] = peer
         try:
             answer = await peer.answer(offer.sdp, offer.type)
