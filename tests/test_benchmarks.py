@@ -178,3 +178,17 @@ def test_a_repeat_is_scored_as_one_and_an_answer_that_talks_of_the_note_is_off_t
     turn.answer = "The capital of France is Paris!"
     score(turn, earlier)
     assert turn.on_topic and turn.right and turn.repeats == 0
+
+
+def test_the_network_benchmark_prints_the_users_words_through_loss_for_every_receiver() -> None:
+    done = subprocess.run(
+        [sys.executable, "benchmarks/network.py", "--sentences", "1", "--voices", "hibari", "--loss", "0,10"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    table = done.stdout.split("the user's words through loss")[1]
+    for receiver in ("aiortc", "fec+plc", "red"):
+        assert re.search(rf"^{re.escape(receiver)} +0\.00/0/1of1 ", table, re.M), table

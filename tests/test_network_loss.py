@@ -94,10 +94,12 @@ MALFORMED_JS = (
 
 def made_up(before: dict[str, Any], after: dict[str, Any]) -> tuple[float, int, int]:
     """The share of Parley's voice the page concealed between two readings, the samples it
-    received, and the packets it repaired from FEC or RED."""
+    received, and the packets it repaired from FEC or RED (those that came with FEC, less those
+    whose FEC went unused)."""
     received = after["received"] - before["received"]
     concealed = (after["concealed"] - after["silentConcealed"]) - (before["concealed"] - before["silentConcealed"])
-    return (concealed / received if received else 0.0), received, after["fec"] - before["fec"]
+    used = (after["fec"] - after["fecDiscarded"]) - (before["fec"] - before["fecDiscarded"])
+    return (concealed / received if received else 0.0), received, used
 
 
 def concealment(before: dict[str, Any], after: dict[str, Any]) -> str:

@@ -30,7 +30,8 @@ RESOLUTION = 10_000
 
 CONCEALMENT_JS = """async () => {
     const pc = window.parley && window.parley.pc;
-    const out = { received: 0, concealed: 0, silentConcealed: 0, fec: 0, lost: 0, packets: 0, share: null };
+    const out = { received: 0, concealed: 0, silentConcealed: 0, fec: 0, fecDiscarded: 0, lost: 0, packets: 0 };
+    Object.assign(out, { jbDelay: 0, jbEmitted: 0, share: null });
     if (!pc) return out;
     (await pc.getStats()).forEach((r) => {
         if (r.type !== 'inbound-rtp' || r.kind !== 'audio') return;
@@ -38,6 +39,9 @@ CONCEALMENT_JS = """async () => {
         out.concealed += r.concealedSamples || 0;
         out.silentConcealed += r.silentConcealedSamples || 0;
         out.fec += r.fecPacketsReceived || 0;
+        out.fecDiscarded += r.fecPacketsDiscarded || 0;
+        out.jbDelay += r.jitterBufferDelay || 0;
+        out.jbEmitted += r.jitterBufferEmittedCount || 0;
         out.lost += Math.max(0, r.packetsLost || 0);
         out.packets += r.packetsReceived || 0;
     });
@@ -45,7 +49,10 @@ CONCEALMENT_JS = """async () => {
     return out;
 }"""
 """Parley's voice as the page received it (getStats inbound-rtp audio, summed): samples received,
-concealed and concealed as silence, FEC packets, packets lost and received, and `share`, the part
+concealed and concealed as silence, FEC packets (libwebrtc's NetEq, in both browsers, counts every
+packet that came carrying FEC or RED, used or not; less `fecDiscarded`, those whose own packet had
+come: the ones used), packets lost and received, the jitter buffer's delay summed over the samples it
+emitted (`jbDelay` seconds over `jbEmitted`), and `share`, the part
 of the voice the browser made up: (concealedSamples - silentConcealedSamples) / totalSamplesReceived
 (null before any sample). Cumulative since the connection started: difference two readings to
 measure a stretch. A function's source, for Playwright's `page.evaluate` and the Firefox driver's."""
