@@ -94,8 +94,8 @@ MALFORMED_JS = (
 
 def made_up(before: dict[str, Any], after: dict[str, Any]) -> tuple[float, int, int]:
     """The share of Parley's voice the page concealed between two readings, the samples it
-    received, and the packets it repaired from FEC or RED (those that came with FEC, less those
-    whose FEC went unused)."""
+    received, and the packets it repaired from FEC (those that came with FEC, less those whose FEC
+    went unused: Firefox; Chromium counts its RED packets as discarded too)."""
     received = after["received"] - before["received"]
     concealed = (after["concealed"] - after["silentConcealed"]) - (before["concealed"] - before["silentConcealed"])
     used = (after["fec"] - after["fecDiscarded"]) - (before["fec"] - before["fecDiscarded"])
@@ -213,7 +213,7 @@ def test_udp_loss_refuses_outside_a_loopback_only_namespace(monkeypatch: pytest.
 # -- the page's link event, at the server ------------------------------------------------------------
 
 
-async def test_the_server_logs_each_link_change_the_page_reports(caplog: pytest.LogCaptureFixture) -> None:
+async def test_the_server_logs_each_link_change_the_page_reports() -> None:
     from pydantic import ValidationError
 
     from parley.config import ParleyConfig
@@ -224,14 +224,19 @@ async def test_the_server_logs_each_link_change_the_page_reports(caplog: pytest.
     server = local_ingress(ParleyConfig.model_validate({"server": {"port": free_port(), "store": "memory"}}))
     handler = server.sio.handlers["/"]["link"]
     logger = logging.getLogger("parley.server")
-    logger.addHandler(caplog.handler)
+    records: list[logging.LogRecord] = []
+    keep = logging.Handler(logging.INFO)
+    keep.emit = records.append  # type: ignore[method-assign,assignment]  # one record a line, however the root logs
+    level = logger.level
+    logger.addHandler(keep)
+    logger.setLevel(logging.INFO)
     try:
-        with caplog.at_level(logging.INFO, logger="parley.server"):
-            await handler("sid-1", {"state": "poor", "loss_in": 0.12, "loss_out": 0, "rtt_s": None})
-            await handler("sid-1", {"state": "good", "loss_in": 0.01})
+        await handler("sid-1", {"state": "poor", "loss_in": 0.12, "loss_out": 0, "rtt_s": None})
+        await handler("sid-1", {"state": "good", "loss_in": 0.01})
     finally:
-        logger.removeHandler(caplog.handler)
-    lines = [r.getMessage() for r in caplog.records if r.name == "parley.server"]
+        logger.removeHandler(keep)
+        logger.setLevel(level)
+    lines = [r.getMessage() for r in records]
     assert len(lines) == 2, lines
     assert "link is poor" in lines[0] and "loss_in 0.12" in lines[0] and "loss_out 0" in lines[0], lines[0]
     assert "link is good" in lines[1], lines[1]
@@ -306,8 +311,8 @@ async def test_chromium_under_10_percent_loss_a_spoken_question_is_answered_and_
     print(f"Chromium, {ANSWER_LOSS} % UDP loss: {concealment(before, after)}; banner {banner}")
     assert "france" in said.lower(), "the user's words arrived whole enough to read (RED and FEC repair them)"
     assert answer.strip(), "the answer arrived as text"
-    share, received, repaired = made_up(before, after)
-    assert received > 48000 and repaired > 0, "Parley's voice came with redundancy the browser used"
+    share, received, _ = made_up(before, after)
+    assert received > 48000 and after["fec"] > before["fec"], "Parley's voice came with RED (Chromium counts it as FEC)"
     # Without RED the page concealed 6-7 % of the voice at this loss; with it, about 1 % (a 3 % bound for chance).
     assert share < 0.03, f"the page made up {share:.1%} of Parley's voice"
     assert not await page.evaluate(MALFORMED_JS)
