@@ -345,7 +345,9 @@ class Signalling:
             await self._notice(sid, "The WebRTC offer was malformed.")
             return
         await self._close_peer(sid)
-        peer = Peer(session, self._ice_servers("parley-server"), self.config.server.public_address, red=self.config.server.red)
+        # The node's own peer has a TURN user of its own per session: coturn's user-quota counts per user.
+        ice_servers = self._ice_servers(f"parley-server-{session.id[:8]}")
+        peer = Peer(session, ice_servers, self.config.server.public_address, red=self.config.server.red)
         self.peers[sid] = peer
         try:
             answer = await peer.answer(offer.sdp, offer.type)
