@@ -36,7 +36,7 @@ from __future__ import annotations
 import logging
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from fractions import Fraction
 
 import av
@@ -183,7 +183,7 @@ class MicrophoneStats:
     late: int = 0
     """Duplicates and packets older than one already handed on."""
     unreadable: int = 0
-    kinds: set[str] = field(default_factory=set)
+    """RED packets whose blocks did not add up (dropped; their audio concealed like a lost one's)."""
 
     def counts(self) -> dict[str, int]:
         """Packets by outcome (parley.engine.metrics.MICROPHONE_OUTCOMES)."""
@@ -196,6 +196,7 @@ class MicrophoneStats:
         return (
             f"{self.packets} packets, {self.lost} lost ({100 * self.lost / max(1, self.packets + self.lost):.1f} %): "
             f"{self.from_red} repaired from RED, {self.from_fec} from FEC, {self.concealed} concealed"
+            + (f"; {self.unreadable} unreadable RED packets" if self.unreadable else "")
         )
 
 
@@ -252,9 +253,6 @@ class MicrophoneBuffer(JitterBuffer):
                 return False, None
             data = blocks[-1].data
             earlier = [((packet.timestamp - b.offset) % WRAP, b.data) for b in blocks[:-1]]
-            self.stats.kinds.add("red")
-        else:
-            self.stats.kinds.add("opus")
         if not self._listening():
             self._kept.append((packet.timestamp, data, earlier, lost))
             return False, None
@@ -286,6 +284,7 @@ class MicrophoneBuffer(JitterBuffer):
         pieces: list[np.ndarray] = []
         start = timestamp
         expected = self._next_timestamp
+        repaired = self.stats.from_red + self.stats.from_fec
         if expected is not None and lost > 0:
             hole = rtp_diff(timestamp, expected)
             if 0 < hole:
@@ -298,7 +297,6 @@ class MicrophoneBuffer(JitterBuffer):
                         continue  # heard already, or not before this packet
                     if ahead > 0:
                         pieces.append(self._decoder.conceal(ahead))
-                        self.stats.concealed += 1
                     audio = self._decoder.decode(block)
                     pieces.append(audio)
                     at += ahead + audio.size
@@ -308,13 +306,11 @@ class MicrophoneBuffer(JitterBuffer):
                     last = min(rest, _duration(data))
                     if rest > last:
                         pieces.append(self._decoder.conceal(rest - last))
-                        self.stats.concealed += 1
-                    fec = self._decoder.has_fec(data)
-                    pieces.append(self._decoder.recover(data, last))
-                    if fec:
+                    if self._decoder.has_fec(data):
                         self.stats.from_fec += 1
-                    else:
-                        self.stats.concealed += 1
+                    pieces.append(self._decoder.recover(data, last))
+        # What no block nor FEC brought back was concealed (or, past MAX_FILL_S, is the recorder's silence).
+        self.stats.concealed += max(0, lost - (self.stats.from_red + self.stats.from_fec - repaired))
         audio = self._decoder.decode(data)
         pieces.append(audio)
         self._next_timestamp = (timestamp + audio.size) % WRAP

@@ -88,18 +88,14 @@ class Peer:
         return answer
 
     def _on_track(self, track: MediaStreamTrack) -> None:
-        if track.kind == "audio":
-            for transceiver in self.pc.getTransceivers():
-                if transceiver.receiver.track is track:
-                    receiver = transceiver.receiver
-                    buffer = listen_to_microphone(receiver, self.session.on_audio_frame, self._listening, self._red_types())
-                    if buffer is not None:
-                        self.microphone = buffer
-                        self.session.connect_microphone(buffer.clock, buffer.preroll)
-        else:
-            for transceiver in self.pc.getTransceivers():
-                if transceiver.receiver.track is track:
-                    self.camera = recover_video(transceiver.receiver)
+        receiver = next((t.receiver for t in self.pc.getTransceivers() if t.receiver.track is track), None)
+        if receiver is not None and track.kind == "audio":
+            self.microphone = listen_to_microphone(receiver, self.session.on_audio_frame, self._listening, self._red_types())
+            if self.microphone is not None:  # it decodes and delivers every frame itself: no track to read
+                self.session.connect_microphone(self.microphone.clock, self.microphone.preroll)
+                return
+        elif receiver is not None:
+            self.camera = recover_video(receiver)
         self._readers.append(asyncio.get_running_loop().create_task(self._read(track)))
 
     def report(self, meter: Meter) -> None:
@@ -111,8 +107,8 @@ class Peer:
         if self.microphone is not None:
             counts = self.microphone.stats.counts()
             for outcome, count in counts.items():
-                if count > self.microphone_reported.get(outcome, 0):
-                    meter.microphone_packets(outcome, count - self.microphone_reported.get(outcome, 0))
+                if more := count - self.microphone_reported.get(outcome, 0):
+                    meter.microphone_packets(outcome, more)
             self.microphone_reported = counts
 
     def _red_types(self) -> set[int]:
