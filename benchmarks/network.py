@@ -263,10 +263,6 @@ async def browser(args: argparse.Namespace, url: str) -> list[Level]:
 
 # -- Firefox --------------------------------------------------------------------------------------
 
-FIREFOX_CONNECTED = (
-    "!!(window.parley && window.parley.pc && window.parley.status === 'ready' && window.__bench && window.__bench.hooked)"
-)
-"""tests/test_network_loss.py's FIREFOX_READY: Ready, and the bench microphone watching the socket."""
 FIREFOX_CONNECT_S = 45
 FIREFOX_TURN_S = 150
 CLOCK_SETTLE_S = 2.5
@@ -386,7 +382,7 @@ async def firefox_level(
 ) -> Level:
     """One loss level in a fresh Firefox that connects under the loss; problems noted, never raised."""
     from tests.support.browser_mic import INIT_JS
-    from tests.support.firefox_driver import DriverError, firefox
+    from tests.support.firefox_driver import BENCH_READY, DriverError, firefox
     from tests.support.loss import CONCEALMENT_JS, udp_loss
 
     level = Level(loss)
@@ -397,7 +393,7 @@ async def firefox_level(
                 await page.init_script(INIT_JS)
                 await page.goto(url)
                 try:
-                    await page.wait_for(FIREFOX_CONNECTED, timeout_ms=FIREFOX_CONNECT_S * 1000)
+                    await page.wait_for(BENCH_READY, timeout_ms=FIREFOX_CONNECT_S * 1000)
                 except DriverError:
                     status = await page.evaluate(
                         "document.getElementById('status')?.title || document.getElementById('status')?.textContent"

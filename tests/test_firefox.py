@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from tests.support.firefox_driver import Firefox, firefox, missing, pulse_server
+from tests.support.firefox_driver import SAY_JS, Firefox, bench_page, missing
 from tests.support.network import loopback_only
 
 pytestmark = [
@@ -27,7 +27,6 @@ pytestmark = [
 ]
 
 QUESTION = "What is the capital of France?"
-CONNECTED = "!!(window.parley && window.parley.pc && window.parley.status === 'ready' && window.__bench && window.__bench.hooked)"
 """The page says Ready (welcomed, WebRTC connected, Parley's audio arriving) and the test microphone watches its socket."""
 
 ENERGY_JS = """(async () => {
@@ -60,29 +59,13 @@ MARK_JS = f"""(async () => [
     await {ENERGY_JS},
 ])()"""
 """Where the chat and the received audio stand before a turn: [answers, user messages, energy]."""
-SAY_JS = "(i) => window.__bench.say(window.__bench.questions[i]).then((s) => s.ended).then(() => true)"
-"""Play question i into the microphone; resolves once its last sample has played."""
 
 
 @pytest.fixture(scope="module")
 async def page(serve_app, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Firefox]:
     """The page in Firefox with the test microphone (silent until SAY_JS), connected and Ready."""
-    from tests.support.browser_mic import INIT_JS, encode
-    from tests.support.speech import speak, trim
-
-    folder = tmp_path_factory.mktemp("firefox")
-    with pulse_server(folder / "pulse") as sound:
-        async with firefox(folder, sound) as browser:
-            await browser.init_script(INIT_JS)
-            await browser.goto(serve_app.url)
-            try:
-                await browser.wait_for(CONNECTED, timeout_ms=45000)
-            except AssertionError as failed:
-                status = await browser.evaluate("document.getElementById('status')?.textContent")
-                raise AssertionError(f"{failed}; status {status!r}; console {browser.console[-10:]}") from None
-            await browser.evaluate("(list) => window.__bench.load(list)", [encode(trim(speak(QUESTION, rate=48000)))])
-            yield browser
-            assert not browser.errors, f"the page raised: {browser.errors}"
+    async with bench_page(serve_app.url, tmp_path_factory.mktemp("firefox"), QUESTION) as browser:
+        yield browser
 
 
 async def answered(page: Firefox, n: int, energy_before: float) -> str:

@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from tests.support.firefox_driver import SAY_JS
 from tests.support.firefox_driver import missing as firefox_missing
 from tests.support.loss import CONCEALMENT_JS, TABLE, nft_missing, tables, udp_loss
 from tests.support.network import loopback_only
@@ -339,28 +340,15 @@ async def test_chromium_the_link_banner_shows_under_loss_and_clears_after_it(chr
 
 
 FIREFOX_QUESTION = "What is the capital of France?"
-FIREFOX_READY = (
-    "!!(window.parley && window.parley.pc && window.parley.status === 'ready' && window.__bench && window.__bench.hooked)"
-)
-SAY_JS = "(i) => window.__bench.say(window.__bench.questions[i]).then((s) => s.ended).then(() => true)"
 
 
 @pytest.fixture(scope="module")
 async def firefox_page(serve_app, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Any]:
     """The page in Firefox ESR with tests/support/browser_mic.py's microphone, Ready (as tests/test_firefox.py opens it)."""
-    from tests.support.browser_mic import INIT_JS, encode
-    from tests.support.firefox_driver import firefox, pulse_server
-    from tests.support.speech import speak, trim
+    from tests.support.firefox_driver import bench_page
 
-    folder = tmp_path_factory.mktemp("firefox-loss")
-    with pulse_server(folder / "pulse") as sound:
-        async with firefox(folder, sound) as browser:
-            await browser.init_script(INIT_JS)
-            await browser.goto(serve_app.url)
-            await browser.wait_for(FIREFOX_READY, timeout_ms=45000)
-            await browser.evaluate("(list) => window.__bench.load(list)", [encode(trim(speak(FIREFOX_QUESTION, rate=48000)))])
-            yield browser
-            assert not browser.errors, f"the page raised: {browser.errors}"
+    async with bench_page(serve_app.url, tmp_path_factory.mktemp("firefox-loss"), FIREFOX_QUESTION) as browser:
+        yield browser
 
 
 @FIREFOX

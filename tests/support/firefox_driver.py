@@ -217,3 +217,34 @@ async def firefox(folder: Path, env: dict[str, str] | None = None) -> AsyncItera
     finally:
         await browser.close()
         shutil.rmtree(profile, ignore_errors=True)  # ~40 MB; the driver's log stays
+
+
+BENCH_READY = (
+    "!!(window.parley && window.parley.pc && window.parley.status === 'ready' && window.__bench && window.__bench.hooked)"
+)
+"""The page is Ready and tests/support/browser_mic.py's microphone is hooked in."""
+
+SAY_JS = "(i) => window.__bench.say(window.__bench.questions[i]).then((s) => s.ended).then(() => true)"
+"""Play question i into the microphone; resolves once its last sample has played."""
+
+
+@contextlib.asynccontextmanager
+async def bench_page(url: str, folder: Path, question: str) -> AsyncIterator[Firefox]:
+    """The page at `url` in Firefox ESR (its own sound server under `folder`) with
+    tests/support/browser_mic.py's microphone, silent until SAY_JS plays `question` (hibari), Ready;
+    on the way out, fails if the page raised."""
+    from tests.support.browser_mic import INIT_JS, encode
+    from tests.support.speech import speak, trim
+
+    with pulse_server(folder / "pulse") as sound:
+        async with firefox(folder, sound) as browser:
+            await browser.init_script(INIT_JS)
+            await browser.goto(url)
+            try:
+                await browser.wait_for(BENCH_READY, timeout_ms=45000)
+            except DriverError as failed:
+                status = await browser.evaluate("document.getElementById('status')?.textContent")
+                raise AssertionError(f"{failed}; status {status!r}; console {browser.console[-10:]}") from None
+            await browser.evaluate("(list) => window.__bench.load(list)", [encode(trim(speak(question, rate=48000)))])
+            yield browser
+            assert not browser.errors, f"the page raised: {browser.errors}"
