@@ -93,6 +93,13 @@ class ServerConfig(_Section):
         description="Concurrent browser sessions one ingress process accepts. One core paced 40 audio+video sessions, "
         "a third of them talking, with 99 % of audio packets under 5 ms late (benchmarks/capacity.py, docs/benchmarks.md).",
     )
+    max_detached_sessions: int = Field(
+        default=40,
+        ge=0,
+        description="Sessions kept in memory after their page went away (for a quick reconnect) per ingress process; "
+        "past it the oldest is forgotten (its conversation stays in the store). Each also counts toward its user's "
+        "limits.sessions_per_user.",
+    )
     allowed_hosts: list[str] = Field(
         default_factory=list,
         description="Names and addresses browsers may reach this server by (the Host header). Empty: this machine's "
@@ -501,6 +508,32 @@ class ServeConfig(_Section):
     )
     include_dashboard: bool = Field(default=True, description="Start the Ray dashboard with a local Ray.")
     ingress_cpus: float = Field(default=0.25, description="CPUs reserved for each ingress replica.")
+    offers_per_minute: int = Field(
+        default=12,
+        ge=1,
+        description="WebRTC offers one connection may send in a minute (a page sends one per camera or device change); "
+        "one is handled at a time.",
+    )
+    max_media_sections: int = Field(
+        default=4,
+        ge=2,
+        description="Most m= sections (audio and video streams) an offer may hold: the page sends two; each unbundled "
+        "one costs the node an ICE gatherer and UDP sockets.",
+    )
+    max_candidates: int = Field(
+        default=32, ge=1, description="Most ICE candidates an offer may name (the server checks each one it keeps)."
+    )
+    history_messages: int = Field(
+        default=1000,
+        ge=20,
+        description="Messages a conversation keeps (in memory and in the store); older ones are dropped, oldest first. "
+        "The prompt holds far fewer (llm.history_messages).",
+    )
+    welcome_messages: int = Field(
+        default=100,
+        ge=1,
+        description="Newest messages a page is sent when it (re)connects; it says how many earlier ones it left out.",
+    )
     asr_cpus: float = Field(default=0.5, description="CPUs reserved for each ASR replica.")
     llm_cpus: float = Field(default=0.5, description="CPUs reserved for each LLM replica.")
     tts_cpus: float = Field(default=0.25, description="CPUs reserved for each TTS replica.")

@@ -195,15 +195,22 @@ class Listener:
     # -- push-to-talk -----------------------------------------------------------------------
 
     async def press(self) -> None:
-        """The talk key went down (the session has interrupted any answer): start recording."""
+        """The talk key went down (the session has interrupted any answer): start recording. Each
+        press takes a turn from the user's budget at once, since it starts a scene note and a
+        read-ahead (a key pressed over and over would otherwise cost the models one each, free)."""
         s = self._session
         await self.drop()
+        if not s.budget.take():
+            log.info("session %s: a press past the turn budget", s.id[:8])
+            await s.notice("Too many turns in a minute; wait a moment and try again.", "warn")
+            await s.emit(Recording(active=False))
+            return
         if self.preroll is not None and not s.recorder.listening:
             s.recorder.preload(self.preroll(), 48000)
         clock = self.sender_clock
         self._arrived_at_press = (clock.arrived_to() if clock is not None else None) or 0
         event = s.recorder.press()
-        self.begin(event.sample)
+        self.begin(event.sample, paid=True)
         await s.emit(Recording(active=True))
 
     async def release(self) -> None:
@@ -230,17 +237,22 @@ class Listener:
 
     # -- an utterance, from its start to its turn ---------------------------------------------
 
-    def begin(self, start: int) -> None:
+    def begin(self, start: int, *, paid: bool = False) -> None:
+        """An utterance starts at `start`: its scene note starts too, unless it is speech over an
+        answer. Hands-free, the note takes the turn from the budget now (and none is made when the
+        budget is spent); `paid`: a key press already took it."""
         s = self._session
         if self.utterance is not None:
             s.spawn(self.utterance.drop())
         frame = s.latest_frame
         over_answer = s.busy and s.recorder.hands_free  # a backchannel, mostly: no note until it is a turn
+        look = not over_answer and (paid or s.budget.take())
         self.utterance = Utterance(
             start=start,
             frame=frame,
-            scene=None if over_answer else s.look_or_say_blind(frame),
+            scene=s.look_or_say_blind(frame) if look else None,
             look_later=over_answer,
+            paid=look,
             transcribe=s.services.transcribe,
             audio=s.recorder.speech_audio,
             segment_s=s.settings.turn.segment_s,
@@ -307,7 +319,7 @@ class Listener:
                 await s.notice("I didn't hear any speech. Hold Space (or the talk button) while you speak.", "warn")
             s.rest_if_idle()
             return
-        if not s.budget.take():
+        if not utterance.paid and not s.budget.take():
             await utterance.drop()
             await s.notice("Too many turns in a minute; wait a moment and try again.", "warn")
             return

@@ -71,6 +71,9 @@ class Utterance:
     """The scene note of `frame`, being made while the user speaks (None: no note is wanted)."""
     look_later: bool = False
     """Its scene note waits until it is known to be a turn (speech over an answer is mostly "mm-hmm")."""
+    paid: bool = False
+    """Its turn was taken from the user's budget when it began (a key press, or a scene note started):
+    it is not taken again when it becomes a turn."""
     speculation: Speculation | None = None
     thought: bool = False
     """A pause in it was judged a thinking pause: the user has taken theirs, and resumed if it goes on."""

@@ -58,6 +58,8 @@ class IngressServer:
         self._reaper: asyncio.Task[None] | None = None
         self._ticker: asyncio.Task[None] | None = None
         self._forgot = time.monotonic()
+        self.housekeeping_failures = 0
+        """Rounds of housekeeping that failed (logged; the next round goes on)."""
         self.url = ""
         self.scheme = "http" if is_loopback(config.server.host) else "https"
         """What browsers speak to this server; it decides which Origin a socket.io handshake may carry."""
@@ -76,6 +78,7 @@ class IngressServer:
         self.app = web.Application(client_max_size=4 * config.limits.max_payload_bytes, middlewares=[self._check_host])
         self.sio.attach(self.app)
         self.app.router.add_get("/", self._index)
+        self.app.router.add_get("/index.html", self._index)  # the same page, with the same headers
         self.app.router.add_get("/healthz", self._health)
         self.app.router.add_get("/vendor/{name}", self._vendor)
         self.app.router.add_static("/", STATIC)
@@ -145,20 +148,44 @@ class IngressServer:
                     log.exception("session %s: tick failed", session.id[:8])
 
     async def _reap(self) -> None:
-        """Every few seconds: report late audio packets and what the microphones' packets went
-        through, and forget sessions whose browser has been gone longer than session_idle_s."""
+        """Every few seconds, the housekeeping (`housekeep`). A failure is logged and the next round
+        goes on: one store error must not end the reaping for good."""
         while True:
             await asyncio.sleep(min(HOUSEKEEPING_S, self.config.server.session_idle_s))
-            for peer in self.peers.values():
+            try:
+                await self.housekeep()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                self.housekeeping_failures += 1
+                log.exception("housekeeping failed (%d times so far); it goes on", self.housekeeping_failures)
+
+    async def housekeep(self) -> None:
+        """Report late audio packets and what the microphones' packets went through, forget sessions
+        whose browser has been gone longer than session_idle_s, and stored conversations untouched
+        for keep_conversations_s. Each step is tried even when another fails."""
+        failed: list[BaseException] = []
+        for peer in list(self.peers.values()):
+            try:
                 peer.report(self.meter)
-            now = time.monotonic()
-            if self.store is not None and now - self._forgot > 600:
-                self._forgot = now
-                await asyncio.to_thread(self.store.forget_older_than, self.config.server.keep_conversations_s)
-            for session in self.signalling.detached():
-                if now - session.last_seen > self.config.server.session_idle_s:
+            except Exception as exc:
+                failed.append(exc)
+        now = time.monotonic()
+        for session in self.signalling.detached():
+            if now - session.last_seen > self.config.server.session_idle_s:
+                try:
                     await self.signalling.expire(session)
                     log.info("session %s expired", session.id[:8])
+                except Exception as exc:
+                    failed.append(exc)
+        if self.store is not None and now - self._forgot > 600:
+            self._forgot = now
+            try:
+                await asyncio.to_thread(self.store.forget_older_than, self.config.server.keep_conversations_s)
+            except Exception as exc:
+                failed.append(exc)
+        if failed:
+            raise failed[0]
 
     # -- HTTP -------------------------------------------------------------------------------
 
@@ -171,6 +198,9 @@ class IngressServer:
             text = f"This Parley does not answer to the name {host!r}. Its operator can add it: --server-allowed-hosts."
             return web.Response(status=421, text=text)
         response: web.StreamResponse = await handler(request)
+        if not response.prepared:  # the page's scripts and styles too: never sniffed, never a referrer
+            response.headers.setdefault("X-Content-Type-Options", "nosniff")
+            response.headers.setdefault("Referrer-Policy", "no-referrer")
         return response
 
     async def _index(self, request: web.Request) -> web.StreamResponse:
@@ -187,6 +217,7 @@ class IngressServer:
         return web.json_response(
             {
                 "sessions": self.signalling.attached,
+                "detached_sessions": len(self.signalling.detached()),
                 "max_sessions": self.config.server.max_sessions,
                 "ingress": self.process,
                 "pacing": {"late_ms_bounds": list(LATENESS_BOUNDS_MS), "packets": lateness},

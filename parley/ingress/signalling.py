@@ -6,7 +6,12 @@ Invariants:
   exception that could drop the connection or the server.
 - A session is driven only through its public methods; the turn state is the session's to say.
 - One socket holds at most one session; one session is held by at most one socket (the same
-  browser reconnecting takes it over). Limits: sessions per user, sessions per server.
+  browser reconnecting takes it over), and by at most one peer connection. Limits: sessions per
+  user (the ones kept for a reconnect count too: the user's oldest of those is forgotten first),
+  sessions per server, sessions kept for a reconnect per process.
+- One offer per socket is handled at a time, at most `limits.offers_per_minute` a minute, and
+  checked (`parley.ingress.offers`) before aiortc opens anything for it; a peer whose socket went
+  away while its answer was being made is closed, never left behind.
 """
 
 from __future__ import annotations
@@ -14,7 +19,9 @@ from __future__ import annotations
 import logging
 import os
 import re
+import time
 import uuid
+from collections import deque
 from dataclasses import replace
 from typing import Any, Literal
 
@@ -31,6 +38,7 @@ from parley.engine.session import Session, SessionSettings
 from parley.engine.turnmodel import TurnJudge
 from parley.ingress.auth import Gate, Refused, User
 from parley.ingress.ice import turn_credentials
+from parley.ingress.offers import OfferRefused, check_offer
 from parley.ingress.rtc import Peer, SdpError
 from parley.protocol import (
     INBOUND,
@@ -96,6 +104,10 @@ class Signalling:
         """Pacing of the peers already closed (live ones are read from their tracks)."""
         self._sid_session: dict[str, str] = {}
         self._users: dict[str, User] = {}
+        self._offering: set[str] = set()
+        """Sockets whose offer is being answered now."""
+        self._offers: dict[str, deque[float]] = {}
+        """When each socket's recent offers came (for `limits.offers_per_minute`)."""
         for event, model in INBOUND.items():
             sio.on(event, self._guard(model, getattr(self, f"_on_{event}")))
         sio.on("connect", self._on_connect)
@@ -119,6 +131,22 @@ class Signalling:
             del self.sessions[session.id]
         await session.close()
         self.budgets.keep_only(s.user for s in self.sessions.values())
+
+    async def forget_detached(self, keep: int, *, user: str | None = None, spare: str | None = None) -> int:
+        """Forget the oldest sessions no socket holds (of `user`, if given; never `spare`) until `keep`
+        remain; their conversations stay in the store. Returns how many went."""
+        waiting = sorted(
+            (s for s in self.detached() if (user is None or s.user == user) and s.id != spare), key=lambda s: s.last_seen
+        )
+        gone = waiting[: max(0, len(waiting) - keep)]
+        for session in gone:
+            await self.expire(session)
+            log.info(
+                "session %s forgotten for room (kept for a reconnect since %.0f s)",
+                session.id[:8],
+                time.monotonic() - session.last_seen,
+            )
+        return len(gone)
 
     async def close(self) -> None:
         for sid in list(self.peers):
@@ -199,7 +227,7 @@ class Signalling:
         if current is not None and current != session_id:
             await self._notice(sid, "This connection already holds a conversation; open a new one for another.")
             return
-        if refusal := self._refusal(sid, user, session_id):
+        if refusal := await self._refusal(sid, user, session_id):
             await self._send(sid, refusal)
             return
         for other, sess in list(self._sid_session.items()):  # the same browser on a new socket
@@ -236,16 +264,22 @@ class Signalling:
         await self._send(sid, self._welcome(session, user))
         await session.announce()
 
-    def _refusal(self, sid: str, user: User, session_id: str) -> Rejected | None:
-        """Why this user cannot hold one more session here (None: they can)."""
+    async def _refusal(self, sid: str, user: User, session_id: str) -> Rejected | None:
+        """Why this user cannot hold one more session here (None: they can). The sessions kept for a
+        reconnect count toward the user's limit: the oldest of them is forgotten to make room."""
+        cap = self.config.limits.sessions_per_user
         mine = {
             s
             for k, s in self._sid_session.items()
             if k != sid and (known := self._users.get(k)) is not None and known.account == user.account
         }
-        if session_id not in mine and len(mine) >= self.config.limits.sessions_per_user:
-            reason = f"You already have {len(mine)} conversations open here. Close one and try again."
-            return Rejected(reason=reason, code="too_many")
+        if session_id not in mine:
+            kept = [s for s in self.detached() if s.user == user.account and s.id != session_id]
+            if len(mine) + len(kept) >= cap:
+                await self.forget_detached(max(0, cap - 1 - len(mine)), user=user.account, spare=session_id)
+            if len(mine) >= cap:
+                reason = f"You already have {len(mine)} conversations open here. Close one and try again."
+                return Rejected(reason=reason, code="too_many")
         attached = {s for k, s in self._sid_session.items() if k != sid}
         if session_id not in attached and len(attached) >= self.config.server.max_sessions:
             log.warning("rejecting %s: %d sessions already", sid, len(attached))
@@ -329,10 +363,12 @@ class Signalling:
         await self._close_peer(sid)
         session_id = self._sid_session.pop(sid, None)
         self.meter.sessions(self.attached)
+        self._offers.pop(sid, None)
         session = self.sessions.get(session_id) if session_id else None
         if session is not None and session_id not in self._sid_session.values():
             session.attach(None)
             await session.interrupt()
+            await self.forget_detached(self.config.server.max_detached_sessions)
 
     # -- media --------------------------------------------------------------------------------
 
@@ -344,17 +380,58 @@ class Signalling:
         if not offer.sdp.strip():
             await self._notice(sid, "The WebRTC offer was malformed.")
             return
+        if sid in self._offering:
+            log.info("session %s: an offer came while the last one was being answered", session.id[:8])
+            await self._notice(sid, "Audio/video is already being set up; wait for it before trying again.", "warn")
+            return
+        limits = self.config.limits
+        recent = self._offers.setdefault(sid, deque())
+        now = time.monotonic()
+        while recent and now - recent[0] > 60.0:
+            recent.popleft()
+        if len(recent) >= limits.offers_per_minute:
+            log.warning("session %s: %d offers in a minute; refused one", session.id[:8], len(recent))
+            await self._notice(sid, "Audio/video was restarted too often; wait a minute and reload the page.", "warn")
+            return
+        recent.append(now)
+        try:
+            checked = check_offer(offer.sdp, max_sections=limits.max_media_sections, max_candidates=limits.max_candidates)
+        except OfferRefused as exc:
+            log.warning("session %s: refused an offer: %s", session.id[:8], exc)
+            await self._notice(sid, f"Could not start audio/video: {exc}.")
+            return
+        self._offering.add(sid)
+        try:
+            await self._answer(sid, session, checked.sdp, offer.type)
+        finally:
+            self._offering.discard(sid)
+
+    async def _answer(self, sid: str, session: Session, sdp: str, kind: str) -> None:
         await self._close_peer(sid)
+        for other, held in list(self._sid_session.items()):  # one peer per session, whichever socket made it
+            if held == session.id and other != sid:
+                await self._close_peer(other)
         # The node's own peer has a TURN user of its own per session: coturn's user-quota counts per user.
         ice_servers = self._ice_servers(f"parley-server-{session.id[:8]}")
         peer = Peer(session, ice_servers, self.config.server.public_address, red=self.config.server.red)
         self.peers[sid] = peer
         try:
-            answer = await peer.answer(offer.sdp, offer.type)
+            answer = await peer.answer(sdp, kind)
         except SdpError as exc:
             await self._close_peer(sid)
             log.warning("session %s: bad offer: %s", session.id[:8], exc)
             await self._notice(sid, f"Could not start audio/video: {exc}.")
+            return
+        except BaseException:
+            await self._close_peer(sid)
+            raise
+        if self.peers.get(sid) is not peer or self._sid_session.get(sid) != session.id:
+            # The socket went away (or gave the session up) while the answer was made: nobody will use it.
+            log.info("session %s: its socket left while its offer was answered; the peer is closed", session.id[:8])
+            if self.peers.get(sid) is peer:
+                await self._close_peer(sid)
+            else:
+                await peer.close()
             return
         peer.watch_connecting()
         await self._send(sid, Answer(sdp=answer.sdp, type=answer.type))
