@@ -7,6 +7,11 @@ the generation: the local model's worker thread sees a stop flag at its next tok
 HTTP stream is closed. A local model runs one generation at a time; more wait in a fair queue
 (users take turns, `deployments/fair.py`), and a full queue refuses at once with "busy, try again
 in N s".
+
+An `LLMError`'s message is for the page: Parley's own words, never a backend's (an endpoint's error
+body, its address, llama.cpp's exception text go to the log). A session's read-ahead (`prime`) runs
+the local model outside the fair queue, so it is rationed: at most one per user per
+`PRIME_INTERVAL_S`, none that the model has just read, none for a user whose request waits or runs.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import asyncio
 import logging
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import AsyncGenerator, Iterator
 from contextlib import aclosing
 from pathlib import Path
@@ -35,7 +41,18 @@ log = logging.getLogger("parley.llm")
 
 
 class LLMError(RuntimeError):
-    """The language model backend failed; the message says how, in words a user can act on."""
+    """The language model backend failed; the message says how, in words a user can act on (Parley's
+    own: a backend's text goes to the log, not into this message)."""
+
+    for_user = True
+    """The page may show the message as it is (`parley.engine.reply.user_message`)."""
+
+
+PRIME_INTERVAL_S = 3.0
+"""At most one read-ahead (`LLM.prime`) per user in this many seconds. A read-ahead runs the local
+model outside the fair queue (prompt evaluation: up to seconds on 2 cores), and an answer that
+arrives meanwhile waits for it; a session asks for one each time the talk key goes down, so a
+user pressing it over and over would otherwise keep the model busy for everyone."""
 
 
 class LLMEngine(Protocol):
@@ -63,6 +80,13 @@ class LLM:
         """Answers being generated now."""
         self.abandoned = 0
         """Answers stopped because their caller's process died."""
+        self._pending: dict[str, int] = {}
+        """Each user's requests waiting in the queue or generating now."""
+        self._primed: OrderedDict[str, float] = OrderedDict()
+        """When each user's latest read-ahead began (`time.monotonic`), newest last; bounded."""
+        self._last_primed: list[ChatMessage] | None = None
+        """The prompt the latest read-ahead read, while it is what the model holds (an answer since
+        made it read another)."""
         log.info("ready in %.2f s", time.perf_counter() - start)
 
     @overload
@@ -89,9 +113,12 @@ class LLM:
             raise ValueError("stream_reply needs at least one message")
         messages = self._with_system_prompt(messages)
         watch = _watch_caller(caller, asyncio.current_task(), self) if caller is not None else None
+        who = user or "anonymous"
+        self._pending[who] = self._pending.get(who, 0) + 1
         try:
-            async with self.queue.slot(user or "anonymous"):
+            async with self.queue.slot(who):
                 self.generating += 1
+                self._last_primed = None  # the model reads this prompt now: what it read ahead is gone
                 try:
                     async with aclosing(self.engine.stream(messages)) as stream:
                         async for delta in stream:
@@ -101,19 +128,51 @@ class LLM:
                     self.generating -= 1
         except Busy as e:
             log.warning("busy: %d waiting, %d generating; refused a turn of %s", self.queue.waiting, self.generating, user[:16])
-            raise LLMError(str(e)) from None
+            raise LLMError(str(e)) from None  # the fair queue's own words, written for the user
         finally:
+            self._pending[who] -= 1
+            if not self._pending[who]:
+                del self._pending[who]
             if watch is not None:
                 watch.cancel()
+
+    def pending(self, user: str = "") -> bool:
+        """Whether `user` has a request waiting in the queue or generating now."""
+        return bool(self._pending.get(user or "anonymous"))
 
     async def prime(self, messages: list[ChatMessage], *, user: str = "") -> None:
         """Read `messages` into the local model's cache while it is idle (no answer generating or
         waiting), so a request that starts with them reads only what follows; the system prompt is
-        added as `stream_reply` adds it. Does nothing for an endpoint or a busy model."""
+        added as `stream_reply` adds it. Does nothing for an endpoint or a busy model, for a user with
+        a request waiting or generating, within `PRIME_INTERVAL_S` of the user's last read-ahead, or
+        for the prompt the model read ahead last (it holds it still)."""
         prime = getattr(self.engine, "prime", None)
         if prime is None or self.generating or self.queue.waiting or not messages:
             return
-        await prime(self._with_system_prompt(messages))
+        who = user or "anonymous"
+        now = time.monotonic()
+        last = self._primed.get(who)
+        if self.pending(who) or (last is not None and now - last < PRIME_INTERVAL_S):
+            return
+        messages = self._with_system_prompt(messages)
+        if messages == self._last_primed:
+            return
+        self._primed[who] = now
+        self._primed.move_to_end(who)
+        while len(self._primed) > 10_000:
+            self._primed.popitem(last=False)
+        self._last_primed = messages
+        read = False
+        try:
+            read = await prime(messages)
+        finally:
+            if not read:  # skipped (a generation still held the model) or failed: it holds something else
+                if self._last_primed is messages:
+                    self._last_primed = None
+                if last is None:
+                    self._primed.pop(who, None)
+                else:
+                    self._primed[who] = last
 
     def _with_system_prompt(self, messages: list[ChatMessage]) -> list[ChatMessage]:
         """`messages`, led by the configured system prompt when they bring none."""
@@ -202,12 +261,12 @@ class LocalEngine:
         warm = [{"role": "system", "content": system_prompt(config.system_prompt, "note")}, {"role": "user", "content": "Hello."}]
         self.llama.create_chat_completion(messages=warm, max_tokens=1)  # type: ignore[arg-type]
 
-    async def prime(self, messages: list[ChatMessage]) -> None:
+    async def prime(self, messages: list[ChatMessage]) -> bool:
         """Evaluate the prompt `messages` make (one token is generated and dropped): llama.cpp keeps
         it, and the next prompt that starts the same way is read from there. Skipped while a
-        generation holds the model."""
+        generation holds the model; True when it was read."""
         if self.lock.locked():
-            return
+            return False
         wire = [m.to_openai(with_images=False) for m in messages]
         async with self.lock:
             began = time.perf_counter()
@@ -216,6 +275,7 @@ class LocalEngine:
                 lambda: self.llama.create_chat_completion(messages=wire, max_tokens=1),  # type: ignore[arg-type]
             )
             log.debug("primed %d messages in %.0f ms", len(messages), 1000 * (time.perf_counter() - began))
+        return True
 
     async def stream(self, messages: list[ChatMessage]) -> AsyncGenerator[str | Finish, None]:
         loop = asyncio.get_running_loop()
@@ -255,9 +315,9 @@ class LocalEngine:
                     close = getattr(chunks, "close", None)
                     if close is not None:
                         close()
-            except Exception as e:
-                log.exception("local generation failed")
-                put(LLMError(f"the local model failed: {e}"))
+            except Exception:
+                log.exception("local generation failed")  # llama.cpp's own words: for the log only
+                put(LLMError("The language model failed on this answer; please try again."))
             finally:
                 put(_DONE)
 
@@ -337,7 +397,8 @@ class OpenAIEngine:
 
 
 def explain_openai_error(exc: BaseException, config: LLMConfig, where: str) -> str:
-    """What went wrong with an OpenAI-compatible request, in words a user can act on."""
+    """What went wrong with an OpenAI-compatible request, in words a user can act on: Parley's own,
+    with the HTTP status. The endpoint's address and its error body stay in the log."""
     import openai
 
     retries = f" after {config.max_retries} retries" if config.max_retries else ""
@@ -355,8 +416,8 @@ def explain_openai_error(exc: BaseException, config: LLMConfig, where: str) -> s
         detail = exc.message.splitlines()[0][:200] if exc.message else ""
         log.warning("LLM endpoint %s rejected a request (HTTP %s): %s", where, exc.status_code, detail)
         return f"The language model endpoint rejected the request (HTTP {exc.status_code})."
-    if isinstance(exc, openai.APIConnectionError):  # includes timeouts
-        return f"Could not reach the language model at {where}{retries}."
+    if isinstance(exc, openai.APIConnectionError):  # includes timeouts; the address is in the caller's log line
+        return f"Could not reach the language model{retries}. Try again in a moment."
     log.warning("unexpected LLM error from %s: %r", where, exc)  # the raw text is for the log, not the page
     return f"The language model failed unexpectedly ({type(exc).__name__}). Try again in a moment."
 

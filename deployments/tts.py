@@ -34,7 +34,11 @@ log = logging.getLogger("parley.tts")
 
 
 class TTSError(RuntimeError):
-    """Speech synthesis failed; the message says how, in words a user can act on."""
+    """Speech synthesis failed; the message says how, in words a user can act on (Parley's own: the
+    engine's or the endpoint's text goes to the log, not into this message)."""
+
+    for_user = True
+    """The page may show the message as it is (`parley.engine.reply.user_message`)."""
 
 
 class TTSEngine(Protocol):
@@ -136,7 +140,8 @@ class HibariEngine:
         try:
             engine = Hibari(voice=name)
         except (RuntimeError, OSError) as e:
-            raise TTSError(f"could not load voice {name!r}: {e}") from e
+            log.warning("could not load hibari voice %s: %r", name, e)
+            raise TTSError(f"The voice {name!r} could not be loaded") from e
         self._engines[name] = engine
         return engine
 
@@ -173,25 +178,31 @@ class OpenAISpeechEngine:
                 async for chunk in response.iter_bytes():
                     yield [p.model_copy(update={"level": meter.level(p.data)}) for p in parser.feed(chunk)]
         except openai.AuthenticationError as e:
+            log.warning("speech endpoint %s refused the API key: %r", self.url, e)
             raise TTSError(f"The speech endpoint refused the API key (check ${self.config.api_key_env})") from e
         except openai.APIStatusError as e:
             raise TTSError(self._status_message(e)) from e
         except openai.APIConnectionError as e:
-            raise TTSError(f"Could not reach the speech endpoint at {self.url}") from e
+            log.warning("could not reach the speech endpoint at %s: %r", self.url, e)
+            raise TTSError("Could not reach the speech endpoint") from e
         except httpx2.TransportError as e:  # raised unwrapped once the body is streaming
+            log.warning("the speech stream from %s broke: %r", self.url, e)
             raise TTSError("The speech stream was cut off") from e
         except ValueError as e:
-            raise TTSError(f"The speech endpoint sent audio that is not Ogg Opus ({e})") from e
+            log.warning("the speech endpoint %s sent audio that is not Ogg Opus: %s", self.url, e)
+            raise TTSError("The speech endpoint sent audio that is not Ogg Opus") from e
         parser.end()
         if parser.truncated:
             raise TTSError("The speech stream was cut off")
 
     def _status_message(self, e: openai.APIStatusError) -> str:
         """A plain sentence for the page; the endpoint's own words go to the log only."""
+        detail = e.message.splitlines()[0][:200] if e.message else ""
         if e.status_code == 429:
+            log.warning("speech endpoint %s is overloaded (HTTP 429): %s", self.url, detail)
             return "The speech endpoint is overloaded (HTTP 429)"
         if e.status_code >= 500:
+            log.warning("speech endpoint %s failed (HTTP %s): %s", self.url, e.status_code, detail)
             return f"The speech endpoint failed (HTTP {e.status_code})"
-        detail = e.message.splitlines()[0][:200] if e.message else ""
         log.warning("speech endpoint %s rejected a request (HTTP %s): %s", self.url, e.status_code, detail)
         return f"The speech endpoint rejected the request (HTTP {e.status_code})"

@@ -5,7 +5,9 @@ Invariants:
 - The replica's event loop never blocks on a model: frames are described in a worker thread, in
   batches (`Batcher`, as the ASR does): frames that arrive while a batch runs share the next one,
   and a lone frame runs at once.
-- What it can find, what it lacks (a missing package: one log line, and the page's banner says it),
+- What it can find, what it lacks (a missing package: one log line, and the page's banner says it, in
+  Parley's words: a model that failed to load for another reason is logged with the library's text,
+  and the banner only says it could not load),
   the memory its models took and each detector's time per frame are measured when it loads, logged,
   and given by `info()`.
 - A frame is described only when a session asks (a turn's start); nothing here runs on its own.
@@ -25,6 +27,7 @@ import numpy as np
 from deployments.batching import Batcher
 from parley.config import VisionConfig
 from parley.engine.types import FRAME_SIDE, SceneNote, VideoSource, VisionInfo
+from parley.local_models import LocalModelMissing
 from parley.logs import setup_logging, starting
 from parley.vision.scene import Detector, Scene, TextDetector, decode, sample_frame
 
@@ -48,6 +51,23 @@ def detectors(config: VisionConfig) -> dict[str, Callable[[], Detector]]:
     return makers
 
 
+def _plainly(name: str, make: Callable[[], Detector]) -> Callable[[], Detector]:
+    """`make`, whose failure to load is told in Parley's words (`VisionInfo.missing` reaches the page's
+    banner): a missing package keeps its install hint; any other failure's own text (a path, a
+    runtime's message) goes to the log only."""
+
+    def load() -> Detector:
+        try:
+            return make()
+        except LocalModelMissing:
+            raise
+        except (ImportError, OSError, RuntimeError) as exc:
+            log.warning("vision: the %s detector could not load: %r", name, exc)
+            raise LocalModelMissing(f"the {name} detector could not load (the vision service's log says why)") from exc
+
+    return load
+
+
 def resident_mb() -> float:
     """This process's resident memory in MB (Linux; 0 elsewhere)."""
     try:
@@ -66,7 +86,8 @@ class Vision:
         self.config = config
         with starting(log):
             before = resident_mb()
-            self.scene = Scene.load(makers if makers is not None else detectors(config), max_objects=config.max_objects)
+            makers = makers if makers is not None else detectors(config)
+            self.scene = Scene.load({name: _plainly(name, make) for name, make in makers.items()}, max_objects=config.max_objects)
             self.costs = self._measure()
             self.memory_mb = max(0.0, resident_mb() - before)
         self._batcher: Batcher[tuple[np.ndarray, VideoSource], SceneNote] = Batcher(

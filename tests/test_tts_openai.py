@@ -163,14 +163,18 @@ async def test_a_rejected_request_is_a_plain_sentence_and_the_endpoint_words_go_
     assert "fake failure 400" in caplog.text, "the upstream message is kept for the operator"
 
 
-async def test_an_unreachable_endpoint_says_where_it_looked(monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_an_unreachable_endpoint_says_where_it_looked_in_the_log_only(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     monkeypatch.setenv("OPENAI_API_KEY", API_KEY)
     url = f"http://127.0.0.1:{free_port()}/v1"
     tts = TTS(TTSConfig(backend="openai", base_url=url, max_retries=0))
 
-    with pytest.raises(TTSError, match=re.escape(f"Could not reach the speech endpoint at {url}")):
+    with pytest.raises(TTSError) as raised:
         async for _ in tts.synthesize(SENTENCE):
             pass
+    assert str(raised.value) == "Could not reach the speech endpoint", "an internal address is not for the page"
+    assert url in caplog.text
 
 
 async def test_a_stream_cut_mid_sentence_keeps_the_packets_already_parsed(fake: FakeOpenAI, first_page_end: int) -> None:

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 from parley.engine.conversation import Entry
 from parley.engine.metrics import TurnMetrics
 from parley.engine.ports import SentenceTag
-from parley.engine.reply import Reply
+from parley.engine.reply import Reply, user_message
 from parley.protocol import Delta, Message, Metrics, Speaking, State
 
 if TYPE_CHECKING:
@@ -58,6 +58,8 @@ STOPPED = {
 
 class TurnTimeout(RuntimeError):
     """A turn ran past limits.turn_timeout_s; the message is for the page."""
+
+    for_user = True
 
 
 class Answering:
@@ -112,7 +114,7 @@ class Answering:
             answer.text, answer.state = reply.text, "error"
             s.conversation.save(answer)
             await reply.stop()
-            await s.emit(State(id=answer.id, state="error", error=reason(exc)))
+            await s.emit(State(id=answer.id, state="error", error=reason(exc, "llm")))
         finally:
             self._report()
             watch.close()
@@ -193,6 +195,9 @@ def sentence(text: str) -> str:
     return text if text.endswith((".", "!", "?")) else text + "."
 
 
-def reason(exc: BaseException | str) -> str:
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return text[:200]
+def reason(exc: BaseException | str, kind: str = "") -> str:
+    """What the page says of a failure of `kind` (`parley.engine.reply.user_message`): Parley's own
+    message, never a backend's; a str is one already made for the page."""
+    if isinstance(exc, BaseException):
+        return user_message(exc, kind)
+    return exc.strip().splitlines()[0][:200] if exc.strip() else "Something went wrong."

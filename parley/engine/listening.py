@@ -32,7 +32,7 @@ from media.vad import RATE
 from parley.engine.answer import TurnTimes, reason, sentence
 from parley.engine.ports import SenderClock, rtp_diff
 from parley.engine.recorder import TurnEvent
-from parley.engine.reply import Reply
+from parley.engine.reply import GENERIC_ERRORS, Reply
 from parley.engine.turnmodel import SOUND_TAIL
 from parley.engine.utterance import Speculation, Utterance
 from parley.protocol import Recording
@@ -365,7 +365,11 @@ class Listener:
         except Exception as exc:
             log.exception("session %s: ASR failed", s.id[:8])
             s.meter.error("asr")
-            await s.notice(f"Speech recognition failed: {sentence(reason(exc))} Please try again.", "error")
+            said = reason(exc, "asr")  # Parley's own words for it, or a plain sentence: never the backend's
+            if said == GENERIC_ERRORS["asr"]:
+                await s.notice(f"{said} Please try again.", "error")
+            else:
+                await s.notice(f"Speech recognition failed: {sentence(said)} Please try again.", "error")
             return
         if not words:
             if reply is not None:

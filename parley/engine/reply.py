@@ -16,6 +16,10 @@ Invariants:
   before it. An answer that loops or turns into a copy later is stopped there (`stopped`); a loop
   keeps its text up to the repeat.
 - Its stage times (llm_ttft, first_sentence, tts_ttfb) are measured here, on its own requests.
+- What a failure shows the page is Parley's own words (`user_message`): a message Parley wrote for
+  the user (an exception whose class says `for_user`), else a fixed sentence for the kind of failure.
+  A backend's own text (an endpoint's error body, its address, a library's exception) goes to the
+  log only.
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ from media.text import SentenceSplitter, clean_for_speech
 from parley.engine.guard import ReplyGuard, same_question
 from parley.engine.metrics import Stopwatch, TurnMetrics
 from parley.engine.ports import SentenceTag, SpeechOutput
-from parley.engine.services import Services
+from parley.engine.services import ServiceError, Services
 from parley.engine.sight import without_scene
 from parley.engine.types import ChatMessage, Finish
 
@@ -46,6 +50,49 @@ ATTEMPTS = 4
 asked for again without that exchange and the ones after it (the prompt's start, which a local
 model has read, stays), again if it then copies one further back, and at last with no history at
 all (the system prompt and the user's words), which copies nothing."""
+
+
+GENERIC_ERRORS: dict[str, str] = {
+    "llm": "The language model is not answering right now; please try again.",
+    "asr": "Speech could not be transcribed this time.",
+    "tts": "The voice could not be made for this sentence.",
+    "vision": "The camera could not be looked at this time.",
+    "": "Something went wrong on the server.",
+}
+"""What the page says of a failure whose message Parley did not write, by the kind of work that failed
+("" when the caller does not say): the exception's own text may hold an internal address, a key's
+start, a path or a stack detail, so it goes to the log and never to the page."""
+
+
+def for_user(exc: BaseException) -> bool:
+    """Whether `exc`'s message is one Parley wrote for the user to read: its class says so
+    (`for_user = True`: LLMError, TTSError, a turn's timeout), or it is a ServiceError in Parley's own
+    words. A ServiceError made from a Ray failure (deployments/ingress.py) is judged by what the
+    replica raised (Ray's `cause`); a replica that died mid-call is told in Parley's words."""
+    if getattr(type(exc), "for_user", False) is True:
+        return True
+    if isinstance(exc, ServiceError):
+        cause = exc.__cause__
+        if cause is None:
+            return True
+        inner = getattr(cause, "cause", None)
+        if isinstance(inner, BaseException) and inner is not cause:
+            return for_user(inner)
+        return any(k.__name__ == "RayActorError" for k in type(cause).__mro__)
+    return False
+
+
+def user_message(exc: BaseException, kind: str = "") -> str:
+    """What the page says of a failure of `kind` ("llm", "asr", "tts", "vision"; "" unsaid): the
+    first line of a message Parley wrote for the user (`for_user`), else `GENERIC_ERRORS[kind]`. The
+    caller logs `exc` itself, in full."""
+    inner = getattr(exc, "cause", None)  # Ray's RayTaskError: the replica's own exception
+    if isinstance(inner, BaseException) and inner is not exc and not isinstance(exc, ServiceError):
+        return user_message(inner, kind)
+    text = str(exc).strip()
+    if text and for_user(exc):
+        return text.splitlines()[0][:200]
+    return GENERIC_ERRORS.get(kind, GENERIC_ERRORS[""])
 
 
 Publish = Callable[[str, str], Coroutine[Any, Any, None]]
@@ -347,9 +394,10 @@ class Reply:
                 raise
             except Exception as exc:  # the text stays; this sentence just goes unspoken
                 log.warning("reply %s: TTS failed: %r", self.id, exc)
-                self.tts_errors.append(str(exc))
+                said = user_message(exc, "tts")
+                self.tts_errors.append(said)
                 if self._live:
-                    self._tell(str(exc))
+                    self._tell(said)
             sentence.complete = True
 
     def _tell(self, reason: str) -> None:

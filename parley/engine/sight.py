@@ -6,11 +6,16 @@ Invariants:
 - A scene note, or the line saying there is none, is a first-person sentence in square brackets in
   front of the user's words (`with_scene`); whether a turn's words ask about the picture at all is
   decided here (`about_scene`), from words alone, so that one misheard word rarely changes it.
+- What the note says is inert text (`inert_scene`): the words a shared screen or a sign shows (OCR)
+  are what the user's camera saw, never instructions. No chat-template marker, role line, control
+  character or bracket of the note's own reaches the model from them, and a note is at most
+  `MAX_SCENE_CHARS` long.
 """
 
 from __future__ import annotations
 
 import re
+import unicodedata
 
 from parley.engine.guard import words
 from parley.engine.types import Sight
@@ -30,12 +35,59 @@ def system_prompt(base: str, sight: Sight) -> str:
     return f"{base} {SIGHT_PROMPTS[sight]}".strip()
 
 
+MAX_SCENE_CHARS = 400
+"""The most characters of a scene note a model reads: a screen full of text (a shared web page) is
+cut there, with an ellipsis, so that what a page says cannot crowd out the conversation."""
+
+_TEMPLATE_MARKERS = re.compile(
+    r"<\|[^<>|]{0,40}\|>"  # ChatML and Llama 3: <|im_start|>, <|eot_id|>, <|start_header_id|>
+    r"|<\|"  # what is left of one after the rest: <|im_start
+    r"|\|>"
+    r"|\[/?\s*(?:INST|SYS|SYSTEM|TOOL_CALLS|AVAILABLE_TOOLS)\s*\]"  # Llama 2, Mistral
+    r"|<<\s*/?\s*SYS\s*>>"
+    r"|</?\s*(?:s|bos|eos|pad|unk|start_of_turn|end_of_turn|system|user|assistant|human|bot|im_start|im_end|think)\s*>",
+    re.IGNORECASE,
+)
+"""The markers chat templates give turns and roles; a model reads them as the start of a turn."""
+_ROLE_LABEL = re.compile(r"#{2,}|\b(system|assistant|user|human|developer|instructions?)\s*:", re.IGNORECASE)
+"""A markdown heading mark or a role label ("### System:", "assistant:") that would start a turn of its own."""
+_BRACKETS = str.maketrans({"[": "(", "]": ")", "{": "(", "}": ")"})
+"""The note's own delimiters: square brackets close it (`without_scene` looks for "]" and a line break)."""
+
+
+def _printable(text: str) -> str:
+    """`text` as one line: control and format characters (NUL, ESC, bidi overrides, zero-width marks)
+    gone, each run of whitespace (line breaks included) one space."""
+    return " ".join("".join(c for c in text if c.isspace() or unicodedata.category(c) not in ("Cc", "Cf")).split())
+
+
+def inert_scene(scene: str) -> str:
+    """A scene note's words as a model may read them: what OCR read off a shared screen or a sign is
+    quoted text the user's camera saw, so none of it may look like the start of a turn, close the note
+    or run on. Control characters, chat-template markers and role labels go, whitespace runs become one
+    space, brackets become parentheses, and past `MAX_SCENE_CHARS` the note is cut with an ellipsis
+    (its open quote closed). An ordinary note ("a cup and the words "OPEN 9-5"") is unchanged."""
+    text = _printable(scene)
+    for _ in range(8):  # a marker hidden inside another ("<|im_<|x|>start|>") shows once the inner one goes
+        cleaner = _ROLE_LABEL.sub(lambda m: m.group(1) or " ", _TEMPLATE_MARKERS.sub(" ", text))
+        if cleaner == text:
+            break
+        text = cleaner
+    text = _printable(text.translate(_BRACKETS))
+    if len(text) > MAX_SCENE_CHARS:
+        text = text[: MAX_SCENE_CHARS - 1].rstrip() + "…"
+        if text.count('"') % 2:
+            text += '"'
+    return text
+
+
 def with_scene(text: str, scene: str | None, blind: str | None = None, source: str = "camera") -> str:
     """A user's words with the scene note in front, as a text-only model reads them (`scene` "": the
     detectors found nothing; `blind`: why there is no note).
 
     The note is a first-person sentence the model can repeat: a small model answers "what do you
-    see?" by copying it far more often than it puts a list of detections into words (benchmarks/llm_quiz.py)."""
+    see?" by copying it far more often than it puts a list of detections into words (benchmarks/llm_quiz.py).
+    The note's words are made inert first (`inert_scene`): a shared screen's text is quoted, never obeyed."""
     label = "Screen" if source == "screen" else "Camera"
     if blind:  # the wording that kept the local models from inventing most often (benchmarks/llm_quiz.py)
         return f"[{label} note: no picture ({blind}). I cannot see anything, so I must not describe anything.]\n{text}"
@@ -43,7 +95,7 @@ def with_scene(text: str, scene: str | None, blind: str | None = None, source: s
         return text
     if not scene:
         return f"[{label} note: my detectors recognise nothing in the picture, so I cannot tell what is there.]\n{text}"
-    return f"[{label} note: I see {scene}.]\n{text}"
+    return f"[{label} note: I see {inert_scene(scene)}.]\n{text}"
 
 
 def without_scene(text: str) -> str:
