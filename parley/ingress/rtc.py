@@ -5,6 +5,12 @@ Invariants:
   buffers never fill) and handed to the session; nothing here blocks on a model. The microphone
   is decoded by parley.ingress.loss's buffer, through its lost packets (RED, FEC, concealment);
   Parley's voice goes out with RED where the browser offers it.
+- The video decoded, and what of it reaches the session, is bounded whatever the browser sends
+  (`video_max_width`, `video_max_fps`, which the browser is only asked to keep to): key frames
+  over the size cap are not decoded (parley.ingress.video's buffer), nor are frames between key
+  frames while many more than the rate arrive; the session gets at most one frame every
+  1 / `video_max_fps` s (the newest), none over the cap, and none wider than `video_max_width`
+  (scaled down).
 - Which addresses and ports media uses is set once per process (parley.ingress.ice); a node behind 1:1
   NAT gets its public address written into the answer's host candidates.
 """
@@ -14,8 +20,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Sequence
 
+import av
 from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
@@ -25,7 +33,7 @@ from parley.engine.metrics import Meter
 from parley.engine.ports import MediaSink
 from parley.ingress.ice import advertise_public
 from parley.ingress.loss import AudioCodecs, MicrophoneBuffer, listen_to_microphone, negotiate, send_red
-from parley.ingress.video import VideoBuffer, recover_video
+from parley.ingress.video import FrameLimiter, VideoBuffer, recover_video
 
 log = logging.getLogger("parley.rtc")
 
@@ -46,7 +54,14 @@ class Peer:
     """One RTCPeerConnection between a browser and its session."""
 
     def __init__(
-        self, session: MediaSink, ice_servers: Sequence[IceServer], public_address: str | None = None, *, red: bool = True
+        self,
+        session: MediaSink,
+        ice_servers: Sequence[IceServer],
+        public_address: str | None = None,
+        *,
+        red: bool = True,
+        video_max_width: int = 640,
+        video_max_fps: float = 2.0,
     ) -> None:
         self.session = session
         self.public_address = public_address
@@ -57,6 +72,13 @@ class Peer:
         """What each audio m-line negotiated (Opus, and RED where the browser offered it)."""
         self.microphone: MicrophoneBuffer | None = None
         self.camera: VideoBuffer | None = None
+        self.video_max_width = video_max_width
+        self.video_max_fps = video_max_fps
+        self.video = FrameLimiter(video_max_width, video_max_fps, label=f"session {session.id[:8]}: ")
+        """What of the decoded video (every video track's) reaches the session."""
+        self._release: asyncio.TimerHandle | None = None
+        self._summarised = False
+        """Whether close() has logged the camera's summary (it may be called again)."""
         self.late_reported = 0
         """How many of the track's late packets the server has already counted in its metrics."""
         self.microphone_reported: dict[str, int] = {}
@@ -95,7 +117,9 @@ class Peer:
                 self.session.connect_microphone(self.microphone.clock, self.microphone.preroll)
                 return
         elif receiver is not None:
-            self.camera = recover_video(receiver)
+            self.camera = recover_video(
+                receiver, max_width=self.video_max_width, max_fps=self.video_max_fps, label=f"session {self.session.id[:8]}: "
+            )
         self._readers.append(asyncio.get_running_loop().create_task(self._read(track)))
 
     def report(self, meter: Meter) -> None:
@@ -118,7 +142,7 @@ class Peer:
         return self.session.listening
 
     async def _read(self, track: MediaStreamTrack) -> None:
-        handle = self.session.on_audio_frame if track.kind == "audio" else self.session.on_video_frame
+        handle = self.session.on_audio_frame if track.kind == "audio" else self._on_video_frame
         try:
             while True:
                 frame = await track.recv()
@@ -127,6 +151,26 @@ class Peer:
             pass
         except Exception:
             log.exception("session %s: reading %s failed", self.session.id[:8], track.kind)
+
+    def _on_video_frame(self, frame: av.VideoFrame) -> None:
+        """A decoded video frame: to the session now, later (the newest, when the rate allows) or never."""
+        if (out := self.video.offer(frame)) is not None:
+            self.session.on_video_frame(out)
+        due = self.video.due
+        if due is not None and self._release is None:
+            loop = asyncio.get_running_loop()
+            self._release = loop.call_later(max(0.0, due - time.monotonic()), self._release_video)
+
+    def _release_video(self) -> None:
+        self._release = None
+        try:
+            if (out := self.video.release()) is not None:
+                self.session.on_video_frame(out)
+        except Exception:
+            log.exception("session %s: handing on a video frame failed", self.session.id[:8])
+        due = self.video.due
+        if due is not None:  # not yet (the clocks differ by a little)
+            self._release = asyncio.get_running_loop().call_later(max(0.001, due - time.monotonic()), self._release_video)
 
     def watch_connecting(self, limit_s: float = ICE_LIMIT_S) -> None:
         """Close the peer if it has not connected within `limit_s` of the answer: an offer whose ICE
@@ -149,18 +193,31 @@ class Peer:
         if self.microphone is not None and self.microphone.stats.packets:
             log.info("session %s: microphone: %s", self.session.id[:8], self.microphone.stats.summary())
             self.microphone = None
-        if self.camera is not None and self.camera.losses:
-            c = self.camera
+        if self._release is not None:
+            self._release.cancel()
+            self._release = None
+        v, c = self.video, self.camera
+        v.close()
+        limited = v.too_large or v.over_rate or v.scaled
+        if (c is not None and (c.losses or c.frames_too_large or c.frames_over_rate)) or (limited and not self._summarised):
             log.info(
-                "session %s: camera: %d frames, %d losses (%d retransmitted in time), %d frames dropped, %d key frames asked",
+                "session %s: camera: %d frames, %d losses (%d retransmitted in time), %d frames dropped "
+                "(%d over the size cap, %d over the rate), %d key frames asked; after decoding, %d frames dropped "
+                "over the size cap, %d over the rate, %d scaled down, %d handed on",
                 self.session.id[:8],
-                c.frames,
-                c.losses,
-                c.recovered,
-                c.frames_dropped,
-                c.plis,
+                c.frames if c else 0,
+                c.losses if c else 0,
+                c.recovered if c else 0,
+                c.frames_dropped if c else 0,
+                c.frames_too_large if c else 0,
+                c.frames_over_rate if c else 0,
+                c.plis if c else 0,
+                v.too_large,
+                v.over_rate,
+                v.scaled,
+                v.delivered,
             )
-            self.camera = None
+        self.camera, self._summarised = None, True
         for task in self._readers:
             task.cancel()
         for task in self._readers:

@@ -37,6 +37,23 @@ Invariants:
   before they are judged, since they may come out of order.
 - A PLI is asked for when a gap is given up and then at most every `PLI_INTERVAL_S` while no key
   frame has started arriving; the receiver also sends one for each decoder error.
+- With a width limit (`max_width`, the server's video_max_width, which browsers are only asked to
+  keep to), no key frame over the hard cap (`size_limits`: twice as wide, or four times the
+  pixels of a `max_width` square) reaches the decoder, nor anything after it until a key frame
+  under the cap: the size is read from the frame before decoding (VP8: its key frame header;
+  H.264: every SPS in the frame, a frame with one being a key frame here). A size that cannot be
+  read is not a reason to drop a frame (`FrameLimiter` drops it once decoded). A PLI is asked for
+  at once and then as after a loss.
+- With a rate limit (`max_fps`), while frames arrive faster than `KEY_ONLY_ABOVE` times it (a
+  new timestamp, or a packet after a marker bit, begins one; measured over windows of
+  `RATE_WINDOW_S`, from the end of the first such window), only key frames are decoded, at most
+  one every max(`PLI_INTERVAL_S`, 1 / `max_fps`) s, each asked for by a PLI that long after the
+  last: the frames after each one wait for a key frame as after a loss (which makes dropping
+  them safe), so decoding costs about one key frame an interval, even for a client that sends
+  key frames only. Every frame is decoded again from the next key frame once they arrive at
+  most `KEY_ONLY_UNTIL` times the limit (a PLI asks for it). Frames dropped so are not losses.
+- What is decoded reaches the session through a `FrameLimiter` (parley.ingress.rtc): at most one
+  frame every 1 / `max_fps` s, the newest, none over the cap, none wider than `max_width`.
 - Memory is bounded as in aiortc: `capacity` packets in a ring (a power of two), the gaps in the
   window noticed in a dict no larger; a packet `capacity` or more ahead of the oldest one kept
   pushes the oldest out (a loss), one `MAX_MISORDER` or more behind it restarts the buffer (a new
@@ -47,9 +64,10 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Literal
 
+import av
 from aiortc import RTCRtpReceiver
 from aiortc.jitterbuffer import MAX_MISORDER, JitterBuffer, JitterFrame
 from aiortc.rtp import RtpPacket
@@ -78,6 +96,171 @@ H264_FU_A = 28
 H264_IDR = 5
 H264_SPS = 7
 H264_NON_IDR = 1
+
+
+RATE_WINDOW_S = 2.0
+"""The incoming frame rate is judged over windows of about this long."""
+
+KEY_ONLY_ABOVE = 4.0
+"""A buffer with a frame rate limit decodes key frames only while the frames arrive faster than
+this many times the limit (over a `RATE_WINDOW_S` window)..."""
+
+KEY_ONLY_UNTIL = 2.0
+"""...and decodes every frame again once they arrive at most this many times the limit."""
+
+
+def size_limits(max_width: int) -> tuple[int, int]:
+    """The hard cap on a video frame's size, for a server that asks browsers for at most
+    `max_width` wide: (width, pixels). A browser honouring scaleResolutionDownBy sends at most
+    `max_width` wide (a browser that rounds its scaling, a few pixels more); a frame twice as wide,
+    or of more pixels than a `2 * max_width` square (a tall portrait or window share at
+    `max_width` wide fits, up to four times as tall as wide), is no browser's rounding. Frames
+    under the cap but wider than `max_width` are decoded and then scaled down; frames over it
+    are not decoded at all: decoding costs about its pixel count (and a decoded frame holds 1.5
+    bytes a pixel), so it bounds each frame's cost to four times what the server asked for."""
+    return 2 * max_width, 4 * max_width * max_width
+
+
+def too_large(width: int, height: int, max_width: int) -> bool:
+    """Whether a `width` x `height` frame is over the hard cap (`size_limits`)."""
+    cap_width, cap_pixels = size_limits(max_width)
+    return width > cap_width or width * height > cap_pixels
+
+
+def vp8_size(data: bytes) -> tuple[int, int] | None:
+    """A VP8 key frame's (width, height), from its depayloaded data (RFC 6386 9.1: the 3-byte
+    frame tag, the start code 9d 01 2a, then 14-bit width and height, little-endian, each under
+    2 bits of upscaling that do not change the decoded size); None if it is no key frame or
+    too short, or has no start code."""
+    if len(data) < 10 or data[0] & 1 or data[3:6] != b"\x9d\x01\x2a":
+        return None
+    return int.from_bytes(data[6:8], "little") & 0x3FFF, int.from_bytes(data[8:10], "little") & 0x3FFF
+
+
+class _Bits:
+    """An MSB-first reader of an H.264 RBSP (emulation prevention bytes removed); IndexError past its end."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.pos = 0
+
+    def u(self, count: int = 1) -> int:
+        value = 0
+        for _ in range(count):
+            byte = self.data[self.pos >> 3]
+            value = value << 1 | (byte >> (7 - (self.pos & 7))) & 1
+            self.pos += 1
+        return value
+
+    def ue(self) -> int:
+        zeros = 0
+        while not self.u():
+            zeros += 1
+            if zeros > 31:
+                raise ValueError("exp-Golomb code too long")
+        return (1 << zeros) - 1 + self.u(zeros)
+
+    def se(self) -> int:
+        code = self.ue()
+        return (code + 1) // 2 if code & 1 else -(code // 2)
+
+
+H264_CHROMA_PROFILES = frozenset({100, 110, 122, 244, 44, 83, 86, 118, 128, 138, 139, 134, 135})
+"""Profiles whose SPS carries chroma_format_idc, bit depths and scaling matrices."""
+
+
+def h264_sps_size(nal: bytes) -> tuple[int, int] | None:
+    """The (width, height) a H.264 sequence parameter set (a whole NAL unit, header byte first)
+    gives its pictures, after cropping (ITU-T H.264 7.3.2.1.1, 7.4.2.1.1); None if it cannot be
+    read (truncated, or no SPS)."""
+    if len(nal) < 4 or nal[0] & 0x1F != H264_SPS:
+        return None
+    bits = _Bits(nal[1:].replace(b"\x00\x00\x03", b"\x00\x00"))
+    try:
+        profile = bits.u(8)
+        bits.u(16)  # constraint flags, level
+        bits.ue()  # seq_parameter_set_id
+        chroma, separate = 1, 0
+        if profile in H264_CHROMA_PROFILES:
+            chroma = bits.ue()
+            if chroma == 3:
+                separate = bits.u()
+            bits.ue()  # bit_depth_luma_minus8
+            bits.ue()  # bit_depth_chroma_minus8
+            bits.u()  # qpprime_y_zero_transform_bypass_flag
+            if bits.u():  # seq_scaling_matrix_present_flag
+                for i in range(8 if chroma != 3 else 12):
+                    if bits.u():
+                        last = following = 8
+                        for _ in range(16 if i < 6 else 64):
+                            if following:
+                                following = (last + bits.se() + 256) % 256
+                            last = following or last
+        bits.ue()  # log2_max_frame_num_minus4
+        poc_type = bits.ue()
+        if poc_type == 0:
+            bits.ue()  # log2_max_pic_order_cnt_lsb_minus4
+        elif poc_type == 1:
+            bits.u()  # delta_pic_order_always_zero_flag
+            bits.se()
+            bits.se()
+            for _ in range(bits.ue()):
+                bits.se()
+        bits.ue()  # max_num_ref_frames
+        bits.u()  # gaps_in_frame_num_value_allowed_flag
+        width_mbs = bits.ue() + 1
+        height_units = bits.ue() + 1
+        frame_mbs_only = bits.u()
+        if not frame_mbs_only:
+            bits.u()  # mb_adaptive_frame_field_flag
+        bits.u()  # direct_8x8_inference_flag
+        crop = (bits.ue(), bits.ue(), bits.ue(), bits.ue()) if bits.u() else (0, 0, 0, 0)
+    except (IndexError, ValueError):
+        return None
+    if chroma == 0 or separate:
+        crop_x, crop_y = 1, 2 - frame_mbs_only
+    else:
+        crop_x, crop_y = (1 if chroma == 3 else 2), (2 if chroma == 1 else 1) * (2 - frame_mbs_only)
+    width = width_mbs * 16 - crop_x * (crop[0] + crop[1])
+    height = (2 - frame_mbs_only) * height_units * 16 - crop_y * (crop[2] + crop[3])
+    return (width, height) if width > 0 and height > 0 else (width_mbs * 16, (2 - frame_mbs_only) * height_units * 16)
+
+
+SPS_MAX_BYTES = 4096
+"""The most of an SPS split over FU-A fragments that is put together to be read (they are tens of bytes)."""
+
+
+def h264_sps_units(payloads: Iterable[bytes]) -> list[bytes]:
+    """The SPS NAL units in a frame's RTP payloads (RFC 6184: single NAL units, STAP-A, FU-A)."""
+    found: list[bytes] = []
+    fragment: bytearray | None = None
+    for payload in payloads:
+        if len(payload) < 2:
+            continue
+        kind = payload[0] & 0x1F
+        if kind == H264_FU_A:
+            if payload[1] & 0x80:
+                fragment = bytearray([payload[0] & 0xE0 | payload[1] & 0x1F]) if payload[1] & 0x1F == H264_SPS else None
+            if fragment is not None:
+                fragment += payload[2 : 2 + SPS_MAX_BYTES - len(fragment)]
+                if payload[1] & 0x40:
+                    found.append(bytes(fragment))
+                    fragment = None
+            continue
+        fragment = None
+        if kind == H264_STAP_A:
+            pos = 1
+            while pos + 3 <= len(payload):
+                size = int.from_bytes(payload[pos : pos + 2], "big")
+                nal = payload[pos + 2 : pos + 2 + size]
+                if nal and nal[0] & 0x1F == H264_SPS:
+                    found.append(nal)
+                pos += 2 + size
+        elif kind == H264_SPS:
+            found.append(payload)
+    if fragment is not None:
+        found.append(bytes(fragment))  # its end is missing: read what there is
+    return found
 
 
 def h264_nal_starts(payload: bytes) -> list[tuple[int, bool]]:
@@ -112,6 +295,7 @@ def vp8_key_start(packet: RtpPacket) -> bool:
 
 
 Start = Literal["key", "maybe", "no"]
+Waiting = Literal["start", "loss", "size", "rate"]
 
 
 class VideoBuffer(JitterBuffer):
@@ -124,8 +308,15 @@ class VideoBuffer(JitterBuffer):
     out, a restarted stream) and a key frame waited for; `packets_lost`, the gaps given up;
     `recovered`, missing packets that arrived in time (retransmissions); `packets_late`, duplicates
     and packets that came after their place was handed on or given up; `plis`, PLIs asked for;
-    `key_wait_s`, time spent without a decodable picture, from the first packet or a loss to the
-    key frame (`waiting_for_key` says whether that is now).
+    `key_wait_s`, time spent without a decodable picture, from the first packet, a loss or a key
+    frame over the size cap to the next key frame (`waiting_for_key` says whether the buffer waits
+    for one now, which it also does between key frames while it decodes key frames only).
+    Of `frames_dropped`, `frames_too_large` were dropped for their size (a key frame over the cap
+    and the frames after it) and `frames_over_rate` for the frame rate (while it decodes key
+    frames only); `key_only` says whether it does now, `incoming_fps` is the rate last measured.
+
+    With `max_width`, key frames over `size_limits(max_width)` are dropped; with `max_fps`, the
+    frames decoded are bounded near that rate when many more arrive. `label` begins its warnings.
     """
 
     def __init__(
@@ -136,6 +327,9 @@ class VideoBuffer(JitterBuffer):
         wait_s: float = WAIT_S,
         pli_interval_s: float = PLI_INTERVAL_S,
         clock: Callable[[], float] = time.monotonic,
+        max_width: int | None = None,
+        max_fps: float | None = None,
+        label: str = "",
     ) -> None:
         super().__init__(capacity=capacity, is_video=True)  # keeps aiortc's ring; its add is replaced
         self._codec_of = codec_of
@@ -157,6 +351,25 @@ class VideoBuffer(JitterBuffer):
         self._last_pli: float | None = None
         self._pli = False
         self._last_dropped: int | None = None
+        self._why: Waiting = "start"
+        """Why the buffer waits for a key frame (while it does)."""
+        self._max_width = max_width
+        self._max_fps = max_fps
+        self._key_interval_s = pli_interval_s if max_fps is None else max(pli_interval_s, 1 / max_fps)
+        """While decoding key frames only: the least time between two key frames handed on, and
+        between the last one and the next PLI."""
+        self._label = label
+        self._last_key: float | None = None
+        """When the last key frame was handed on."""
+        self._rate_last: tuple[int, bool] | None = None
+        """(timestamp, marker) of the packet before."""
+        self._rate_began = 0.0
+        self._rate_frames = 0
+        self._warned: set[str] = set()
+        self.key_only = False
+        self.incoming_fps: float | None = None
+        self.frames_too_large = 0
+        self.frames_over_rate = 0
         self.frames = 0
         self.frames_dropped = 0
         self.losses = 0
@@ -175,6 +388,11 @@ class VideoBuffer(JitterBuffer):
         now = self._clock()
         self._pli = False
         seq = packet.sequence_number
+        if self._max_fps is not None:
+            # A frame begins at a new timestamp, or after a marker bit whatever its timestamp.
+            if self._rate_last is None or self._rate_last[1] or self._rate_last[0] != packet.timestamp:
+                self._count_frame(now)
+            self._rate_last = (packet.timestamp, bool(packet.marker))
         if self._origin is None:
             self._restart(seq, now)
             self._waiting_since = now  # for the first key frame, which the sender sends unasked
@@ -257,6 +475,10 @@ class VideoBuffer(JitterBuffer):
         if packet.payload and packet.timestamp != self._last_dropped:
             self._last_dropped = packet.timestamp
             self.frames_dropped += 1
+            if self._waiting_since is not None and self._why == "size":
+                self.frames_too_large += 1
+            elif self._waiting_since is not None and self._why == "rate":
+                self.frames_over_rate += 1
 
     def _clear(self) -> None:
         self._drop(self._size())
@@ -283,6 +505,7 @@ class VideoBuffer(JitterBuffer):
         """The picture is lost (since the gap that lost it was seen): wait for a key frame."""
         if self._waiting_since is None:
             self._waiting_since = now if since is None else since
+            self._why = "loss"
             self.losses += 1
         self._ask_pli(now)
 
@@ -296,7 +519,7 @@ class VideoBuffer(JitterBuffer):
         if self._waiting_since is not None and not self._key_arriving:
             # Again if the key frame asked for (or the first one, unasked) has not started in time.
             asked = self._waiting_since if self._last_pli is None else max(self._last_pli, self._waiting_since)
-            if now - asked >= self._pli_interval_s:
+            if now - asked >= (self._key_interval_s if self._why == "rate" else self._pli_interval_s):
                 self._ask_pli(now)
         return self._pli, frame
 
@@ -344,19 +567,100 @@ class VideoBuffer(JitterBuffer):
             whole = [self._pop() for _ in range(end + 1)]
             assert all(p is not None for p in whole)  # no gap before the frame's end
             packets: list[RtpPacket] = whole  # type: ignore[assignment]
+            limited = self._max_width is not None or self._max_fps is not None
+            key = self._is_key(packets) if self._waiting_since is not None or limited else False
+            if key and self._max_width is not None and self._over_size(packets, now):
+                self._count_dropped(packets[0])
+                continue
             if self._waiting_since is not None:
-                if not self._is_key(packets):
+                if not key or (self.key_only and self._last_key is not None and now - self._last_key < self._key_interval_s):
                     self._count_dropped(packets[0])
                     continue
-                self.key_wait_s += now - self._waiting_since
+                if self._why != "rate":
+                    self.key_wait_s += now - self._waiting_since
                 self._waiting_since = None
                 self._key_arriving = False
             data = b"".join(p._data for p in packets)  # type: ignore[attr-defined]
             if not data:
                 continue  # padding
+            if key:
+                self._last_key = now
+                if self.key_only:  # the frames after it until the next key frame (at most one each interval) are not decoded
+                    self._waiting_since, self._why = now, "rate"
             self.frames += 1
             return JitterFrame(data=data, timestamp=packets[0].timestamp)
         return None
+
+    # -- limits
+
+    def _over_size(self, packets: list[RtpPacket], now: float) -> bool:
+        """Whether the key frame `packets` is over the size cap; if so, nothing more is handed on
+        until a key frame under it, and one is asked for."""
+        assert self._max_width is not None
+        codec = self._codec(packets[0])
+        sizes: list[tuple[int, int] | None] = []
+        if codec == VP8:
+            head = b""
+            for p in packets:
+                head += p._data  # type: ignore[attr-defined]
+                if len(head) >= 10:
+                    break
+            sizes = [vp8_size(head)]
+        elif codec == H264:
+            sizes = [h264_sps_size(nal) for nal in h264_sps_units(p.payload for p in packets)]
+        over = [size for size in sizes if size is not None and too_large(*size, self._max_width)]
+        if not over:
+            return False
+        if "size" not in self._warned:
+            self._warned.add("size")
+            cap_width, cap_pixels = size_limits(self._max_width)
+            log.warning(
+                "%scamera: a %dx%d key frame, over the cap of %d wide and %d pixels (server.video_max_width %d): "
+                "not decoded, nor anything until a key frame under it",
+                self._label,
+                *over[0],
+                cap_width,
+                cap_pixels,
+                self._max_width,
+            )
+        if self._waiting_since is None:
+            self._waiting_since = now
+        self._why = "size"
+        self._ask_pli(now)
+        return True
+
+    def _count_frame(self, now: float) -> None:
+        """A frame began arriving (whether or not it will be decoded): measure the rate, and decode
+        key frames only while it is far over the limit."""
+        assert self._max_fps is not None
+        if not self._rate_frames:
+            self._rate_began = now
+        self._rate_frames += 1
+        elapsed = now - self._rate_began
+        if elapsed < RATE_WINDOW_S:
+            return
+        self.incoming_fps = fps = (self._rate_frames - 1) / elapsed
+        self._rate_began, self._rate_frames = now, 1
+        if not self.key_only and fps > KEY_ONLY_ABOVE * self._max_fps:
+            self.key_only = True
+            if "rate" not in self._warned:
+                self._warned.add("rate")
+                log.warning(
+                    "%scamera: %.0f frames/s arriving, over %g times server.video_max_fps %g: decoding key frames only, "
+                    "one every %.1f s at most",
+                    self._label,
+                    fps,
+                    KEY_ONLY_ABOVE,
+                    self._max_fps,
+                    self._key_interval_s,
+                )
+            if self._waiting_since is None:
+                self._waiting_since, self._why = now, "rate"
+            self._ask_pli(now)
+        elif self.key_only and fps <= KEY_ONLY_UNTIL * self._max_fps:
+            self.key_only = False  # every frame from the next key frame on
+            if self._waiting_since is not None:
+                self._ask_pli(now)
 
     def _frame_end(self) -> tuple[int | None, int | None]:
         """For the frame that starts the window: (offset of its last packet, None) when it is
@@ -418,10 +722,18 @@ class VideoBuffer(JitterBuffer):
         return name.lower() if name else None
 
 
-def recover_video(receiver: RTCRtpReceiver, clock: Callable[[], float] = time.monotonic) -> VideoBuffer | None:
+def recover_video(
+    receiver: RTCRtpReceiver,
+    clock: Callable[[], float] = time.monotonic,
+    *,
+    max_width: int | None = None,
+    max_fps: float | None = None,
+    label: str = "",
+) -> VideoBuffer | None:
     """Give a video receiver a `VideoBuffer` (aiortc 1.16 has no setting for its jitter buffer; it
-    is replaced on the receiver). Call it before media flows, e.g. from the "track" event. Returns
-    None, with a warning, where this aiortc has no such attribute (its own buffer then stays)."""
+    is replaced on the receiver), with these limits (None: none). Call it before media flows, e.g.
+    from the "track" event. Returns None, with a warning, where this aiortc has no such attribute
+    (its own buffer then stays)."""
     name = "_RTCRtpReceiver__jitter_buffer"
     if not hasattr(receiver, name):
         log.warning("aiortc's receiver has no %s: lost video packets stall the camera, then smear it", name)
@@ -432,6 +744,103 @@ def recover_video(receiver: RTCRtpReceiver, clock: Callable[[], float] = time.mo
         codec = codecs.get(payload_type)
         return getattr(codec, "mimeType", None)
 
-    buffer = VideoBuffer(codec_of, clock=clock)
+    buffer = VideoBuffer(codec_of, clock=clock, max_width=max_width, max_fps=max_fps, label=label)
     setattr(receiver, name, buffer)
     return buffer
+
+
+class FrameLimiter:
+    """What of a peer's decoded video reaches its session: frames over the size cap
+    (`size_limits`) never (they can come only where the buffer could not read a key frame's
+    size); the others at most one every 1 / `max_fps` s, the newest (a frame that comes too soon
+    is held, replacing one held before, until `due`: the caller hands on `release()` then), scaled
+    down to `max_width` wide (even dimensions, the aspect kept) when wider, which is done only to
+    the frames handed on.
+
+    Counters (never reset): `delivered`, frames handed on; `too_large`, dropped over the cap;
+    `over_rate`, replaced or never released; `scaled`, handed on scaled down.
+    """
+
+    def __init__(self, max_width: int, max_fps: float, *, label: str = "", clock: Callable[[], float] = time.monotonic) -> None:
+        self.max_width = max_width
+        self.interval_s = 1 / max_fps
+        self._label = label
+        self._clock = clock
+        self._held: av.VideoFrame | None = None
+        self._last: float | None = None
+        self._warned: set[str] = set()
+        self._offered = 0
+        """Frames offered since the last one handed on."""
+        self.delivered = 0
+        self.too_large = 0
+        self.over_rate = 0
+        self.scaled = 0
+
+    @property
+    def due(self) -> float | None:
+        """When the held frame may be handed on (on this limiter's clock); None if none is held."""
+        if self._held is None:
+            return None
+        return self._clock() if self._last is None else self._last + self.interval_s
+
+    def offer(self, frame: av.VideoFrame) -> av.VideoFrame | None:
+        """A decoded frame: what to hand on now (it, scaled), or None (dropped, or held)."""
+        if too_large(frame.width, frame.height, self.max_width):
+            self.too_large += 1
+            self._warn("size", "a decoded %dx%d frame over the cap of server.video_max_width %d: dropped", frame, self.max_width)
+            return None
+        now = self._clock()
+        self._offered += 1
+        if self._last is not None and now - self._last < self.interval_s:
+            if self._held is not None:
+                self.over_rate += 1
+            self._held = frame
+            return None
+        if self._held is not None:
+            self.over_rate += 1
+            self._held = None
+        return self._deliver(frame, now)
+
+    def release(self) -> av.VideoFrame | None:
+        """The held frame, if its time has come (scaled where it must be)."""
+        now = self._clock()
+        if self._held is None or (self._last is not None and now - self._last < self.interval_s):
+            return None
+        frame, self._held = self._held, None
+        return self._deliver(frame, now)
+
+    def close(self) -> None:
+        """Nothing more is handed on: the held frame is dropped."""
+        if self._held is not None:
+            self.over_rate += 1
+            self._held = None
+
+    def _deliver(self, frame: av.VideoFrame, now: float) -> av.VideoFrame:
+        if self._last is not None and self._offered > 2:
+            self._warn(
+                "rate",
+                "%d frames decoded in %.2f s, over server.video_max_fps %g: the newest of each %.2f s goes on",
+                self._offered,
+                now - self._last,
+                1 / self.interval_s,
+                self.interval_s,
+            )
+        self._last = now
+        self._offered = 0
+        self.delivered += 1
+        if frame.width <= self.max_width:
+            return frame
+        width = self.max_width & ~1
+        height = max(2, round(frame.height * width / frame.width / 2) * 2)
+        self.scaled += 1
+        self._warn("scale", "%dx%d frames, wider than server.video_max_width %d: scaled down", frame, self.max_width)
+        return frame.reformat(width=width, height=height)  # its pts and time base kept
+
+    def _warn(self, kind: str, message: str, *args: object) -> None:
+        if kind in self._warned:
+            return
+        self._warned.add(kind)
+        values: list[object] = []
+        for arg in args:
+            values.extend((arg.width, arg.height) if isinstance(arg, av.VideoFrame) else (arg,))
+        log.warning("%scamera: " + message, self._label, *values)
