@@ -298,7 +298,7 @@ def vision_line(config: ParleyConfig, app: str = "parley") -> str | None:
 
 def access_line(config: ParleyConfig, url: str) -> str:
     """Who can get in, said at start: an open server off loopback is a choice to make knowingly."""
-    from parley.ingress.auth import auth_mode, mint, signing_secret
+    from parley.ingress.auth import auth_mode, auth_reason, mint, signing_secret
 
     mode = auth_mode(config)
     where = f"{config.server.host}:{config.server.port}"
@@ -310,9 +310,13 @@ def access_line(config: ParleyConfig, url: str) -> str:
         proxies = ", ".join(config.auth.trusted_proxies)
         return f"parley: users are named by the {config.auth.proxy_user_header} header of your proxy ({proxies})."
     secret = signing_secret(config, create=False)
-    line = "parley: browsers need an invitation link: python -m parley.tools.token --name NAME [--ttl 24h]"
+    line = (
+        f"parley: browsers need an invitation link: python -m parley.tools.token --name NAME [--ttl 24h] ({auth_reason(config)})"
+    )
     if secret is not None:
-        line += f"\nparley: yours, for 24 h: {url.rstrip('/')}/#token={mint(secret, 'operator', 24 * 3600)}"
+        ttl_s = min(24 * 3600, config.auth.max_token_ttl_s)
+        token = mint(secret, "operator", ttl_s, max_ttl_s=ttl_s)
+        line += f"\nparley: yours, for {ttl_s / 3600:g} h: {url.rstrip('/')}/#token={token}"
     return line
 
 

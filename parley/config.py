@@ -102,17 +102,25 @@ class ServerConfig(_Section):
     )
     allowed_hosts: list[str] = Field(
         default_factory=list,
-        description="Names and addresses browsers may reach this server by (the Host header). Empty: this machine's "
-        "own names and addresses. Anything else is refused, so a DNS-rebinding page cannot talk to it.",
+        description="Names and addresses browsers may reach this server by (the Host header). Empty: on a loopback "
+        "host, the loopback names only (localhost, 127.0.0.1, ::1); elsewhere, this machine's own names and addresses. "
+        "Anything else is refused, so a DNS-rebinding page cannot talk to it. A name that is not loopback here makes "
+        "auth: auto ask for invitations (a proxy in front).",
     )
     video_max_fps: float = Field(
         default=2.0,
         gt=0,
         description="The camera frame rate browsers are asked to send. The server needs a frame only when a turn "
-        "starts, and decoding each one costs the ingress CPU (most of an idle session's cost at 15-30 fps).",
+        "starts, and decoding each one costs the ingress CPU (most of an idle session's cost at 15-30 fps). The server "
+        "holds a sender to it: frames come to the session at most this often, and a stream over 4x this rate is "
+        "decoded key frames only.",
     )
     video_max_width: int = Field(
-        default=640, ge=64, description="Browsers scale the camera (or shared screen) down to this width before sending."
+        default=640,
+        ge=64,
+        description="Browsers scale the camera (or shared screen) down to this width before sending. The server scales "
+        "a wider frame down itself, and drops, undecoded, key frames over twice this width or four times its square in "
+        "pixels (and what follows them).",
     )
 
 
@@ -121,8 +129,9 @@ class AuthConfig(_Section):
 
     mode: Literal["auto", "token", "proxy", "open"] = Field(
         default="auto",
-        description="auto: open on loopback, token anywhere else. token: browsers need an invitation link "
-        "(python -m parley.tools.token). proxy: a trusted reverse proxy names the user in a header. open: anyone who "
+        description="auto: open when the server binds loopback and answers to loopback names only (server.allowed_hosts "
+        "naming another host means a proxy in front: token), token anywhere else. token: browsers need an invitation "
+        "link (python -m parley.tools.token). proxy: a trusted reverse proxy names the user in a header. open: anyone who "
         "reaches the port (its models and keys too).",
     )
     secret_env: str = Field(
@@ -133,7 +142,20 @@ class AuthConfig(_Section):
     proxy_user_header: str = Field(default="X-Forwarded-User", description="proxy mode: the header that names the user.")
     trusted_proxies: list[str] = Field(
         default_factory=lambda: ["127.0.0.1", "::1"],
-        description="proxy mode: addresses whose header is believed (your proxy's); anyone else is refused.",
+        description="Addresses (or networks, 10.0.0.0/8) of your reverse proxies. In every mode a connection from one is "
+        "counted by the right-most X-Forwarded-For address that is not itself one of them (per-address limits). proxy "
+        "mode: only these may connect, and their user header is believed.",
+    )
+    max_token_ttl_s: float = Field(
+        default=30 * 86400.0,
+        gt=0,
+        description="Longest an invitation may be valid: longer ones are neither minted nor accepted.",
+    )
+    revoked_tokens: list[str] = Field(
+        default_factory=list,
+        description="Ids of withdrawn invitations (python -m parley.tools.token prints each one's id), refused on every "
+        "node; also read from the file revoked-tokens in server.state_dir (python -m parley.tools.token --revoke ID). "
+        "Sockets already open with one are closed.",
     )
 
 
@@ -494,20 +516,6 @@ class LimitsConfig(_Section):
         default=4, ge=1, description="Conversations one user (one invitation, or one address when open) may hold at once."
     )
     max_payload_bytes: int = Field(default=65536, description="Largest socket.io message accepted (SDP included).")
-    idle_connection_s: float = Field(
-        default=15.0,
-        gt=0,
-        description="An HTTP connection that sends no request for this long is closed (a page's socket.io "
-        "connection is busy, so it stays; it is closed when it stops answering pings, ~20 s).",
-    )
-
-
-class ServeConfig(_Section):
-    address: str | None = Field(
-        default=None, description="Ray cluster for `python serve_app.py` to join (auto, ray://...). Default: start a local Ray."
-    )
-    include_dashboard: bool = Field(default=True, description="Start the Ray dashboard with a local Ray.")
-    ingress_cpus: float = Field(default=0.25, description="CPUs reserved for each ingress replica.")
     offers_per_minute: int = Field(
         default=12,
         ge=1,
@@ -534,6 +542,20 @@ class ServeConfig(_Section):
         ge=1,
         description="Newest messages a page is sent when it (re)connects; it says how many earlier ones it left out.",
     )
+    idle_connection_s: float = Field(
+        default=15.0,
+        gt=0,
+        description="An HTTP connection that sends no request for this long is closed (a page's socket.io "
+        "connection is busy, so it stays; it is closed when it stops answering pings, ~20 s).",
+    )
+
+
+class ServeConfig(_Section):
+    address: str | None = Field(
+        default=None, description="Ray cluster for `python serve_app.py` to join (auto, ray://...). Default: start a local Ray."
+    )
+    include_dashboard: bool = Field(default=True, description="Start the Ray dashboard with a local Ray.")
+    ingress_cpus: float = Field(default=0.25, description="CPUs reserved for each ingress replica.")
     asr_cpus: float = Field(default=0.5, description="CPUs reserved for each ASR replica.")
     llm_cpus: float = Field(default=0.5, description="CPUs reserved for each LLM replica.")
     tts_cpus: float = Field(default=0.25, description="CPUs reserved for each TTS replica.")

@@ -211,6 +211,9 @@ class Welcome(Outbound):
     user: str
     ingress: str
     history: list[Message]
+    """The conversation's newest messages (`limits.welcome_messages` at most)."""
+    earlier: int = 0
+    """How many older messages of the conversation the history leaves out."""
     ice_servers: list[dict[str, Any]]
     limits: TurnLimits
     turn: TurnInfo

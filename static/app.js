@@ -210,7 +210,7 @@ function onWelcome(w) {
   } else if (shown && !history.length && !controls.forgetting) {
     markHistoryLost("Parley's server no longer has this conversation: Parley will not remember the messages above. Go on from here.");
   } else {
-    renderHistory(history);
+    renderHistory(history, { earlier: w.earlier || 0 });
   }
   conn.iceServers = w.ice_servers || [];
   senders.useLimits(w.video);

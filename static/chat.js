@@ -45,9 +45,10 @@ export function hasMessages() {
 
 /**
  * Replace the chat with the server's history (on every welcome). Messages the server lost (see
- * markHistoryLost) stay above it, unless `all` (a new conversation) clears them too.
+ * markHistoryLost) stay above it, unless `all` (a new conversation) clears them too. `earlier`:
+ * how many older messages the server left out (a long conversation comes a page at a time).
  */
-export function renderHistory(history, { all = false } = {}) {
+export function renderHistory(history, { all = false, earlier = 0 } = {}) {
   byId.clear();
   sources.clear();
   rendered.clear();
@@ -55,6 +56,12 @@ export function renderHistory(history, { all = false } = {}) {
   pendingMetrics.clear();
   const kept = all ? [] : [...chat.querySelectorAll(".msg.lost, .history-lost")];
   chat.replaceChildren(...kept);
+  if (earlier > 0) {
+    const note = document.createElement("p");
+    note.className = "history-earlier";
+    note.textContent = `${earlier} earlier message${earlier === 1 ? " is" : "s are"} not shown.`;
+    chat.append(note);
+  }
   for (const m of history || []) {
     const el = createMessage(String(m.id), m.role);
     announced.set(String(m.id), Infinity); // the past is not read out again

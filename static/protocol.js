@@ -114,6 +114,7 @@
  * @property {string} user
  * @property {string} ingress
  * @property {Message[]} history
+ * @property {number} [earlier]
  * @property {object[]} ice_servers
  * @property {TurnLimits} limits
  * @property {TurnInfo} turn

@@ -162,7 +162,8 @@ def test_candidates_the_node_must_not_check_are_removed() -> None:
     assert checked.dropped_candidates == 6
 
     many = "\r\n".join(["v=0", "m=audio 9 UDP/TLS/RTP/SAVPF 111", *(lines[0].replace("1 1", f"{i} 1", 1) for i in range(100))])
-    assert sum(line.startswith("a=candidate") for line in check_offer(many, max_sections=4, max_candidates=32).sdp.split("\r\n")) == 32
+    kept_of_many = check_offer(many, max_sections=4, max_candidates=32).sdp.split("\r\n")
+    assert sum(line.startswith("a=candidate") for line in kept_of_many) == 32
     with pytest.raises(OfferRefused, match="5 media streams"):
         check_offer("v=0\r\n" + "m=audio 9 UDP/TLS/RTP/SAVPF 111\r\n" * 5, max_sections=4, max_candidates=32)
 
@@ -264,3 +265,49 @@ async def test_a_talk_key_pressed_over_and_over_costs_the_models_no_more_than_th
     assert len(services.described) == 3, "a scene note per press, only within the budget"
     assert any("Too many turns" in n["text"] for n in page.of("notice"))
     await session.close()
+
+
+# -- history ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("ingress", [{"limits": {"welcome_messages": 20}}], indirect=True)
+async def test_a_long_conversation_is_welcomed_a_page_at_a_time(ingress: IngressServer) -> None:
+    client = await connected(ingress.url)
+    assert client.session_id is not None
+    session = ingress.sessions[client.session_id]
+    for i in range(30):
+        session.conversation.add(Entry(role="user" if i % 2 == 0 else "assistant", text=f"message {i}"))
+    await client.close()
+    back = ParleyClient(ingress.url)
+    back.session_id, back.session_key = client.session_id, client.session_key
+    welcome = await back.connect(media=False)
+    try:
+        assert [m["text"] for m in welcome["history"]] == [f"message {i}" for i in range(10, 30)]
+        assert welcome["earlier"] == 10
+    finally:
+        await back.close()
+
+
+# -- invitations --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("ingress", [{"auth": {"mode": "token"}, "server": {"session_idle_s": 1.0}}], indirect=True)
+async def test_a_withdrawn_invitation_closes_the_pages_already_open(ingress: IngressServer) -> None:
+    from parley.ingress.auth import mint, revoke, signing_secret
+
+    secret = signing_secret(ingress.config, create=False)
+    assert secret is not None
+    withdrawn, kept = ParleyClient(ingress.url, token=mint(secret, "alice", 3600, token_id="alice-link-0001")), None
+    try:
+        assert "session_id" in await withdrawn.connect(media=False)
+        kept = await connected(ingress.url, token=mint(secret, "bob", 3600, token_id="bob-link-00001"))
+        revoke(ingress.config, "alice-link-0001")
+        await withdrawn.wait_for(lambda: not withdrawn.sio.connected, timeout=10)
+        assert any("withdrawn" in n["text"] for n in withdrawn.of("notice"))
+        assert kept.sio.connected, "other invitations go on"
+        again = ParleyClient(ingress.url, token=mint(secret, "alice", 3600, token_id="alice-link-0001"))
+        assert "withdrawn" in (await again.connect(media=False)).get("reason", "")
+    finally:
+        await withdrawn.close()
+        if kept is not None:
+            await kept.close()

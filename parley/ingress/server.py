@@ -161,15 +161,20 @@ class IngressServer:
                 log.exception("housekeeping failed (%d times so far); it goes on", self.housekeeping_failures)
 
     async def housekeep(self) -> None:
-        """Report late audio packets and what the microphones' packets went through, forget sessions
-        whose browser has been gone longer than session_idle_s, and stored conversations untouched
-        for keep_conversations_s. Each step is tried even when another fails."""
+        """Report late audio packets and what the microphones' packets went through, close the sockets
+        whose invitation was withdrawn or ran out, forget sessions whose browser has been gone longer
+        than session_idle_s, and stored conversations untouched for keep_conversations_s. Each step
+        is tried even when another fails."""
         failed: list[BaseException] = []
         for peer in list(self.peers.values()):
             try:
                 peer.report(self.meter)
             except Exception as exc:
                 failed.append(exc)
+        try:
+            await self.signalling.drop_withdrawn()
+        except Exception as exc:
+            failed.append(exc)
         now = time.monotonic()
         for session in self.signalling.detached():
             if now - session.last_seen > self.config.server.session_idle_s:

@@ -148,6 +148,20 @@ class Signalling:
             )
         return len(gone)
 
+    async def drop_withdrawn(self) -> int:
+        """Close the sockets whose invitation was withdrawn (revoked) or has expired since they
+        connected: a link taken back stops working on open pages too. Returns how many closed."""
+        closed = 0
+        for sid, user in list(self._users.items()):
+            reason = self.gate.still_valid(user)
+            if reason is None:
+                continue
+            log.info("closing %s (user %s): %s", sid, user.name, reason)
+            await self._notice(sid, reason)
+            await self.sio.disconnect(sid)
+            closed += 1
+        return closed
+
     async def close(self) -> None:
         for sid in list(self.peers):
             await self._close_peer(sid)
@@ -289,12 +303,14 @@ class Signalling:
 
     def _welcome(self, session: Session, user: User) -> Welcome:
         cfg, llm = self.config, self.config.llm
+        page = session.history[-cfg.limits.welcome_messages :]
         return Welcome(
             session_id=session.id,
             session_key=self.gate.session_key(user, session.id),
             user=user.name,
             ingress=self.process,
-            history=[Message(**e.public()) for e in session.history],
+            history=[Message(**e.public()) for e in page],
+            earlier=len(session.history) - len(page),
             ice_servers=[s.model_dump(exclude_none=True) for s in self._ice_servers(user.name)],
             limits=TurnLimits(max_record_s=cfg.limits.max_record_s, max_text_chars=cfg.limits.max_text_chars),
             turn=self.turn_welcome(session),
@@ -413,7 +429,15 @@ class Signalling:
                 await self._close_peer(other)
         # The node's own peer has a TURN user of its own per session: coturn's user-quota counts per user.
         ice_servers = self._ice_servers(f"parley-server-{session.id[:8]}")
-        peer = Peer(session, ice_servers, self.config.server.public_address, red=self.config.server.red)
+        cfg = self.config.server
+        peer = Peer(
+            session,
+            ice_servers,
+            cfg.public_address,
+            red=cfg.red,
+            video_max_width=cfg.video_max_width,
+            video_max_fps=cfg.video_max_fps,
+        )
         self.peers[sid] = peer
         try:
             answer = await peer.answer(sdp, kind)
