@@ -134,7 +134,7 @@ async def test_offers_past_the_rate_limit_get_a_notice(ingress: IngressServer) -
     try:
         for i in range(3):
             await client.sio.emit("offer", {"sdp": sdp, "type": "offer"})
-            await client.wait_for(lambda i=i: len(client.of("answer")) > i, timeout=10)
+            await client.wait_for(lambda: len(client.of("answer")) > i, timeout=10)  # noqa: B023 - awaited here
         await client.sio.emit("offer", {"sdp": sdp, "type": "offer"})
         notice = await client.wait_for(lambda: client.of("notice"), timeout=10)
         assert "restarted too often" in notice[-1]["text"]

@@ -37,7 +37,7 @@ from media.image import frame_to_data_url, frame_to_jpeg
 from parley.config import LimitsConfig, LLMConfig, ParleyConfig, TurnConfig, sight
 from parley.engine.answer import Answering, TurnTimes
 from parley.engine.budget import TurnBudget
-from parley.engine.conversation import Conversation, ConversationStore, Entry, estimate_tokens
+from parley.engine.conversation import Conversation, Entry, StoreQueue, estimate_tokens
 from parley.engine.hold import Overlap
 from parley.engine.listening import Listener
 from parley.engine.metrics import Meter
@@ -53,6 +53,11 @@ from parley.protocol import Notice, Outbound, State, Turn, TurnState
 log = logging.getLogger("parley.session")
 
 NO_PICTURE = "no picture is coming from the browser"
+NOT_SAVED = (
+    "Your earlier messages could not be loaded and this conversation is not being saved right now; Parley will keep trying."
+)
+NOT_STORING = "Your latest messages are not being saved right now; Parley will keep trying."
+SAVED_AGAIN = "Your conversation is being saved again."
 
 
 @dataclass(frozen=True)
@@ -94,7 +99,7 @@ class Session:
         *,
         meter: Meter | None = None,
         clock: Callable[[], float] = time.monotonic,
-        store: ConversationStore | None = None,
+        store: StoreQueue | None = None,
         user: str = "",
         budget: TurnBudget | None = None,
         turn_judge: TurnJudge | None = None,
@@ -108,7 +113,18 @@ class Session:
         self.meter = meter or Meter()
         self.budget = budget or TurnBudget(settings.limits.turns_per_minute, clock)
         """The user's turns this minute: shared by all of the user's sessions (the limit is per user)."""
-        self.conversation = Conversation(settings.llm, store=store, session_id=session_id, language=settings.language)
+        self.conversation = Conversation(
+            settings.llm,
+            store=store,
+            session_id=session_id,
+            language=settings.language,
+            max_messages=settings.limits.history_messages,
+        )
+        """The history; `load` takes the stored one (the constructor does not: it never waits on the store)."""
+        self._unsaid: list[tuple[str, Literal["info", "warn", "error"]]] = []
+        """Notices about the store made before a page was attached: `announce` says them."""
+        self._told_failing = False
+        """The user was told the store is failing (`resync`)."""
         self.output: SpeechOutput | None = None
         """Where speech goes: the current peer connection's audio track; None while no media is connected."""
         self.listener = Listener(self)
@@ -153,19 +169,62 @@ class Session:
         return self._turn is not None and not self._turn.done()
 
     def attach(self, emit: Emit | None) -> None:
-        """Route this session's events to a connected page (None while disconnected)."""
+        """Route this session's events to a connected page (None while disconnected: the newest camera
+        frame goes too, since a session kept for a reconnect must cost little, and a page that comes
+        back sends new ones)."""
         self._emit = emit
         self.last_seen = self.clock()
+        if emit is None:
+            self.latest_frame = None
 
     async def announce(self) -> None:
-        """Tell a page that has just been welcomed what the turn is doing now."""
+        """Tell a page that has just been welcomed what the turn is doing now (and what `load` found)."""
         await self.emit(Turn(state=self._state))
+        unsaid, self._unsaid = self._unsaid, []
+        for text, level in unsaid:
+            await self.emit(Notice(level=level, text=text))
 
-    def reload(self) -> None:
+    @property
+    def saved(self) -> bool:
+        """False while the conversation is not being stored (its stored history could not be read)."""
+        return self.conversation.saved
+
+    async def load(self) -> None:
+        """Take the stored history (once, after creating the session; off the event loop). If the
+        store fails, the session goes on unsaved and the user is told (`resync` tries again)."""
+        if not await self.conversation.load():
+            await self._store_notice(NOT_SAVED, "warn")
+
+    async def reload(self) -> None:
         """Take the stored history back, unless an answer is being given (another ingress process
-        of this node may have added to it)."""
-        if not self.busy:
-            self.conversation.reload()
+        of this node may have added to it); while not saved, `resync`."""
+        if not self.saved:
+            await self.resync()
+        elif not self.busy:
+            await self.conversation.reload()
+
+    async def resync(self) -> None:
+        """Called every few seconds (the server's housekeeping). While not saved: try the store
+        again; once it answers, the history held here is stored after the stored one and the user
+        is told. While saved: tell the user when the store starts failing (their messages wait to
+        be written) and when it works again."""
+        if not self.saved:
+            if await self.conversation.resync():
+                self._told_failing = False
+                await self._store_notice(SAVED_AGAIN, "info")
+            return
+        failing = not self.conversation.store_ok
+        if failing != self._told_failing:
+            self._told_failing = failing
+            await self._store_notice(NOT_STORING if failing else SAVED_AGAIN, "warn" if failing else "info")
+
+    async def _store_notice(self, text: str, level: Literal["info", "warn", "error"]) -> None:
+        if self._emit is None:  # said when a page is welcomed; an outage over by then goes unsaid
+            log.info("session %s: %s", self.id[:8], text)
+            unsaid = [(t, lv) for t, lv in self._unsaid if t not in (NOT_SAVED, NOT_STORING, SAVED_AGAIN)]
+            self._unsaid = unsaid if len(unsaid) < len(self._unsaid) and text == SAVED_AGAIN else [*unsaid, (text, level)]
+        else:
+            await self.notice(text, level)
 
     def connect_output(self, output: SpeechOutput) -> None:
         """Send speech through a new peer connection's output from now on."""

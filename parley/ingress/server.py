@@ -21,7 +21,7 @@ from aiohttp import web
 
 from media.track import LATENESS_BOUNDS_MS
 from parley.config import ParleyConfig
-from parley.engine.conversation import ConversationStore
+from parley.engine.conversation import StoreQueue
 from parley.engine.metrics import Meter
 from parley.engine.services import Services
 from parley.engine.session import Session
@@ -47,7 +47,7 @@ class IngressServer:
         self.config = config
         self.services = services
         self.meter = meter or Meter()
-        self.store: ConversationStore | None = open_store(
+        self.store: StoreQueue | None = open_store(
             config.server.store, config.server.state_dir, config.server.keep_conversations_s
         )
         """Conversations on the node's disk: they outlive this process and are shared with the
@@ -131,6 +131,8 @@ class IngressServer:
             if task:
                 task.cancel()
         await self.signalling.close()
+        if self.store is not None:
+            await self.store.close()  # what is queued is written first (at most 5 s)
         # Say goodbye to every socket first: otherwise cleanup waits (up to a minute) for each open
         # WebSocket to end by itself, and the pages go on believing they are connected.
         await self.sio.shutdown()
@@ -183,10 +185,15 @@ class IngressServer:
                     log.info("session %s expired", session.id[:8])
                 except Exception as exc:
                     failed.append(exc)
+        for session in list(self.sessions.values()):
+            try:
+                await session.resync()  # stores what an unsaved one holds; tells the user when the store fails or recovers
+            except Exception as exc:
+                failed.append(exc)
         if self.store is not None and now - self._forgot > 600:
             self._forgot = now
             try:
-                await asyncio.to_thread(self.store.forget_older_than, self.config.server.keep_conversations_s)
+                await self.store.forget_older_than(self.config.server.keep_conversations_s)
             except Exception as exc:
                 failed.append(exc)
         if failed:

@@ -31,7 +31,7 @@ from pydantic import ValidationError
 from media.track import LATENESS_BOUNDS_MS
 from parley.config import IceServer, ParleyConfig, model_label, model_quality
 from parley.engine.budget import TurnBudgets
-from parley.engine.conversation import ConversationStore
+from parley.engine.conversation import StoreQueue
 from parley.engine.metrics import Meter
 from parley.engine.services import Services
 from parley.engine.session import Session, SessionSettings
@@ -77,7 +77,7 @@ class Signalling:
         sio: socketio.AsyncServer,
         *,
         meter: Meter,
-        store: ConversationStore | None,
+        store: StoreQueue | None,
         process: str,
     ) -> None:
         self.config = config
@@ -262,8 +262,9 @@ class Signalling:
                 turn_judge=self.turn_judge,
             )
             self.sessions[session_id] = session
+            await session.load()  # off the event loop; a store that fails leaves it unsaved (the page is told)
         else:
-            session.reload()  # another ingress process of this node may have added to it
+            await session.reload()  # another ingress process of this node may have added to it
         if hello.vision is not None or hello.source is not None:
             session.set_vision(session.vision if hello.vision is None else hello.vision, hello.source)
         if hello.hands_free is not None:
