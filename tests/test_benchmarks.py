@@ -192,3 +192,18 @@ def test_the_network_benchmark_prints_the_users_words_through_loss_for_every_rec
     table = done.stdout.split("the user's words through loss")[1]
     for receiver in ("aiortc", "fec+plc", "red"):
         assert re.search(rf"^{re.escape(receiver)} +0\.00/0/1of1 ", table, re.M), table
+
+
+@needs_loopback
+def test_the_detached_session_benchmark_prints_memory_and_sockets_and_holds_the_cap() -> None:
+    done = subprocess.run(
+        [sys.executable, "benchmarks/detached.py", "--sessions", "6", "--every", "3", "--max-detached", "2"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "6 sessions left behind; the ingress keeps 2\n" in done.stdout, done.stdout
+    assert re.search(r"^memory: \+-?[\d.]+ MB in all, -?[\d.]+ MB per session left", done.stdout, re.M), done.stdout
+    assert re.search(r"^sockets: [+-]\d+ in all", done.stdout, re.M), done.stdout
