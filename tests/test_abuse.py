@@ -371,3 +371,15 @@ async def test_a_normal_user_is_answered_as_usual_while_another_abuses_the_node(
         assert user.sio.connected and user.pc is not None and user.pc.connectionState == "connected"
     finally:
         await user.close()
+
+
+async def test_hellos_sent_at_once_on_one_socket_make_one_session(ingress: IngressServer) -> None:
+    client = ParleyClient(ingress.url)
+    await client.sio.connect(ingress.url, transports=["websocket"])
+    try:
+        await asyncio.gather(*(client.sio.emit("hello", {}) for _ in range(20)))
+        await client.wait_for(lambda: client.of("welcome") and len(client.of("welcome")) + len(client.of("notice")) >= 20, 10)
+        assert len(ingress.sessions) == 1 and len(client.of("welcome")) == 1
+        assert all("already holds a conversation" in n["text"] for n in client.of("notice"))
+    finally:
+        await client.close()

@@ -16,6 +16,7 @@ Invariants:
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import re
@@ -104,6 +105,8 @@ class Signalling:
         """Pacing of the peers already closed (live ones are read from their tracks)."""
         self._sid_session: dict[str, str] = {}
         self._users: dict[str, User] = {}
+        self._hellos: dict[str, asyncio.Lock] = {}
+        """Each socket's hello in progress (one at a time)."""
         self._offering: set[str] = set()
         """Sockets whose offer is being answered now."""
         self._offers: dict[str, deque[float]] = {}
@@ -230,6 +233,14 @@ class Signalling:
         self._users[sid] = user
 
     async def _on_hello(self, sid: str, hello: Hello) -> None:
+        """A page asks for its conversation (or a new one). One socket's hellos are taken one at a
+        time: a session's history is loaded from the store meanwhile, and a burst of hellos must
+        not make a session each."""
+        lock = self._hellos.setdefault(sid, asyncio.Lock())
+        async with lock:
+            await self._hello(sid, hello)
+
+    async def _hello(self, sid: str, hello: Hello) -> None:
         user = self._users.get(sid)
         if user is None:
             await self._notice(sid, "This connection was not let in; reload the page.")
@@ -269,6 +280,9 @@ class Signalling:
             session.set_vision(session.vision if hello.vision is None else hello.vision, hello.source)
         if hello.hands_free is not None:
             await session.set_hands_free(hello.hands_free)
+        if sid not in self._users:  # the socket left while the history loaded: the session waits detached
+            log.info("session %s: its socket left before its welcome", session_id[:8])
+            return
         self._sid_session[sid] = session_id
         self.meter.sessions(self.attached)
 
@@ -381,6 +395,7 @@ class Signalling:
         session_id = self._sid_session.pop(sid, None)
         self.meter.sessions(self.attached)
         self._offers.pop(sid, None)
+        self._hellos.pop(sid, None)
         session = self.sessions.get(session_id) if session_id else None
         if session is not None and session_id not in self._sid_session.values():
             session.attach(None)
