@@ -214,6 +214,9 @@ class Welcome(Outbound):
     """The conversation's newest messages (`limits.welcome_messages` at most)."""
     earlier: int = 0
     """How many older messages of the conversation the history leaves out."""
+    saved: bool = True
+    """False: the conversation's stored history could not be read (the store is down), so `history`
+    holds only what this process has; it is stored once the store answers again."""
     ice_servers: list[dict[str, Any]]
     limits: TurnLimits
     turn: TurnInfo

@@ -207,6 +207,11 @@ function onWelcome(w) {
         ? "Parley's server no longer has this conversation (it was restarted or forgot it): Parley will not remember the messages above. Go on from here."
         : "The conversation you had in this browser is no longer on Parley's server (it was restarted or forgot it). This is a new one.",
     );
+  } else if (shown && !history.length && w.saved === false) {
+    // The server is alive but its store is not answering: the messages are not lost, only not here now.
+    markHistoryLost(
+      "Parley could not read this conversation's earlier messages just now (its store is not answering), so it does not remember the messages above for now. Reload the page in a while to get them back.",
+    );
   } else if (shown && !history.length && !controls.forgetting) {
     markHistoryLost("Parley's server no longer has this conversation: Parley will not remember the messages above. Go on from here.");
   } else {

@@ -115,6 +115,7 @@
  * @property {string} ingress
  * @property {Message[]} history
  * @property {number} [earlier]
+ * @property {boolean} [saved]
  * @property {object[]} ice_servers
  * @property {TurnLimits} limits
  * @property {TurnInfo} turn

@@ -326,6 +326,7 @@ class Signalling:
             ingress=self.process,
             history=[Message(**e.public()) for e in page],
             earlier=len(session.history) - len(page),
+            saved=session.saved,
             ice_servers=[s.model_dump(exclude_none=True) for s in self._ice_servers(user.name)],
             limits=TurnLimits(max_record_s=cfg.limits.max_record_s, max_text_chars=cfg.limits.max_text_chars),
             turn=self.turn_welcome(session),
