@@ -525,8 +525,8 @@ class LimitsConfig(_Section):
     max_media_sections: int = Field(
         default=4,
         ge=2,
-        description="Most m= sections (audio and video streams) an offer may hold: the page sends two; each unbundled "
-        "one costs the node an ICE gatherer and UDP sockets.",
+        description="Most m= sections (audio and video streams) an offer may hold: the page sends two; each one costs "
+        "the node a receiver, its buffers and a decoder.",
     )
     max_candidates: int = Field(
         default=32, ge=1, description="Most ICE candidates an offer may name (the server checks each one it keeps)."

@@ -1,10 +1,11 @@
 """What a browser's WebRTC offer may ask of the node, checked before aiortc reads it.
 
-aiortc opens an ICE gatherer and UDP sockets for every m= section that is not bundled, and aioice
-sends connectivity checks to every candidate the offer names. A page sends one audio and one video
-section, bundled, with a handful of candidates; an offer of hundreds of unbundled sections would
-take the node's `udp_ports` range for itself, and its candidates would have the node send STUN to
-any address the client likes.
+aiortc makes a transceiver, a receiver with its jitter buffer and decoder for every m= section,
+and aioice sends connectivity checks to every candidate the offer names. A page sends one audio and
+one video section, bundled, with a handful of candidates; an offer of hundreds of sections would
+cost the node that many receivers (aiortc 1.16 answered 40 sections, bundled or not, with two more
+UDP sockets, so the node's `udp_ports` range was not the limit), and its candidates would have the
+node send STUN to any address the client likes.
 
 Invariants:
 - An offer with more m= sections than `limits.max_media_sections` is refused whole, with a reason
