@@ -24,6 +24,7 @@ from tests.support.page import (
     CODE_ANSWER,
     DESKTOP,
     PHONE,
+    SHOTS,
     Server,
     answered,
     spoken_texts,
@@ -204,3 +205,51 @@ async def test_an_answer_that_loops_is_stopped_and_the_page_says_why(
         assert (await answer.locator(".text").inner_text()).strip() == "Bees make sweet honey."
         assert await answer.get_attribute("data-state") == "done"
     assert spoken_texts(fake) == ["Bees make sweet honey."], "the repeat was never spoken"
+
+
+async def test_a_long_conversation_comes_a_page_at_a_time_and_a_store_that_cannot_be_read_is_said_plainly(
+    fake: FakeOpenAI, media: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from parley.engine.conversation import Entry, StoreError
+
+    server = Server(fake, free_port(), "sqlite", tmp_path / "state")
+    await server.start()
+    try:
+        async with launched(*media) as chromium, opened(chromium, server.url, viewport=DESKTOP) as page:
+            await type_and_send(page, "Hello there.")
+            await answered(page, 1)
+            assert server.ingress is not None
+            (session,) = server.ingress.sessions.values()
+            for i in range(120):  # a long conversation, as if it had been going on for a while
+                session.conversation.add(Entry(role="user" if i % 2 == 0 else "assistant", text=f"Old message {i}."))
+            await page.reload()
+            await until(page, READY, 30000)
+            await page.wait_for_selector("#chat .history-earlier")
+            assert await page.inner_text("#chat .history-earlier") == "22 earlier messages are not shown."
+            assert await page.locator("#chat .msg").count() == 100
+            SHOTS.mkdir(parents=True, exist_ok=True)
+            await page.locator("#chat .history-earlier").scroll_into_view_if_needed()
+            await page.screenshot(path=str(SHOTS / "earlier-messages.png"))
+
+            # The server restarts and its store cannot be read: the page keeps what it shows and says why.
+            await server.stop()
+            await server.start()
+            assert server.ingress is not None and server.ingress.store is not None
+            stored = server.ingress.store.store
+            reads = stored.load
+
+            def down(*_: object) -> list[Entry]:
+                raise StoreError("the disk is not answering")
+
+            monkeypatch.setattr(stored, "load", down)
+            await until(page, READY, 30000)
+            lost = await page.wait_for_selector("#chat .history-lost")
+            assert lost is not None and "store is not answering" in await lost.inner_text()
+            assert "no longer has" not in await lost.inner_text()
+            await page.wait_for_selector("#notices .notice")
+            assert "not being saved" in await page.inner_text("#notices")
+            await page.screenshot(path=str(SHOTS / "store-not-answering.png"))
+            monkeypatch.setattr(stored, "load", reads)  # it answers again: the housekeeping stores the conversation
+            await until(page, "document.querySelector('#notices').innerText.includes('being saved again')", 20000)
+    finally:
+        await server.stop()
