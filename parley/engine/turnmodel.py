@@ -68,7 +68,7 @@ def model_path() -> Path:
 
 @dataclass(frozen=True)
 class ModelMissing:
-    """A turn model could not load; `reason` says why, for the log and the page."""
+    """A turn model could not load; `reason` says what kind of problem it is, for the page (the log has the error)."""
 
     reason: str
 
@@ -240,7 +240,12 @@ def _load(make: Callable[[], M], warm: Callable[[M], object]) -> M | ModelMissin
     except Exception as exc:  # a missing package, a broken file, a runtime that cannot run it
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         log.warning("a turn model could not load (%s)", reason)
-        return ModelMissing(reason)
+        # The page's banner says what kind of problem it is; the error itself (paths, versions) stays in the log.
+        if isinstance(exc, ImportError):
+            return ModelMissing("a package it needs is not installed (the server's log names it)")
+        if isinstance(exc, FileNotFoundError):
+            return ModelMissing("its model file is missing (the server's log names it)")
+        return ModelMissing("it could not load (the server's log says why)")
 
 
 def load_turn_judge(turn: TurnConfig) -> tuple[TurnJudge | None, dict[str, str]]:

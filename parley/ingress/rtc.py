@@ -94,7 +94,8 @@ class Peer:
         try:
             await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
         except Exception as exc:
-            raise SdpError(f"the offer could not be read: {exc}") from exc
+            log.info("session %s: an offer aiortc could not read: %s", self.session.id[:8], exc)
+            raise SdpError("the offer could not be read") from exc
         if not any(t.kind == "audio" for t in self.pc.getTransceivers()):
             raise SdpError("the offer has no audio section")
         self.codecs = negotiate(self.pc, sdp, use_red=self.red)
