@@ -383,3 +383,23 @@ async def test_hellos_sent_at_once_on_one_socket_make_one_session(ingress: Ingre
         assert all("already holds a conversation" in n["text"] for n in client.of("notice"))
     finally:
         await client.close()
+
+
+@pytest.mark.parametrize("ingress", [{"server": {"session_idle_s": 1.0}}], indirect=True)
+async def test_a_camera_sending_pictures_too_large_is_told_and_costs_no_decoding(ingress: IngressServer) -> None:
+    from parley.tools.client import Camera
+
+    camera = Camera(2560, 1440, fps=2.0)
+    client = ParleyClient(ingress.url, camera=camera)
+    try:
+        assert "session_id" in await client.connect(media=True)
+        notice = await client.wait_for(lambda: [n for n in client.of("notice") if "too large" in n["text"]], timeout=20)
+        assert "up to 1280 pixels wide" in notice[0]["text"]
+        (peer,) = ingress.peers.values()
+        assert peer.camera is not None and peer.camera.frames_too_large >= 1
+        assert peer.video.delivered == 0, "no picture of it reached the session"
+        await asyncio.sleep(2.5)
+        assert len([n for n in client.of("notice") if "too large" in n["text"]]) == 1, "said once"
+    finally:
+        await client.close()
+    await a_normal_user_is_served(ingress.url)

@@ -75,6 +75,7 @@ class Peer:
         self.video_max_width = video_max_width
         self.video_max_fps = video_max_fps
         self.video = FrameLimiter(video_max_width, video_max_fps, label=f"session {session.id[:8]}: ")
+        self._told_video = False
         """What of the decoded video (every video track's) reaches the session."""
         self._release: asyncio.TimerHandle | None = None
         self._summarised = False
@@ -135,6 +136,19 @@ class Peer:
                 if more := count - self.microphone_reported.get(outcome, 0):
                     meter.microphone_packets(outcome, more)
             self.microphone_reported = counts
+
+    def video_problem(self) -> str | None:
+        """Once, when the camera's pictures are too large for the server to use (so the model cannot
+        see them): what the page should say; None otherwise, and ever after."""
+        dropped = self.video.too_large + (self.camera.frames_too_large if self.camera is not None else 0)
+        if not dropped or self._told_video:
+            return None
+        self._told_video = True
+        limit = 2 * self.video.max_width
+        return (
+            f"Your camera or screen sends pictures too large for this server (it takes up to {limit} pixels wide), "
+            "so Parley cannot see them. Share a smaller window or reload the page."
+        )
 
     def _red_types(self) -> set[int]:
         return {c.red for c in self.codecs.values() if c.red is not None}

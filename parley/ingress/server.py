@@ -173,10 +173,11 @@ class IngressServer:
                 peer.report(self.meter)
             except Exception as exc:
                 failed.append(exc)
-        try:
-            await self.signalling.drop_withdrawn()
-        except Exception as exc:
-            failed.append(exc)
+        for step in (self.signalling.drop_withdrawn, self.signalling.tell_media_problems):
+            try:
+                await step()
+            except Exception as exc:
+                failed.append(exc)
         now = time.monotonic()
         for session in self.signalling.detached():
             if now - session.last_seen > self.config.server.session_idle_s:

@@ -165,6 +165,12 @@ class Signalling:
             closed += 1
         return closed
 
+    async def tell_media_problems(self) -> None:
+        """Say in each page what its media does that the server cannot use (once per peer)."""
+        for sid, peer in list(self.peers.items()):
+            if (problem := peer.video_problem()) is not None:
+                await self._notice(sid, problem, "warn")
+
     async def close(self) -> None:
         for sid in list(self.peers):
             await self._close_peer(sid)
