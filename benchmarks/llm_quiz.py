@@ -33,7 +33,8 @@ sys.path.insert(0, str(ROOT))
 from deployments.llm import LLM  # noqa: E402
 from media.text import SentenceSplitter  # noqa: E402
 from parley.config import LLMConfig, TurnConfig  # noqa: E402
-from parley.engine.conversation import Conversation, Entry  # noqa: E402
+from parley.engine.conversation import Conversation  # noqa: E402
+from parley.engine.messages import Entry  # noqa: E402
 from parley.engine.sight import system_prompt  # noqa: E402
 from parley.engine.types import ChatMessage  # noqa: E402
 from parley.local_models import CATALOGUE, LocalModelMissing  # noqa: E402

@@ -16,7 +16,7 @@ from aiortc import RTCPeerConnection
 
 import parley.ingress.signalling
 from parley.config import ParleyConfig
-from parley.engine.conversation import Entry
+from parley.engine.messages import Entry
 from parley.engine.services import Services
 from parley.ingress.ice import configure_ice
 from parley.ingress.offers import OfferRefused, check_offer

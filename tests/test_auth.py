@@ -15,7 +15,7 @@ import aiohttp
 import pytest
 
 from parley.config import ParleyConfig
-from parley.engine.conversation import Entry
+from parley.engine.messages import Entry
 from parley.engine.services import Services
 from parley.ingress.auth import mint
 from parley.ingress.server import IngressServer

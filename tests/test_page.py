@@ -210,7 +210,7 @@ async def test_an_answer_that_loops_is_stopped_and_the_page_says_why(
 async def test_a_long_conversation_comes_a_page_at_a_time_and_a_store_that_cannot_be_read_is_said_plainly(
     fake: FakeOpenAI, media: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from parley.engine.conversation import Entry, StoreError
+    from parley.engine.messages import Entry, StoreError
 
     server = Server(fake, free_port(), "sqlite", tmp_path / "state")
     await server.start()

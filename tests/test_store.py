@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 
 from parley.config import ParleyConfig
-from parley.engine.conversation import Conversation, Entry, StoreQueue
+from parley.engine.conversation import Conversation
+from parley.engine.messages import Entry, StoreQueue
 from parley.engine.session import Session, SessionSettings
 from parley.ingress.store import ConversationStore, RedisStore, SqliteStore, open_store
 from tests.support.fake_services import ScriptedServices, wait_until

@@ -24,7 +24,8 @@ from typing import Any, TypeVar
 import pytest
 
 from parley.config import ParleyConfig
-from parley.engine.conversation import Conversation, ConversationStore, Entry, StoreError, StoreQueue
+from parley.engine.conversation import Conversation
+from parley.engine.messages import ConversationStore, Entry, StoreError, StoreQueue
 from parley.engine.session import NOT_SAVED, NOT_STORING, SAVED_AGAIN, Session, SessionSettings
 from parley.ingress.store import RedisStore, SqliteStore
 from tests.support.fake_services import Page, ScriptedServices, wait_until

@@ -22,7 +22,7 @@ from PIL import Image
 
 from deployments.vision import Vision
 from parley.config import VisionConfig
-from parley.engine.conversation import Entry
+from parley.engine.messages import Entry
 from parley.engine.sight import with_scene
 from parley.local_models import LocalModelMissing
 from parley.vision.scene import Found, note

@@ -19,7 +19,7 @@ from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from parley.engine.conversation import Entry
+from parley.engine.messages import Entry
 from parley.engine.metrics import TurnMetrics
 from parley.engine.ports import SentenceTag
 from parley.engine.reply import Reply, user_message

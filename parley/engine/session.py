@@ -37,9 +37,10 @@ from media.image import frame_to_data_url, frame_to_jpeg
 from parley.config import LimitsConfig, LLMConfig, ParleyConfig, TurnConfig, sight
 from parley.engine.answer import Answering, TurnTimes
 from parley.engine.budget import TurnBudget
-from parley.engine.conversation import Conversation, Entry, StoreQueue, estimate_tokens
+from parley.engine.conversation import Conversation, estimate_tokens
 from parley.engine.hold import Overlap
 from parley.engine.listening import Listener
+from parley.engine.messages import Entry, StoreQueue
 from parley.engine.metrics import Meter
 from parley.engine.ports import Emit, SenderClock, SpeechOutput
 from parley.engine.recorder import Recorder

@@ -21,7 +21,7 @@ from aiohttp import web
 
 from media.track import LATENESS_BOUNDS_MS
 from parley.config import ParleyConfig
-from parley.engine.conversation import StoreQueue
+from parley.engine.messages import StoreQueue
 from parley.engine.metrics import Meter
 from parley.engine.services import Services
 from parley.engine.session import Session

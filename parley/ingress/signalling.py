@@ -32,7 +32,7 @@ from pydantic import ValidationError
 from media.track import LATENESS_BOUNDS_MS
 from parley.config import IceServer, ParleyConfig, model_label, model_quality
 from parley.engine.budget import TurnBudgets
-from parley.engine.conversation import StoreQueue
+from parley.engine.messages import StoreQueue
 from parley.engine.metrics import Meter
 from parley.engine.services import Services
 from parley.engine.session import Session, SessionSettings

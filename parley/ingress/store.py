@@ -32,7 +32,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from parley.engine.conversation import ConversationStore, Entry, MessageState, StoreError, StoreQueue
+from parley.engine.messages import ConversationStore, Entry, MessageState, StoreError, StoreQueue
 
 log = logging.getLogger("parley.store")
 
