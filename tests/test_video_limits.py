@@ -1,4 +1,5 @@
-"""The server bounds the video it decodes and hands on, whatever a client sends (parley.ingress.video, .rtc).
+"""The server bounds the video it decodes and hands on, whatever a client sends (parley.ingress.video,
+.framelimit, .rtpvideo, .rtc).
 
 Frames of any size are encoded by PyAV (libvpx, libx264) or aiortc's own encoders (RTP payloads
 already packetized), fed as RtpPackets to the buffer on a simulated clock, and what it hands on is
@@ -29,18 +30,11 @@ from aiortc.rtp import RtpPacket
 from parley.config import ParleyConfig
 from parley.engine.services import Services
 from parley.engine.session import Session, SessionSettings
+from parley.ingress.framelimit import FrameLimiter, size_limits, too_large
 from parley.ingress.ice import configure_ice
 from parley.ingress.rtc import Peer
-from parley.ingress.video import (
-    PLI_INTERVAL_S,
-    FrameLimiter,
-    VideoBuffer,
-    h264_sps_size,
-    h264_sps_units,
-    size_limits,
-    too_large,
-    vp8_size,
-)
+from parley.ingress.rtpvideo import h264_sps_size, h264_sps_units, vp8_size
+from parley.ingress.video import PLI_INTERVAL_S, VideoBuffer
 
 MAX_WIDTH, MAX_FPS = 640, 2.0
 PAYLOAD_TYPE = 97

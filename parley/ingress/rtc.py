@@ -31,9 +31,10 @@ from media.track import PacingTrack
 from parley.config import IceServer
 from parley.engine.metrics import Meter
 from parley.engine.ports import MediaSink
+from parley.ingress.framelimit import FrameLimiter
 from parley.ingress.ice import advertise_public
 from parley.ingress.loss import AudioCodecs, MicrophoneBuffer, listen_to_microphone, negotiate, send_red
-from parley.ingress.video import FrameLimiter, VideoBuffer, recover_video
+from parley.ingress.video import VideoBuffer, recover_video
 
 log = logging.getLogger("parley.rtc")
 

@@ -38,9 +38,9 @@ Invariants:
 - A PLI is asked for when a gap is given up and then at most every `PLI_INTERVAL_S` while no key
   frame has started arriving; the receiver also sends one for each decoder error.
 - With a width limit (`max_width`, the server's video_max_width, which browsers are only asked to
-  keep to), no key frame over the hard cap (`size_limits`: twice as wide, or four times the
+  keep to), no key frame over the hard cap (`parley.ingress.framelimit.size_limits`: twice as wide, or four times the
   pixels of a `max_width` square) reaches the decoder, nor anything after it until a key frame
-  under the cap: the size is read from the frame before decoding (VP8: its key frame header;
+  under the cap: the size is read from the frame before decoding (`parley.ingress.rtpvideo`; VP8: its key frame header;
   H.264: every SPS in the frame, a frame with one being a key frame here). A size that cannot be
   read is not a reason to drop a frame (`FrameLimiter` drops it once decoded). A PLI is asked for
   at once and then as after a loss.
@@ -52,7 +52,7 @@ Invariants:
   them safe), so decoding costs about one key frame an interval, even for a client that sends
   key frames only. Every frame is decoded again from the next key frame once they arrive at
   most `KEY_ONLY_UNTIL` times the limit (a PLI asks for it). Frames dropped so are not losses.
-- What is decoded reaches the session through a `FrameLimiter` (parley.ingress.rtc): at most one
+- What is decoded reaches the session through a `parley.ingress.framelimit.FrameLimiter` (used by parley.ingress.rtc): at most one
   frame every 1 / `max_fps` s, the newest, none over the cap, none wider than `max_width`.
 - Memory is bounded as in aiortc: `capacity` packets in a ring (a power of two), the gaps in the
   window noticed in a dict no larger; a packet `capacity` or more ahead of the oldest one kept
@@ -64,13 +64,26 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from typing import Literal
 
-import av
 from aiortc import RTCRtpReceiver
 from aiortc.jitterbuffer import MAX_MISORDER, JitterBuffer, JitterFrame
 from aiortc.rtp import RtpPacket
+
+from parley.ingress.framelimit import size_limits, too_large
+from parley.ingress.rtpvideo import (
+    H264,
+    H264_IDR,
+    H264_NON_IDR,
+    H264_SPS,
+    VP8,
+    h264_nal_starts,
+    h264_sps_size,
+    h264_sps_units,
+    vp8_key_start,
+    vp8_size,
+)
 
 log = logging.getLogger("parley.video")
 
@@ -88,16 +101,6 @@ sending time (tens of kilobytes, paced) to arrive, and one on its way is not ask
 CAPACITY = 512
 """Packets kept, as aiortc's video buffer."""
 
-VP8 = "video/vp8"
-H264 = "video/h264"
-
-H264_STAP_A = 24
-H264_FU_A = 28
-H264_IDR = 5
-H264_SPS = 7
-H264_NON_IDR = 1
-
-
 RATE_WINDOW_S = 2.0
 """The incoming frame rate is judged over windows of about this long."""
 
@@ -107,191 +110,6 @@ this many times the limit (over a `RATE_WINDOW_S` window)..."""
 
 KEY_ONLY_UNTIL = 2.0
 """...and decodes every frame again once they arrive at most this many times the limit."""
-
-
-def size_limits(max_width: int) -> tuple[int, int]:
-    """The hard cap on a video frame's size, for a server that asks browsers for at most
-    `max_width` wide: (width, pixels). A browser honouring scaleResolutionDownBy sends at most
-    `max_width` wide (a browser that rounds its scaling, a few pixels more); a frame twice as wide,
-    or of more pixels than a `2 * max_width` square (a tall portrait or window share at
-    `max_width` wide fits, up to four times as tall as wide), is no browser's rounding. Frames
-    under the cap but wider than `max_width` are decoded and then scaled down; frames over it
-    are not decoded at all: decoding costs about its pixel count (and a decoded frame holds 1.5
-    bytes a pixel), so it bounds each frame's cost to four times what the server asked for."""
-    return 2 * max_width, 4 * max_width * max_width
-
-
-def too_large(width: int, height: int, max_width: int) -> bool:
-    """Whether a `width` x `height` frame is over the hard cap (`size_limits`)."""
-    cap_width, cap_pixels = size_limits(max_width)
-    return width > cap_width or width * height > cap_pixels
-
-
-def vp8_size(data: bytes) -> tuple[int, int] | None:
-    """A VP8 key frame's (width, height), from its depayloaded data (RFC 6386 9.1: the 3-byte
-    frame tag, the start code 9d 01 2a, then 14-bit width and height, little-endian, each under
-    2 bits of upscaling that do not change the decoded size); None if it is no key frame or
-    too short, or has no start code."""
-    if len(data) < 10 or data[0] & 1 or data[3:6] != b"\x9d\x01\x2a":
-        return None
-    return int.from_bytes(data[6:8], "little") & 0x3FFF, int.from_bytes(data[8:10], "little") & 0x3FFF
-
-
-class _Bits:
-    """An MSB-first reader of an H.264 RBSP (emulation prevention bytes removed); IndexError past its end."""
-
-    def __init__(self, data: bytes) -> None:
-        self.data = data
-        self.pos = 0
-
-    def u(self, count: int = 1) -> int:
-        value = 0
-        for _ in range(count):
-            byte = self.data[self.pos >> 3]
-            value = value << 1 | (byte >> (7 - (self.pos & 7))) & 1
-            self.pos += 1
-        return value
-
-    def ue(self) -> int:
-        zeros = 0
-        while not self.u():
-            zeros += 1
-            if zeros > 31:
-                raise ValueError("exp-Golomb code too long")
-        return (1 << zeros) - 1 + self.u(zeros)
-
-    def se(self) -> int:
-        code = self.ue()
-        return (code + 1) // 2 if code & 1 else -(code // 2)
-
-
-H264_CHROMA_PROFILES = frozenset({100, 110, 122, 244, 44, 83, 86, 118, 128, 138, 139, 134, 135})
-"""Profiles whose SPS carries chroma_format_idc, bit depths and scaling matrices."""
-
-
-def h264_sps_size(nal: bytes) -> tuple[int, int] | None:
-    """The (width, height) a H.264 sequence parameter set (a whole NAL unit, header byte first)
-    gives its pictures, after cropping (ITU-T H.264 7.3.2.1.1, 7.4.2.1.1); None if it cannot be
-    read (truncated, or no SPS)."""
-    if len(nal) < 4 or nal[0] & 0x1F != H264_SPS:
-        return None
-    bits = _Bits(nal[1:].replace(b"\x00\x00\x03", b"\x00\x00"))
-    try:
-        profile = bits.u(8)
-        bits.u(16)  # constraint flags, level
-        bits.ue()  # seq_parameter_set_id
-        chroma, separate = 1, 0
-        if profile in H264_CHROMA_PROFILES:
-            chroma = bits.ue()
-            if chroma == 3:
-                separate = bits.u()
-            bits.ue()  # bit_depth_luma_minus8
-            bits.ue()  # bit_depth_chroma_minus8
-            bits.u()  # qpprime_y_zero_transform_bypass_flag
-            if bits.u():  # seq_scaling_matrix_present_flag
-                for i in range(8 if chroma != 3 else 12):
-                    if bits.u():
-                        last = following = 8
-                        for _ in range(16 if i < 6 else 64):
-                            if following:
-                                following = (last + bits.se() + 256) % 256
-                            last = following or last
-        bits.ue()  # log2_max_frame_num_minus4
-        poc_type = bits.ue()
-        if poc_type == 0:
-            bits.ue()  # log2_max_pic_order_cnt_lsb_minus4
-        elif poc_type == 1:
-            bits.u()  # delta_pic_order_always_zero_flag
-            bits.se()
-            bits.se()
-            for _ in range(bits.ue()):
-                bits.se()
-        bits.ue()  # max_num_ref_frames
-        bits.u()  # gaps_in_frame_num_value_allowed_flag
-        width_mbs = bits.ue() + 1
-        height_units = bits.ue() + 1
-        frame_mbs_only = bits.u()
-        if not frame_mbs_only:
-            bits.u()  # mb_adaptive_frame_field_flag
-        bits.u()  # direct_8x8_inference_flag
-        crop = (bits.ue(), bits.ue(), bits.ue(), bits.ue()) if bits.u() else (0, 0, 0, 0)
-    except (IndexError, ValueError):
-        return None
-    if chroma == 0 or separate:
-        crop_x, crop_y = 1, 2 - frame_mbs_only
-    else:
-        crop_x, crop_y = (1 if chroma == 3 else 2), (2 if chroma == 1 else 1) * (2 - frame_mbs_only)
-    width = width_mbs * 16 - crop_x * (crop[0] + crop[1])
-    height = (2 - frame_mbs_only) * height_units * 16 - crop_y * (crop[2] + crop[3])
-    return (width, height) if width > 0 and height > 0 else (width_mbs * 16, (2 - frame_mbs_only) * height_units * 16)
-
-
-SPS_MAX_BYTES = 4096
-"""The most of an SPS split over FU-A fragments that is put together to be read (they are tens of bytes)."""
-
-
-def h264_sps_units(payloads: Iterable[bytes]) -> list[bytes]:
-    """The SPS NAL units in a frame's RTP payloads (RFC 6184: single NAL units, STAP-A, FU-A)."""
-    found: list[bytes] = []
-    fragment: bytearray | None = None
-    for payload in payloads:
-        if len(payload) < 2:
-            continue
-        kind = payload[0] & 0x1F
-        if kind == H264_FU_A:
-            if payload[1] & 0x80:
-                fragment = bytearray([payload[0] & 0xE0 | payload[1] & 0x1F]) if payload[1] & 0x1F == H264_SPS else None
-            if fragment is not None:
-                fragment += payload[2 : 2 + SPS_MAX_BYTES - len(fragment)]
-                if payload[1] & 0x40:
-                    found.append(bytes(fragment))
-                    fragment = None
-            continue
-        fragment = None
-        if kind == H264_STAP_A:
-            pos = 1
-            while pos + 3 <= len(payload):
-                size = int.from_bytes(payload[pos : pos + 2], "big")
-                nal = payload[pos + 2 : pos + 2 + size]
-                if nal and nal[0] & 0x1F == H264_SPS:
-                    found.append(nal)
-                pos += 2 + size
-        elif kind == H264_SPS:
-            found.append(payload)
-    if fragment is not None:
-        found.append(bytes(fragment))  # its end is missing: read what there is
-    return found
-
-
-def h264_nal_starts(payload: bytes) -> list[tuple[int, bool]]:
-    """The NAL units an H.264 RTP payload (RFC 6184) begins: (type, whether a slice starts at
-    macroblock 0), in order; empty for an FU-A fragment other than the first."""
-    if len(payload) < 2:
-        return []
-    kind = payload[0] & 0x1F
-    if kind == H264_FU_A:
-        if not payload[1] & 0x80:
-            return []
-        return [(payload[1] & 0x1F, len(payload) > 2 and bool(payload[2] & 0x80))]
-    if kind == H264_STAP_A:
-        nals, pos = [], 1
-        while pos + 3 <= len(payload):
-            size = int.from_bytes(payload[pos : pos + 2], "big")
-            nal = payload[pos + 2 : pos + 2 + size]
-            if nal:
-                nals.append((nal[0] & 0x1F, len(nal) > 1 and bool(nal[1] & 0x80)))
-            pos += 2 + size
-        return nals
-    # a single NAL unit; first_mb_in_slice is ue(v), so 0 is a first bit of 1
-    return [(kind, bool(payload[1] & 0x80))]
-
-
-def vp8_key_start(packet: RtpPacket) -> bool:
-    """Whether the packet begins a VP8 key frame: its payload descriptor (RFC 7741) has S=1 and
-    partition 0, and the frame tag after it (aiortc's `vp8_depayload` leaves it first in `_data`)
-    has bit 0 clear."""
-    data: bytes = packet._data  # type: ignore[attr-defined]
-    return bool(packet.payload) and packet.payload[0] & 0x1F == 0x10 and bool(data) and not data[0] & 1
 
 
 Start = Literal["key", "maybe", "no"]
@@ -747,100 +565,3 @@ def recover_video(
     buffer = VideoBuffer(codec_of, clock=clock, max_width=max_width, max_fps=max_fps, label=label)
     setattr(receiver, name, buffer)
     return buffer
-
-
-class FrameLimiter:
-    """What of a peer's decoded video reaches its session: frames over the size cap
-    (`size_limits`) never (they can come only where the buffer could not read a key frame's
-    size); the others at most one every 1 / `max_fps` s, the newest (a frame that comes too soon
-    is held, replacing one held before, until `due`: the caller hands on `release()` then), scaled
-    down to `max_width` wide (even dimensions, the aspect kept) when wider, which is done only to
-    the frames handed on.
-
-    Counters (never reset): `delivered`, frames handed on; `too_large`, dropped over the cap;
-    `over_rate`, replaced or never released; `scaled`, handed on scaled down.
-    """
-
-    def __init__(self, max_width: int, max_fps: float, *, label: str = "", clock: Callable[[], float] = time.monotonic) -> None:
-        self.max_width = max_width
-        self.interval_s = 1 / max_fps
-        self._label = label
-        self._clock = clock
-        self._held: av.VideoFrame | None = None
-        self._last: float | None = None
-        self._warned: set[str] = set()
-        self._offered = 0
-        """Frames offered since the last one handed on."""
-        self.delivered = 0
-        self.too_large = 0
-        self.over_rate = 0
-        self.scaled = 0
-
-    @property
-    def due(self) -> float | None:
-        """When the held frame may be handed on (on this limiter's clock); None if none is held."""
-        if self._held is None:
-            return None
-        return self._clock() if self._last is None else self._last + self.interval_s
-
-    def offer(self, frame: av.VideoFrame) -> av.VideoFrame | None:
-        """A decoded frame: what to hand on now (it, scaled), or None (dropped, or held)."""
-        if too_large(frame.width, frame.height, self.max_width):
-            self.too_large += 1
-            self._warn("size", "a decoded %dx%d frame over the cap of server.video_max_width %d: dropped", frame, self.max_width)
-            return None
-        now = self._clock()
-        self._offered += 1
-        if self._last is not None and now - self._last < self.interval_s:
-            if self._held is not None:
-                self.over_rate += 1
-            self._held = frame
-            return None
-        if self._held is not None:
-            self.over_rate += 1
-            self._held = None
-        return self._deliver(frame, now)
-
-    def release(self) -> av.VideoFrame | None:
-        """The held frame, if its time has come (scaled where it must be)."""
-        now = self._clock()
-        if self._held is None or (self._last is not None and now - self._last < self.interval_s):
-            return None
-        frame, self._held = self._held, None
-        return self._deliver(frame, now)
-
-    def close(self) -> None:
-        """Nothing more is handed on: the held frame is dropped."""
-        if self._held is not None:
-            self.over_rate += 1
-            self._held = None
-
-    def _deliver(self, frame: av.VideoFrame, now: float) -> av.VideoFrame:
-        if self._last is not None and self._offered > 2:
-            self._warn(
-                "rate",
-                "%d frames decoded in %.2f s, over server.video_max_fps %g: the newest of each %.2f s goes on",
-                self._offered,
-                now - self._last,
-                1 / self.interval_s,
-                self.interval_s,
-            )
-        self._last = now
-        self._offered = 0
-        self.delivered += 1
-        if frame.width <= self.max_width:
-            return frame
-        width = self.max_width & ~1
-        height = max(2, round(frame.height * width / frame.width / 2) * 2)
-        self.scaled += 1
-        self._warn("scale", "%dx%d frames, wider than server.video_max_width %d: scaled down", frame, self.max_width)
-        return frame.reformat(width=width, height=height)  # its pts and time base kept
-
-    def _warn(self, kind: str, message: str, *args: object) -> None:
-        if kind in self._warned:
-            return
-        self._warned.add(kind)
-        values: list[object] = []
-        for arg in args:
-            values.extend((arg.width, arg.height) if isinstance(arg, av.VideoFrame) else (arg,))
-        log.warning("%scamera: " + message, self._label, *values)
