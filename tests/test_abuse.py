@@ -22,7 +22,7 @@ from parley.ingress.ice import configure_ice
 from parley.ingress.offers import OfferRefused, check_offer
 from parley.ingress.rtc import Peer
 from parley.ingress.server import IngressServer
-from tests.support.client import ParleyClient
+from tests.support.client import ParleyClient, connected
 from tests.support.network import free_port, loopback_only
 
 
@@ -38,12 +38,6 @@ async def ingress(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterat
     await server.start()
     yield server
     await server.stop()
-
-
-async def connected(url: str, **kwargs: Any) -> ParleyClient:
-    client = ParleyClient(url, **kwargs)
-    assert "session_id" in await client.connect(media=False)
-    return client
 
 
 async def an_offer(*, audio: int = 1, video: int = 1) -> str:

@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -24,7 +23,6 @@ import deployments.llm as llm_module
 from deployments.llm import LLM, LLMError
 from deployments.tts import TTS, TTSError
 from media.packet import OpusPacket
-from media.track import PacingTrack
 from parley.config import LLMConfig, TTSConfig
 from parley.engine.answer import TurnTimeout
 from parley.engine.reply import GENERIC_ERRORS, user_message
@@ -34,7 +32,7 @@ from parley.engine.sight import MAX_SCENE_CHARS, with_scene, without_scene
 from parley.engine.types import ChatMessage, Finish
 from tests.support import fake_openai
 from tests.support.fake_openai import FakeOpenAI
-from tests.support.fake_services import Page, ScriptedServices, make_session, pump, wait_until
+from tests.support.fake_services import Page, ScriptedServices, make_session, playing, wait_until
 from tests.support.network import free_port
 
 SECRET_BODY = "upstream internal-host.example:8443 refused key sk-secret-1234 (trace at /srv/app/llm.py:88)"
@@ -89,17 +87,6 @@ def test_an_ordinary_note_is_unchanged() -> None:
     assert with_scene("What is this?", "a cup") == "[Camera note: I see a cup.]\nWhat is this?"
     scene = '1 person (glasses), a laptop and the words "OPEN 9-5" / "Mon-Fri: 9:00 - 17:00"'
     assert with_scene("What does the sign say?", scene) == f"[Camera note: I see {scene}.]\nWhat does the sign say?"
-
-
-@contextlib.asynccontextmanager
-async def playing(track: PacingTrack) -> AsyncIterator[None]:
-    stop = asyncio.Event()
-    task = asyncio.create_task(pump(track, stop))
-    try:
-        yield
-    finally:
-        stop.set()
-        await task
 
 
 async def typed(session: Session, page: Page, text: str) -> None:

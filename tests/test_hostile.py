@@ -16,7 +16,7 @@ import pytest
 from parley.config import ParleyConfig
 from parley.engine.services import Services
 from parley.ingress.server import IngressServer
-from tests.support.client import ParleyClient
+from tests.support.client import ParleyClient, connected
 from tests.support.network import free_port
 
 
@@ -29,12 +29,6 @@ async def ingress(tmp_path: Path) -> AsyncIterator[IngressServer]:
     await server.start()
     yield server
     await server.stop()
-
-
-async def connected(url: str, **kwargs: Any) -> ParleyClient:
-    client = ParleyClient(url, **kwargs)
-    assert "session_id" in await client.connect(media=False)
-    return client
 
 
 async def test_one_socket_saying_hello_with_new_ids_holds_one_session(ingress: IngressServer) -> None:

@@ -7,32 +7,17 @@ conversation in.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator
 
 import av
 import numpy as np
 import pytest
 
-from media.track import PacingTrack
 from parley.engine.session import Session
-from tests.support.fake_services import Page, ScriptedServices, frames, make_session, pump, wait_until
+from tests.support.fake_services import Page, ScriptedServices, frames, make_session, playing, wait_until
 from tests.support.speech import speak, trim
 
 QUESTION = "What is the capital of France?"
 STUCK = "I'm sorry, I'm not sure what to suggest. Can you please tell me what you're looking for?"
-
-
-@contextlib.asynccontextmanager
-async def playing(track: PacingTrack) -> AsyncIterator[None]:
-    """The track played (as fast as the fake clock goes) while the block runs."""
-    stop = asyncio.Event()
-    task = asyncio.create_task(pump(track, stop))
-    try:
-        yield
-    finally:
-        stop.set()
-        await task
 
 
 def camera(session: Session) -> None:

@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import shutil
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -30,6 +28,7 @@ from parley.engine.session import NOT_SAVED, NOT_STORING, SAVED_AGAIN, Session, 
 from parley.ingress.store import RedisStore, SqliteStore
 from tests.support.fake_services import Page, ScriptedServices, wait_until
 from tests.support.network import free_port
+from tests.support.redis import redis_server
 
 T = TypeVar("T")
 
@@ -78,29 +77,11 @@ class Outage(ConversationStore):
 @pytest.fixture
 def own_redis(tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """A redis-server for this test alone (it gets stopped and continued)."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        pytest.skip("redis-server is not installed (scripts/install.sh --dev installs it)")
-    port = free_port()
-    server = subprocess.Popen(
-        [binary, "--bind", "127.0.0.1", "--port", str(port), "--dir", str(tmp_path), "--save", "", "--appendonly", "no"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                assert server.poll() is None and time.monotonic() < deadline, "redis-server did not start"
-                time.sleep(0.05)
-        yield f"redis://127.0.0.1:{port}/0", server
-    finally:
-        server.send_signal(signal.SIGCONT)
-        server.terminate()
-        server.wait(timeout=10)
+    with redis_server(tmp_path) as (url, server):
+        try:
+            yield url, server
+        finally:
+            server.send_signal(signal.SIGCONT)  # a stopped server would not hear the terminate
 
 
 async def ticking(work: Awaitable[T]) -> tuple[T, float, float]:

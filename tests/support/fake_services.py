@@ -8,6 +8,7 @@ with a track on the fake clock, which `pump` plays as fast as the clock allows.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -122,6 +123,18 @@ async def pump(track: PacingTrack, stop: asyncio.Event) -> None:
     while not stop.is_set():
         await track.recv()
         await asyncio.sleep(0)
+
+
+@contextlib.asynccontextmanager
+async def playing(track: PacingTrack) -> AsyncIterator[None]:
+    """The track played (as fast as the fake clock goes) while the block runs."""
+    stop = asyncio.Event()
+    task = asyncio.create_task(pump(track, stop))
+    try:
+        yield
+    finally:
+        stop.set()
+        await task
 
 
 def make_session(
