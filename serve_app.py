@@ -32,8 +32,9 @@ from deployments.ingress import Ingress
 from deployments.llm import LLM
 from deployments.tts import TTS
 from deployments.vision import Vision
-from parley.config import ParleyConfig, model_label, parse_args, sight
+from parley.config import DeploymentConfig, ParleyConfig, parse_args
 from parley.ingress.web import is_loopback
+from parley.policy import model_label, sight
 from parley.tools.startup import StartupError, wait_until_running
 
 ROOT = Path(__file__).resolve().parent
@@ -49,71 +50,75 @@ AUTOSCALING_LOOK_BACK_S = 2.0
 """The window the reported ongoing requests are averaged over (Serve's default is 30 s)."""
 
 
+INGRESS_MAX_ONGOING_REQUESTS = 32
+"""Concurrent calls an ingress replica accepts (its own: the page's URL, its info; browsers reach it over HTTP)."""
+
+
 def build_app(args: ParleyConfig | dict[str, Any]) -> Application:
     """The Serve application: ASR, LLM and TTS deployments (and, for a text-only LLM, Vision) behind
-    `ingress_per_node` ingress processes on each of `ingress_replicas` nodes."""
+    `serve.ingress.per_node` ingress processes on each of `serve.ingress.nodes` nodes."""
     config = args if isinstance(args, ParleyConfig) else ParleyConfig.model_validate(args)
-    res = config.serve
-    llm = _deployment(LLM, name="LLM", ray_actor_options={"num_cpus": res.llm_cpus}, **_common(config))
-    tts = _deployment(TTS, name="TTS", ray_actor_options={"num_cpus": res.tts_cpus}, **_common(config))
-    ingress = _deployment(
+    ingress = config.serve.ingress
+    llm = model_deployment(config, LLM, "LLM", config.serve.llm)
+    tts = model_deployment(config, TTS, "TTS", config.serve.tts)
+    front = _deployment(
         Ingress,
         name="Ingress",
-        num_replicas=res.ingress_replicas * res.ingress_per_node,
-        max_replicas_per_node=res.ingress_per_node,
-        ray_actor_options={"num_cpus": res.ingress_cpus},
-        **_common(config),
+        num_replicas=ingress.nodes * ingress.per_node,
+        max_replicas_per_node=ingress.per_node,
+        ray_actor_options={"num_cpus": ingress.cpus},
+        **_common(config, INGRESS_MAX_ONGOING_REQUESTS),
     )
     vision = vision_deployment(config).bind(config.vision) if sight(config) == "note" else None
-    return ingress.bind(config, asr_deployment(config).bind(config.asr), llm.bind(config.llm), tts.bind(config.tts), vision)
+    asr = asr_deployment(config).bind(config.asr)
+    return front.bind(config, asr, llm.bind(config.llm, config.prompt), tts.bind(config.tts), vision)
 
 
 def vision_deployment(config: ParleyConfig) -> Deployment:
-    """The vision deployment (scene notes for a text-only LLM): autoscaled like the ASR when
-    `vision_max_replicas > vision_min_replicas`."""
-    res = config.serve
-    options = _common(config)
-    options["max_ongoing_requests"] = max(res.max_ongoing_requests, config.vision.batch_size)
-    scaling = _scaling(config, res.vision_min_replicas, res.vision_max_replicas, res.vision_target_ongoing_requests)
-    return _deployment(Vision, name="Vision", ray_actor_options={"num_cpus": res.vision_cpus}, **scaling, **options)
+    """The vision deployment (scene notes for a text-only LLM), with `serve.vision`'s options."""
+    # Serve's router never sends a replica more than max_ongoing_requests, so a batch can be no bigger
+    return model_deployment(config, Vision, "Vision", config.serve.vision, batch_size=config.vision.batch_size)
 
 
 def asr_deployment(config: ParleyConfig) -> Deployment:
-    """The ASR deployment with its options: autoscaled when `asr_max_replicas > asr_min_replicas`."""
-    res = config.serve
-    options = _common(config)
-    # Serve's router never sends a replica more than this, so a batch can be no bigger
-    options["max_ongoing_requests"] = max(res.max_ongoing_requests, config.asr.batch_size)
-    actor: dict[str, Any] = {"num_cpus": res.asr_cpus, "num_gpus": res.asr_gpus}
-    if res.asr_accelerator_type:
-        actor["accelerator_type"] = res.asr_accelerator_type
-    scaling = _scaling(config, res.asr_min_replicas, res.asr_max_replicas, res.asr_target_ongoing_requests)
-    return _deployment(ASR, name="ASR", ray_actor_options=actor, **scaling, **options)
+    """The ASR deployment with `serve.asr`'s options: autoscaled when `max_replicas > min_replicas`."""
+    return model_deployment(config, ASR, "ASR", config.serve.asr, batch_size=config.asr.batch_size)
 
 
-def _scaling(config: ParleyConfig, least: int, most: int, target: float) -> dict[str, Any]:
-    """A batched deployment's replicas: a fixed number, or Serve's autoscaling between `least` and
-    `most` (with the ASR's delays and Parley's short metrics interval and look-back)."""
-    if most <= least:
-        return {"num_replicas": least}
-    res = config.serve
+def model_deployment(config: ParleyConfig, cls: type, name: str, res: DeploymentConfig, batch_size: int = 1) -> Deployment:
+    """A model deployment with its section of `serve`: its CPUs, GPUs and accelerator, and a fixed
+    number of replicas or Serve's autoscaling. A batched one (`batch_size`) accepts at least a batch."""
+    actor: dict[str, Any] = {"num_cpus": res.cpus}
+    if res.gpus:
+        actor["num_gpus"] = res.gpus
+    if res.accelerator_type:
+        actor["accelerator_type"] = res.accelerator_type
+    options = _common(config, max(res.max_ongoing_requests, batch_size))
+    return _deployment(cls, name=name, ray_actor_options=actor, **_scaling(res), **options)
+
+
+def _scaling(res: DeploymentConfig) -> dict[str, Any]:
+    """A deployment's replicas: a fixed number, or Serve's autoscaling between `min_replicas` and
+    `max_replicas` (with its delays and Parley's short metrics interval and look-back)."""
+    if res.max_replicas <= res.min_replicas:
+        return {"num_replicas": res.min_replicas}
     return {
         "autoscaling_config": {
-            "min_replicas": least,
-            "max_replicas": most,
-            "target_ongoing_requests": target,
-            "upscale_delay_s": res.asr_upscale_delay_s,
-            "downscale_delay_s": res.asr_downscale_delay_s,
+            "min_replicas": res.min_replicas,
+            "max_replicas": res.max_replicas,
+            "target_ongoing_requests": res.target_ongoing_requests,
+            "upscale_delay_s": res.upscale_delay_s,
+            "downscale_delay_s": res.downscale_delay_s,
             "metrics_interval_s": AUTOSCALING_METRICS_INTERVAL_S,
             "look_back_period_s": AUTOSCALING_LOOK_BACK_S,
         }
     }
 
 
-def _common(config: ParleyConfig) -> dict[str, Any]:
+def _common(config: ParleyConfig, max_ongoing_requests: int) -> dict[str, Any]:
     res = config.serve
     return {
-        "max_ongoing_requests": res.max_ongoing_requests,
+        "max_ongoing_requests": max_ongoing_requests,
         "health_check_period_s": res.health_check_period_s,
         "health_check_timeout_s": res.health_check_timeout_s,
         "max_constructor_retry_count": res.max_constructor_retry_count,

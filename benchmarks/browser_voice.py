@@ -25,7 +25,7 @@ How it measures, all on the page's performance.now() clock:
   outputLatency (printed) on top.
 
 Any flag the benchmark does not know goes to the app it starts (`--llm-threads 1`,
-`--turn-end-of-turn silence`, ...), for before/after runs. Run it where loopback-only ICE works
+`--turn-end-of-turn-judge silence`, ...), for before/after runs. Run it where loopback-only ICE works
 (as root):
     unshare --net bash -c 'ip link set lo up && .venv/bin/python benchmarks/browser_voice.py --turns 5'
 """
@@ -120,7 +120,7 @@ def parse_args() -> tuple[argparse.Namespace, list[str]]:
 
 def start_local_app(flags: list[str]) -> str:
     """The app on a local Ray, loopback only, with the rate limit out of the way; `flags` are
-    serve_app.py's own (`--llm-threads 1`, `--turn-end-of-turn silence`, ...), for before/after runs."""
+    serve_app.py's own (`--llm-threads 1`, `--turn-end-of-turn-judge silence`, ...), for before/after runs."""
     from parley.config import parse_args as app_args
     from serve_app import start
 
@@ -128,7 +128,8 @@ def start_local_app(flags: list[str]) -> str:
     config = ParleyConfig.model_validate(
         config.model_dump()
         | {
-            "server": config.server.model_dump() | {"port": free_port(), "ice_addresses": ["127.0.0.1"]},
+            "server": config.server.model_dump() | {"port": free_port()},
+            "webrtc": config.webrtc.model_dump() | {"ice_addresses": ["127.0.0.1"]},
             "serve": config.serve.model_dump() | {"include_dashboard": False},
             "limits": config.limits.model_dump() | {"turns_per_minute": 1000},
         }

@@ -67,9 +67,8 @@ def local_app(server_flags: list[str]) -> str:
     config = parse_args(server_flags)
     config = config.model_copy(
         update={
-            "server": config.server.model_copy(
-                update={"port": free_port(), "ice_addresses": ["127.0.0.1"], "max_sessions": 1000}
-            ),
+            "server": config.server.model_copy(update={"port": free_port(), "max_sessions": 1000}),
+            "webrtc": config.webrtc.model_copy(update={"ice_addresses": ["127.0.0.1"]}),
             "serve": config.serve.model_copy(update={"include_dashboard": False}),
             # every load session is its own caller (own loopback address), but leave room anyway:
             # this measures the ingress, not the per-user limits

@@ -22,7 +22,7 @@ the ASR deployment class in-process, and the transcript is sent as a typed turn 
 LLM, TTS and vision deployment classes (the camera is then a photo of a sign, tests/support/photos).
 
 Any flag the benchmark does not know goes to the app (`--llm-local-model qwen2.5-coder-0.5b`,
-`--llm-scene-note always`, ...), for before/after runs. A benchmark: it prints, it asserts nothing.
+`--prompt-scene-note always`, ...), for before/after runs. A benchmark: it prints, it asserts nothing.
 
     unshare --net bash -c 'ip link set lo up && .venv/bin/python benchmarks/conversation.py'
     .venv/bin/python benchmarks/conversation.py --via session --conditions camera
@@ -304,10 +304,11 @@ async def session_conversation(services: Any, config: Any, condition: str, turns
     import av
 
     from media.speech import resample
-    from parley.engine.session import Session, SessionSettings
+    from parley.engine.session import Session
+    from parley.policy import session_settings
     from tests.support import photos
 
-    session = Session(f"bench-{condition}-{time.monotonic_ns()}", SessionSettings.of(config), services)
+    session = Session(f"bench-{condition}-{time.monotonic_ns()}", session_settings(config), services)
     picture = photos.screen() if condition == "screen" else photos.sign()
     session.on_video_frame(av.VideoFrame.from_ndarray(np.ascontiguousarray(picture), format="rgb24"))
     session.set_vision(condition != "vision-off", "screen" if condition == "screen" else "camera")
@@ -342,9 +343,10 @@ def session_services(config: Any) -> Any:
     from deployments.tts import TTS
     from deployments.vision import Vision
     from parley.engine.services import LocalServices
+    from parley.policy import takes_images
 
-    vision = Vision(config.vision) if config.vision.enabled and not config.llm.takes_images else None
-    return LocalServices(ASR(config.asr), LLM(config.llm), TTS(config.tts), vision)
+    vision = Vision(config.vision) if config.vision.enabled and not takes_images(config) else None
+    return LocalServices(ASR(config.asr), LLM(config.llm, config.prompt), TTS(config.tts), vision)
 
 
 # -- report ------------------------------------------------------------------------------------

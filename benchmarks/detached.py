@@ -47,10 +47,10 @@ def _serve(port: int, state_dir: str, max_detached: int, ready: Any) -> None:
             "server": {
                 "port": port,
                 "state_dir": state_dir,
-                "ice_addresses": ["127.0.0.1"],
                 "max_detached_sessions": max_detached,
                 "max_sessions": 1000,
             },
+            "webrtc": {"ice_addresses": ["127.0.0.1"]},
             "limits": {"sockets_per_address": 1000},
         }
     )

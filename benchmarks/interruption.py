@@ -16,7 +16,7 @@ what was sent, the echo-likeness check) measured on this machine without a brows
 error rate of Whisper tiny.en on clean sentences with and without the canceller (no echo).
 
 Any flag the benchmark does not know goes to the app it starts (`--no-turn-echo-cancel`,
-`--no-turn-backchannels`, ...), for before/after runs. Run it where loopback-only ICE works (as root):
+`--no-turn-interruption-backchannels`, ...), for before/after runs. Run it where loopback-only ICE works (as root):
     unshare --net bash -c 'ip link set lo up && .venv/bin/python benchmarks/interruption.py'
 """
 

@@ -32,9 +32,10 @@ sys.path.insert(0, str(ROOT))
 
 from deployments.llm import LLM  # noqa: E402
 from media.text import SentenceSplitter  # noqa: E402
-from parley.config import LLMConfig, TurnConfig  # noqa: E402
+from parley.config import LLMConfig  # noqa: E402
 from parley.engine.conversation import Conversation  # noqa: E402
 from parley.engine.messages import Entry  # noqa: E402
+from parley.engine.settings import ModelLimits, PromptSettings, ReplySettings  # noqa: E402
 from parley.engine.sight import system_prompt  # noqa: E402
 from parley.engine.types import ChatMessage  # noqa: E402
 from parley.local_models import CATALOGUE, LocalModelMissing  # noqa: E402
@@ -128,16 +129,17 @@ def scene_notes(looks: list[Look]) -> dict[str, str]:
     return notes
 
 
-def vision_prompt(config: LLMConfig, look: Look, notes: dict[str, str]) -> list[ChatMessage]:
+def vision_prompt(config: LLMConfig, prompt: PromptSettings, look: Look, notes: dict[str, str]) -> list[ChatMessage]:
     """The prompt a session of the embedded default sends for `look`, made by its own Conversation
-    (so `llm.scene_note` decides whether the note goes with the words, as in a session)."""
+    (so `prompt.scene_note` decides whether the note goes with the words, as in a session)."""
     if look.photo is None:
         entry = Entry(role="user", text=look.question, blind="no picture is coming from the browser")
     elif look.photo == "off":
         entry = Entry(role="user", text=look.question, blind="the user switched vision off")
     else:
         entry = Entry(role="user", text=look.question, scene=notes[look.photo])
-    return Conversation(config).messages(sight="note", then=entry)
+    model = ModelLimits(context_tokens=config.context_tokens, max_tokens=config.max_tokens, local=True)
+    return Conversation(prompt, model).messages(sight="note", then=entry)
 
 
 def correct(answer: str, expect: tuple[str, ...]) -> bool:
@@ -165,8 +167,8 @@ async def reply(llm: LLM, messages: list[ChatMessage], result: Result) -> str:
     sentence: float | None = None
     deltas = 0
     text = ""
-    turn = TurnConfig()  # cut as a session with speech cuts it: the first clause, at most 12 words
-    splitter = SentenceSplitter(first_clause_words=turn.first_clause_words, first_max_words=turn.first_piece_max_words)
+    cut = ReplySettings()  # cut as a session with speech cuts it: the first clause, at most 12 words
+    splitter = SentenceSplitter(first_clause_words=cut.first_clause_words, first_max_words=cut.first_piece_max_words)
     async for delta in llm.stream_reply(messages):
         now = time.perf_counter()
         first = first or now
@@ -184,13 +186,15 @@ async def reply(llm: LLM, messages: list[ChatMessage], result: Result) -> str:
     return text
 
 
-async def run_quiz(name: str, config: LLMConfig, runs: int, verbose: bool, notes: dict[str, str]) -> Result:
+async def run_quiz(
+    name: str, config: LLMConfig, prompt: PromptSettings, runs: int, verbose: bool, notes: dict[str, str]
+) -> Result:
     result = Result(name)
     began = time.perf_counter()
-    llm = LLM(config)
+    llm = LLM(config, prompt)
     result.load_s = time.perf_counter() - began
     # the system prompt a session of the embedded default sends: it sees through scene notes
-    system = ChatMessage(role="system", content=system_prompt(config.system_prompt, "note"))
+    system = ChatMessage(role="system", content=system_prompt(prompt.system_prompt, "note"))
     for run in range(runs):
         score = 0
         for question in QUIZ:
@@ -208,7 +212,7 @@ async def run_quiz(name: str, config: LLMConfig, runs: int, verbose: bool, notes
         result.score.append(score)
         seen = 0
         for look in VISION_QUIZ if notes else []:
-            asked = vision_prompt(config, look, notes)
+            asked = vision_prompt(config, prompt, look, notes)
             words = asked[-1].text()
             answer = await reply(llm, asked, result)
             ok = correct(answer, look.expect)
@@ -227,7 +231,7 @@ def main() -> None:
     parser.add_argument("--temperature", type=float, default=None, help="default: Parley's configured temperature")
     parser.add_argument("--threads", type=int, default=None, help="default: as Parley picks for this host and model")
     parser.add_argument("--repeat-penalty", type=float, default=None, help="default: Parley's llm.repeat_penalty")
-    parser.add_argument("--scene-note", choices=("asked", "always"), default=None, help="default: Parley's llm.scene_note")
+    parser.add_argument("--scene-note", choices=("asked", "always"), default=None, help="default: Parley's prompt.scene_note")
     parser.add_argument("--no-vision", action="store_true", help="skip the vision quiz (it needs the vision models)")
     parser.add_argument("--verbose", action="store_true", help="print every answer")
     args = parser.parse_args()
@@ -237,8 +241,7 @@ def main() -> None:
         base = base.model_copy(update={"temperature": args.temperature})
     if args.repeat_penalty is not None:
         base = base.model_copy(update={"repeat_penalty": args.repeat_penalty})
-    if args.scene_note is not None:
-        base = base.model_copy(update={"scene_note": args.scene_note})
+    prompt = PromptSettings() if args.scene_note is None else PromptSettings(scene_note=args.scene_note)
     todo: list[tuple[str, LLMConfig]] = []
     for name in args.model or ([] if args.gguf else sorted(CATALOGUE)):
         try:
@@ -252,13 +255,13 @@ def main() -> None:
     threads = "as picked for this host" if args.threads is None else args.threads
     print(
         f"quiz: {len(QUIZ)} questions x {args.runs} run(s), temperature {base.sampling_temperature()}, repeat penalty "
-        f"{base.repeat_penalty}, scene note {base.scene_note}, {threads} threads"
+        f"{base.repeat_penalty}, scene note {prompt.scene_note}, {threads} threads"
     )
     notes = {} if args.no_vision else scene_notes(VISION_QUIZ)
     for photo, note in notes.items():
         print(f"  scene note of {photo}: {note or '(nothing found)'}")
     print()
-    results = [asyncio.run(run_quiz(name, config, max(1, args.runs), args.verbose, notes)) for name, config in todo]
+    results = [asyncio.run(run_quiz(name, config, prompt, max(1, args.runs), args.verbose, notes)) for name, config in todo]
     print(
         f"\n{'model':28s} {'threads':>7s} {'score':>9s} {'vision':>7s} {'load s':>7s} {'ttft ms':>8s} {'1st sentence ms':>16s} "
         f"{'tokens/s':>9s} {'words':>6s} {'worst 1st token -> 1st sentence ms':>35s}"

@@ -8,13 +8,13 @@ the question ends with its last word):
   it prints release -> first packet leaving the server (the server's `voice_to_voice`) and
   release -> first audio heard by the client;
 - --mode hands-free: no key; it prints end of speech -> first audio heard (the end-of-turn
-  silence, turn.end_silence_s, is part of it);
+  silence, turn.end_of_turn.silence_s, is part of it);
 - --mode barge-in: hands-free, the user talks over a long answer; it prints speech onset -> the
   answer's interruption reaching the client, and -> its audio stopping.
 
 Then p50 and p95 of each, of every server stage, and the first-turn ratio (turn 1 against the
 median of the rest). Any flag the app takes configures the server it starts (e.g.
---no-turn-speculate, --turn-first-clause-words null), for before/after comparisons. Run it where
+--no-turn-speculation-enabled, --reply-first-clause-words null), for before/after comparisons. Run it where
 loopback-only ICE works, e.g.:
 
     unshare --net bash -c 'ip link set lo up && python benchmarks/voice_to_voice.py --turns 8'
@@ -203,7 +203,8 @@ def main() -> None:
         config = ParleyConfig.model_validate(
             config.model_dump()
             | {
-                "server": config.server.model_dump() | {"port": free_port(), "ice_addresses": ["127.0.0.1"]},
+                "server": config.server.model_dump() | {"port": free_port()},
+                "webrtc": config.webrtc.model_dump() | {"ice_addresses": ["127.0.0.1"]},
                 "serve": config.serve.model_dump() | {"include_dashboard": False},
                 "limits": config.limits.model_dump() | {"turns_per_minute": 1000},
             }

@@ -1,4 +1,4 @@
-"""The ingress deployment: `serve.ingress_per_node` processes on each node (sharing its port with
+"""The ingress deployment: `serve.ingress.per_node` processes on each node (sharing its port with
 SO_REUSEPORT), each serving browsers itself and calling the models by handle.
 
 Invariant: all model work goes through async DeploymentHandles; streaming calls are consumed
@@ -74,11 +74,11 @@ class HandleServices:
             raise user_error("speech recognition", exc) from exc
         return result
 
-    async def prime(self, messages: list[ChatMessage], *, user: str = "") -> None:
+    async def read_ahead(self, messages: list[ChatMessage], *, user: str = "") -> None:
         try:
-            await self._llm_plain.prime.remote(messages, user=user)
+            await self._llm_plain.read_ahead.remote(messages, user=user)
         except (RayTaskError, RayActorError) as exc:  # a hint: the turn itself will say what is wrong
-            log.debug("priming the LLM failed: %s", exc)
+            log.debug("reading ahead failed: %s", exc)
 
     async def describe(self, jpeg: bytes, source: VideoSource = "camera") -> SceneNote:
         if self._vision is None:
@@ -170,7 +170,7 @@ class ServeMeter(Meter):
 
 class Ingress:
     """Serve deployment: runs one of this node's aiohttp/socket.io/aiortc servers (one replica of
-    `ingress_per_node` on the node)."""
+    `serve.ingress.per_node` on the node)."""
 
     async def __init__(  # type: ignore[misc]  # Serve (like Ray actors) allows an async constructor
         self,
@@ -184,7 +184,7 @@ class Ingress:
         self.config = ParleyConfig.model_validate(config)
         services = HandleServices(asr, llm, tts, vision)
         # Before the port opens: the first browser's first turn finds every path warm.
-        await warm_up(services, system_prompt=self.config.llm.system_prompt, voice=self.config.tts.voice)
+        await warm_up(services, system_prompt=self.config.prompt.system_prompt, voice=self.config.tts.voice)
         with starting(log):
             self.server = IngressServer(self.config, services, meter=ServeMeter())
             await self.server.start()

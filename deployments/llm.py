@@ -9,9 +9,9 @@ HTTP stream is closed. A local model runs one generation at a time; more wait in
 in N s".
 
 An `LLMError`'s message is for the page: Parley's own words, never a backend's (an endpoint's error
-body, its address, llama.cpp's exception text go to the log). A session's read-ahead (`prime`) runs
+body, its address, llama.cpp's exception text go to the log). A session's read-ahead (`read_ahead`) runs
 the local model outside the fair queue, so it is rationed: at most one per user per
-`PRIME_INTERVAL_S`, none that the model has just read, none for a user whose request waits or runs.
+`READ_AHEAD_INTERVAL_S`, none that the model has just read, none for a user whose request waits or runs.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol, cast, overload
 
 from deployments.fair import Busy, FairQueue
 from parley.config import LLMConfig, openai_api_key
+from parley.engine.settings import PromptSettings
 from parley.engine.sight import system_prompt
 from parley.engine.types import ChatMessage, Finish, ImagePart
 from parley.llamacpp import no_amx_repacking
@@ -48,8 +49,8 @@ class LLMError(RuntimeError):
     """The page may show the message as it is (`parley.engine.reply.user_message`)."""
 
 
-PRIME_INTERVAL_S = 3.0
-"""At most one read-ahead (`LLM.prime`) per user in this many seconds. A read-ahead runs the local
+READ_AHEAD_INTERVAL_S = 3.0
+"""At most one read-ahead (`LLM.read_ahead`) per user in this many seconds. A read-ahead runs the local
 model outside the fair queue (prompt evaluation: up to seconds on 2 cores), and an answer that
 arrives meanwhile waits for it; a session asks for one each time the talk key goes down, so a
 user pressing it over and over would otherwise keep the model busy for everyone."""
@@ -63,18 +64,22 @@ class LLMEngine(Protocol):
 
 
 class LLM:
-    """The LLM deployment: `stream_reply(messages) -> async iterator of text deltas`."""
+    """The LLM deployment: `stream_reply(messages) -> async iterator of text deltas`. `prompt`: the
+    system prompt it adds when a request brings none, and whether (and how) images are sent."""
 
-    def __init__(self, config: LLMConfig) -> None:
+    def __init__(self, config: LLMConfig, prompt: PromptSettings | None = None) -> None:
         setup_logging()
         start = time.perf_counter()
         self.config = config
+        self.prompt = prompt or PromptSettings()
         with starting(log):
-            self.engine: LLMEngine = LocalEngine(config) if config.backend == "local" else OpenAIEngine(config)
+            self.engine: LLMEngine = (
+                LocalEngine(config, self.prompt) if config.backend == "local" else OpenAIEngine(config, self.prompt)
+            )
         self.queue = FairQueue(
-            1 if config.backend == "local" else config.concurrent,
-            max_waiting=config.max_waiting,
-            per_user_waiting=config.waiting_per_user,
+            1 if config.backend == "local" else config.queue.concurrent,
+            max_waiting=config.queue.max_waiting,
+            per_user_waiting=config.queue.waiting_per_user,
         )
         self.generating = 0
         """Answers being generated now."""
@@ -82,9 +87,9 @@ class LLM:
         """Answers stopped because their caller's process died."""
         self._pending: dict[str, int] = {}
         """Each user's requests waiting in the queue or generating now."""
-        self._primed: OrderedDict[str, float] = OrderedDict()
+        self._read_ahead_at: OrderedDict[str, float] = OrderedDict()
         """When each user's latest read-ahead began (`time.monotonic`), newest last; bounded."""
-        self._last_primed: list[ChatMessage] | None = None
+        self._last_read_ahead: list[ChatMessage] | None = None
         """The prompt the latest read-ahead read, while it is what the model holds (an answer since
         made it read another)."""
         log.info("ready in %.2f s", time.perf_counter() - start)
@@ -118,7 +123,7 @@ class LLM:
         try:
             async with self.queue.slot(who):
                 self.generating += 1
-                self._last_primed = None  # the model reads this prompt now: what it read ahead is gone
+                self._last_read_ahead = None  # the model reads this prompt now: what it read ahead is gone
                 try:
                     async with aclosing(self.engine.stream(messages)) as stream:
                         async for delta in stream:
@@ -140,44 +145,44 @@ class LLM:
         """Whether `user` has a request waiting in the queue or generating now."""
         return bool(self._pending.get(user or "anonymous"))
 
-    async def prime(self, messages: list[ChatMessage], *, user: str = "") -> None:
+    async def read_ahead(self, messages: list[ChatMessage], *, user: str = "") -> None:
         """Read `messages` into the local model's cache while it is idle (no answer generating or
         waiting), so a request that starts with them reads only what follows; the system prompt is
         added as `stream_reply` adds it. Does nothing for an endpoint or a busy model, for a user with
-        a request waiting or generating, within `PRIME_INTERVAL_S` of the user's last read-ahead, or
+        a request waiting or generating, within `READ_AHEAD_INTERVAL_S` of the user's last read-ahead, or
         for the prompt the model read ahead last (it holds it still)."""
-        prime = getattr(self.engine, "prime", None)
-        if prime is None or self.generating or self.queue.waiting or not messages:
+        engine_read = getattr(self.engine, "read_ahead", None)
+        if engine_read is None or self.generating or self.queue.waiting or not messages:
             return
         who = user or "anonymous"
         now = time.monotonic()
-        last = self._primed.get(who)
-        if self.pending(who) or (last is not None and now - last < PRIME_INTERVAL_S):
+        last = self._read_ahead_at.get(who)
+        if self.pending(who) or (last is not None and now - last < READ_AHEAD_INTERVAL_S):
             return
         messages = self._with_system_prompt(messages)
-        if messages == self._last_primed:
+        if messages == self._last_read_ahead:
             return
-        self._primed[who] = now
-        self._primed.move_to_end(who)
-        while len(self._primed) > 10_000:
-            self._primed.popitem(last=False)
-        self._last_primed = messages
+        self._read_ahead_at[who] = now
+        self._read_ahead_at.move_to_end(who)
+        while len(self._read_ahead_at) > 10_000:
+            self._read_ahead_at.popitem(last=False)
+        self._last_read_ahead = messages
         read = False
         try:
-            read = await prime(messages)
+            read = await engine_read(messages)
         finally:
             if not read:  # skipped (a generation still held the model) or failed: it holds something else
-                if self._last_primed is messages:
-                    self._last_primed = None
+                if self._last_read_ahead is messages:
+                    self._last_read_ahead = None
                 if last is None:
-                    self._primed.pop(who, None)
+                    self._read_ahead_at.pop(who, None)
                 else:
-                    self._primed[who] = last
+                    self._read_ahead_at[who] = last
 
     def _with_system_prompt(self, messages: list[ChatMessage]) -> list[ChatMessage]:
         """`messages`, led by the configured system prompt when they bring none."""
-        if messages[0].role != "system" and self.config.system_prompt:
-            return [ChatMessage(role="system", content=self.config.system_prompt), *messages]
+        if messages[0].role != "system" and self.prompt.system_prompt:
+            return [ChatMessage(role="system", content=self.prompt.system_prompt), *messages]
         return messages
 
     async def load(self) -> dict[str, int]:
@@ -231,7 +236,7 @@ _DONE = object()
 class LocalEngine:
     """A GGUF model in-process (llama-cpp-python). `lock` is held while a generation runs."""
 
-    def __init__(self, config: LLMConfig) -> None:
+    def __init__(self, config: LLMConfig, prompt: PromptSettings) -> None:
         import llama_cpp
 
         self.config = config
@@ -258,10 +263,10 @@ class LocalEngine:
         # One token with the system prompt: the first turn then finds it in llama.cpp's prefix
         # cache (~50 ms to first token instead of ~200 ms on 2 cores).
         # The embedded default's sessions get the scene-note system prompt (parley.engine.conversation).
-        warm = [{"role": "system", "content": system_prompt(config.system_prompt, "note")}, {"role": "user", "content": "Hello."}]
+        warm = [{"role": "system", "content": system_prompt(prompt.system_prompt, "note")}, {"role": "user", "content": "Hello."}]
         self.llama.create_chat_completion(messages=warm, max_tokens=1)  # type: ignore[arg-type]
 
-    async def prime(self, messages: list[ChatMessage]) -> bool:
+    async def read_ahead(self, messages: list[ChatMessage]) -> bool:
         """Evaluate the prompt `messages` make (one token is generated and dropped): llama.cpp keeps
         it, and the next prompt that starts the same way is read from there. Skipped while a
         generation holds the model; True when it was read."""
@@ -274,7 +279,7 @@ class LocalEngine:
                 None,
                 lambda: self.llama.create_chat_completion(messages=wire, max_tokens=1),  # type: ignore[arg-type]
             )
-            log.debug("primed %d messages in %.0f ms", len(messages), 1000 * (time.perf_counter() - began))
+            log.debug("read ahead %d messages in %.0f ms", len(messages), 1000 * (time.perf_counter() - began))
         return True
 
     async def stream(self, messages: list[ChatMessage]) -> AsyncGenerator[str | Finish, None]:
@@ -347,10 +352,11 @@ class OpenAIEngine:
     exponential backoff, `max_retries` times before the turn fails.
     """
 
-    def __init__(self, config: LLMConfig) -> None:
+    def __init__(self, config: LLMConfig, prompt: PromptSettings) -> None:
         import openai
 
         self.config = config
+        self.prompt = prompt
         self.where = config.base_url or "https://api.openai.com/v1"
         log.info("loading OpenAI-compatible client for %s at %s", config.model, self.where)
         self.client = openai.AsyncOpenAI(
@@ -361,15 +367,15 @@ class OpenAIEngine:
         )
 
     def _wire(self, message: ChatMessage) -> dict[str, object]:
-        if self.config.vision and not isinstance(message.content, str):
+        if self.prompt.vision and not isinstance(message.content, str):
             parts = [
-                p.model_copy(update={"image_url": p.image_url.model_copy(update={"detail": self.config.image_detail})})
+                p.model_copy(update={"image_url": p.image_url.model_copy(update={"detail": self.prompt.image_detail})})
                 if isinstance(p, ImagePart)
                 else p
                 for p in message.content
             ]
             message = message.model_copy(update={"content": parts})
-        return message.to_openai(with_images=self.config.vision)
+        return message.to_openai(with_images=self.prompt.vision)
 
     async def stream(self, messages: list[ChatMessage]) -> AsyncGenerator[str | Finish, None]:
         try:
@@ -422,8 +428,8 @@ def explain_openai_error(exc: BaseException, config: LLMConfig, where: str) -> s
     return f"The language model failed unexpectedly ({type(exc).__name__}). Try again in a moment."
 
 
-async def _check(config: LLMConfig, question: str) -> str:
-    llm = LLM(config)
+async def _check(config: LLMConfig, prompt: PromptSettings, question: str) -> str:
+    llm = LLM(config, prompt)
     return "".join([d async for d in llm.stream_reply([ChatMessage(role="user", content=question)])])
 
 
@@ -441,7 +447,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--question", default="Which planet is closest to the sun?")
     parser.add_argument("--verbose", action="store_true", help="show the deployment's log lines")
     ns, rest = parser.parse_known_args(argv)
-    config = parse_args(rest).llm
+    parsed = parse_args(rest)
+    config = parsed.llm
     if ns.verbose:
         setup_logging()
     else:  # one plain line on failure, not the replica-style traceback
@@ -449,7 +456,8 @@ def main(argv: list[str] | None = None) -> None:
         quiet.addHandler(logging.NullHandler())
         quiet.propagate = False
     try:
-        answer = asyncio.run(_check(config.model_copy(update={"max_tokens": min(config.max_tokens, 48)}), ns.question))
+        short = config.model_copy(update={"max_tokens": min(config.max_tokens, 48)})
+        answer = asyncio.run(_check(short, parsed.prompt, ns.question))
     except LLMError as e:
         raise SystemExit(f"parley: the LLM could not answer: {e}") from None
     print(answer.strip())

@@ -1,7 +1,11 @@
-"""The one typed configuration for Parley: models, backends, limits, ports and ICE.
+"""The one typed configuration for Parley, in sections by concern: the web server, WebRTC, auth, each
+model's backend, the prompt, turn-taking, limits and Serve's resources.
 
-Invariant: a config is plain data. Building one never touches the network or loads a model;
-the same object is read from YAML, from command-line flags, or from a Serve config's `args`.
+Invariants: a config is plain data. Building one never touches the network or loads a model; the
+same object is read from YAML, from command-line flags (one per field, by its dotted path:
+`turn.vad.threshold` is `--turn-vad-threshold`), or from a Serve config's `args`. No section holds
+more than 15 fields. A key that moved (`OLD_KEYS`) is refused with its new name. What Parley makes
+of a config (how the model sees, what a session reads) is in `parley.policy`, not here.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from typing import Any, Literal, get_args, get_origin
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from parley.engine.types import Sight
+from parley.engine.settings import PromptSettings, ReplySettings, TurnSettings
 from parley.local_models import CATALOGUE, DEFAULT_LOCAL_MODEL, HOST_CHOICES, resolve
 
 
@@ -37,37 +41,6 @@ class ServerConfig(_Section):
     key_file: str | None = Field(default=None, description="TLS private key (PEM) for cert_file.")
     self_signed_dir: str = Field(
         default="~/.cache/parley/tls", description="Where a self-signed certificate is created and reused."
-    )
-    ice_servers: list[IceServer] = Field(
-        default_factory=list, description="STUN/TURN servers given to the browser and the server peer."
-    )
-    turn_secret_env: str = Field(
-        default="PARLEY_TURN_SECRET",
-        description="Environment variable with the secret shared with your TURN server (coturn: use-auth-secret, "
-        "static-auth-secret). Set, each session gets its own short-lived TURN credentials (the TURN REST API "
-        "scheme) for the turn: URLs of ice_servers that name no static ones.",
-    )
-    turn_ttl_s: float = Field(default=12 * 3600.0, gt=0, description="How long a session's TURN credentials are valid.")
-    ice_addresses: list[str] = Field(
-        default_factory=list,
-        description="Local addresses advertised as host ICE candidates. Empty: every non-loopback interface. "
-        "127.0.0.1 makes loopback-only calls possible (tests, one machine).",
-    )
-    public_address: str | None = Field(
-        default=None,
-        description="The address browsers reach this node at when it sits behind 1:1 NAT (a cloud node's public IP): "
-        "host ICE candidates are advertised with it instead of the private address.",
-    )
-    red: bool = Field(
-        default=True,
-        description="Redundant audio (RED, RFC 2198) where the browser offers it (Chromium, Safari): its microphone comes "
-        "as RED and Parley's voice goes as RED with the two packets before each, so lost packets are repaired (the voice's "
-        "bitrate triples while Parley speaks). Off: Opus with in-band FEC only.",
-    )
-    udp_ports: str | None = Field(
-        default=None,
-        pattern=r"^\d{1,5}-\d{1,5}$",
-        description="UDP port range LOW-HIGH for WebRTC media on this node (open it in the firewall). Default: any free port.",
     )
     session_idle_s: float = Field(
         default=600.0, description="How long a disconnected session stays in the ingress's memory for a reconnect."
@@ -106,6 +79,42 @@ class ServerConfig(_Section):
         "host, the loopback names only (localhost, 127.0.0.1, ::1); elsewhere, this machine's own names and addresses. "
         "Anything else is refused, so a DNS-rebinding page cannot talk to it. A name that is not loopback here makes "
         "auth: auto ask for invitations (a proxy in front).",
+    )
+
+
+class WebRTCConfig(_Section):
+    """The media connection: ICE (STUN, a TURN relay, the addresses advertised), ports, RED and the camera's limits."""
+
+    ice_servers: list[IceServer] = Field(
+        default_factory=list, description="STUN/TURN servers given to the browser and the server peer."
+    )
+    relay_secret_env: str = Field(
+        default="PARLEY_TURN_SECRET",
+        description="Environment variable with the secret shared with your TURN relay (coturn: use-auth-secret, "
+        "static-auth-secret). Set, each session gets its own short-lived TURN credentials (the TURN REST API "
+        "scheme) for the turn: URLs of ice_servers that name no static ones.",
+    )
+    relay_ttl_s: float = Field(default=12 * 3600.0, gt=0, description="How long a session's TURN credentials are valid.")
+    ice_addresses: list[str] = Field(
+        default_factory=list,
+        description="Local addresses advertised as host ICE candidates. Empty: every non-loopback interface. "
+        "127.0.0.1 makes loopback-only calls possible (tests, one machine).",
+    )
+    public_address: str | None = Field(
+        default=None,
+        description="The address browsers reach this node at when it sits behind 1:1 NAT (a cloud node's public IP): "
+        "host ICE candidates are advertised with it instead of the private address.",
+    )
+    red: bool = Field(
+        default=True,
+        description="Redundant audio (RED, RFC 2198) where the browser offers it (Chromium, Safari): its microphone comes "
+        "as RED and Parley's voice goes as RED with the two packets before each, so lost packets are repaired (the voice's "
+        "bitrate triples while Parley speaks). Off: Opus with in-band FEC only.",
+    )
+    udp_ports: str | None = Field(
+        default=None,
+        pattern=r"^\d{1,5}-\d{1,5}$",
+        description="UDP port range LOW-HIGH for WebRTC media on this node (open it in the firewall). Default: any free port.",
     )
     video_max_fps: float = Field(
         default=2.0,
@@ -203,6 +212,23 @@ class ASRConfig(_Section):
     cpu_threads: int = Field(default=2, description="CPU threads for the CPU backend.")
 
 
+class LLMQueueConfig(_Section):
+    """Each LLM replica's fair queue: users take turns for the model (deployments/fair.py)."""
+
+    concurrent: int = Field(
+        default=16,
+        ge=1,
+        description="Answers one LLM replica generates at once; more wait in its fair queue (users take turns). "
+        "The local backend always runs 1. For an endpoint, about what it serves well at once per replica.",
+    )
+    max_waiting: int = Field(
+        default=8,
+        ge=0,
+        description="Turns that may wait for the model per replica; one more is told 'busy, try again in N s' at once.",
+    )
+    waiting_per_user: int = Field(default=2, ge=1, description="Of those, how many may be one user's.")
+
+
 class LLMConfig(_Section):
     backend: Literal["local", "openai"] = Field(
         default="local", description="local: in-process GGUF model. openai: any OpenAI-compatible endpoint."
@@ -232,19 +258,6 @@ class LLMConfig(_Section):
     api_key_env: str = Field(
         default="OPENAI_API_KEY", description="Environment variable that holds the endpoint's key (never put keys in files)."
     )
-    vision: bool = Field(
-        default=True,
-        description="Let the model know what the camera (or shared screen) shows: the openai backend gets the frame as an "
-        "image part; the local backend, which reads text only, gets the vision deployment's scene note (see `vision`).",
-    )
-    image_detail: Literal["low", "high", "auto"] = Field(default="low", description="OpenAI image detail level.")
-    scene_note: Literal["asked", "always"] = Field(
-        default="asked",
-        description="A text-only model's scene note (or the line saying it has none): asked (the default) goes in front "
-        "of the user's words only when they ask about the camera or screen (a cue word such as see, camera, holding, "
-        "or a word of the note itself), so a note never hijacks an everyday question; always: every turn "
-        "(benchmarks/conversation.py measures both).",
-    )
     temperature: float | None = Field(
         default=None,
         ge=0,
@@ -259,51 +272,16 @@ class LLMConfig(_Section):
         "(benchmarks/conversation.py).",
     )
     max_tokens: int = Field(default=300, description="Longest answer, in tokens.")
-    read_ahead: bool = Field(
-        default=True,
-        description="While the user talks, and while an answer plays, an idle local model reads the next prompt up to "
-        "the user's words (the system prompt, the history and any scene note), so the turn's request reads only the words.",
-    )
-    concurrent: int = Field(
-        default=16,
-        ge=1,
-        description="Answers one LLM replica generates at once; more wait in its fair queue (users take turns). "
-        "The local backend always runs 1. For an endpoint, about what it serves well at once per replica.",
-    )
-    max_waiting: int = Field(
-        default=8,
-        ge=0,
-        description="Turns that may wait for the model per replica; one more is told 'busy, try again in N s' at once.",
-    )
-    waiting_per_user: int = Field(default=2, ge=1, description="Of those, how many may be one user's.")
-    system_prompt: str = Field(
-        default="You are Parley, a friendly voice assistant. Answer in short spoken sentences without lists or markdown.",
-        description="System prompt for every turn. Parley adds one sentence saying what the model can see (the frame, "
-        "a scene note, or nothing): parley.engine.sight.SIGHT_PROMPTS.",
-    )
-    history_messages: int = Field(
-        default=20,
-        ge=1,
-        description="At most how many past messages are sent with each turn; past it the oldest half of them is left "
-        "out at once (a local model then reads its prompt's start from its cache on most turns).",
-    )
-    keep_images: int = Field(
-        default=1, ge=0, description="How many of the latest user images stay in the history sent to the LLM (0: none)."
-    )
     max_retries: int = Field(
         default=2, ge=0, description="Retries, with backoff, for rate limits, server errors and failed connections."
     )
     timeout_s: float = Field(default=30.0, gt=0, description="Timeout of one request to the endpoint.")
+    queue: LLMQueueConfig = Field(default_factory=LLMQueueConfig, description="Each LLM replica's fair queue (users take turns).")
 
     def resolved(self, cores: int | None = None) -> tuple[str, int]:
         """(the catalogued local model, its threads) as this host runs them: `auto` and unset threads
         are chosen by the host's cores (`parley.local_models.choose`)."""
         return resolve(self.local_model, self.threads, cores)
-
-    @property
-    def takes_images(self) -> bool:
-        """The model gets the camera frame itself (an endpoint's vision model); else at most a scene note."""
-        return self.backend == "openai" and self.vision
 
     def sampling_temperature(self) -> float:
         """The temperature actually used: the configured one, else the backend's default."""
@@ -319,31 +297,6 @@ class LLMConfig(_Section):
         return name
 
 
-def sight(config: ParleyConfig) -> Sight:
-    """How the model learns what the camera shows, as configured: the frame, a scene note, or not at all."""
-    if not config.llm.vision:
-        return "blind"
-    if config.llm.takes_images:
-        return "image"
-    return "note" if config.vision.enabled else "blind"
-
-
-def model_label(llm: LLMConfig) -> str:
-    """The model's name as the page and the startup line show it."""
-    if llm.backend == "openai":
-        return llm.model
-    if llm.model_path:
-        return Path(llm.model_path).stem
-    return CATALOGUE[llm.resolved()[0]].label
-
-
-def model_quality(llm: LLMConfig) -> str | None:
-    """How well a catalogued local model answers, in words for the page; None when not measured here."""
-    if llm.backend != "local" or llm.model_path:
-        return None
-    return f"{CATALOGUE[llm.resolved()[0]].quiz} on Parley's spoken-assistant quiz"
-
-
 class VisionConfig(_Section):
     """The vision deployment: offline detectors that describe the turn's frame for a text-only LLM."""
 
@@ -351,7 +304,7 @@ class VisionConfig(_Section):
         default=True,
         description="With the local backend (text only): make a scene note from the frame taken when the user starts "
         "talking (people and faces, objects, text) for the model to read. Off: the model is told it "
-        "cannot see. An openai backend with llm.vision gets the frame itself and never uses this.",
+        "cannot see. An openai backend with prompt.vision gets the frame itself and never uses this.",
     )
     min_score: float = Field(
         default=0.4,
@@ -383,119 +336,6 @@ class TTSConfig(_Section):
     api_key_env: str = Field(default="OPENAI_API_KEY", description="Environment variable that holds the speech endpoint's key.")
     max_retries: int = Field(default=2, ge=0, description="Retries, with backoff, before a sentence's speech is given up.")
     opus_bitrate: int = Field(default=32000, description="Bitrate of Opus packets encoded on the server.")
-
-
-class TurnConfig(_Section):
-    """When a user's turn starts and ends, and what the server does before it is sure."""
-
-    hands_free: bool = Field(
-        default=False, description="New sessions start hands-free (the server's VAD ends turns) instead of push-to-talk."
-    )
-    end_of_turn: Literal["model", "silence"] = Field(
-        default="model",
-        description="Hands-free: how the end of a turn is decided. 'model': at each pause the turn judge reads the "
-        "transcript made there (SmolLM2-135M: how likely the message ends there) and, when that does not settle it, "
-        "hears the speech (Smart Turn v3.2, from the pipecat-ai wheel). Finished ends the turn after quiet_s of silence; "
-        "a thinking pause only after max_silence_s. 'silence': end_silence_s of silence alone. With neither model "
-        "loadable, 'model' falls back to 'silence' (a log line, a notice in the page).",
-    )
-    end_silence_s: float = Field(
-        default=0.6, gt=0, description="Hands-free, silence rule: the silence after speech that ends the user's turn."
-    )
-    quiet_s: float = Field(
-        default=0.2, gt=0, description="Hands-free, turn judge: the silence that ends a turn it judged finished."
-    )
-    unsure_silence_s: float = Field(
-        default=0.8,
-        gt=0,
-        description="Hands-free, turn judge without its sound model: the silence that ends a turn whose transcript "
-        "reads neither finished nor unfinished.",
-    )
-    max_silence_s: float = Field(
-        default=2.0,
-        gt=0,
-        description="Hands-free, turn judge: the silence that ends a turn it judged a thinking pause (a pause longer "
-        "than this is taken for the end).",
-    )
-    text_finished: float = Field(
-        default=0.4, gt=0, lt=1, description="Hands-free: a transcript at least this likely to be a whole message is finished."
-    )
-    text_unfinished: float = Field(
-        default=0.1, gt=0, lt=1, description="Hands-free: a transcript less likely than this to be whole is a thinking pause."
-    )
-    sound_finished: float = Field(
-        default=0.7,
-        gt=0,
-        lt=1,
-        description="Hands-free: between those, speech at least this likely to sound finished (Smart Turn) is finished.",
-    )
-    min_speech_s: float = Field(
-        default=0.25, ge=0, description="Less speech than this in a turn (a cough, a click, a lone 'uh') is not a turn."
-    )
-    vad_threshold: float = Field(default=0.5, gt=0, lt=1, description="Silero VAD probability at which a window is speech.")
-    vad_end_threshold: float = Field(
-        default=0.35, gt=0, lt=1, description="While speaking, windows below this probability count towards a pause."
-    )
-    pause_s: float = Field(
-        default=0.064,
-        gt=0,
-        description="Quiet that counts as a pause in speech (VAD windows are 32 ms): transcribing and answering start "
-        "there, and are dropped if speech comes back. Shorter starts sooner and wastes more work.",
-    )
-    speculate: bool = Field(
-        default=True,
-        description="At each pause, transcribe and start the answer before the turn is over; it is shown and spoken "
-        "only once the turn ends (key released, or end_silence_s of silence), and dropped if the user goes on.",
-    )
-    segment_s: float = Field(
-        default=4.0, gt=0, description="Long speech is transcribed in pieces of at least this long, cut at pauses."
-    )
-    first_clause_words: int | None = Field(
-        default=6, ge=1, description="Speak the answer's first clause at a comma after this many words (null: whole sentences)."
-    )
-    first_piece_max_words: int | None = Field(
-        default=12,
-        ge=1,
-        description="The answer's first spoken piece ends after at most this many words (or 90 characters), at a "
-        "natural break where there is one, even when the model writes no punctuation: the first sound never waits for "
-        "a sentence that does not end (null: no limit).",
-    )
-    barge_in: bool = Field(default=True, description="Hands-free: speaking over the answer interrupts it.")
-    barge_in_min_s: float = Field(
-        default=0.064,
-        ge=0,
-        description="Hands-free: speech over an answer holds it once it has lasted this long (two 32 ms VAD windows; its "
-        "own echo is told apart by level and the echo canceller, not by length: this only skips clicks).",
-    )
-    echo_cancel: bool = Field(
-        default=True,
-        description="Remove Parley's own voice from the microphone on the server (WebRTC's AEC3, with what Parley "
-        "sent as the reference), before the VAD and the recording. Costs ~1 % of a core per session while Parley "
-        "speaks, nothing while it is quiet.",
-    )
-    backchannels: bool = Field(
-        default=True,
-        description="Hands-free: speech over an answer pauses it at once; a short acknowledgement ('mm-hmm', "
-        "'yeah', 'okay') or a cough resumes it from the sentence it was in, anything else interrupts it.",
-    )
-    echo_margin_db: float = Field(
-        default=15.0,
-        description="While Parley speaks, the microphone counts as speech only if it is no more than this many dB below "
-        "what Parley played in the last echo_window_s: its own voice coming back is quieter than that.",
-    )
-    echo_window_s: float = Field(
-        default=0.6, gt=0, description="How far back played audio can come back as echo (speaker, room, network)."
-    )
-
-    @model_validator(mode="after")
-    def _thresholds(self) -> TurnConfig:
-        if self.vad_end_threshold > self.vad_threshold:
-            raise ValueError("vad_end_threshold must not be above vad_threshold")
-        if not self.quiet_s <= self.unsure_silence_s <= self.max_silence_s:
-            raise ValueError("quiet_s <= unsure_silence_s <= max_silence_s must hold")
-        if self.text_unfinished > self.text_finished:
-            raise ValueError("text_unfinished must not be above text_finished")
-        return self
 
 
 class LimitsConfig(_Section):
@@ -535,7 +375,7 @@ class LimitsConfig(_Section):
         default=1000,
         ge=20,
         description="Messages a conversation keeps (in memory and in the store); older ones are dropped, oldest first. "
-        "The prompt holds far fewer (llm.history_messages).",
+        "The prompt holds far fewer (prompt.history_messages).",
     )
     welcome_messages: int = Field(
         default=100,
@@ -550,56 +390,75 @@ class LimitsConfig(_Section):
     )
 
 
+class DeploymentConfig(_Section):
+    """One model deployment's resources and replicas (the same model for serve.asr, llm, tts and vision): a fixed
+    number of replicas (max_replicas equal to min_replicas), or Serve's autoscaling between the two."""
+
+    cpus: float = Field(
+        default=0.25, ge=0, description="CPUs reserved for each replica (default: 0.5 for asr and llm, 0.25 for tts and vision)."
+    )
+    gpus: float = Field(default=0.0, ge=0, description="GPUs for each replica.")
+    accelerator_type: str | None = Field(
+        default=None,
+        description="Place replicas only on nodes with this accelerator (A10G, L4, H100, ...: Ray's accelerator_type), "
+        "e.g. to keep ASR replicas off the GPUs an LLM application uses.",
+    )
+    max_ongoing_requests: int = Field(
+        default=32,
+        ge=1,
+        description="Concurrent calls a replica accepts (Serve's default of 5 collapses throughput). A batched "
+        "deployment (asr, vision) takes at least its batch_size.",
+    )
+    min_replicas: int = Field(default=1, ge=0, description="Fewest replicas.")
+    max_replicas: int = Field(
+        default=1, ge=1, description="Most replicas: above min_replicas, Serve autoscales between them; equal, no autoscaling."
+    )
+    target_ongoing_requests: float = Field(
+        default=2.0, gt=0, description="Autoscaling: ongoing requests per replica it aims for."
+    )
+    upscale_delay_s: float = Field(default=5.0, ge=0, description="Autoscaling: load must last this long to add replicas.")
+    downscale_delay_s: float = Field(default=30.0, ge=0, description="Autoscaling: quiet must last this long to remove replicas.")
+
+
+_DEPLOYMENT_CPUS = {"asr": 0.5, "llm": 0.5, "tts": 0.25, "vision": 0.25}
+"""Each model deployment's default `cpus`; its other defaults are DeploymentConfig's."""
+
+
+class IngressDeploymentConfig(_Section):
+    """The ingress processes: `per_node` on each of `nodes` nodes."""
+
+    cpus: float = Field(default=0.25, ge=0, description="CPUs reserved for each ingress process.")
+    nodes: int = Field(default=1, ge=1, description="Nodes that run ingress processes (one set per node).")
+    per_node: int = Field(
+        default=1,
+        ge=1,
+        description="Ingress processes per node, sharing its port (SO_REUSEPORT): each is one asyncio loop, so a node "
+        "serves browsers on as many cores as this. server.max_sessions counts per process.",
+    )
+
+
+def _model_deployment(name: str, what: str) -> Any:
+    return Field(default_factory=lambda: DeploymentConfig(cpus=_DEPLOYMENT_CPUS[name]), description=what)
+
+
 class ServeConfig(_Section):
+    """Ray Serve: where the app runs, health checks, and each deployment's resources and replicas."""
+
     address: str | None = Field(
         default=None, description="Ray cluster for `python serve_app.py` to join (auto, ray://...). Default: start a local Ray."
     )
     include_dashboard: bool = Field(default=True, description="Start the Ray dashboard with a local Ray.")
-    ingress_cpus: float = Field(default=0.25, description="CPUs reserved for each ingress replica.")
-    asr_cpus: float = Field(default=0.5, description="CPUs reserved for each ASR replica.")
-    llm_cpus: float = Field(default=0.5, description="CPUs reserved for each LLM replica.")
-    tts_cpus: float = Field(default=0.25, description="CPUs reserved for each TTS replica.")
-    vision_cpus: float = Field(default=0.25, description="CPUs reserved for each vision replica.")
-    vision_min_replicas: int = Field(default=1, ge=0, description="Vision autoscaling: fewest replicas.")
-    vision_max_replicas: int = Field(
-        default=1, ge=1, description="Vision autoscaling: most replicas (equal to min: no autoscaling)."
-    )
-    vision_target_ongoing_requests: float = Field(
-        default=2.0, gt=0, description="Vision autoscaling: ongoing requests per replica it aims for."
-    )
-    asr_gpus: float = Field(default=0.0, description="GPUs for each ASR replica.")
-    asr_accelerator_type: str | None = Field(
-        default=None,
-        description="Place ASR replicas only on nodes with this accelerator (A10G, L4, H100, ...: Ray's "
-        "accelerator_type), e.g. to keep them off the GPUs an LLM application uses.",
-    )
-    ingress_replicas: int = Field(default=1, description="Nodes that run ingress processes (one set per node).")
-    ingress_per_node: int = Field(
-        default=1,
-        ge=1,
-        description="Ingress processes per node, sharing its port (SO_REUSEPORT): each is one asyncio loop, so a node "
-        "serves browsers on as many cores as this. max_sessions counts per process.",
-    )
-    asr_min_replicas: int = Field(default=1, ge=0, description="ASR autoscaling: fewest replicas.")
-    asr_max_replicas: int = Field(default=1, ge=1, description="ASR autoscaling: most replicas (equal to min: no autoscaling).")
-    asr_target_ongoing_requests: float = Field(
-        default=2.0, gt=0, description="ASR autoscaling: ongoing requests per replica it aims for."
-    )
-    asr_upscale_delay_s: float = Field(
-        default=5.0, ge=0, description="ASR autoscaling: load must last this long to add replicas."
-    )
-    asr_downscale_delay_s: float = Field(
-        default=30.0, ge=0, description="ASR autoscaling: quiet must last this long to remove replicas."
-    )
+    ingress: IngressDeploymentConfig = Field(default_factory=IngressDeploymentConfig, description="The ingress processes.")
+    asr: DeploymentConfig = _model_deployment("asr", "The ASR deployment (0.5 CPUs a replica by default).")
+    llm: DeploymentConfig = _model_deployment("llm", "The LLM deployment (0.5 CPUs a replica by default).")
+    tts: DeploymentConfig = _model_deployment("tts", "The TTS deployment (0.25 CPUs a replica by default).")
+    vision: DeploymentConfig = _model_deployment("vision", "The vision deployment (0.25 CPUs a replica by default).")
     health_check_period_s: float = Field(
         default=1.0, gt=0, description="How often Serve checks each replica; a dead lone replica is replaced in seconds."
     )
     health_check_timeout_s: float = Field(default=10.0, gt=0, description="A health check slower than this fails.")
     metrics_export_port: int | None = Field(
         default=None, description="With a local Ray: the port of its Prometheus endpoint (http://host:PORT/metrics)."
-    )
-    max_ongoing_requests: int = Field(
-        default=32, description="Concurrent calls a replica accepts (Serve's default of 5 collapses throughput)."
     )
     max_constructor_retry_count: int = Field(
         default=1,
@@ -617,29 +476,133 @@ class ServeConfig(_Section):
         "Default: only Parley's lines; the rest is in Ray's log files, whose folder the start-up names.",
     )
 
+    @model_validator(mode="before")
+    @classmethod
+    def _deployment_defaults(cls, data: Any) -> Any:
+        """A deployment given without `cpus` gets its own default, not DeploymentConfig's."""
+        if isinstance(data, dict):
+            data = {
+                **data,
+                **{
+                    name: {"cpus": cpus, **data[name]}
+                    for name, cpus in _DEPLOYMENT_CPUS.items()
+                    if isinstance(data.get(name), dict) and "cpus" not in data[name]
+                },
+            }
+        return data
+
     @model_validator(mode="after")
-    def _asr_replica_bounds(self) -> ServeConfig:
-        if self.asr_min_replicas > self.asr_max_replicas:
-            raise ValueError(f"asr_min_replicas ({self.asr_min_replicas}) is above asr_max_replicas ({self.asr_max_replicas})")
-        if self.vision_min_replicas > self.vision_max_replicas:
-            raise ValueError(
-                f"vision_min_replicas ({self.vision_min_replicas}) is above vision_max_replicas ({self.vision_max_replicas})"
-            )
+    def _replica_bounds(self) -> ServeConfig:
+        for name in _DEPLOYMENT_CPUS:
+            least, most = getattr(self, name).min_replicas, getattr(self, name).max_replicas
+            if least > most:
+                raise ValueError(f"serve.{name}.min_replicas ({least}) is above serve.{name}.max_replicas ({most})")
         return self
+
+    def deployments(self) -> dict[str, DeploymentConfig]:
+        """The model deployments' settings by section name (asr, llm, tts, vision)."""
+        return {name: getattr(self, name) for name in _DEPLOYMENT_CPUS}
+
+
+OLD_KEYS: dict[str, str] = {
+    **{f"turn.{old}": f"turn.vad.{new}" for old, new in [("vad_threshold", "threshold"), ("vad_end_threshold", "end_threshold")]},
+    **{f"turn.{name}": f"turn.vad.{name}" for name in ("pause_s", "min_speech_s")},
+    "turn.end_of_turn": "turn.end_of_turn.judge",
+    "turn.end_silence_s": "turn.end_of_turn.silence_s",
+    **{
+        f"turn.{name}": f"turn.end_of_turn.{name}"
+        for name in ("quiet_s", "unsure_silence_s", "max_silence_s", "text_finished", "text_unfinished", "sound_finished")
+    },
+    "turn.speculate": "turn.speculation.enabled",
+    "turn.segment_s": "turn.speculation.segment_s",
+    "turn.barge_in": "turn.interruption.enabled",
+    "turn.barge_in_min_s": "turn.interruption.min_speech_s",
+    "turn.backchannels": "turn.interruption.backchannels",
+    "turn.echo_cancel": "turn.echo.cancel",
+    "turn.echo_margin_db": "turn.echo.margin_db",
+    "turn.echo_window_s": "turn.echo.window_s",
+    "turn.first_clause_words": "reply.first_clause_words",
+    "turn.first_piece_max_words": "reply.first_piece_max_words",
+    **{
+        f"llm.{name}": f"prompt.{name}"
+        for name in ("system_prompt", "vision", "image_detail", "scene_note", "history_messages", "keep_images", "read_ahead")
+    },
+    **{f"llm.{name}": f"llm.queue.{name}" for name in ("concurrent", "max_waiting", "waiting_per_user")},
+    **{
+        f"server.{name}": f"webrtc.{name}"
+        for name in ("ice_servers", "ice_addresses", "public_address", "red", "udp_ports", "video_max_fps", "video_max_width")
+    },
+    "server.turn_secret_env": "webrtc.relay_secret_env",
+    "server.turn_ttl_s": "webrtc.relay_ttl_s",
+    "serve.ingress_cpus": "serve.ingress.cpus",
+    "serve.ingress_replicas": "serve.ingress.nodes",
+    "serve.ingress_per_node": "serve.ingress.per_node",
+    **{
+        f"serve.asr_{name}": f"serve.asr.{name}"
+        for name in (
+            "cpus",
+            "gpus",
+            "accelerator_type",
+            "min_replicas",
+            "max_replicas",
+            "target_ongoing_requests",
+            "upscale_delay_s",
+            "downscale_delay_s",
+        )
+    },
+    "serve.llm_cpus": "serve.llm.cpus",
+    "serve.tts_cpus": "serve.tts.cpus",
+    **{
+        f"serve.vision_{name}": f"serve.vision.{name}"
+        for name in ("cpus", "min_replicas", "max_replicas", "target_ongoing_requests")
+    },
+    "serve.max_ongoing_requests": "serve.{asr,llm,tts,vision}.max_ongoing_requests",
+}
+"""Keys that moved when the configuration was split by concern (old dotted key -> new one). An old key
+is refused, in a file and as a flag, with a message that names the new one."""
+
+
+class _MissingKey:
+    """No such key in the data."""
+
+
+def _moved_keys(data: Any) -> list[str]:
+    """The message "OLD is now NEW" for each old key in `data` (a ParleyConfig as a mapping)."""
+    found = []
+    for old, new in OLD_KEYS.items():
+        value: Any = data
+        for part in old.split("."):
+            value = value.get(part, _MissingKey) if isinstance(value, dict) else _MissingKey
+        # turn.end_of_turn was a word and is now a section: only the word is the old key
+        if value is not _MissingKey and not (isinstance(value, dict) and new.startswith(old + ".")):
+            found.append(f"{old} is now {new}")
+    return found
 
 
 class ParleyConfig(_Section):
     """Everything Parley can be told. Serve config YAMLs put this under `args`."""
 
-    server: ServerConfig = Field(default_factory=ServerConfig, description="Web server, TLS and WebRTC.")
+    server: ServerConfig = Field(default_factory=ServerConfig, description="Web server, TLS, sessions and their store.")
+    webrtc: WebRTCConfig = Field(default_factory=WebRTCConfig, description="Media: ICE, the TURN relay, ports, RED, video.")
     auth: AuthConfig = Field(default_factory=AuthConfig, description="Authentication and session ownership.")
     asr: ASRConfig = Field(default_factory=ASRConfig, description="Speech recognition.")
-    llm: LLMConfig = Field(default_factory=LLMConfig, description="Language model.")
+    llm: LLMConfig = Field(default_factory=LLMConfig, description="Language model: the backend and its fair queue.")
+    prompt: PromptSettings = Field(default_factory=PromptSettings, description="What the language model reads each turn.")
+    reply: ReplySettings = Field(default_factory=ReplySettings, description="How an answer is cut into spoken pieces.")
     tts: TTSConfig = Field(default_factory=TTSConfig, description="Speech synthesis.")
     vision: VisionConfig = Field(default_factory=VisionConfig, description="Scene notes for a text-only language model.")
-    turn: TurnConfig = Field(default_factory=TurnConfig, description="Turn-taking: voice activity, hands-free, barge-in.")
+    turn: TurnSettings = Field(
+        default_factory=TurnSettings, description="Turn-taking: speech and pauses, the end of a turn, interruptions, echo."
+    )
     limits: LimitsConfig = Field(default_factory=LimitsConfig, description="Per-session limits.")
-    serve: ServeConfig = Field(default_factory=ServeConfig, description="Ray Serve resources.")
+    serve: ServeConfig = Field(default_factory=ServeConfig, description="Ray Serve: each deployment's resources and replicas.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_old_keys(cls, data: Any) -> Any:
+        if moved := _moved_keys(data):
+            raise ValueError("; ".join(moved))
+        return data
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> ParleyConfig:
@@ -650,6 +613,7 @@ class ParleyConfig(_Section):
 
 
 def _leaf_fields(model: type[BaseModel], prefix: str = "") -> list[tuple[str, Any]]:
+    """Every field that holds a value (not a section), by its dotted path, sections walked through."""
     out: list[tuple[str, Any]] = []
     for name, field in model.model_fields.items():
         ann = field.annotation
@@ -660,24 +624,45 @@ def _leaf_fields(model: type[BaseModel], prefix: str = "") -> list[tuple[str, An
     return out
 
 
+def flag(dotted: str) -> str:
+    """The command-line flag of a dotted key: turn.vad.threshold -> --turn-vad-threshold."""
+    return "--" + dotted.replace(".", "-").replace("_", "-")
+
+
 _SHORTCUTS = {
     "server.host": ["--host"],
     "server.port": ["--port"],
-    "server.ice_addresses": ["--ice-address"],
+    "webrtc.ice_addresses": ["--ice-address"],
     "serve.verbose": ["--verbose"],
 }
 
 
+class _MovedFlag(argparse.Action):
+    """An old flag: refused with the new one's name."""
+
+    def __init__(self, option_strings: list[str], dest: str, old: str = "", new: str = "") -> None:
+        super().__init__(option_strings, dest, nargs="?", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+        self.old, self.new = old, new
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: Any, values: Any, option_string: str | None = None) -> None:
+        negated = (option_string or "").startswith("--no-")
+        now = ("--no-" + flag(self.new)[2:]) if negated else flag(self.new)
+        parser.error(f"{option_string} is now {now} ({self.old} is now {self.new})")
+
+
 def parse_args(argv: list[str] | None = None) -> ParleyConfig:
-    """Build a config from `--config FILE` and one flag per field (`--llm-base-url URL`, ...)."""
+    """Build a config from `--config FILE` and one flag per field (`--llm-base-url URL`, `--turn-vad-threshold 0.6`, ...)."""
     parser = argparse.ArgumentParser(description="Run Parley on a local Ray (the embedded default needs no GPU, network or key).")
     parser.add_argument("--config", help="YAML file with a ParleyConfig (or a Serve config whose first app has args).")
-    for dotted, field in _leaf_fields(ParleyConfig):
-        flags = [*_SHORTCUTS.get(dotted, []), "--" + dotted.replace(".", "-").replace("_", "-")]
+    leaves = dict(_leaf_fields(ParleyConfig))
+    taken: set[str] = set()
+    for dotted, field in leaves.items():
+        flags = [*_SHORTCUTS.get(dotted, []), flag(dotted)]
+        taken |= {*flags, *(("--no-" + f[2:]) for f in flags if field.annotation is bool)}
         origin = get_origin(field.annotation)
         is_list = origin is list or any(get_origin(a) is list for a in get_args(field.annotation))
         described = (field.description or "").replace("%", "%%")  # argparse %-formats help ("99 %" broke --help)
-        if dotted == "server.ice_servers":
+        if dotted == "webrtc.ice_servers":
             parser.add_argument(*flags, dest=dotted, action="append", metavar="URL", help="STUN/TURN URL; repeat for more.")
         elif is_list:
             parser.add_argument(*flags, dest=dotted, action="append", help=described)
@@ -685,6 +670,11 @@ def parse_args(argv: list[str] | None = None) -> ParleyConfig:
             parser.add_argument(*flags, dest=dotted, action=argparse.BooleanOptionalAction, default=None, help=described)
         else:
             parser.add_argument(*flags, dest=dotted, help=described)
+    for old, new in OLD_KEYS.items():
+        # some moves keep the flag (serve.asr_cpus and serve.asr.cpus are both --serve-asr-cpus): those still work
+        if flag(old) not in taken:
+            negated = ["--no-" + flag(old)[2:]] if new in leaves and leaves[new].annotation is bool else []
+            parser.add_argument(flag(old), *negated, dest=f"moved {old}", action=_MovedFlag, old=old, new=new)
     ns = parser.parse_args(argv)
     data: dict[str, Any] = {}
     if ns.config:
@@ -692,10 +682,13 @@ def parse_args(argv: list[str] | None = None) -> ParleyConfig:
     for dotted, value in vars(ns).items():
         if dotted == "config" or value is None:
             continue
-        if dotted == "server.ice_servers":
+        if dotted == "webrtc.ice_servers":
             value = [{"urls": [u]} for u in value]
-        section, name = dotted.split(".", 1)
-        data.setdefault(section, {})[name] = None if value == "null" else value
+        *sections, name = dotted.split(".")
+        node = data
+        for section in sections:
+            node = node.setdefault(section, {})
+        node[name] = None if value == "null" else value
     return ParleyConfig.model_validate(data)
 
 

@@ -47,7 +47,8 @@ def serve_app() -> Iterator[RunningApp]:
 
     config = ParleyConfig.model_validate(
         {
-            "server": {"host": "127.0.0.1", "port": free_port(), "ice_addresses": ["127.0.0.1"], "session_idle_s": 120},
+            "server": {"host": "127.0.0.1", "port": free_port(), "session_idle_s": 120},
+            "webrtc": {"ice_addresses": ["127.0.0.1"]},
             # The dashboard is what writes Ray's Prometheus service-discovery file (test_metrics reads it).
             "serve": {"include_dashboard": True, "metrics_export_port": free_port()},
             "limits": {"turns_per_minute": 200},

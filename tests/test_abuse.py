@@ -27,8 +27,9 @@ from tests.support.network import free_port, loopback_only
 
 
 def config_of(tmp_path: Path, **sections: dict[str, Any]) -> ParleyConfig:
-    server = {"port": free_port(), "state_dir": str(tmp_path), "ice_addresses": ["127.0.0.1"]} | sections.pop("server", {})
-    return ParleyConfig.model_validate({"server": server, **sections})
+    server = {"port": free_port(), "state_dir": str(tmp_path)} | sections.pop("server", {})
+    webrtc = {"ice_addresses": ["127.0.0.1"]} | sections.pop("webrtc", {})
+    return ParleyConfig.model_validate({"server": server, "webrtc": webrtc, **sections})
 
 
 @pytest.fixture

@@ -24,7 +24,7 @@ from deployments.llm import LLM, LLMError
 from deployments.tts import TTS, TTSError
 from media.packet import OpusPacket
 from parley.config import LLMConfig, TTSConfig
-from parley.engine.answer import TurnTimeout
+from parley.engine.delivery import TurnTimeout
 from parley.engine.reply import GENERIC_ERRORS, user_message
 from parley.engine.services import ServiceError
 from parley.engine.session import Session
@@ -282,8 +282,8 @@ def evaluations(local_llm: LLM, monkeypatch: pytest.MonkeyPatch) -> list[int]:
         return real(*args, **kwargs)
 
     monkeypatch.setattr(local_llm.engine.llama, "create_chat_completion", counted)  # type: ignore[attr-defined]
-    local_llm._primed.clear()
-    local_llm._last_primed = None
+    local_llm._read_ahead_at.clear()
+    local_llm._last_read_ahead = None
     return made
 
 
@@ -300,41 +300,41 @@ def start(n: int) -> list[ChatMessage]:
 
 async def test_talk_key_spam_reads_ahead_once_per_interval(local_llm: LLM, evaluations: list[int]) -> None:
     for i in range(10):  # ten presses in a row, each with a prompt of its own
-        await local_llm.prime(start(i % 3), user="spammer")
+        await local_llm.read_ahead(start(i % 3), user="spammer")
     assert len(evaluations) == 1, "one read-ahead in the interval"
-    await local_llm.prime(start(1), user="someone else")
+    await local_llm.read_ahead(start(1), user="someone else")
     assert len(evaluations) == 2, "another user's read-ahead is not held back by the spammer's"
 
 
 async def test_the_same_prompt_start_is_not_read_twice(
     local_llm: LLM, evaluations: list[int], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(llm_module, "PRIME_INTERVAL_S", 0.0)
-    await local_llm.prime(start(2), user="a")
-    await local_llm.prime(start(2), user="a")
-    await local_llm.prime(start(2), user="b")
+    monkeypatch.setattr(llm_module, "READ_AHEAD_INTERVAL_S", 0.0)
+    await local_llm.read_ahead(start(2), user="a")
+    await local_llm.read_ahead(start(2), user="a")
+    await local_llm.read_ahead(start(2), user="b")
     assert len(evaluations) == 1, "the model holds that prompt already"
-    await local_llm.prime(start(1), user="a")
+    await local_llm.read_ahead(start(1), user="a")
     assert len(evaluations) == 2, "a new prompt start is read"
     answer = "".join([d async for d in local_llm.stream_reply(start(0), user="b")])
     assert answer.strip()
     await idle(local_llm)
-    await local_llm.prime(start(1), user="a")
+    await local_llm.read_ahead(start(1), user="a")
     assert len(evaluations) == 4, "after an answer the model holds another prompt: reading it again is worth it"
 
 
 async def test_no_read_ahead_for_a_user_whose_request_is_waiting_or_generating(
     local_llm: LLM, evaluations: list[int], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(llm_module, "PRIME_INTERVAL_S", 0.0)
+    monkeypatch.setattr(llm_module, "READ_AHEAD_INTERVAL_S", 0.0)
     story = [ChatMessage(role="user", content="Tell me a long story about a dragon and a knight.")]
     stream = local_llm.stream_reply(story, user="a")
     await anext(stream)
     assert local_llm.pending("a") and not local_llm.pending("b")
-    await asyncio.wait_for(local_llm.prime(start(1), user="a"), timeout=1.0)
+    await asyncio.wait_for(local_llm.read_ahead(start(1), user="a"), timeout=1.0)
     await stream.aclose()
     assert len(evaluations) == 1, "only the answer"
     assert not local_llm.pending("a")
     await idle(local_llm)
-    await local_llm.prime(start(1), user="a")
+    await local_llm.read_ahead(start(1), user="a")
     assert len(evaluations) == 2, "once it is answered, a read-ahead is welcome again"

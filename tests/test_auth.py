@@ -278,7 +278,7 @@ def test_a_loopback_server_answers_to_loopback_names_only_by_default() -> None:
         "::1",
         "127.0.0.2",
     }
-    public = ParleyConfig.model_validate({"server": {"public_address": "198.51.100.4"}})
+    public = ParleyConfig.model_validate({"webrtc": {"public_address": "198.51.100.4"}})
     assert allowed_hosts(public) == {"localhost", "127.0.0.1", "::1"}, "a loopback server is not reached by a public address"
 
 

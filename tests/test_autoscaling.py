@@ -63,12 +63,14 @@ async def test_asr_scales_up_under_load_and_back_down_when_quiet(serve_app) -> N
         {
             "asr": {"cpu_threads": 1},
             "serve": {
-                "asr_min_replicas": 1,
-                "asr_max_replicas": 3,
-                "asr_target_ongoing_requests": 1,
-                "asr_upscale_delay_s": 1,
-                "asr_downscale_delay_s": 2,
-                "asr_cpus": 0.1,  # the session's app already holds most of this machine's CPUs
+                "asr": {
+                    "min_replicas": 1,
+                    "max_replicas": 3,
+                    "target_ongoing_requests": 1,
+                    "upscale_delay_s": 1,
+                    "downscale_delay_s": 2,
+                    "cpus": 0.1,  # the session's app already holds most of this machine's CPUs
+                },
             },
         }
     )
@@ -198,7 +200,7 @@ def _fake_cluster_driver() -> None:
                 added.append(time.monotonic() - began)
 
     config = ParleyConfig.model_validate(
-        {"asr": {"cpu_threads": 1}, "serve": {"asr_min_replicas": 2, "asr_max_replicas": 2, "asr_cpus": 1}}
+        {"asr": {"cpu_threads": 1}, "serve": {"asr": {"min_replicas": 2, "max_replicas": 2, "cpus": 1}}}
     )
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()

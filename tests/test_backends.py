@@ -174,15 +174,15 @@ async def test_tts_unknown_voice_lists_the_voices(tts: TTS) -> None:
             pass
 
 
-async def test_priming_reads_the_prompt_start_and_the_answer_is_the_same(llm: LLM) -> None:
-    """After a primed prompt start (the history and a scene note) the answer still comes; priming while
+async def test_reading_ahead_reads_the_prompt_start_and_the_answer_is_the_same(llm: LLM) -> None:
+    """After a prompt start read ahead (the history and a scene note) the answer still comes; reading ahead while
     an answer generates does nothing and blocks nothing."""
     start = [ChatMessage(role="user", content="[Camera note: I see a cup.]\n")]
     whole = [ChatMessage(role="user", content="[Camera note: I see a cup.]\nWhat am I holding?")]
-    await llm.prime(start)
-    primed = "".join([d async for d in llm.stream_reply(whole)])
-    assert primed.strip(), "an answer comes after priming (sampled at 0.2, its words may differ from an unprimed one)"
+    await llm.read_ahead(start)
+    after = "".join([d async for d in llm.stream_reply(whole)])
+    assert after.strip(), "an answer comes after reading ahead (sampled at 0.2, its words may differ from one without)"
     stream = llm.stream_reply(STORY)
     await anext(stream)
-    await asyncio.wait_for(llm.prime(start), timeout=1.0)  # skipped: an answer is generating
+    await asyncio.wait_for(llm.read_ahead(start), timeout=1.0)  # skipped: an answer is generating
     await stream.aclose()

@@ -102,8 +102,8 @@ def test_security_group_opens_the_ports_the_app_uses(cluster: dict[str, Any], ap
     rules = cluster["provider"]["security_group"]["IpPermissions"]
     opened = {(r["IpProtocol"], r["FromPort"], r["ToPort"]) for r in rules}
     assert ("tcp", app_args.server.port, app_args.server.port) in opened
-    assert app_args.server.udp_ports is not None
-    udp = parse_port_range(app_args.server.udp_ports)
+    assert app_args.webrtc.udp_ports is not None
+    udp = parse_port_range(app_args.webrtc.udp_ports)
     assert ("udp", udp.start, udp.stop - 1) in opened
     dashboard = [r for r in rules if r["FromPort"] == 8265]
     assert all(ip["CidrIp"] != "0.0.0.0/0" for r in dashboard for ip in r["IpRanges"]), "dashboard open to everyone"
@@ -115,15 +115,16 @@ def test_cluster_has_room_for_the_serve_app(cluster: dict[str, Any], app_args: P
     head = types[cluster["head_node_type"]]
     workers = [t for name, t in types.items() if name != cluster["head_node_type"]]
     # Ingress nodes: as many as the nodes that are always up (head + min_workers), each running
-    # ingress_per_node ingress processes.
-    assert serve.ingress_replicas == 1 + sum(t.get("min_workers", 0) for t in workers)
-    assert serve.ingress_cpus * serve.ingress_per_node <= head["resources"]["CPU"]
+    # serve.ingress.per_node ingress processes.
+    ingress = serve.ingress
+    assert ingress.nodes == 1 + sum(t.get("min_workers", 0) for t in workers)
+    assert ingress.cpus * ingress.per_node <= head["resources"]["CPU"]
     # Every ASR replica the autoscaler may ask for fits on a GPU that the cluster may start.
     gpus = sum(t["max_workers"] * t["resources"]["GPU"] for t in gpu_types(cluster).values())
-    assert serve.asr_gpus > 0
-    assert serve.asr_max_replicas * serve.asr_gpus <= gpus
+    assert serve.asr.gpus > 0
+    assert serve.asr.max_replicas * serve.asr.gpus <= gpus
     for node_type in gpu_types(cluster).values():
-        assert serve.asr_cpus + serve.ingress_cpus * serve.ingress_per_node <= node_type["resources"]["CPU"]
+        assert serve.asr.cpus + ingress.cpus * ingress.per_node <= node_type["resources"]["CPU"]
 
 
 # -- Serve configs ----------------------------------------------------------------------------
@@ -150,11 +151,11 @@ def test_cluster_serve_config_is_production(app_args: ParleyConfig) -> None:
     assert (server.host, server.port) == ("0.0.0.0", 8443)
     assert server.cert_file and server.key_file
     assert Path(server.cert_file).is_absolute() and Path(server.key_file).is_absolute(), "paths are not expanded"
-    assert server.public_address is None, "one address for every node's ingress would be wrong on all but one"
-    assert any(url.startswith(("stun:", "turn:")) for s in server.ice_servers for url in s.urls)
+    assert app_args.webrtc.public_address is None, "one address for every node's ingress would be wrong on all but one"
+    assert any(url.startswith(("stun:", "turn:")) for s in app_args.webrtc.ice_servers for url in s.urls)
     assert (app_args.asr.backend, app_args.asr.device) == ("transformers", "cuda")
     assert app_args.llm.backend == "openai" and app_args.tts.backend == "openai"
-    assert app_args.serve.asr_min_replicas <= app_args.serve.asr_max_replicas
+    assert app_args.serve.asr.min_replicas <= app_args.serve.asr.max_replicas
 
 
 def test_building_the_apps_does_not_start_ray() -> None:
@@ -190,7 +191,7 @@ def test_the_llm_application_is_ray_serve_llm_and_parley_asks_it_for_its_model(l
     [model] = llm["args"]["llm_configs"]
     args = ParleyConfig.model_validate(parley["args"])
     assert args.llm.backend == "openai" and args.llm.model == model["model_loading_config"]["model_id"]
-    assert model["engine_kwargs"]["limit_mm_per_prompt"]["image"] >= args.llm.keep_images, "Parley may send more images"
+    assert model["engine_kwargs"]["limit_mm_per_prompt"]["image"] >= args.prompt.keep_images, "Parley may send more images"
     # The route: this node's own Serve proxy, on loopback only, where the llm application lives.
     proxy = llm_variant["http_options"]
     assert llm_variant["proxy_location"] == "EveryNode" and proxy["host"] == "127.0.0.1"
@@ -210,7 +211,7 @@ def test_the_cluster_has_gpus_for_the_llm_and_keeps_asr_off_them(cluster: dict[s
     scaling = model["deployment_config"]["autoscaling_config"]
     assert scaling["min_replicas"] <= scaling["max_replicas"]
     assert scaling["max_replicas"] * parallel <= sum(t["max_workers"] * t["resources"]["GPU"] for t in hosts)
-    asr = ParleyConfig.model_validate(parley["args"]).serve.asr_accelerator_type
+    asr = ParleyConfig.model_validate(parley["args"]).serve.asr.accelerator_type
     assert asr and asr != model["accelerator_type"], "ASR replicas must not take the LLM's GPUs"
     assert any(f"accelerator_type:{asr}" in t.get("resources", {}) for t in cluster["available_node_types"].values())
     setup = " ".join(commands(cluster, "setup_commands"))
@@ -225,7 +226,7 @@ async def test_parley_streams_from_the_llm_route_as_configured(llm_variant: dict
 
     args = ParleyConfig.model_validate(llm_variant["applications"][0]["args"])
     monkeypatch.setenv(args.llm.api_key_env, API_KEY)
-    llm = LLM(args.llm.model_copy(update={"base_url": fake.base_url}))  # the fake stands where the route would be
+    llm = LLM(args.llm.model_copy(update={"base_url": fake.base_url}), args.prompt)  # the fake stands where the route would be
     frame = ImagePart(image_url=ImageURL(url="data:image/jpeg;base64,AAAA"))
     question = ChatMessage(role="user", content=[TextPart(text="What do you see?"), frame])
     assert [d async for d in llm.stream_reply([question])] == fake.reply

@@ -73,7 +73,8 @@ async def test_a_rejected_key_tells_the_user_what_to_fix(
 async def test_speech_cut_mid_sentence_ends_its_audio_and_the_text_stays(fake: FakeOpenAI) -> None:
     config = ParleyConfig.model_validate(
         {
-            "server": {"port": free_port(), "ice_addresses": ["127.0.0.1"]},
+            "server": {"port": free_port()},
+            "webrtc": {"ice_addresses": ["127.0.0.1"]},
             "llm": {"backend": "openai", "base_url": fake.base_url, "api_key_env": "PARLEY_TEST_KEY", "max_retries": 0},
             "tts": {"backend": "openai", "base_url": fake.base_url, "api_key_env": "PARLEY_TEST_KEY", "max_retries": 0},
         }

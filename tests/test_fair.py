@@ -81,8 +81,8 @@ async def test_a_waiter_whose_caller_went_away_takes_no_slot() -> None:
 def slow_model(fake: FakeOpenAI) -> LLM:
     fake.reply = ["One", " two", " three", " four", " five", " six."]
     fake.delta_delay_s = MODEL_S / len(fake.reply)
-    config = {"backend": "openai", "base_url": fake.base_url, "api_key_env": "PARLEY_TEST_KEY", "concurrent": 1}
-    return LLM(LLMConfig.model_validate({**config, "max_waiting": 4, "waiting_per_user": 2}))
+    config = {"backend": "openai", "base_url": fake.base_url, "api_key_env": "PARLEY_TEST_KEY"}
+    return LLM(LLMConfig.model_validate({**config, "queue": {"concurrent": 1, "max_waiting": 4, "waiting_per_user": 2}}))
 
 
 async def answer(llm: LLM, user: str) -> float:
@@ -128,7 +128,7 @@ class FakeModelServices:
         for _ in range(2):
             yield OpusPacket(data=b"\xfc\x01\x02", samples=960)
 
-    async def prime(self, messages: list[ChatMessage], *, user: str = "") -> None:
+    async def read_ahead(self, messages: list[ChatMessage], *, user: str = "") -> None:
         return None
 
     async def describe(self, jpeg: bytes, source: VideoSource = "camera") -> SceneNote:

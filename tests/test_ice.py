@@ -12,9 +12,10 @@ from aiortc import RTCPeerConnection
 
 from parley.config import ParleyConfig
 from parley.engine.services import Services
-from parley.engine.session import Session, SessionSettings
+from parley.engine.session import Session
 from parley.ingress.ice import advertise_public, configure_ice, parse_port_range
 from parley.ingress.rtc import Peer
+from parley.policy import session_settings
 
 PUBLIC = "203.0.113.7"  # TEST-NET-3: documentation only; nothing is ever sent to it here
 
@@ -67,7 +68,7 @@ async def test_media_binds_inside_the_port_range_and_still_connects() -> None:
 
 async def test_an_answer_behind_nat_offers_the_public_address() -> None:
     configure_ice(["127.0.0.1"], None)
-    session = Session("n" * 12, SessionSettings.of(ParleyConfig()), cast(Services, None))  # no turn is ever run
+    session = Session("n" * 12, session_settings(ParleyConfig()), cast(Services, None))  # no turn is ever run
     browser = RTCPeerConnection()
     peer = Peer(session, [], public_address=PUBLIC)
     try:
@@ -81,25 +82,25 @@ async def test_an_answer_behind_nat_offers_the_public_address() -> None:
         await browser.close()
 
 
-def test_each_user_gets_short_lived_turn_credentials_of_their_own() -> None:
+def test_each_user_gets_short_lived_relay_credentials_of_their_own() -> None:
     import base64
     import hashlib
     import hmac
     import time
 
     from parley.config import IceServer
-    from parley.ingress.ice import turn_credentials
+    from parley.ingress.ice import relay_credentials
 
     servers = [
         IceServer(urls=["stun:stun.example.org:3478"]),
         IceServer(urls=["turn:turn.example.org:3478?transport=udp"]),
         IceServer(urls=["turn:static.example.org"], username="fixed", credential="kept"),
     ]
-    assert turn_credentials(servers, None, "alice", 60) == servers, "no secret: nothing changes"
-    stun, turn, static = turn_credentials(servers, "s3cret", "alice", 3600)
+    assert relay_credentials(servers, None, "alice", 60) == servers, "no secret: nothing changes"
+    stun, turn, static = relay_credentials(servers, "s3cret", "alice", 3600)
     assert stun.username is None and static.username == "fixed"
     expiry, user = (turn.username or "").split(":")
     assert user == "alice" and 3500 < int(expiry) - time.time() <= 3600
     expected = base64.b64encode(hmac.new(b"s3cret", (turn.username or "").encode(), hashlib.sha1).digest()).decode()
     assert turn.credential == expected  # what coturn's use-auth-secret checks
-    assert turn_credentials(servers, "s3cret", "bob", 3600)[1].username != turn.username
+    assert relay_credentials(servers, "s3cret", "bob", 3600)[1].username != turn.username

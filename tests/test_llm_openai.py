@@ -8,6 +8,7 @@ import pytest
 
 from deployments.llm import LLM, LLMError
 from parley.config import LLMConfig
+from parley.engine.settings import PromptSettings
 from parley.engine.types import ChatMessage, Finish, ImagePart, ImageURL, TextPart
 from tests.support.fake_openai import API_KEY, FakeOpenAI
 from tests.support.network import free_port
@@ -15,11 +16,12 @@ from tests.support.network import free_port
 QUESTION = [ChatMessage(role="user", content="What is the capital of France?")]
 
 
-def llm_for(fake: FakeOpenAI, **overrides: object) -> LLM:
+def llm_for(fake: FakeOpenAI, prompt: dict[str, object] | None = None, **overrides: object) -> LLM:
     return LLM(
         LLMConfig.model_validate(
             {"backend": "openai", "base_url": fake.base_url, "api_key_env": "PARLEY_TEST_KEY", "model": "vision-1", **overrides}
-        )
+        ),
+        PromptSettings.model_validate(prompt or {}),
     )
 
 
@@ -37,7 +39,7 @@ async def test_asked_for_it_the_stream_ends_with_why_the_model_stopped(fake: Fak
 
 
 async def test_streams_deltas_and_sends_model_settings_image_and_key(fake: FakeOpenAI) -> None:
-    llm = llm_for(fake, image_detail="high", temperature=0.2, max_tokens=77)
+    llm = llm_for(fake, {"image_detail": "high"}, temperature=0.2, max_tokens=77)
     image = ImagePart(image_url=ImageURL(url="data:image/jpeg;base64,AAAA"))
     question = ChatMessage(role="user", content=[TextPart(text="What do you see?"), image])
     assert (
@@ -47,7 +49,7 @@ async def test_streams_deltas_and_sends_model_settings_image_and_key(fake: FakeO
     _, body, headers = fake.requests[0]
     assert headers["Authorization"] == f"Bearer {API_KEY}"
     assert (body["model"], body["stream"], body["temperature"], body["max_tokens"]) == ("vision-1", True, 0.2, 77)
-    assert body["messages"][0] == {"role": "system", "content": llm.config.system_prompt}
+    assert body["messages"][0] == {"role": "system", "content": llm.prompt.system_prompt}
     assert body["messages"][1:3] == [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}]
     assert body["messages"][3]["content"] == [
         {"type": "text", "text": "What do you see?"},
@@ -57,7 +59,7 @@ async def test_streams_deltas_and_sends_model_settings_image_and_key(fake: FakeO
 
 async def test_a_text_only_model_gets_the_text_alone(fake: FakeOpenAI) -> None:
     image = ImagePart(image_url=ImageURL(url="data:image/jpeg;base64,AAAA"))
-    await reply(llm_for(fake, vision=False), [ChatMessage(role="user", content=[TextPart(text="Look."), image])])
+    await reply(llm_for(fake, {"vision": False}), [ChatMessage(role="user", content=[TextPart(text="Look."), image])])
     assert fake.bodies("/v1/chat/completions")[0]["messages"][1] == {"role": "user", "content": "Look."}
 
 

@@ -34,8 +34,9 @@ def two_processes(serve_app, redis_url: str) -> Iterator[str]:
 
     config = ParleyConfig.model_validate(
         {
-            "server": {"port": free_port(), "ice_addresses": ["127.0.0.1"], "store": redis_url},
-            "serve": {"ingress_per_node": 2},
+            "server": {"port": free_port(), "store": redis_url},
+            "webrtc": {"ice_addresses": ["127.0.0.1"]},
+            "serve": {"ingress": {"per_node": 2}},
             # every client here comes from 127.0.0.1: as one address and one (anonymous) user
             "limits": {"turns_per_minute": 200, "sessions_per_user": 32, "sockets_per_address": 32},
         }

@@ -1,9 +1,9 @@
 """TURN stays true: a page that may only relay, through Debian's coturn, holds a conversation.
 
-The ingress here is configured as docs/cluster.md says a cluster behind TURN is: `server.ice_servers`
+The ingress here is configured as docs/cluster.md says a cluster behind TURN is: `webrtc.ice_servers`
 names the TURN server, and the secret shared with it (coturn's use-auth-secret) is in the environment
-variable `server.turn_secret_env` names, so every session gets short-lived credentials of its own
-(`parley.ingress.ice.turn_credentials`). The page's RTCPeerConnection is forced to
+variable `webrtc.relay_secret_env` names, so every session gets short-lived credentials of its own
+(`parley.ingress.ice.relay_credentials`). The page's RTCPeerConnection is forced to
 `iceTransportPolicy: 'relay'` (an init script), so it gathers no host or reflexive candidate: if
 the credentials, the URL or the relay were wrong, it could not connect at all. What proves the media
 went through coturn: the page's selected candidate pair has a relay candidate of coturn's relay range
@@ -39,7 +39,7 @@ pytestmark = [
 ]
 
 SECRET_ENV = "PARLEY_TEST_TURN_SECRET"
-"""`server.turn_secret_env` of the relayed ingress: set in its replica's environment only."""
+"""`webrtc.relay_secret_env` of the relayed ingress: set in its replica's environment only."""
 
 RELAY_ONLY_JS = """(() => {
     const Native = window.RTCPeerConnection;
@@ -107,11 +107,13 @@ def relayed_app(serve_app, coturn: Coturn) -> Iterator[str]:
             "server": {
                 "host": "127.0.0.1",
                 "port": free_port(),
+                "store": "memory",
+            },
+            "webrtc": {
                 "ice_addresses": ["127.0.0.1"],
                 "ice_servers": [{"urls": [coturn.url]}],
-                "turn_secret_env": SECRET_ENV,
-                "turn_ttl_s": 600,
-                "store": "memory",
+                "relay_secret_env": SECRET_ENV,
+                "relay_ttl_s": 600,
             },
             "limits": {"turns_per_minute": 200},
         }

@@ -67,12 +67,13 @@ def two_nodes() -> Iterator[Deployed]:
         self_signed_pair(Path(tls_dir), "0.0.0.0")
         port = cluster.free_server_port()
         config = {
+            "server": {"host": "0.0.0.0", "port": port, "self_signed_dir": tls_dir},
             # ice_addresses empty: each node advertises its own veth address
-            "server": {"host": "0.0.0.0", "port": port, "ice_addresses": [], "self_signed_dir": tls_dir},
+            "webrtc": {"ice_addresses": []},
             "serve": {
                 "include_dashboard": False,
-                "ingress_replicas": 2,
-                **{f"{part}_cpus": 0.1 for part in ("ingress", "asr", "llm", "tts")},
+                "ingress": {"nodes": 2, "cpus": 0.1},
+                **{part: {"cpus": 0.1} for part in ("asr", "llm", "tts")},
             },
             "limits": {"turns_per_minute": 200},
             "llm": {"max_tokens": 40},

@@ -36,7 +36,7 @@ from typing import TypeVar
 
 import numpy as np
 
-from parley.config import TurnConfig
+from parley.engine.settings import EndOfTurnSettings, TurnSettings
 from parley.llamacpp import last_logits, no_amx_repacking
 from parley.local_models import CATALOGUE, package_file
 
@@ -181,11 +181,11 @@ class TurnJudge:
     decides alone.
     """
 
-    def __init__(self, sound: SoundModel | None, text: TextModel | None, turn: TurnConfig | None = None) -> None:
+    def __init__(self, sound: SoundModel | None, text: TextModel | None, settings: EndOfTurnSettings | None = None) -> None:
         if sound is None and text is None:
             raise ValueError("a TurnJudge needs at least one model")
         self.sound, self.text = sound, text
-        self.settings = turn or TurnConfig()
+        self.settings = settings or EndOfTurnSettings()
         """The rule's thresholds and silences (benchmarks/end_of_turn.py measured the defaults)."""
         self.name = " + ".join(m.name for m in (text, sound) if m is not None)
 
@@ -248,7 +248,7 @@ def _load(make: Callable[[], M], warm: Callable[[M], object]) -> M | ModelMissin
         return ModelMissing("it could not load (the server's log says why)")
 
 
-def load_turn_judge(turn: TurnConfig) -> tuple[TurnJudge | None, dict[str, str]]:
+def load_turn_judge(turn: TurnSettings) -> tuple[TurnJudge | None, dict[str, str]]:
     """This process's turn judge, with whichever of its models load (None if neither does), and
     for each model that did not, why (each logged once)."""
     sound, text = load_sound_model(), load_text_model()
@@ -260,6 +260,6 @@ def load_turn_judge(turn: TurnConfig) -> tuple[TurnJudge | None, dict[str, str]]
     sound_ok = sound if isinstance(sound, SoundModel) else None
     text_ok = text if isinstance(text, TextModel) else None
     if sound_ok is None and text_ok is None:
-        log.warning("no turn model could load: hands-free ends turns after %g s of silence alone", turn.end_silence_s)
+        log.warning("no turn model could load: hands-free ends turns after %g s of silence alone", turn.end_of_turn.silence_s)
         return None, missing
-    return TurnJudge(sound_ok, text_ok, turn), missing
+    return TurnJudge(sound_ok, text_ok, turn.end_of_turn), missing

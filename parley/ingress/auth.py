@@ -423,8 +423,8 @@ def allowed_hosts(config: ParleyConfig) -> set[str]:
     from parley.ingress.tls import subject_names
 
     names = {str(n.value).lower() for n in subject_names(config.server.host)}
-    if config.server.public_address:
-        names.add(config.server.public_address.lower())
+    if config.webrtc.public_address:
+        names.add(config.webrtc.public_address.lower())
     return names
 
 

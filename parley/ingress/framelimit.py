@@ -1,7 +1,7 @@
 """The size and rate of video the server takes, whatever a client sends: the hard cap on a frame's
 size (`size_limits`, checked on key frames before decoding by `parley.ingress.video`'s buffer) and
-what of the decoded frames reaches the session (`FrameLimiter`: at most `server.video_max_fps`,
-scaled to `server.video_max_width`).
+what of the decoded frames reaches the session (`FrameLimiter`: at most `webrtc.video_max_fps`,
+scaled to `webrtc.video_max_width`).
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ class FrameLimiter:
         """A decoded frame: what to hand on now (it, scaled), or None (dropped, or held)."""
         if too_large(frame.width, frame.height, self.max_width):
             self.too_large += 1
-            self._warn("size", "a decoded %dx%d frame over the cap of server.video_max_width %d: dropped", frame, self.max_width)
+            self._warn("size", "a decoded %dx%d frame over the cap of webrtc.video_max_width %d: dropped", frame, self.max_width)
             return None
         now = self._clock()
         self._offered += 1
@@ -103,7 +103,7 @@ class FrameLimiter:
         if self._last is not None and self._offered > 2:
             self._warn(
                 "rate",
-                "%d frames decoded in %.2f s, over server.video_max_fps %g: the newest of each %.2f s goes on",
+                "%d frames decoded in %.2f s, over webrtc.video_max_fps %g: the newest of each %.2f s goes on",
                 self._offered,
                 now - self._last,
                 1 / self.interval_s,
@@ -117,7 +117,7 @@ class FrameLimiter:
         width = self.max_width & ~1
         height = max(2, round(frame.height * width / frame.width / 2) * 2)
         self.scaled += 1
-        self._warn("scale", "%dx%d frames, wider than server.video_max_width %d: scaled down", frame, self.max_width)
+        self._warn("scale", "%dx%d frames, wider than webrtc.video_max_width %d: scaled down", frame, self.max_width)
         return frame.reformat(width=width, height=height)  # its pts and time base kept
 
     def _warn(self, kind: str, message: str, *args: object) -> None:

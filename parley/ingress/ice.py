@@ -1,7 +1,7 @@
 """Where this node's WebRTC media can be reached: ICE host addresses, UDP ports, public address.
 
 Invariant: these are process-wide settings of each ingress process (a node runs
-`serve.ingress_per_node` of them, all with the same settings). aioice offers no
+`serve.ingress.per_node` of them, all with the same settings). aioice offers no
 options for them, so `configure_ice` replaces the two module-level names its candidate gathering
 looks up (`get_host_addresses` and `asyncio`), and `advertise_public` rewrites the host
 candidates in an SDP answer for a node behind 1:1 NAT.
@@ -102,7 +102,7 @@ class _LoopWithPorts:
         raise OSError(errno.EADDRINUSE, f"every UDP port in {self._ports.start}-{self._ports.stop - 1} is taken")
 
 
-def turn_credentials(servers: Sequence[IceServer], secret: str | None, user: str, ttl_s: float) -> list[IceServer]:
+def relay_credentials(servers: Sequence[IceServer], secret: str | None, user: str, ttl_s: float) -> list[IceServer]:
     """`servers` with short-lived credentials for `user` on every TURN server that names none.
 
     The TURN REST API scheme (coturn's use-auth-secret): the username is "<expiry>:<user>" and the
@@ -115,8 +115,8 @@ def turn_credentials(servers: Sequence[IceServer], secret: str | None, user: str
     credential = base64.b64encode(hmac.new(secret.encode(), username.encode(), hashlib.sha1).digest()).decode()
     out = []
     for server in servers:
-        turn = any(url.startswith(("turn:", "turns:")) for url in server.urls)
-        if turn and not server.username:
+        relay = any(url.startswith(("turn:", "turns:")) for url in server.urls)
+        if relay and not server.username:
             server = server.model_copy(update={"username": username, "credential": credential})
         out.append(server)
     return out

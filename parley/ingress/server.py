@@ -100,8 +100,8 @@ class IngressServer:
 
     async def start(self) -> str:
         """Bind the web server; returns the URL a browser opens."""
-        cfg = self.config.server
-        configure_ice(cfg.ice_addresses, parse_port_range(cfg.udp_ports) if cfg.udp_ports else None)
+        cfg, media = self.config.server, self.config.webrtc
+        configure_ice(media.ice_addresses, parse_port_range(media.udp_ports) if media.udp_ports else None)
         ssl_context = None
         if self.scheme == "https":
             cert, key = (cfg.cert_file, cfg.key_file)
@@ -110,14 +110,14 @@ class IngressServer:
             ssl_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
             ssl_context.load_cert_chain(cert, key)
         await self.signalling.learn_sight()
-        if self.config.turn.end_of_turn == "model":
+        if self.config.turn.end_of_turn.judge == "model":
             judge, missing = await asyncio.to_thread(load_turn_judge, self.config.turn)
             self.signalling.turn_judge, self.signalling.turn_models_missing = judge, missing
         # aiohttp keeps a connection that sends nothing for an hour by default: half-open connections
         # would pile up. (A TLS handshake that never finishes is closed by asyncio after 60 s.)
         self._runner = web.AppRunner(self.app, access_log=None, keepalive_timeout=self.config.limits.idle_connection_s)
         await self._runner.setup()
-        shared = self.config.serve.ingress_per_node > 1  # the node's other ingress processes bind it too
+        shared = self.config.serve.ingress.per_node > 1  # the node's other ingress processes bind it too
         await web.TCPSite(self._runner, cfg.host, cfg.port, ssl_context=ssl_context, reuse_port=shared or None).start()
         shown = "localhost" if cfg.host in ("0.0.0.0", "::") else cfg.host
         self.url = f"{self.scheme}://{shown}:{cfg.port}/"

@@ -433,7 +433,7 @@ class VideoBuffer(JitterBuffer):
             self._warned.add("size")
             cap_width, cap_pixels = size_limits(self._max_width)
             log.warning(
-                "%scamera: a %dx%d key frame, over the cap of %d wide and %d pixels (server.video_max_width %d): "
+                "%scamera: a %dx%d key frame, over the cap of %d wide and %d pixels (webrtc.video_max_width %d): "
                 "not decoded, nor anything until a key frame under it",
                 self._label,
                 *over[0],
@@ -464,7 +464,7 @@ class VideoBuffer(JitterBuffer):
             if "rate" not in self._warned:
                 self._warned.add("rate")
                 log.warning(
-                    "%scamera: %.0f frames/s arriving, over %g times server.video_max_fps %g: decoding key frames only, "
+                    "%scamera: %.0f frames/s arriving, over %g times webrtc.video_max_fps %g: decoding key frames only, "
                     "one every %.1f s at most",
                     self._label,
                     fps,

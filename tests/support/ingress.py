@@ -15,9 +15,9 @@ def local_ingress(config: ParleyConfig) -> IngressServer:
     from deployments.llm import LLM
     from deployments.tts import TTS
     from deployments.vision import Vision
-    from parley.config import sight
     from parley.engine.services import LocalServices
     from parley.ingress.server import IngressServer
+    from parley.policy import sight
 
     vision = Vision(config.vision) if sight(config) == "note" else None  # as serve_app binds it
-    return IngressServer(config, LocalServices(ASR(config.asr), LLM(config.llm), TTS(config.tts), vision))
+    return IngressServer(config, LocalServices(ASR(config.asr), LLM(config.llm, config.prompt), TTS(config.tts), vision))

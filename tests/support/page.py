@@ -42,10 +42,10 @@ class Server:
                 "server": {
                     "host": "127.0.0.1",
                     "port": self.port,
-                    "ice_addresses": ["127.0.0.1"],
                     "store": self.store,
                     "state_dir": str(self.state_dir),
                 },
+                "webrtc": {"ice_addresses": ["127.0.0.1"]},
                 "llm": {"backend": "openai", **key},
                 "tts": {"backend": "openai", **key},
                 "limits": {"turns_per_minute": 200},

@@ -4,7 +4,7 @@ Invariant: `running_coturn` yields a `turnserver` (the coturn package, `scripts/
 that listens on 127.0.0.1 only, answers STUN on its UDP port before it is yielded, relays only from
 127.0.0.1 inside a port range of its own, reads no config file and writes nothing outside the
 folder it is given (log, pid file, user database). It accepts the credentials Parley makes
-(`parley.ingress.ice.turn_credentials`: use-auth-secret with `secret`) and nothing else. It lets
+(`parley.ingress.ice.relay_credentials`: use-auth-secret with `secret`) and nothing else. It lets
 allocations reach loopback peers (`--allow-loopback-peers`), which a real deployment must never do
 (docs/cluster.md); here loopback is the only interface. The process this module started is killed
 on the way out, whatever happened in between.
@@ -45,7 +45,7 @@ class Coturn:
 
     @property
     def url(self) -> str:
-        """The TURN URL for Parley's `server.ice_servers` (UDP to the server, UDP relays)."""
+        """The TURN URL for Parley's `webrtc.ice_servers` (UDP to the server, UDP relays)."""
         return f"turn:127.0.0.1:{self.port}?transport=udp"
 
     @property
