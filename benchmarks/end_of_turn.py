@@ -47,9 +47,10 @@ from benchmarks.hearing import frames  # noqa: E402
 from deployments.asr import FasterWhisperBackend  # noqa: E402
 from media.speech import espeak, resample, speak, trim  # noqa: E402
 from media.vad import RATE  # noqa: E402
-from parley.config import ASRConfig, TurnConfig  # noqa: E402
-from parley.engine.listening import THOUGHT_PAUSE_S  # noqa: E402
+from parley.config import ASRConfig  # noqa: E402
+from parley.engine.ear import THOUGHT_PAUSE_S  # noqa: E402
 from parley.engine.recorder import Recorder  # noqa: E402
+from parley.engine.settings import EndOfTurnSettings, TurnSettings  # noqa: E402
 from parley.engine.turnmodel import (  # noqa: E402
     SOUND_TAIL,
     ModelMissing,
@@ -65,7 +66,7 @@ PAUSE_RANGE_S = (0.7, 1.5)
 WHOLE_PAUSES = False
 """--whole-pauses: give the models the speech with its pauses whole (Parley before it cut them down)."""
 PAUSE_SEEN_S = 0.064
-"""A pause is seen (and its transcription starts) this long after the speech stops: turn.pause_s."""
+"""A pause is seen (and its transcription starts) this long after the speech stops: turn.vad.pause_s."""
 
 QUESTIONS: list[tuple[str, str]] = [
     ("Please tell me which ocean is", "the biggest one."),
@@ -208,8 +209,7 @@ def listen(utterance: Utterance, shortest_s: float, judge: TurnJudge | None, asr
     """Play the utterance through a hands-free recorder that never ends the turn by itself, and
     note each pause of at least `shortest_s` and (with models) what they make of it, on exactly the
     audio and transcript the session would give them at that pause."""
-    turn = TurnConfig(hands_free=True, end_silence_s=30.0)
-    recorder = Recorder(turn, max_record_s=60.0)
+    recorder = Recorder(TurnSettings(hands_free=True), max_record_s=60.0, end_silence_s=30.0)
     paused: int | None = None
 
     def close(until: int) -> None:
@@ -222,7 +222,7 @@ def listen(utterance: Utterance, shortest_s: float, judge: TurnJudge | None, asr
 
     for frame in frames(utterance.audio):
         for event in recorder.feed(frame):
-            if event.kind == "pause" and recorder.utterance is not None:
+            if event.kind == "pause" and recorder.started_at is not None:
                 paused = event.sample
             elif event.kind == "resume":
                 close(event.sample)
@@ -232,7 +232,7 @@ def listen(utterance: Utterance, shortest_s: float, judge: TurnJudge | None, asr
 
 def measure(pause: Pause, recorder: Recorder, paused_at: int, judge: TurnJudge, asr: FasterWhisperBackend) -> None:
     """What the session asks of the models at this pause (both of them, to compare the rules), timed."""
-    start = recorder.utterance or 0
+    start = recorder.started_at or 0
     cut = recorder.audio if WHOLE_PAUSES else recorder.speech_audio  # as the session gives the models the speech
     audio = cut(max(start, paused_at + SOUND_TAIL - 16 * RATE), paused_at + SOUND_TAIL)[-8 * RATE :]
     assert judge.sound is not None and judge.text is not None
@@ -374,7 +374,7 @@ def main() -> None:
     if isinstance(sound, ModelMissing) or isinstance(text, ModelMissing):
         print(f"a turn model could not load ({sound}, {text}): only the silence rule is measured")
     else:
-        judge = TurnJudge(sound, text, TurnConfig())
+        judge = TurnJudge(sound, text, EndOfTurnSettings())
     asr_config = ASRConfig(model=args.asr_model, language="en") if args.asr_model else ASRConfig()
     asr = FasterWhisperBackend(asr_config) if judge is not None else None
     began = time.monotonic()
@@ -387,7 +387,7 @@ def main() -> None:
 
     rules = [Rule("silence 0.6 s (before)")]
     if judge is not None:
-        shipped = TurnConfig()
+        shipped = EndOfTurnSettings()
         rules += [
             Rule("sound model alone", judge, shipped.quiet_s, uses=("sound",)),
             Rule("text model alone", judge, shipped.quiet_s, uses=("text",)),
@@ -430,7 +430,7 @@ def eot_bench(utterances: list[Utterance], judge: TurnJudge) -> dict[str, float]
     points = []
     for text_finished in np.arange(0.2, 0.95, 0.05):
         for sound_finished in np.arange(0.3, 0.99, 0.05):
-            turn = TurnConfig(text_finished=float(text_finished), sound_finished=float(sound_finished))
+            turn = EndOfTurnSettings(text_finished=float(text_finished), sound_finished=float(sound_finished))
             score = Score(Rule("sweep", TurnJudge(judge.sound, judge.text, turn), turn.quiet_s))
             for utterance in utterances:
                 score.add(utterance)

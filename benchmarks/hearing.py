@@ -50,9 +50,10 @@ from benchmarks.asr_noise import edit_distance, normalise, opus_round_trip  # no
 from deployments.asr import SAMPLE_RATE, FasterWhisperBackend  # noqa: E402
 from media.echo import EchoCanceller  # noqa: E402
 from media.speech import babble, brown_noise, espeak, music, resample, speak, trim  # noqa: E402
-from parley.config import ASRConfig, TurnConfig  # noqa: E402
+from parley.config import ASRConfig  # noqa: E402
 from parley.engine.backchannel import FUNCTION_WORDS  # noqa: E402
 from parley.engine.recorder import Recorder  # noqa: E402
+from parley.engine.settings import TurnSettings  # noqa: E402
 from parley.engine.utterance import END_PAD_S  # noqa: E402
 from parley.local_models import WHISPER_CATALOGUE, LocalModelMissing  # noqa: E402
 
@@ -162,7 +163,7 @@ def turn_audio(stream: np.ndarray) -> np.ndarray:
     """What the ASR gets for this push-to-talk turn in the app: the key pressed LEAD_S into the
     stream, released at its end; the recorder's tape from the utterance's start to its end plus
     the padding `Utterance` adds."""
-    recorder = Recorder(TurnConfig(hands_free=False), max_record_s=60.0, canceller=EchoCanceller(lambda: None))
+    recorder = Recorder(TurnSettings(hands_free=False), max_record_s=60.0, canceller=EchoCanceller(lambda: None))
     chunks = frames(stream)
     lead = round(LEAD_S * MIC_RATE / 960)
     recorder.preload(stream[: lead * 960], MIC_RATE)

@@ -65,8 +65,9 @@ from deployments.asr import SAMPLE_RATE, FasterWhisperBackend, resolve_model  # 
 from media.echo import EchoCanceller  # noqa: E402
 from media.opus import OpusEncoder, decode_opus_frames  # noqa: E402
 from media.speech import trim  # noqa: E402
-from parley.config import ASRConfig, TurnConfig  # noqa: E402
+from parley.config import ASRConfig  # noqa: E402
 from parley.engine.recorder import Recorder  # noqa: E402
+from parley.engine.settings import TurnSettings  # noqa: E402
 from parley.engine.utterance import END_PAD_S  # noqa: E402
 
 RED_TYPE, OPUS_TYPE = 63, 111
@@ -118,7 +119,7 @@ def received(stream: np.ndarray, loss: float, seed: int, receiver: str, fec_pct:
 
 def turn_audio(frames: list[av.AudioFrame]) -> np.ndarray:
     """The push-to-talk turn's audio as the app cuts it (hearing.turn_audio, from frames that may have holes)."""
-    recorder = Recorder(TurnConfig(hands_free=False), max_record_s=60.0, canceller=EchoCanceller(lambda: None))
+    recorder = Recorder(TurnSettings(hands_free=False), max_record_s=60.0, canceller=EchoCanceller(lambda: None))
     lead = round(LEAD_S * MIC_RATE)
     before = [f for f in frames if (f.pts or 0) < lead]
     recorder.preload(np.concatenate([f.to_ndarray().reshape(-1) for f in before]), MIC_RATE)

@@ -30,9 +30,10 @@ from benchmarks.interruption import BACKCHANNELS, INTERRUPTIONS, cough, laugh  #
 from deployments.asr import SAMPLE_RATE, FasterWhisperBackend  # noqa: E402
 from media.echo import EchoCanceller  # noqa: E402
 from media.speech import resample, trim  # noqa: E402
-from parley.config import ASRConfig, TurnConfig  # noqa: E402
+from parley.config import ASRConfig  # noqa: E402
 from parley.engine.backchannel import overlap_verdict  # noqa: E402
 from parley.engine.recorder import Recorder  # noqa: E402
+from parley.engine.settings import TurnSettings  # noqa: E402
 from parley.engine.utterance import END_PAD_S  # noqa: E402
 
 
@@ -47,7 +48,7 @@ def heard(stream: np.ndarray) -> tuple[np.ndarray, float]:
     """(the audio the session transcribes, the seconds of speech the VAD counted) for speech heard
     hands-free: the utterance from its start (with the pre-roll) to the end of its speech plus the
     padding; both as the recorder marks them."""
-    recorder = Recorder(TurnConfig(hands_free=True), max_record_s=60.0, canceller=EchoCanceller(lambda: None))
+    recorder = Recorder(TurnSettings(hands_free=True), max_record_s=60.0, canceller=EchoCanceller(lambda: None))
     start = None
     at_pause = np.zeros(0, np.float32)
     for frame in frames(stream):

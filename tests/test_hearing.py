@@ -12,8 +12,8 @@ import pytest
 
 from media.speech import babble, music
 from media.vad import RATE
-from parley.config import TurnConfig
 from parley.engine.recorder import Recorder
+from parley.engine.settings import TurnSettings
 from tests.support.fake_services import frames
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -42,9 +42,9 @@ def test_thirty_seconds_of_noise_alone_make_no_turn(noise: str) -> None:
 
     make = {"fan": brown_noise, "babble": babble, "music": music}[noise]
     audio = make(30 * 48000, -38.0, 5, 48000)
-    recorder = Recorder(TurnConfig(hands_free=True), max_record_s=60)
+    recorder = Recorder(TurnSettings(hands_free=True), max_record_s=60)
     ends = [e for frame in frames(audio) for e in recorder.feed(frame) if e.kind == "end"]
-    assert all(e.speech_s < TurnConfig().min_speech_s for e in ends), [e.speech_s for e in ends]
+    assert all(e.speech_s < TurnSettings().vad.min_speech_s for e in ends), [e.speech_s for e in ends]
 
 
 @needs_espeak
