@@ -170,7 +170,7 @@ class PacingTrack(MediaStreamTrack):
         """How much audio queued with `tag` has left the track so far (zero if none)."""
         return self._played.get(tag, Played())
 
-    def forget(self, tag: Hashable) -> None:
+    def stop_counting(self, tag: Hashable) -> None:
         """Stop counting `tag` (its answer is over)."""
         self._played.pop(tag, None)
 

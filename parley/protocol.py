@@ -21,7 +21,7 @@ from typing import Annotated, Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidatorFunctionWrapHandler, WrapValidator
 
 from parley.engine.metrics import TurnMetrics
-from parley.engine.types import Sight, VideoSource
+from parley.engine.types import MessageState, Sight, VideoSource
 
 
 def _absent_if_wrong(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
@@ -152,9 +152,6 @@ class Outbound(Event):
     model_config = ConfigDict(extra="forbid")
 
 
-MessageState = Literal["streaming", "done", "interrupted", "error"]
-
-
 class Message(Outbound):
     """A message enters the conversation (the user's words, or an answer starting to stream)."""
 
@@ -254,7 +251,7 @@ class State(Outbound):
 
     event = "state"
     id: str
-    state: Literal["streaming", "paused", "done", "interrupted", "error"]
+    state: MessageState | Literal["paused"]
     cut: bool | None = None
     error: str | None = None
     text: str | None = None
@@ -293,8 +290,8 @@ class Notice(Outbound):
 TurnState = Literal["idle", "listening", "hearing", "thinking", "speaking"]
 
 
-class Turn(Outbound):
-    """What the conversation is doing now. Emitted by the session alone."""
+class TurnStatus(Outbound):
+    """What the conversation is doing now: derived from its turns in one place (the coordinator) and sent on change."""
 
     event = "turn"
     state: TurnState
@@ -309,5 +306,5 @@ class Recording(Outbound):
 
 
 OUTBOUND: dict[str, type[Outbound]] = {
-    m.event: m for m in (Welcome, Rejected, Answer, Message, Delta, State, Metrics, Speaking, Notice, Turn, Recording)
+    m.event: m for m in (Welcome, Rejected, Answer, Message, Delta, State, Metrics, Speaking, Notice, TurnStatus, Recording)
 }

@@ -30,7 +30,7 @@
  * @property {Metrics} metrics
  * @property {Speaking} speaking
  * @property {Notice} notice
- * @property {Turn} turn
+ * @property {TurnStatus} turn
  * @property {Recording} recording
  */
 
@@ -201,8 +201,8 @@
  */
 
 /**
- * What the conversation is doing now. Emitted by the session alone.
- * @typedef {object} Turn
+ * What the conversation is doing now. Derived from its turns in one place (the coordinator) and sent on change.
+ * @typedef {object} TurnStatus
  * @property {"idle"|"listening"|"hearing"|"thinking"|"speaking"} state
  */
 

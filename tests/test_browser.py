@@ -150,7 +150,7 @@ async def test_the_page_sends_only_the_video_the_server_asks_for(page) -> None:
         timeout=10000,
     )
     encoding = await limits.json_value()
-    assert encoding["maxFramerate"] == 2, encoding  # server.video_max_fps: a frame per turn is all it needs
+    assert encoding["maxFramerate"] == 2, encoding  # webrtc.video_max_fps: a frame per turn is all it needs
 
 
 async def test_stop_interrupts_speech_and_text(page) -> None:
@@ -205,11 +205,11 @@ def https_app(serve_app, tmp_path_factory: pytest.TempPathFactory) -> Iterator[t
             "server": {
                 "host": "0.0.0.0",
                 "port": free_port(),
-                "ice_addresses": ["127.0.0.1"],
                 "self_signed_dir": str(tmp_path_factory.mktemp("tls")),
                 "state_dir": str(tmp_path_factory.mktemp("state")),
                 "allowed_hosts": ["parley.test", "127.0.0.1", "localhost"],
             },
+            "webrtc": {"ice_addresses": ["127.0.0.1"]},
             "limits": {"turns_per_minute": 200},
         }
     )
@@ -418,7 +418,7 @@ async def test_a_release_with_a_microphone_silent_between_words_is_answered_with
     """Chromium's WebAudio microphone sends no packet while it is silent (as Opus DTX and some
     headsets do): the release, 0.25 s after the last word, must not wait for audio that is not
     coming. The wait used to take its full 2 s (RELEASE_WAIT_S) on every turn, and showed in no stage."""
-    from parley.engine.listening import RELEASE_WAIT_S
+    from parley.engine.ear import RELEASE_WAIT_S
     from tests.support.browser_mic import INIT_JS, encode
     from tests.support.speech import trim
 

@@ -17,10 +17,12 @@ import numpy as np
 import pytest
 
 from media.vad import RATE
-from parley.config import ParleyConfig, TurnConfig
+from parley.config import ParleyConfig
 from parley.engine.recorder import Recorder
-from parley.engine.session import Session, SessionSettings
+from parley.engine.session import Session
+from parley.engine.settings import TurnSettings
 from parley.engine.turnmodel import ModelMissing, TurnJudge, Verdict
+from parley.policy import session_settings
 from tests.support.fake_services import ScriptedServices, frames, make_session, pump, wait_until
 from tests.support.speech import split_at
 
@@ -86,12 +88,11 @@ def said() -> tuple[np.ndarray, int]:
 def test_the_recorder_ends_a_judged_pause_after_the_silence_it_was_given() -> None:
     """Judged at its pause, the question's end is given 0.8 s: the recorder ends it then, not at
     the 2 s limit; a pause judged after it has lasted that long ends at once."""
-    turn = TurnConfig(hands_free=True)
+    turn = TurnSettings(hands_free=True)
     full, _ = said()
     audio = np.concatenate([np.zeros(9600, np.float32), full, np.zeros(48000 * 3, np.float32)])
     for late_s, ended_at_once in ((0.0, False), (1.0, True)):
-        recorder = Recorder(turn, max_record_s=60)
-        recorder.end_silence_s = turn.max_silence_s
+        recorder = Recorder(turn, max_record_s=60, end_silence_s=turn.end_of_turn.max_silence_s)
         events: list[Any] = []
         pauses: list[int] = []
         for frame in frames(audio):
@@ -177,8 +178,8 @@ def test_the_real_models_tell_a_finished_question_from_a_thinking_pause() -> Non
     verdicts = json.loads(done.stdout.strip().splitlines()[-1])
     whole, part = Verdict(*verdicts["whole"]), Verdict(*verdicts["part"])
     assert whole.wait_s == 0.0, f"the whole question is over at once: {whole}"
-    assert part.wait_s == TurnConfig().max_silence_s, f"the words before the pause are a thinking pause: {part}"
-    settings = TurnConfig()
+    settings = TurnSettings().end_of_turn
+    assert part.wait_s == settings.max_silence_s, f"the words before the pause are a thinking pause: {part}"
     assert part.text is not None and whole.text is not None
     assert part.text < settings.text_unfinished and whole.text >= settings.text_finished, (part, whole)
 
@@ -197,10 +198,10 @@ async def test_with_no_turn_model_hands_free_falls_back_to_silence_and_the_page_
     await server.start()
     try:
         assert server.turn_judge is None
-        session = Session("f" * 12, SessionSettings.of(config), ScriptedServices(["Ok."]), turn_judge=server.turn_judge)
+        session = Session("f" * 12, session_settings(config), ScriptedServices(["Ok."]), turn_judge=server.turn_judge)
         welcome = server.signalling.turn_welcome(session).model_dump(exclude_unset=True)
         assert welcome["end_of_turn"] == "silence" and welcome["end_silence_s"] == 0.6
         assert "0.6 s of silence" in welcome["problem"] and "pipecat-ai" in welcome["problem"], welcome
-        assert session.recorder.end_silence_s == 0.6 and session.turn_judge is None
+        assert session.ear.recorder.end_silence_s == 0.6 and session.turn_judge is None
     finally:
         await server.stop()

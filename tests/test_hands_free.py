@@ -130,7 +130,8 @@ async def test_after_an_interruption_the_llm_is_told_only_the_words_that_were_he
     ]
     config = ParleyConfig.model_validate(
         {
-            "server": {"port": free_port(), "ice_addresses": ["127.0.0.1"]},
+            "server": {"port": free_port()},
+            "webrtc": {"ice_addresses": ["127.0.0.1"]},
             "llm": {"backend": "openai", "base_url": fake.base_url, "api_key_env": "PARLEY_TEST_KEY", "max_retries": 0},
         }
     )

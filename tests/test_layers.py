@@ -24,6 +24,7 @@ RUNTIME = [
     "parley/ingress",
     "parley/vision",
     "parley/config.py",
+    "parley/policy.py",
     "parley/logs.py",
     "parley/protocol.py",
 ]
@@ -92,3 +93,62 @@ def test_the_engine_imports_no_transport_through_what_it_imports() -> None:
 
 def test_no_runtime_package_imports_the_tools() -> None:
     assert offending(files(*RUNTIME), {"parley.tools"}) == {}
+
+
+def engine_graph() -> dict[str, set[str]]:
+    """Which engine module imports which (typing-only imports included; `from parley.engine import x`
+    counts as importing `parley.engine.x`)."""
+    modules = {f"parley.engine.{p.stem}": p for p in files("parley/engine") if p.stem != "__init__"}
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        tree = ast.parse(path.read_text(), filename=str(path))
+        found: set[str] = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                found.update(alias.name for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                found.add(node.module)
+                found.update(f"{node.module}.{alias.name}" for alias in node.names)
+        graph[name] = {m for m in found if m in modules and m != name}
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    found: list[list[str]] = []
+    state: dict[str, int] = {}
+    path: list[str] = []
+
+    def visit(node: str) -> None:
+        state[node] = 1
+        path.append(node)
+        for after in sorted(graph[node]):
+            if state.get(after) == 1:
+                found.append([*path[path.index(after) :], after])
+            elif after not in state:
+                visit(after)
+        path.pop()
+        state[node] = 2
+
+    for node in sorted(graph):
+        if node not in state:
+            visit(node)
+    return found
+
+
+def test_the_cycle_finder_finds_a_circle() -> None:
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": set()}) == [["a", "b", "c", "a"]]
+
+
+def test_no_import_circle_inside_the_engine_typing_imports_included() -> None:
+    """The coordinator (`session`, `coordinator`) imports its parts; no part imports it back, not even
+    for typing: parts report upward by posting events (`parley.engine.events`)."""
+    graph = engine_graph()
+    assert "parley.engine.coordinator" in graph["parley.engine.session"]
+    assert cycles(graph) == []
+    for part, imports in graph.items():
+        if part not in ("parley.engine.session", "parley.engine.coordinator"):
+            assert not imports & {"parley.engine.session", "parley.engine.coordinator"}, part
+
+
+def test_the_engine_has_its_own_settings_and_imports_no_config() -> None:
+    assert offending(files("parley/engine"), {"parley.config", "parley.policy"}) == {}

@@ -53,8 +53,8 @@ async def test_the_users_words_reach_the_model_in_every_kind_of_turn(how: str, r
     session, page, track = make_session(
         services,
         vision={"enabled": True},
-        llm={"read_ahead": read_ahead},
-        turn={"hands_free": how == "hands-free", "end_silence_s": 0.6, "end_of_turn": "silence"},
+        prompt={"read_ahead": read_ahead},
+        turn={"hands_free": how == "hands-free", "end_of_turn": {"judge": "silence", "silence_s": 0.6}},
     )
     camera(session)
     async with playing(track):
@@ -65,13 +65,17 @@ async def test_the_users_words_reach_the_model_in_every_kind_of_turn(how: str, r
             assert asked[0].role == "system"
     assert [m.text() for m in services.requests[-1]][-3:-1] == [QUESTION, "Paris is the capital of France."]
     if read_ahead:
-        assert services.primed, "the model read the prompt's start ahead"
+        assert services.read_ahead_prompts, "the model read the prompt's start ahead"
         if how != "typed":  # a typed turn's words come with it: only the spoken ones are read ahead of
-            assert all(QUESTION not in m.text() for m in services.primed[0]), "only the start: the words were not said yet"
-        await wait_until(lambda: services.primed[-1][-2].text() == "The Seine runs through Paris.")
-        assert services.primed[-1][-1].text() == "", "once an answer is written, the next turn's start, answer and all"
+            assert all(QUESTION not in m.text() for m in services.read_ahead_prompts[0]), (
+                "only the start: the words were not said yet"
+            )
+        await wait_until(lambda: services.read_ahead_prompts[-1][-2].text() == "The Seine runs through Paris.")
+        assert services.read_ahead_prompts[-1][-1].text() == "", (
+            "once an answer is written, the next turn's start, answer and all"
+        )
     elif not read_ahead:
-        assert not services.primed
+        assert not services.read_ahead_prompts
     await session.close()
 
 
@@ -93,7 +97,7 @@ async def test_a_scene_note_goes_only_with_a_question_about_the_picture() -> Non
         assert "I cannot see anything" in services.requests[-1][-1].text()
     await session.close()
     services = ScriptedServices(["Ok."])
-    session, page, track = make_session(services, vision={"enabled": True}, llm={"scene_note": "always"})
+    session, page, track = make_session(services, vision={"enabled": True}, prompt={"scene_note": "always"})
     camera(session)
     async with playing(track):
         await ask(session, page, services, "typed", "Why is the sky blue?")
@@ -201,7 +205,7 @@ async def test_past_the_history_limit_the_prompt_keeps_its_start_for_several_tur
             "A week has seven days.",
         )
     ]
-    session, page, track = make_session(services, llm={"history_messages": 8})
+    session, page, track = make_session(services, prompt={"history_messages": 8})
     async with playing(track):
         for i in range(9):
             await ask(session, page, services, "typed", f"Question {i + 1}?")

@@ -95,6 +95,6 @@ def test_an_inbound_payload_is_checked_strictly_and_a_stale_field_reads_as_absen
 def test_an_outbound_payload_holds_the_fields_that_were_set() -> None:
     assert protocol.State(id="a", state="done").payload() == {"id": "a", "state": "done"}
     assert protocol.Metrics(id="a", asr=None, llm_ttft=0.2).payload() == {"id": "a", "asr": None, "llm_ttft": 0.2}
-    assert protocol.Turn(state="speaking").payload() == {"state": "speaking"}
+    assert protocol.TurnStatus(state="speaking").payload() == {"state": "speaking"}
     with pytest.raises(ValidationError):
-        protocol.Turn(state="dancing")  # type: ignore[arg-type]
+        protocol.TurnStatus(state="dancing")  # type: ignore[arg-type]

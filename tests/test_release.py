@@ -248,7 +248,7 @@ async def test_a_press_while_a_release_waits_keeps_the_new_recording() -> None:
     assert not release.done(), "the release is waiting for the late audio"
     await session.talk_start()  # pressed again before the first release finished waiting
     await release
-    assert session.recorder.listening, "the second press is still recording"
+    assert session.listening, "the second press is still recording"
     await asyncio.sleep(1.6)
     assert services.transcribed == 0, "the first recording was dropped by the second press"
     await session.close()

@@ -128,7 +128,7 @@ async def test_turn_rate_is_limited() -> None:
 
 async def test_only_the_newest_image_is_sent() -> None:
     services = ScriptedServices(["Ok."])
-    session, _, _ = make_session(services, llm={"backend": "openai", "vision": True})
+    session, _, _ = make_session(services, llm={"backend": "openai"}, prompt={"vision": True})
     frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), 200, np.uint8), format="rgb24")
     session.on_video_frame(frame)
     await session.send_text("first")
@@ -137,7 +137,7 @@ async def test_only_the_newest_image_is_sent() -> None:
     await wait_until(lambda: len(services.requests) == 2)
     with_images = [m.text() for m in services.requests[1] if m.has_image()]
     assert with_images == ["second"]
-    session.vision = False
+    session.set_vision(False)
     await session.send_text("third")
     await wait_until(lambda: len(services.requests) == 3)
     assert not any(m.has_image() for m in services.requests[2])
@@ -164,7 +164,7 @@ async def test_a_recording_that_runs_too_long_ends_at_the_limit_and_still_gets_a
 
 async def test_keep_images_decides_how_many_past_frames_the_llm_sees() -> None:
     services = ScriptedServices(["Ok."])
-    session, _, _ = make_session(services, llm={"keep_images": 2, "backend": "openai", "vision": True})
+    session, _, _ = make_session(services, llm={"backend": "openai"}, prompt={"keep_images": 2, "vision": True})
     session.on_video_frame(av.VideoFrame.from_ndarray(np.full((48, 64, 3), 90, np.uint8), format="rgb24"))
     for i, text in enumerate(["one", "two", "three"], start=1):
         await session.send_text(text)
@@ -172,7 +172,7 @@ async def test_keep_images_decides_how_many_past_frames_the_llm_sees() -> None:
     assert [m.text() for m in services.requests[2] if m.has_image()] == ["two", "three"]
     await session.close()
     services = ScriptedServices(["Ok."])
-    session, _, _ = make_session(services, llm={"keep_images": 0, "vision": True})
+    session, _, _ = make_session(services, prompt={"keep_images": 0, "vision": True})
     session.on_video_frame(av.VideoFrame.from_ndarray(np.full((48, 64, 3), 90, np.uint8), format="rgb24"))
     await session.send_text("four")
     await wait_until(lambda: len(services.requests) == 1)
@@ -226,7 +226,7 @@ async def test_a_turn_the_model_could_not_answer_is_left_out_of_the_next_prompt(
 
 async def test_only_the_newest_images_are_kept_in_memory() -> None:
     services = ScriptedServices(["Ok."])
-    session, _, _ = make_session(services, llm={"keep_images": 2, "backend": "openai", "vision": True})
+    session, _, _ = make_session(services, llm={"backend": "openai"}, prompt={"keep_images": 2, "vision": True})
     session.on_video_frame(av.VideoFrame.from_ndarray(np.full((48, 64, 3), 90, np.uint8), format="rgb24"))
     for i in range(6):
         await session.send_text(f"look {i}")
@@ -264,7 +264,7 @@ async def test_a_new_conversation_forgets_the_history_the_llm_sees() -> None:
     services = ScriptedServices(["Noted."])
     session, page, track = make_session(services)
     assert await answer_typed(session, page, track, "Remember the word pineapple.")
-    await session.forget()
+    await session.start_over()
     assert session.history == []
     assert await session.send_text("What word?")
     await wait_until(lambda: len(services.requests) == 2)

@@ -19,8 +19,10 @@ import pytest
 from parley.config import ParleyConfig
 from parley.engine.conversation import Conversation
 from parley.engine.messages import Entry, StoreQueue
-from parley.engine.session import Session, SessionSettings
+from parley.engine.session import Session
+from parley.engine.settings import SessionSettings
 from parley.ingress.store import ConversationStore, RedisStore, SqliteStore, open_store
+from parley.policy import session_settings
 from tests.support.fake_services import ScriptedServices, wait_until
 
 WEEK = 7 * 24 * 3600.0
@@ -45,7 +47,7 @@ async def open_process_store(request: pytest.FixtureRequest, tmp_path: Path) -> 
 
 
 def settings_with(**limits: int) -> SessionSettings:
-    return SessionSettings.of(ParleyConfig.model_validate({"limits": limits}))
+    return session_settings(ParleyConfig.model_validate({"limits": limits}))
 
 
 async def test_a_conversation_outlives_its_process(open_process_store: Callable[[], StoreQueue]) -> None:
@@ -88,9 +90,9 @@ async def test_a_conversation_keeps_its_newest_messages_here_and_in_the_store(
 ) -> None:
     """limits.history_messages: past it the oldest go, from memory and from the store; seqs only grow."""
     session = f"h{time.monotonic_ns()}"
-    llm = ParleyConfig().llm
+    settings = session_settings(ParleyConfig())
     first = open_process_store()
-    conversation = Conversation(llm, store=first, session_id=session, max_messages=20)
+    conversation = Conversation(settings.prompt, settings.model, store=first, session_id=session, max_messages=20)
     assert await conversation.load()
     for i in range(25):
         conversation.add(Entry(role="user" if i % 2 == 0 else "assistant", text=f"m{i}"))
@@ -102,7 +104,7 @@ async def test_a_conversation_keeps_its_newest_messages_here_and_in_the_store(
     assert [(e.text, e.seq) for e in await fresh.load(session, 1000)] == [(f"m{i}", i) for i in range(5, 25)]
     assert [e.text for e in await fresh.load(session, 3)] == ["m22", "m23", "m24"], "the newest, in order"
 
-    again = Conversation(llm, store=fresh, session_id=session, max_messages=20)
+    again = Conversation(settings.prompt, settings.model, store=fresh, session_id=session, max_messages=20)
     assert await again.load()
     again.add(Entry(role="user", text="next"))
     assert again.entries[-1].seq == 25 and again.entries[0].text == "m6", "numbering goes on after a load"
@@ -110,11 +112,11 @@ async def test_a_conversation_keeps_its_newest_messages_here_and_in_the_store(
 
 async def test_a_lower_limit_trims_what_was_stored_under_a_higher_one(open_process_store: Callable[[], StoreQueue]) -> None:
     session = f"l{time.monotonic_ns()}"
-    llm = ParleyConfig().llm
+    settings = session_settings(ParleyConfig())
     store = open_process_store()
     for i in range(30):
         store.save(session, Entry(role="user", text=f"m{i}", seq=i))
-    smaller = Conversation(llm, store=store, session_id=session, max_messages=20)
+    smaller = Conversation(settings.prompt, settings.model, store=store, session_id=session, max_messages=20)
     assert await smaller.load()
     assert [e.seq for e in smaller.entries] == list(range(10, 30))
     assert store.flush() and [e.seq for e in await open_process_store().load(session, 1000)] == list(range(10, 30))

@@ -24,8 +24,11 @@ import pytest
 from parley.config import ParleyConfig
 from parley.engine.conversation import Conversation
 from parley.engine.messages import ConversationStore, Entry, StoreError, StoreQueue
-from parley.engine.session import NOT_SAVED, NOT_STORING, SAVED_AGAIN, Session, SessionSettings
+from parley.engine.saving import NOT_SAVED, NOT_STORING, SAVED_AGAIN
+from parley.engine.session import Session
+from parley.engine.settings import SessionSettings
 from parley.ingress.store import RedisStore, SqliteStore
+from parley.policy import session_settings
 from tests.support.fake_services import Page, ScriptedServices, wait_until
 from tests.support.network import free_port
 from tests.support.redis import redis_server
@@ -109,8 +112,13 @@ async def ticking(work: Awaitable[T]) -> tuple[T, float, float]:
     return result, took, max(gaps, default=took)
 
 
+DEFAULTS = session_settings(ParleyConfig())
+"""A session's settings as configured by default (the prompt, the model's limits)."""
+
+
 def settings(**limits: int) -> SessionSettings:
-    return SessionSettings.of(ParleyConfig.model_validate({"limits": limits, "llm": {"backend": "openai", "vision": False}}))
+    config = {"limits": limits, "llm": {"backend": "openai"}, "prompt": {"vision": False}}
+    return session_settings(ParleyConfig.model_validate(config))
 
 
 def stored(path: Path, session: str) -> list[tuple[int, str]]:
@@ -173,7 +181,7 @@ async def test_writes_during_an_outage_are_retried_and_land_in_order(tmp_path: P
     path = tmp_path / "c.sqlite3"
     outage = Outage(SqliteStore(path))
     queue = StoreQueue(outage)
-    conversation = Conversation(ParleyConfig().llm, store=queue, session_id="s1")
+    conversation = Conversation(DEFAULTS.prompt, DEFAULTS.model, store=queue, session_id="s1")
     assert await conversation.load()
     conversation.add(Entry(role="user", text="before"))
     assert queue.flush()
@@ -261,7 +269,7 @@ async def test_a_new_conversation_started_while_unsaved_replaces_the_stored_one(
     session = Session("n1", settings(), ScriptedServices([]), store=queue)
     await session.load()
     assert not session.saved
-    await session.forget()  # the user starts over: the stored conversation is to go too
+    await session.start_over()  # the user starts over: the stored conversation is to go too
     session.conversation.add(Entry(role="user", text="new"))
     outage.down = False
     assert await queue.close()
@@ -277,7 +285,7 @@ async def test_resync_keeps_the_history_limit(tmp_path: Path) -> None:
     outage = Outage(SqliteStore(path))
     outage.down = True
     queue = fast(outage)
-    conversation = Conversation(ParleyConfig().llm, store=queue, session_id="lim", max_messages=20)
+    conversation = Conversation(DEFAULTS.prompt, DEFAULTS.model, store=queue, session_id="lim", max_messages=20)
     assert not await conversation.load()
     for i in range(10):
         conversation.add(Entry(role="user", text=f"new{i}"))
@@ -333,7 +341,7 @@ async def test_a_saved_entry_is_stored_as_it_was_when_saved(tmp_path: Path) -> N
     outage = Outage(SqliteStore(tmp_path / "c.sqlite3"))
     outage.down = True
     queue = fast(outage)
-    conversation = Conversation(ParleyConfig().llm, store=queue, session_id="snap")
+    conversation = Conversation(DEFAULTS.prompt, DEFAULTS.model, store=queue, session_id="snap")
     conversation.saved = True  # as after a load
     answer = conversation.add(Entry(role="assistant", text="", state="streaming"))
     answer.text, answer.state = "changed later, never saved", "done"

@@ -16,9 +16,11 @@ import pytest
 from media.packet import OpusPacket
 from media.track import PacingTrack, Played
 from media.vad import RATE, WINDOW, SileroVAD, SpeechDetector, rms
-from parley.config import ParleyConfig, TurnConfig
+from parley.config import ParleyConfig
+from parley.engine.clock import SystemClock
 from parley.engine.recorder import Recorder
 from parley.engine.reply import Reply
+from parley.engine.settings import TurnSettings
 from parley.engine.types import Transcript
 from parley.engine.utterance import END_PAD_S, Utterance
 from tests.support.clock import FakeClock
@@ -75,7 +77,7 @@ def test_a_vad_fed_in_odd_chunks_gives_the_same_probabilities() -> None:
 
 
 def recorder_run(audio_48k: np.ndarray, **turn: Any) -> tuple[Recorder, list[tuple[str, float, float]]]:
-    recorder = Recorder(TurnConfig(hands_free=True, **turn), max_record_s=60)
+    recorder = Recorder(TurnSettings(hands_free=True, **turn), max_record_s=60)
     events: list = []
     for frame in frames(audio_48k):
         for event in recorder.feed(frame):
@@ -86,7 +88,7 @@ def recorder_run(audio_48k: np.ndarray, **turn: Any) -> tuple[Recorder, list[tup
 def test_hands_free_a_turn_ends_after_the_silence_and_counts_its_speech() -> None:
     words = trimmed(speak(QUESTION, rate=48000), 48000)
     said = len(words) / 48000
-    _, events = recorder_run(np.concatenate([silence(0.6, 48000), words, silence(1.0, 48000)]), end_silence_s=0.6)
+    _, events = recorder_run(np.concatenate([silence(0.6, 48000), words, silence(1.0, 48000)]), end_of_turn={"silence_s": 0.6})
     kinds = [k for k, _, _ in events]
     assert kinds == ["start", "speech", "pause", "end"], events
     start, end = events[0][1], events[-1][1]
@@ -99,7 +101,7 @@ def test_a_short_pause_inside_a_question_does_not_end_the_turn() -> None:
     first = trimmed(speak("What is the capital", rate=48000), 48000)
     second = trimmed(speak("of France?", rate=48000), 48000)
     audio = np.concatenate([silence(0.5, 48000), first, silence(0.3, 48000), second, silence(1.0, 48000)])
-    _, events = recorder_run(audio, end_silence_s=0.6)
+    _, events = recorder_run(audio, end_of_turn={"silence_s": 0.6})
     assert [k for k, _, _ in events] == ["start", "speech", "pause", "resume", "pause", "end"], events
 
 
@@ -109,7 +111,7 @@ def test_a_thinking_pause_is_cut_down_in_the_audio_the_asr_hears_and_nothing_els
     first = trimmed(speak("What is the capital of", rate=48000), 48000)
     second = trimmed(speak("Italy?", rate=48000), 48000)
     audio = np.concatenate([silence(0.5, 48000), first, silence(1.2, 48000), second, silence(1.0, 48000)])
-    recorder, events = recorder_run(audio, end_silence_s=2.0)
+    recorder, events = recorder_run(audio, end_of_turn={"silence_s": 2.0})
     start = round(events[0][1] * RATE)
     end = round(events[-1][1] * RATE)
     assert [k for k, _, _ in events] == ["start", "speech", "pause", "resume", "pause"], events
@@ -129,14 +131,14 @@ def test_a_cough_is_too_little_speech_for_a_turn() -> None:
     cough = (0.6 * rng.standard_normal(t.size) * np.exp(-t * 25)).astype(np.float32)
     _, events = recorder_run(np.concatenate([silence(0.5, 48000), cough, silence(1.0, 48000)]))
     ends = [e for e in events if e[0] == "end"]
-    assert all(speech_s < TurnConfig().min_speech_s for _, _, speech_s in ends), events
+    assert all(speech_s < TurnSettings().vad.min_speech_s for _, _, speech_s in ends), events
 
 
 def test_the_assistants_own_voice_at_minus_20_db_is_not_speech_but_the_user_is() -> None:
     answer = trim(speak("The capital of France is Paris, a city on the Seine.", rate=48000))
     playing = max(rms(answer[i : i + 960]) for i in range(0, len(answer), 960))  # the loudest it sent lately
-    recorder = Recorder(TurnConfig(hands_free=True), max_record_s=60)
-    recorder.gate = lambda level: level >= playing * 10 ** (-TurnConfig().echo_margin_db / 20)
+    echo = playing * 10 ** (-TurnSettings().echo.margin_db / 20)
+    recorder = Recorder(TurnSettings(hands_free=True), max_record_s=60, gate=lambda level: level >= echo)
     heard = [e for frame in frames(np.concatenate([silence(0.3, 48000), 0.1 * answer])) for e in recorder.feed(frame)]
     assert heard == []
     user = trim(speak(QUESTION, rate=48000))
@@ -147,7 +149,7 @@ def test_the_assistants_own_voice_at_minus_20_db_is_not_speech_but_the_user_is()
 def test_push_to_talk_keeps_only_the_latest_recording_on_the_tape() -> None:
     """Memory is bounded by the recording limit, not by how often someone talks: a press lets go of
     the audio of earlier turns."""
-    recorder = Recorder(TurnConfig(), max_record_s=60)
+    recorder = Recorder(TurnSettings(), max_record_s=60)
     said = np.concatenate([silence(0.2, 48000), trim(speak(QUESTION, rate=48000)), silence(0.3, 48000)])
     held = []
     for _ in range(6):
@@ -168,7 +170,7 @@ def test_push_to_talk_keeps_only_the_latest_recording_on_the_tape() -> None:
 async def test_work_started_at_a_pause_is_cancelled_when_speech_resumes_and_redone_at_the_end() -> None:
     reply = ["Paris ", "is ", "the ", "capital ", "of ", "France."]
     services = ScriptedServices(reply, delta_delay=0.1, transcript="What is the capital of France?")
-    session, page, track = make_session(services, turn={"hands_free": True, "end_silence_s": 0.6})
+    session, page, track = make_session(services, turn={"hands_free": True, "end_of_turn": {"silence_s": 0.6}})
     stop = asyncio.Event()
     pumping = asyncio.create_task(pump(track, stop))
     first = trimmed(speak("What is the capital", rate=48000), 48000)
@@ -190,7 +192,7 @@ async def test_work_started_at_a_pause_is_cancelled_when_speech_resumes_and_redo
 
 async def test_nothing_speculative_is_shown_or_spoken_before_the_turn_ends() -> None:
     services = ScriptedServices(["Paris is the capital."], transcript="What is the capital of France?")
-    session, page, track = make_session(services, turn={"hands_free": True, "end_silence_s": 3.0})
+    session, page, track = make_session(services, turn={"hands_free": True, "end_of_turn": {"silence_s": 3.0}})
     words = trimmed(speak(QUESTION, rate=48000), 48000)
     for frame in frames(np.concatenate([silence(0.4, 48000), words, silence(1.0, 48000)])):
         session.on_audio_frame(frame)
@@ -260,7 +262,7 @@ async def test_a_long_utterance_is_transcribed_in_pieces_cut_only_at_real_pauses
         return Transcript(text=f"<{heard[-1]:g} s>")
 
     tape = np.zeros(20 * RATE, np.float32)
-    utterance = Utterance(start=0, frame=None, transcribe=transcribe, audio=lambda a, b: tape[a:b], segment_s=4.0)
+    utterance = Utterance(start=0, transcribe=transcribe, audio=lambda a, b: tape[a:b], segment_s=4.0, clock=SystemClock())
     assert await utterance.text_until(5 * RATE) == "<5 s>"
     utterance.resumed(int(5.1 * RATE))  # 100 ms: maybe inside a word, not a place to cut
     assert await utterance.text_until(8 * RATE) == "<8 s>"
@@ -309,12 +311,13 @@ def test_the_receiver_takes_the_microphone_buffer() -> None:
     from aiortc import RTCCertificate, RTCDtlsTransport, RTCRtpReceiver
     from aiortc.rtcicetransport import RTCIceGatherer, RTCIceTransport
 
-    from parley.engine.session import Session, SessionSettings
+    from parley.engine.session import Session
     from parley.ingress.loss import MicrophoneBuffer, listen_to_microphone
+    from parley.policy import session_settings
 
     transport = RTCDtlsTransport(RTCIceTransport(RTCIceGatherer()), [RTCCertificate.generateCertificate()])
     receiver = RTCRtpReceiver("audio", transport)
-    session = Session("m" * 12, SessionSettings.of(ParleyConfig()), ScriptedServices(["Ok."]))
+    session = Session("m" * 12, session_settings(ParleyConfig()), ScriptedServices(["Ok."]))
     buffer = listen_to_microphone(receiver, session.on_audio_frame, lambda: session.listening, set())
     assert isinstance(getattr(receiver, "_RTCRtpReceiver__jitter_buffer", None), MicrophoneBuffer)
     assert buffer is getattr(receiver, "_RTCRtpReceiver__jitter_buffer", None)
@@ -337,7 +340,9 @@ async def test_speech_over_an_answer_costs_no_scene_note_until_it_is_a_turn(hear
     story = [f"On day {n} the dragon baked {n + 2} loaves of bread. " for n in range(20)]
     services = ScriptedServices(story, transcript="Tell me a story.")
     services.packets = 100  # 2 s of audio a sentence
-    session, page, track = make_session(services, turn={"hands_free": True, "end_silence_s": 0.6}, vision={"enabled": True})
+    session, page, track = make_session(
+        services, turn={"hands_free": True, "end_of_turn": {"silence_s": 0.6}}, vision={"enabled": True}
+    )
     session.on_video_frame(av.VideoFrame.from_ndarray(np.full((48, 64, 3), 128, np.uint8), format="rgb24"))
     assert await session.send_text("Tell me a long story.")
     await wait_until(lambda: track.queued_s > 0.5)  # nothing pumps the track: the answer goes on
@@ -345,8 +350,13 @@ async def test_speech_over_an_answer_costs_no_scene_note_until_it_is_a_turn(hear
     services.transcript = heard
     await _talk_over(session, "Yeah." if heard == "here" else heard)
     interrupted = lambda: any(s.get("state") == "interrupted" for s in page.of("state"))  # noqa: E731
+
     # settled: the hold is gone and, if it was an interruption, the page was told so
-    await wait_until(lambda: session.overlap.hold is None and (interrupted() or not interrupts), timeout=5)
+    def settled() -> bool:
+        hold = session.answering.hold if session.answering is not None else None
+        return (hold is None or hold.settled) and (interrupted() or not interrupts)
+
+    await wait_until(settled, timeout=5)
     assert any(s.get("state") == "paused" for s in page.of("state")), "the speech held the answer"
     assert interrupted() is interrupts, page.of("state")
     if interrupts:
@@ -362,7 +372,7 @@ class _ThinkingJudge:
     def judge(self, audio: np.ndarray, transcript: str | None) -> Any:
         from parley.engine.turnmodel import Verdict
 
-        return Verdict(wait_s=TurnConfig().max_silence_s, text=0.05)
+        return Verdict(wait_s=TurnSettings().end_of_turn.max_silence_s, text=0.05)
 
 
 async def test_once_the_user_resumes_after_a_thinking_pause_the_long_wait_is_over() -> None:
@@ -379,5 +389,5 @@ async def test_once_the_user_resumes_after_a_thinking_pause_the_long_wait_is_ove
         session.on_audio_frame(frame)
         await asyncio.sleep(0.005)
     await wait_until(lambda: [m for m in page.of("message") if m["role"] == "user"], timeout=5)
-    assert session.listener.utterance is None
+    assert session.hearing is None
     await session.close()

@@ -29,12 +29,13 @@ from aiortc.rtp import RtpPacket
 
 from parley.config import ParleyConfig
 from parley.engine.services import Services
-from parley.engine.session import Session, SessionSettings
+from parley.engine.session import Session
 from parley.ingress.framelimit import FrameLimiter, size_limits, too_large
 from parley.ingress.ice import configure_ice
 from parley.ingress.rtc import Peer
 from parley.ingress.rtpvideo import h264_sps_size, h264_sps_units, vp8_size
 from parley.ingress.video import PLI_INTERVAL_S, VideoBuffer
+from parley.policy import session_settings
 
 MAX_WIDTH, MAX_FPS = 640, 2.0
 PAYLOAD_TYPE = 97
@@ -400,7 +401,7 @@ class PatternTrack(VideoStreamTrack):
 
 async def session_frames(width: int, height: int, fps: int, seconds: float) -> tuple[list[tuple[float, av.VideoFrame]], Peer]:
     configure_ice(["127.0.0.1"], None)  # loopback only (process-wide, as the other tests leave it)
-    session = Session("v" * 12, SessionSettings.of(ParleyConfig()), cast(Services, None))  # no turn is ever run
+    session = Session("v" * 12, session_settings(ParleyConfig()), cast(Services, None))  # no turn is ever run
     got: list[tuple[float, av.VideoFrame]] = []
     session.on_video_frame = lambda frame: got.append((time.monotonic(), frame))  # type: ignore[method-assign]
     browser, peer = RTCPeerConnection(), Peer(session, [], video_max_width=MAX_WIDTH, video_max_fps=MAX_FPS)

@@ -24,6 +24,7 @@ from deployments.vision import Vision
 from parley.config import VisionConfig
 from parley.engine.messages import Entry
 from parley.engine.sight import with_scene
+from parley.engine.stages import look_or_say_blind, reply_to
 from parley.local_models import LocalModelMissing
 from parley.vision.scene import Found, note
 from tests.support import photos
@@ -166,7 +167,7 @@ async def test_a_text_only_model_gets_the_note_of_the_frame_taken_when_the_turn_
 
 async def test_without_a_picture_or_a_note_the_model_is_told_it_cannot_see() -> None:
     services = ScriptedServices(["I cannot see."])
-    session, _, _ = make_session(services, vision={"enabled": True})
+    session, _, _ = make_session(services, vision={"enabled": True, "wait_s": 0.05})
     await session.send_text("What do you see?")  # no video track yet
     await wait_until(lambda: len(services.requests) == 1)
     assert services.requests[0][-1].text().startswith("[Camera note: no picture (no picture is coming from the browser)")
@@ -175,11 +176,11 @@ async def test_without_a_picture_or_a_note_the_model_is_told_it_cannot_see() -> 
 
     session.on_video_frame(frame())
     services.scene_delay = 5.0  # the note takes longer than the turn may wait
-    session.settings = session.settings.__class__(**{**session.settings.__dict__, "scene_wait_s": 0.05})
     await session.send_text("And now, what is on my camera?")
     await wait_until(lambda: len(services.requests) == 2)
     assert services.requests[1][-1].text().startswith("[Camera note: no picture (its detectors could not look this time)")
-    assert session.history[-2].scene_wait_s is not None and session.history[-2].scene_wait_s < 1.0
+    waited = session.answering.scene_wait_s if session.answering is not None else None
+    assert waited is not None and waited < 1.0, "the turn waited for its note at most vision.wait_s"
 
     session.set_vision(False)
     await session.send_text("Can you see me?")
@@ -249,17 +250,18 @@ async def test_while_the_user_talks_the_model_reads_ahead_up_to_their_words() ->
     session, _, _ = make_session(services, vision={"enabled": True})
     session.conversation.add(Entry(role="user", text="Hello."))
     session.conversation.add(Entry(role="assistant", text="I see a dog."))
-    scene = session.look_or_say_blind(frame())  # an utterance starts
+    scene = look_or_say_blind(session.eyes, frame(), session.read_ahead)  # an utterance starts
     assert scene is not None and await scene is not None
-    await wait_until(lambda: len(services.primed) == 1)
-    ahead = services.primed[0]
+    await wait_until(lambda: len(services.read_ahead_prompts) == 1)
+    ahead = services.read_ahead_prompts[0]
     # The note goes only with words about the picture, which are not known yet; it is read ahead all
     # the same: a turn without it differs only where its words begin.
     assert ahead[-1].role == "user" and ahead[-1].text() == "[Camera note: I see a dog, a bicycle.]\n"
     assert [m.text() for m in ahead[1:-1]] == ["Hello.", "I see a dog."], "the history, as the turn will send it"
     services.then = [["A dog and a bicycle."], ["Light scatters."]]
     for words in ("What is this?", "Why is the sky blue?"):
-        turn = session.reply_to(await session.user_entry(words, frame(), scene))
+        entry, _ = await session.eyes.user_entry(words, frame(), scene)
+        turn = reply_to(session.stage, entry)
         await wait_until(lambda: len(services.requests) == 1)
         sent = services.requests.pop()
         assert [m.text() for m in sent[:-1]] == [m.text() for m in ahead[:-1]], "the turn's prompt starts as read ahead"
@@ -267,9 +269,9 @@ async def test_while_the_user_talks_the_model_reads_ahead_up_to_their_words() ->
         assert sent[-1].text().startswith("[Camera note: I see a dog, a bicycle.]") is (words == "What is this?")
         await turn.stop()
     session.set_vision(False)
-    assert session.look_or_say_blind(frame()) is None
-    await wait_until(lambda: len(services.primed) == 2)
-    assert "the user switched vision off" in services.primed[1][-1].text()
+    assert look_or_say_blind(session.eyes, frame(), session.read_ahead) is None
+    await wait_until(lambda: len(services.read_ahead_prompts) == 2)
+    assert "the user switched vision off" in services.read_ahead_prompts[1][-1].text()
     await session.close()
 
 

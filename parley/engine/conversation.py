@@ -6,7 +6,7 @@ Invariants:
   never sent to the LLM. The prompt is built here and nowhere else.
 - The prompt leaves out what a small model would copy instead of answering: an exchange whose answer
   was a non-answer, a repeat of an earlier answer or a loop (`parley.engine.guard.worth_rereading`),
-  and, with `llm.scene_note: asked`, the scene note (or the line saying there is none) of a turn whose
+  and, with `prompt.scene_note: asked`, the scene note (or the line saying there is none) of a turn whose
   words are not about the camera or screen (`parley.engine.sight.about_scene`).
 """
 
@@ -17,9 +17,9 @@ import logging
 from collections.abc import Callable
 from dataclasses import replace
 
-from parley.config import LLMConfig
 from parley.engine.guard import worth_rereading
 from parley.engine.messages import Entry, StoreError, StoreQueue
+from parley.engine.settings import ModelLimits, PromptSettings
 from parley.engine.sight import about_scene, system_prompt, with_scene
 from parley.engine.types import ChatMessage, ImagePart, ImageURL, Sight, TextPart
 
@@ -44,14 +44,16 @@ class Conversation:
 
     def __init__(
         self,
-        llm: LLMConfig,
+        prompt: PromptSettings,
+        model: ModelLimits,
         *,
         store: StoreQueue | None = None,
         session_id: str = "",
         language: str | None = "en",
         max_messages: int = 1000,
     ) -> None:
-        self.llm = llm
+        self.prompt = prompt
+        self.model = model
         self.language = language
         """The conversation's language (the ASR's; None: any): an English one judges answers' language too."""
         self.entries: list[Entry] = []
@@ -134,7 +136,7 @@ class Conversation:
         self.entries.append(entry)
         if entry.image:  # only the newest keep_images frames are ever sent: the rest need no memory
             with_images = [e for e in self.entries if e.role == "user" and e.image]
-            for old in with_images[: max(0, len(with_images) - self.llm.keep_images)]:
+            for old in with_images[: max(0, len(with_images) - self.prompt.keep_images)]:
                 old.image = None
         self.save(entry)
         self._trim()
@@ -161,14 +163,14 @@ class Conversation:
 
         `sight` "image": the newest `keep_images` user frames go as image parts. Otherwise the newest
         user turn's scene note, or why it has none (a local model, `Entry.blind`), goes in front of
-        its words when they ask about the picture (`llm.scene_note`; `note` True: whatever they ask);
+        its words when they ask about the picture (`prompt.scene_note`; `note` True: whatever they ask);
         older notes describe frames no longer shown."""
         history = self._rereadable() + ([then] if then and then.text.strip() else [])
-        entries = _within_budget(_window(history, self.llm.history_messages), self.prompt_budget_tokens())
-        keep = self.llm.keep_images
+        entries = _within_budget(_window(history, self.prompt.history_messages), self.prompt_budget_tokens())
+        keep = self.prompt.keep_images
         user_images = [e.id for e in entries if e.role == "user" and e.image]
         with_image = set(user_images[len(user_images) - keep :]) if keep else set()
-        messages = [ChatMessage(role="system", content=system_prompt(self.llm.system_prompt, sight))]
+        messages = [ChatMessage(role="system", content=system_prompt(self.prompt.system_prompt, sight))]
         users = [e for e in entries if e.role == "user"]
         newest_user = users[-1].id if users else None
         for entry in entries:
@@ -178,7 +180,7 @@ class Conversation:
             elif entry.id in with_image and entry.image and sight == "image":
                 parts: list[TextPart | ImagePart] = [
                     TextPart(text=entry.text),
-                    ImagePart(image_url=ImageURL(url=entry.image, detail=self.llm.image_detail)),
+                    ImagePart(image_url=ImageURL(url=entry.image, detail=self.prompt.image_detail)),
                 ]
                 messages.append(ChatMessage(role=entry.role, content=parts))
             else:
@@ -187,7 +189,7 @@ class Conversation:
 
     def _note_wanted(self, entry: Entry, earlier: list[Entry]) -> bool:
         """Whether the newest user turn gets its scene note (or the line saying it has none)."""
-        if self.llm.scene_note == "always":
+        if self.prompt.scene_note == "always":
             return True
         before = earlier[-1] if earlier else None
         follows = before is not None and about_scene(before.text, before.scene)
@@ -196,7 +198,7 @@ class Conversation:
     def prompt_start(self, *, sight: Sight, then: Entry) -> list[ChatMessage]:
         """The prompt a turn by `then` will begin with, up to where the user's words go: the system
         prompt, the history, and the scene note whether or not the words will ask for it (a local
-        model reads it ahead, `Services.prime`: a turn whose words do not ask for the note differs
+        model reads it ahead, `Services.read_ahead`: a turn whose words do not ask for the note differs
         from it only after the history, where its words begin, so reading the note ahead costs that
         turn nothing and spares a turn that asks for it reading the note then)."""
         mark = "\x00"
@@ -206,14 +208,14 @@ class Conversation:
 
     def prompt_budget_tokens(self) -> int:
         """Tokens the history may take: the model's context less the answer and the system prompt."""
-        prompt = system_prompt(self.llm.system_prompt, "note")  # the longest
-        return max(256, self.llm.context_tokens - self.llm.max_tokens - estimate_tokens(prompt) - 96)
+        prompt = system_prompt(self.prompt.system_prompt, "note")  # the longest
+        return max(256, self.model.context_tokens - self.model.max_tokens - estimate_tokens(prompt) - 96)
 
     def _rereadable(self) -> list[Entry]:
         """The answered history with text, less the exchanges whose answer the model should not read
         again (`worth_rereading`): the answer and the question it answered go together."""
         # Only the newest messages can reach the window, and judging costs: a few windows' worth.
-        history = [e for e in self._answered()[-4 * self.llm.history_messages :] if e.text.strip()]
+        history = [e for e in self._answered()[-4 * self.prompt.history_messages :] if e.text.strip()]
         answers = [i for i, e in enumerate(history) if e.role == "assistant" and e.state != "streaming"]
         verdicts = worth_rereading([history[i].text for i in answers], english=(self.language or "").startswith("en"))
         drop: set[int] = set()

@@ -16,9 +16,9 @@ import uuid
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
-log = logging.getLogger("parley.store")
+from parley.engine.types import MessageState
 
-MessageState = Literal["streaming", "done", "interrupted", "error"]
+log = logging.getLogger("parley.store")
 
 
 @dataclass
@@ -35,8 +35,6 @@ class Entry:
     """User, with a local (text-only) model: why this turn has no scene note (not stored)."""
     source: str = "camera"
     """User: what the frame showed, "camera" or "screen"."""
-    scene_wait_s: float | None = None
-    """User: how long the turn waited for its scene note once its words were ready (not stored)."""
     unspoken: str = ""
     """Assistant: the words of the answer the user never heard (after an interruption)."""
     cut: bool = False

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from pydantic import BaseModel
 
@@ -105,3 +106,21 @@ class Stopwatch:
 
     def elapsed(self) -> float:
         return self._clock() - self.start
+
+
+@dataclass(frozen=True)
+class TurnTimes:
+    """When a turn ended, on the session's clock (the stage definitions are in parley.engine.metrics)."""
+
+    decided: float
+    """When the server learned the turn is over: the release event arrived, the end-of-turn
+    decision was made (hands-free), or the message arrived."""
+    spoke_until: float | None = None
+    """Hands-free: when the last speech audio arrived (the end-of-turn delay counts from here)."""
+    head_start: float = 0.0
+    """How long the work the turn used (transcript and answer) had been running at `decided`."""
+
+    @property
+    def anchor(self) -> float:
+        """Where the user starts waiting: the end of speech (hands-free), else `decided`."""
+        return self.decided if self.spoke_until is None else self.spoke_until

@@ -72,7 +72,7 @@ class SpeechOutput(Protocol):
     def played(self, tag: Hashable) -> Played:
         """How much of `tag`'s audio has left so far."""
 
-    def forget(self, tag: Hashable) -> None:
+    def stop_counting(self, tag: Hashable) -> None:
         """Stop counting `tag`."""
 
     def recent_level(self, window_s: float) -> float:

@@ -211,7 +211,7 @@ class Reply:
                     await task
         if self._track is not None:
             for index in range(len(self._sentences)):
-                self._track.forget(SentenceTag(self.id, index))
+                self._track.stop_counting(SentenceTag(self.id, index))
 
     # -- what was heard -----------------------------------------------------------------------
 

@@ -30,7 +30,7 @@ class Services(Protocol):
 
     def synthesize(self, text: str, voice: str | None = None) -> AsyncIterator[OpusPacket]: ...
 
-    async def prime(self, messages: list[ChatMessage], *, user: str = "") -> None:
+    async def read_ahead(self, messages: list[ChatMessage], *, user: str = "") -> None:
         """Let an idle local model read the start of the next prompt now (the history and a scene note,
         while the user is still talking or an answer plays), so the turn's request reads only the
         words. A hint: it may do nothing, and a caller ignores its failures."""
@@ -64,8 +64,8 @@ class LocalServices:
     def synthesize(self, text: str, voice: str | None = None) -> AsyncIterator[OpusPacket]:
         return self._tts.synthesize(text, voice)  # type: ignore[no-any-return]
 
-    async def prime(self, messages: list[ChatMessage], *, user: str = "") -> None:
-        await self._llm.prime(messages, user=user)
+    async def read_ahead(self, messages: list[ChatMessage], *, user: str = "") -> None:
+        await self._llm.read_ahead(messages, user=user)
 
     async def describe(self, jpeg: bytes, source: VideoSource = "camera") -> SceneNote:
         if self._vision is None:

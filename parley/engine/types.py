@@ -12,6 +12,10 @@ from pydantic import BaseModel, Field
 
 Role = Literal["system", "user", "assistant"]
 
+MessageState = Literal["streaming", "done", "interrupted", "error"]
+"""A message's state, as the history and the store keep it (the page also shows an answer "paused"
+while the user speaks over it: `parley.protocol.State`)."""
+
 
 GUESSING_LOGPROB = -2.0
 """Whisper's mean token log-probability under which its words are a guess at sounds (a laugh, a

@@ -1,4 +1,4 @@
-"""One utterance while it is spoken: its words transcribed in pieces, and an answer started early.
+"""One utterance while it is spoken: its words transcribed in pieces.
 
 Invariants:
 - Audio is transcribed in pieces cut at real pauses: when speech resumes after at least
@@ -6,25 +6,21 @@ Invariants:
   made of that piece at the pause is kept; only the piece after the last kept one is transcribed
   again at later pauses, so at the end of a long turn only its last piece is left. (A pause is
   noticed after 64 ms, often inside a word; only a longer one is safe to cut at.)
-- A speculation is the transcript up to one pause and the reply started on it. It is used only if
-  the turn ends with no speech after that pause; speech resuming cancels it (a kept piece's
-  transcription goes on, it is still needed).
+- Cancelling the words up to a pause (speech resumed) cancels that piece's transcription unless it
+  was kept: a kept piece serves every later transcript.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-import av
 import numpy as np
 
 from media.vad import RATE
-from parley.engine.reply import Reply
-from parley.engine.types import SceneNote, Transcript
+from parley.engine.clock import Clock
+from parley.engine.types import Transcript
 
 END_PAD_S = 0.2
 """Audio kept after the end of speech: the VAD's pause starts at the first quiet window, and soft
@@ -36,45 +32,15 @@ CUT_PAUSE_S = 0.25
 Transcribe = Callable[[np.ndarray], Awaitable[Transcript]]
 
 
-@dataclass
-class Speculation:
-    """The transcript up to `until` and the reply started on it, before the turn is confirmed."""
-
-    until: int
-    task: asyncio.Task[tuple[str, Reply | None]]
-    transcript: asyncio.Task[str]
-    """The words up to `until` (the reply's task awaits it; the turn judge reads it)."""
-    began: float = 0.0
-    """When it started, on the session's clock."""
-
-    async def cancel(self) -> None:
-        """Drop it: its ASR call and its reply (if one started) are cancelled."""
-        self.task.cancel()
-        result: tuple[str, Reply | None] | None = None
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            result = await self.task
-        if result is not None and result[1] is not None:
-            await result[1].stop()
-
-
-@dataclass
+@dataclass(eq=False)
 class Utterance:
-    """What the user is saying now: where it began, the camera frame then, and its transcript."""
+    """What the user is saying now: where it began on the tape, and its transcript."""
 
     start: int
-    frame: av.VideoFrame | None
     transcribe: Transcribe
     audio: Callable[[int, int], np.ndarray]
     segment_s: float
-    clock: Callable[[], float] = time.monotonic
-    scene: asyncio.Task[SceneNote | None] | None = None
-    """The scene note of `frame`, being made while the user speaks (None: no note is wanted)."""
-    look_later: bool = False
-    """Its scene note waits until it is known to be a turn (speech over an answer is mostly "mm-hmm")."""
-    paid: bool = False
-    """Its turn was taken from the user's budget when it began (a key press, or a scene note started):
-    it is not taken again when it becomes a turn."""
-    speculation: Speculation | None = None
+    clock: Clock
     thought: bool = False
     """A pause in it was judged a thinking pause: the user has taken theirs, and resumed if it goes on."""
     asr_s: float | None = None
@@ -108,7 +74,7 @@ class Utterance:
 
     async def _joined(self, kept: list[asyncio.Task[str]], last: asyncio.Task[str]) -> str:
         """The pieces' words in order. Cancelling this cancels `last` unless it has been kept
-        since: kept pieces serve every later speculation and the final transcript."""
+        since: kept pieces serve every later transcript."""
         try:
             texts = [await asyncio.shield(piece) for piece in kept]
             texts.append(await asyncio.shield(last))
@@ -132,12 +98,9 @@ class Utterance:
         """Whether Whisper was guessing at `words` (this utterance's transcript, from one piece of it)."""
         return any(t.guessing for t in self.heard if t.text.strip() == words)
 
-    async def drop(self) -> None:
-        """The utterance is over without a turn: cancel everything still running for it."""
-        if self.speculation is not None:
-            await self.speculation.cancel()
-            self.speculation = None
+    def drop(self) -> None:
+        """The utterance is over without a turn: cancel its transcriptions."""
         for task in self._kept:
             task.cancel()
-        if self.scene is not None:
-            self.scene.cancel()
+        if self._candidate is not None:
+            self._candidate[1].cancel()

@@ -30,17 +30,18 @@ import socketio
 from pydantic import ValidationError
 
 from media.track import LATENESS_BOUNDS_MS
-from parley.config import IceServer, ParleyConfig, model_label, model_quality
+from parley.config import IceServer, ParleyConfig
 from parley.engine.budget import TurnBudgets
 from parley.engine.messages import StoreQueue
 from parley.engine.metrics import Meter
 from parley.engine.services import Services
-from parley.engine.session import Session, SessionSettings
+from parley.engine.session import Session
 from parley.engine.turnmodel import TurnJudge
 from parley.ingress.auth import Gate, Refused, User
-from parley.ingress.ice import turn_credentials
+from parley.ingress.ice import relay_credentials
 from parley.ingress.offers import OfferRefused, check_offer
 from parley.ingress.rtc import Peer, SdpError
+from parley.policy import model_label, model_quality, session_settings
 from parley.protocol import (
     INBOUND,
     Ack,
@@ -97,7 +98,7 @@ class Signalling:
         """Hands-free's end-of-turn judge, shared by this process's sessions (set when loaded)."""
         self.turn_models_missing: dict[str, str] = {}
         """The turn models that could not load, and why (the page says so)."""
-        self.settings = SessionSettings.of(config)
+        self.settings = session_settings(config)
         """What each new session is told; `learn_sight` corrects its sight once the vision service has answered."""
         self.sight_problem: str | None = None
         """Why the model cannot see (or sees less than configured), for the page's banner; None: nothing to say."""
@@ -135,7 +136,7 @@ class Signalling:
         await session.close()
         self.budgets.keep_only(s.user for s in self.sessions.values())
 
-    async def forget_detached(self, keep: int, *, user: str | None = None, spare: str | None = None) -> int:
+    async def evict_detached(self, keep: int, *, user: str | None = None, spare: str | None = None) -> int:
         """Forget the oldest sessions no socket holds (of `user`, if given; never `spare`) until `keep`
         remain; their conversations stay in the store. Returns how many went."""
         waiting = sorted(
@@ -311,7 +312,7 @@ class Signalling:
         if session_id not in mine:
             kept = [s for s in self.detached() if s.user == user.account and s.id != session_id]
             if len(mine) + len(kept) >= cap:
-                await self.forget_detached(max(0, cap - 1 - len(mine)), user=user.account, spare=session_id)
+                await self.evict_detached(max(0, cap - 1 - len(mine)), user=user.account, spare=session_id)
             if len(mine) >= cap:
                 reason = f"You already have {len(mine)} conversations open here. Close one and try again."
                 return Rejected(reason=reason, code="too_many")
@@ -336,7 +337,7 @@ class Signalling:
             ice_servers=[s.model_dump(exclude_none=True) for s in self._ice_servers(user.name)],
             limits=TurnLimits(max_record_s=cfg.limits.max_record_s, max_text_chars=cfg.limits.max_text_chars),
             turn=self.turn_welcome(session),
-            video=VideoLimits(max_fps=cfg.server.video_max_fps, max_width=cfg.server.video_max_width),
+            video=VideoLimits(max_fps=cfg.webrtc.video_max_fps, max_width=cfg.webrtc.video_max_width),
             llm=ModelInfo(
                 backend=llm.backend,
                 model=model_label(llm),
@@ -352,7 +353,7 @@ class Signalling:
         its detectors loaded, sessions are blind and the banner says why; with some missing, it says which."""
         configured = self.settings.sight
         if configured == "blind":
-            if self.config.llm.backend == "local" or not self.config.llm.vision:
+            if self.config.llm.backend == "local" or not self.config.prompt.vision:
                 self.sight_problem = "Parley cannot see your camera or screen: vision is switched off in its configuration."
             return
         if configured == "image":
@@ -383,16 +384,16 @@ class Signalling:
         turn, judge = self.config.turn, session.turn_judge
         info = TurnInfo(hands_free=session.hands_free, end_of_turn="model" if judge else "silence")
         if judge is not None:
-            info.turn_models, info.max_silence_s = judge.name, turn.max_silence_s
+            info.turn_models, info.max_silence_s = judge.name, turn.end_of_turn.max_silence_s
         else:
-            info.end_silence_s = turn.end_silence_s
+            info.end_silence_s = turn.end_of_turn.silence_s
         missing = "; ".join(f"{name}: {reason}" for name, reason in self.turn_models_missing.items())
-        if turn.end_of_turn == "model" and judge is None:
+        if turn.end_of_turn.judge == "model" and judge is None:
             info.problem = (
-                f"Hands-free ends your turn after {turn.end_silence_s:g} s of silence alone, so a thinking pause may "
+                f"Hands-free ends your turn after {turn.end_of_turn.silence_s:g} s of silence alone, so a thinking pause may "
                 f"cut you off: its turn models could not load ({missing})."
             )
-        elif turn.end_of_turn == "model" and missing:
+        elif turn.end_of_turn.judge == "model" and missing:
             info.problem = f"Hands-free judges the end of your turn with one model of two ({missing})."
         return info
 
@@ -407,7 +408,7 @@ class Signalling:
         if session is not None and session_id not in self._sid_session.values():
             session.attach(None)
             await session.interrupt()
-            await self.forget_detached(self.config.server.max_detached_sessions)
+            await self.evict_detached(self.config.server.max_detached_sessions)
 
     # -- media --------------------------------------------------------------------------------
 
@@ -441,18 +442,18 @@ class Signalling:
             return
         self._offering.add(sid)
         try:
-            await self._answer(sid, session, checked.sdp, offer.type)
+            await self._sdp_answer(sid, session, checked.sdp, offer.type)
         finally:
             self._offering.discard(sid)
 
-    async def _answer(self, sid: str, session: Session, sdp: str, kind: str) -> None:
+    async def _sdp_answer(self, sid: str, session: Session, sdp: str, kind: str) -> None:
         await self._close_peer(sid)
         for other, held in list(self._sid_session.items()):  # one peer per session, whichever socket made it
             if held == session.id and other != sid:
                 await self._close_peer(other)
         # The node's own peer has a TURN user of its own per session: coturn's user-quota counts per user.
         ice_servers = self._ice_servers(f"parley-server-{session.id[:8]}")
-        cfg = self.config.server
+        cfg = self.config.webrtc
         peer = Peer(
             session,
             ice_servers,
@@ -485,8 +486,8 @@ class Signalling:
 
     def _ice_servers(self, user: str) -> list[IceServer]:
         """The STUN/TURN servers for one user: TURN credentials of their own, short-lived (if a secret is set)."""
-        cfg = self.config.server
-        return turn_credentials(cfg.ice_servers, os.environ.get(cfg.turn_secret_env), user, cfg.turn_ttl_s)
+        cfg = self.config.webrtc
+        return relay_credentials(cfg.ice_servers, os.environ.get(cfg.relay_secret_env), user, cfg.relay_ttl_s)
 
     async def _close_peer(self, sid: str) -> None:
         peer = self.peers.pop(sid, None)
@@ -518,7 +519,7 @@ class Signalling:
     async def _on_new_conversation(self, sid: str, _: Inbound) -> Ack:
         """The user starts over: the session forgets its history (in the store too); acknowledged."""
         if session := await self._require(sid):
-            await session.forget()
+            await session.start_over()
             return Ack(ok=True)
         return Ack(ok=False)
 

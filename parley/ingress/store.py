@@ -32,7 +32,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from parley.engine.messages import ConversationStore, Entry, MessageState, StoreError, StoreQueue
+from parley.engine.messages import ConversationStore, Entry, StoreError, StoreQueue
+from parley.engine.types import MessageState
 
 log = logging.getLogger("parley.store")
 

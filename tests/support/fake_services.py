@@ -18,9 +18,10 @@ import numpy as np
 from media.packet import OpusPacket
 from media.track import PacingTrack
 from parley.config import ParleyConfig
-from parley.engine.session import Session, SessionSettings
+from parley.engine.session import Session
 from parley.engine.turnmodel import TurnJudge
 from parley.engine.types import ChatMessage, SceneNote, Transcript, VideoSource, VisionInfo
+from parley.policy import session_settings
 from tests.support.clock import FakeClock
 
 
@@ -49,7 +50,7 @@ class ScriptedServices:
         self.scene_delay = 0.0
         self.described: list[tuple[bytes, str]] = []
         """The frames described (JPEG bytes, source)."""
-        self.primed: list[list[ChatMessage]] = []
+        self.read_ahead_prompts: list[list[ChatMessage]] = []
         """The prompt starts the model was asked to read ahead."""
         self.then: list[list[str]] = []
         """Scripts for the next requests, one each, in order; `reply` once they run out."""
@@ -79,8 +80,8 @@ class ScriptedServices:
         for _ in range(self.packets):
             yield OpusPacket(data=b"\xfc\x01\x02", samples=960)
 
-    async def prime(self, messages: list[ChatMessage], *, user: str = "") -> None:
-        self.primed.append(messages)
+    async def read_ahead(self, messages: list[ChatMessage], *, user: str = "") -> None:
+        self.read_ahead_prompts.append(messages)
 
     async def describe(self, jpeg: bytes, source: VideoSource = "camera") -> SceneNote:
         self.described.append((jpeg, source))
@@ -141,18 +142,21 @@ def make_session(
     services: ScriptedServices,
     *,
     llm: dict[str, Any] | None = None,
+    prompt: dict[str, Any] | None = None,
     turn: dict[str, Any] | None = None,
     turn_judge: TurnJudge | None = None,
     vision: dict[str, Any] | None = None,
     **limits: Any,
 ) -> tuple[Session, Page, PacingTrack]:
     """A session on scripted services. By default its model is a text-only endpoint (no scene notes,
-    its words sent as they are); `llm` {"backend": "openai", "vision": True} makes it a vision one
-    (frames as images), `vision` {"enabled": True} the local model with scene notes."""
+    its words sent as they are); `prompt` {"vision": True} makes it a vision one (frames as images),
+    `vision` {"enabled": True} the local model with scene notes."""
     if vision is None:
-        llm = {"backend": "openai", "vision": False} | (llm or {})
-    config = ParleyConfig.model_validate({"limits": limits, "llm": llm or {}, "turn": turn or {}, "vision": vision or {}})
-    session = Session("s" * 12, SessionSettings.of(config), services, turn_judge=turn_judge)
+        llm = {"backend": "openai"} | (llm or {})
+        prompt = {"vision": False} | (prompt or {})
+    sections = {"limits": limits, "llm": llm, "prompt": prompt, "turn": turn, "vision": vision}
+    config = ParleyConfig.model_validate({name: given or {} for name, given in sections.items()})
+    session = Session("s" * 12, session_settings(config), services, turn_judge=turn_judge)
     page = Page()
     session.attach(page)
     clock = FakeClock()
