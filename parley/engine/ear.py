@@ -1,6 +1,6 @@
 """A session's ear: microphone frames in, typed speech events out.
 
-The recorder marks speech on the tape; the ear turns its marks into events for the session
+The recorder marks speech on the tape; the ear turns its marks into events for the coordinator
 (`parley.engine.events`: speech started, lasted, paused, resumed, ended), judges pauses
 (hands-free, with the turn judge) and waits for the audio a release still needs. It reports only
 by posting events; it knows nothing of turns, answers or the page.
@@ -12,7 +12,7 @@ Invariants:
   what was played, less a margin (`not_echo`).
 - A release waits only for microphone audio that is on its way (`SenderClock.catch_up`), at most
   `RELEASE_WAIT_S`; the user waits from the release.
-- A judged pause is reported as `PauseJudged`; the session applies it (`limit_pause`) only if the
+- A judged pause is reported as `PauseJudged`; the coordinator applies it (`limit_pause`) only if the
   pause is still going on then.
 """
 

@@ -1,6 +1,6 @@
-"""The typed events a session's parts report to it (`Session` handles them one at a time, in order).
+"""The typed events a session's parts report to its coordinator (which handles them one at a time, in order).
 
-Each part reports upward only by posting these (`Post`); none of them holds the session.
+Each part reports upward only by posting these (`Post`); none of them holds the session or the coordinator.
 - the ear (`parley.engine.ear`): speech started, lasted long enough to count over an answer,
   paused, resumed, ended; a pause judged;
 - a turn's speculation: the words up to a pause were read;
@@ -95,4 +95,4 @@ Event = (
 )
 
 Post = Callable[[Event], None]
-"""How a part reports an event to its session."""
+"""How a part reports an event to its coordinator."""

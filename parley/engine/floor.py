@@ -1,5 +1,5 @@
 """Who has the floor while Parley answers: the user's speech over the answer, as the session's
-parts see it. Stateless helpers for the session: opening (or re-closing) a `Hold` on the answer,
+parts see it. Stateless helpers for the coordinator: opening (or re-closing) a `Hold` on the answer,
 holding its audio, and what is known of the speech (`Overheard`) for `parley.engine.overlap.decide`.
 """
 

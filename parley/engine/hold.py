@@ -1,9 +1,9 @@
 """Speech over an answer (hands-free): the answer held at once, then settled exactly once.
 
-A `Hold` is opened by the session when the user's speech over an answer has lasted long enough.
-It applies `parley.engine.overlap.decide` to what is heard, at each moment it is read, and reports
-upward through its own `Report` (the session turns it into a `Settled` event): it never touches
-the session, the output or the page itself.
+A `Hold` is opened by the coordinator (`parley.engine.floor.open_hold`) when the user's speech
+over an answer has lasted long enough. It applies `parley.engine.overlap.decide` to what is heard,
+at each moment it is read, and reports upward through its own `Report` (the coordinator turns it
+into a `Settled` event): it never touches the session, the output or the page itself.
 
 Invariants:
 - A hold is settled exactly once: `interrupt` (the speech becomes the turn) or `resume` (the
@@ -34,7 +34,7 @@ HOLD_LIMIT_S = 4.0
 
 
 class Report(Protocol):
-    """How a hold tells its session what the speech came to (`interrupt`, `resume` or `play_on`)."""
+    """How a hold tells its coordinator what the speech came to (`interrupt`, `resume` or `play_on`)."""
 
     def __call__(self, hold: Hold, action: Action, why: str) -> None: ...
 

@@ -1,5 +1,5 @@
 """The stages of a turn, as functions: each takes the turn and the ports it needs (`Stage`), does
-its part, and reports through them. They hold no state of their own; the session decides which
+its part, and reports through them. They hold no state of their own; the coordinator decides which
 runs when.
 
 A spoken turn: `hear` (an utterance starts: its turn, its scene note) → `speculate` at each pause
@@ -108,7 +108,7 @@ def look_now(turn: Turn, eyes: Eyes, read_ahead: Callable[..., None]) -> None:
 
 def speculate(stage: Stage, turn: Turn, until: int) -> None:
     """A pause: transcribe what was said so far; its words are reported (`PauseHeard`), and the
-    session has the answer started on them, held back (`prepare`)."""
+    coordinator has the answer started on them, held back (`prepare`)."""
     utterance = turn.utterance
     if not stage.settings.turn.speculation.enabled or utterance is None:
         return
