@@ -1,8 +1,11 @@
 """The engine's one clock: every time stamp, sleep and deadline of a session goes through it.
 
-Invariant: engine code never calls `time.monotonic`, `asyncio.sleep`, `asyncio.timeout` or
-`asyncio.wait_for` for its own timing; it asks the session's `Clock`, so a test can drive holds,
-resumes, releases and judged pauses on fake time (`tests/support/clock.py`).
+Invariant: a session's code never calls `time.monotonic`, `asyncio.sleep`, `asyncio.timeout` or
+`asyncio.wait_for` for its own timing; it asks the session's `Clock` (the parts that take a plain
+`clock` callable get the same one), so a test can drive holds, resumes, releases and judged pauses
+on fake time (`tests/support/clock.py`). The one exception is the store's writer
+(`parley.engine.messages.StoreQueue`): one per process, on a thread of its own, it keeps its own
+waits.
 """
 
 from __future__ import annotations
