@@ -179,7 +179,8 @@ async def test_without_a_picture_or_a_note_the_model_is_told_it_cannot_see() -> 
     await session.send_text("And now, what is on my camera?")
     await wait_until(lambda: len(services.requests) == 2)
     assert services.requests[1][-1].text().startswith("[Camera note: no picture (its detectors could not look this time)")
-    waited = session.answering.scene_wait_s if session.answering is not None else None
+    delivery = session.answering.delivery if session.answering is not None else None
+    waited = None if delivery is None else delivery.metrics.vision_wait
     assert waited is not None and waited < 1.0, "the turn waited for its note at most vision.wait_s"
 
     session.set_vision(False)

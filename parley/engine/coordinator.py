@@ -52,7 +52,6 @@ class Coordinator:
         self.state: TurnState = self._page_state()
         self._events: asyncio.Queue[ev.Event] = asyncio.Queue()
         self._loop: asyncio.Task[None] | None = None
-        self._background: set[asyncio.Future[Any]] = set()
 
     @property
     def output(self) -> SpeechOutput | None:
@@ -68,9 +67,7 @@ class Coordinator:
 
     def spawn(self, work: Awaitable[Any]) -> None:
         """Run `work` in the background, keeping a reference until it ends."""
-        task: asyncio.Future[Any] = asyncio.ensure_future(work)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        stages.keep(work)
 
     def _page_state(self) -> TurnState:
         return page_state(self.hearing, self.answering, hands_free=self.hands_free)

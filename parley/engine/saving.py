@@ -30,12 +30,20 @@ SAVED_AGAIN = "Your conversation is being saved again."
 class Saving:
     """One conversation's saving, and what its user has been told of it."""
 
-    def __init__(self, conversation: Conversation, *, say: Callable[[str, Level], Awaitable[None]], who: str) -> None:
+    def __init__(
+        self,
+        conversation: Conversation,
+        *,
+        say: Callable[[str, Level], Awaitable[None]],
+        attached: Callable[[], bool],
+        who: str,
+    ) -> None:
         self._conversation = conversation
         self._say = say
-        """Tells an attached page (a notice); None-safe: the session says nothing without one."""
+        """Tells the attached page (a notice)."""
         self._who = who
-        self.attached = False
+        self._attached = attached
+        """Whether a page is attached now (else a notice waits for the next one)."""
         self._unsaid: list[tuple[str, Level]] = []
         self._told_failing = False
 
@@ -78,7 +86,7 @@ class Saving:
             await self._notice(NOT_STORING if failing else SAVED_AGAIN, "warn" if failing else "info")
 
     async def _notice(self, text: str, level: Level) -> None:
-        if not self.attached:  # said when a page is welcomed; an outage over by then goes unsaid
+        if not self._attached():  # said when a page is welcomed; an outage over by then goes unsaid
             log.info("%s: %s", self._who, text)
             unsaid = [(t, lv) for t, lv in self._unsaid if t not in (NOT_SAVED, NOT_STORING, SAVED_AGAIN)]
             self._unsaid = unsaid if len(unsaid) < len(self._unsaid) and text == SAVED_AGAIN else [*unsaid, (text, level)]

@@ -77,7 +77,7 @@ class Session:
             language=settings.language,
             max_messages=settings.limits.history_messages,
         )
-        self.saving = Saving(self.conversation, say=self.notice, who=self.who)
+        self.saving = Saving(self.conversation, say=self.notice, attached=lambda: self._emit is not None, who=self.who)
         self.output: SpeechOutput | None = None
         """Where speech goes: the current peer connection's audio track; None while no media is connected."""
         turn = settings.turn
@@ -177,7 +177,6 @@ class Session:
         frame goes too, since a session kept for a reconnect must cost little, and a page that comes
         back sends new ones)."""
         self._emit = emit
-        self.saving.attached = emit is not None
         self.last_seen = self.clock()
         if emit is None:
             self.eyes.latest_frame = None

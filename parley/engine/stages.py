@@ -113,7 +113,7 @@ def speculate(stage: Stage, turn: Turn, until: int) -> None:
     if not stage.settings.turn.speculation.enabled or utterance is None:
         return
     if turn.speculation is not None:
-        _keep(turn.speculation.cancel())
+        keep(turn.speculation.cancel())
     transcript = utterance.text_until(until)
     turn.speculation = Speculation(until=until, transcript=transcript, began=stage.clock())
 
@@ -160,7 +160,7 @@ def resumed(turn: Turn, at: int, *, thought: bool) -> None:
         turn.utterance.thought |= thought
         turn.utterance.resumed(at)  # first: a piece kept now survives the cancel
     if turn.speculation is not None:
-        _keep(turn.speculation.cancel())
+        keep(turn.speculation.cancel())
         turn.speculation = None
 
 
@@ -266,12 +266,11 @@ async def spoken(stage: Stage, turn: Turn, end: int, times: TurnTimes) -> None:
         if not stage.hands_free():
             await stage.notice("I couldn't make out any words in that recording.", "warn")
         return
-    turn.asr_s = utterance.asr_s
     if prepared is None:
         prepared = await prepare(stage, turn, words)
     assert prepared is not None
     entry, reply, waited = prepared
-    await deliver(stage, turn, entry, reply, times, waited)
+    await deliver(stage, turn, entry, reply, times, waited, asr_s=utterance.asr_s)
 
 
 async def typed(stage: Stage, turn: Turn, text: str, times: TurnTimes) -> None:
@@ -280,9 +279,10 @@ async def typed(stage: Stage, turn: Turn, text: str, times: TurnTimes) -> None:
     await deliver(stage, turn, entry, reply_to(stage, entry), times, waited)
 
 
-async def deliver(stage: Stage, turn: Turn, user: Entry, reply: Reply, times: TurnTimes, waited: float | None) -> None:
-    """Give the answer (`parley.engine.delivery`)."""
-    turn.user, turn.reply, turn.times, turn.scene_wait_s = user, reply, times, waited
+async def deliver(
+    stage: Stage, turn: Turn, user: Entry, reply: Reply, times: TurnTimes, waited: float | None, *, asr_s: float | None = None
+) -> None:
+    """Give the answer (`parley.engine.delivery`); `waited`: for the scene note, `asr_s`: the ASR call whose words it used."""
     eyes = stage.eyes
     turn.delivery = Delivery(
         user,
@@ -297,7 +297,7 @@ async def deliver(stage: Stage, turn: Turn, user: Entry, reply: Reply, times: Tu
         on_first_audio=turn.on_first_audio,
         read_ahead=lambda: stage.read_ahead(Entry(role="user", text="", source=eyes.source), answered=True),
         who=stage.who,
-        asr_s=turn.asr_s,
+        asr_s=asr_s,
         scene_wait_s=waited,
     )
     await turn.delivery.run()
@@ -323,13 +323,13 @@ def read_ahead(stage: Stage, start: Entry) -> None:
         except Exception:  # a hint only
             log.debug("%s: reading ahead failed", stage.who, exc_info=True)
 
-    _keep(read())
+    keep(read())
 
 
 _running: set[asyncio.Future[Any]] = set()
 
 
-def _keep(work: Awaitable[Any]) -> None:
+def keep(work: Awaitable[Any]) -> None:
     """Run `work` in the background, keeping a reference until it ends."""
     task = asyncio.ensure_future(work)
     _running.add(task)

@@ -1,12 +1,13 @@
 """One user turn as one object: from the first sound (or a typed message) to its answer played.
 
 A `Turn` holds what belongs to one turn and nothing else: the utterance being said (none for a
-typed message), the camera frame and its scene note, the speculation started at a pause, the
-user's words as the history keeps them, the reply and its delivery, the hold (speech over its
-answer) and its times. Its `phase` moves one way: hearing → thinking → speaking → over.
+typed message), the camera frame and its scene note, the speculation started at a pause, its
+delivery (the user's words as the history keeps them, the reply, the turn's times and stage
+metrics) and the hold (speech over its answer). Its `phase` moves one way: hearing → thinking →
+speaking → over.
 
-The turn state the page sees (`page_state`) is derived from the session's turns in this one
-place: the session emits it whenever it changes.
+The turn state the page sees (`page_state`) is derived from the coordinator's two turns in this
+one place: it emits it whenever it changes.
 """
 
 from __future__ import annotations
@@ -14,13 +15,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 import av
 
 from parley.engine.messages import Entry
-from parley.engine.metrics import TurnTimes
 from parley.engine.reply import Reply
 from parley.engine.types import SceneNote
 from parley.engine.utterance import Utterance
@@ -76,23 +76,18 @@ class Turn:
     phase: Phase = "hearing"
     ended: bool = False
     """Its utterance is over (the key came up, or the end of turn): it is being decided."""
-    times: TurnTimes | None = None
-    """When it was decided (set once it is a turn)."""
-    asr_s: float | None = None
-    """How long the ASR call whose words it used took."""
-    scene_wait_s: float | None = None
-    """How long it waited for its scene note once its words were ready."""
-    user: Entry | None = None
-    """The user's words as the history keeps them."""
-    reply: Reply | None = None
     delivery: Delivery | None = None
+    """Its answer being given: the user's entry, the reply, the turn's times and stage metrics."""
     hold: Hold | None = None
     """Speech over its answer, until settled."""
     task: asyncio.Task[None] | None = None
     """The work from its end to its answer played."""
     on_first_audio: Callable[[], None] = lambda: None
     """Told when its answer's first audio leaves (the session posts `FirstAudio`)."""
-    _work: set[asyncio.Task[object]] = field(default_factory=set)
+
+    @property
+    def reply(self) -> Reply | None:
+        return None if self.delivery is None else self.delivery.reply
 
     @property
     def held(self) -> bool:
